@@ -1,0 +1,154 @@
+//! The admin API on `listen.admin`: health and readiness probes for orchestrators, status for
+//! operators, and the operations that change state (reload; purge and attack mode come with the
+//! cache and protection).
+//!
+//! Every call but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`, compared in
+//! constant time. Without `admin.token_file` only the two probes answer. A wrong or missing
+//! token gets 401 and nothing changes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::snapshot::Live;
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    live: Arc<Live>,
+}
+
+impl AdminApp {
+    pub fn new(live: Arc<Live>) -> Self {
+        AdminApp { live }
+    }
+
+    async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        session: &mut ServerSession,
+    ) -> (StatusCode, serde_json::Value) {
+        match (method, path) {
+            (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+            (&Method::GET | &Method::HEAD, "/readyz") => {
+                (StatusCode::OK, json!({"status": "ready"}))
+            }
+            _ => {
+                if let Err(answer) = self.authorize(session) {
+                    return answer;
+                }
+                match (method, path) {
+                    (&Method::GET, "/status") => (StatusCode::OK, self.status()),
+                    (&Method::POST, "/reload") => match self.live.reload().await {
+                        Ok(version) => (
+                            StatusCode::OK,
+                            json!({"result": "ok", "config_version": version}),
+                        ),
+                        Err(errors) => (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            json!({
+                                "result": "error",
+                                "config_version": self.live.current().version,
+                                "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                            }),
+                        ),
+                    },
+                    (_, "/status" | "/reload") => (
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        json!({"error": "method not allowed"}),
+                    ),
+                    _ => (
+                        StatusCode::NOT_FOUND,
+                        json!({"error": "no such admin call"}),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn authorize(&self, session: &ServerSession) -> Result<(), (StatusCode, serde_json::Value)> {
+        let snapshot = self.live.current();
+        let Some(token) = snapshot.config.admin.token.as_deref() else {
+            return Err((
+                StatusCode::FORBIDDEN,
+                json!({"error": "the admin API is disabled: set admin.token_file"}),
+            ));
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token"}),
+            ))
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let snap = self.live.current();
+        let cfg = &snap.config;
+        let pools: Vec<_> = snap
+            .pools
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name(),
+                    "healthy": p.any_up(),
+                    "origins": p.origins.iter().map(|o| json!({
+                        "addr": o.label,
+                        "region": o.region,
+                        "tier": o.tier,
+                        "weight": o.weight,
+                        "up": o.health.is_up(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "node": cfg.node.id,
+            "region": cfg.node.region,
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_version": snap.version,
+            "sites": cfg.sites.iter().map(|s| json!({"name": s.name, "hosts": s.hosts})).collect::<Vec<_>>(),
+            "pools": pools,
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Admin calls carry no body we use; drain it so keep-alive stays in sync.
+        let _ = session.drain_request_body().await;
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let (status, body) = self.route(&method, &path, session).await;
+        let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+        body.push(b'\n');
+        let mut resp = Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .header(http::header::CACHE_CONTROL, "no-store");
+        if status == StatusCode::UNAUTHORIZED {
+            resp = resp.header(
+                http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"onair admin\"",
+            );
+        }
+        resp.body(body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}

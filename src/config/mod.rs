@@ -1,0 +1,260 @@
+//! Configuration: the TOML file (`schema`), its units (`units`) and the validated [`Config`].
+//!
+//! Loading is two passes. Serde reads the file into [`schema::RawConfig`] while `serde_ignored`
+//! records every unknown key; then [`validate`] turns the raw values into typed ones and collects
+//! every problem it finds. An operator running `onair check` sees all errors at once, each with
+//! the key path it belongs to (`pool[1].origin[0].addr: ...`).
+//!
+//! Files the config points at (admin token, maintenance pages) are read here too, so that a
+//! missing file is a config error and a reload picks up their new contents.
+
+pub mod schema;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// One problem in a config file, with the key path it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path such as `pool[1].origin[0].addr`; empty for whole-file problems.
+    pub path: String,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn single(path: &str, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            path: path.to_owned(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// A validated configuration: plain data, every value typed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: Node,
+    pub listen: Listen,
+    pub admin: Admin,
+    pub log: Log,
+    pub sites: Vec<Site>,
+    pub pools: Vec<Pool>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub region: String,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub state_dir: PathBuf,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub http: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// `[admin]`: the bearer token, read from `token_file` at load time.
+#[derive(Clone, Default)]
+pub struct Admin {
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Admin {
+    // The token is a secret: never print it, even in debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub access: AccessLog,
+    pub level: String,
+}
+
+/// `[[site]]`
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    /// Lowercased host patterns: `example.com`, `*.example.com` or `*`.
+    pub hosts: Vec<String>,
+    pub pool: String,
+    /// The maintenance page body, read from `maintenance_page` (None: the built-in page).
+    pub maintenance_page: Option<Bytes>,
+    pub routes: Vec<Route>,
+}
+
+/// `[[site.route]]`
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: String,
+    pub pool: Option<String>,
+}
+
+/// `[[pool]]`
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Origins one request may try before it gives up (connect failures and retryable errors).
+    pub max_attempts: usize,
+    pub health: Option<Health>,
+    pub origins: Vec<Origin>,
+}
+
+/// Active health check of a pool's origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+/// `[[pool.origin]]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub region: Option<String>,
+    pub tier: u8,
+    pub weight: u32,
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub region: Option<String>,
+    pub node_id: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it (token file,
+    /// maintenance pages, access log) are taken relative to the file's own directory.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::single("", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&text, base, overrides)
+    }
+
+    /// Parses and validates config text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigErrors::single("", format!("TOML syntax: {}", e.message())))?;
+        let raw: schema::RawConfig = serde_ignored::deserialize(de, |path| {
+            unknown.push(key_path(&path));
+        })
+        .map_err(|e| ConfigErrors::single("", toml_error(text, &e)))?;
+        let mut errors: Vec<ConfigError> = unknown
+            .into_iter()
+            .map(|path| ConfigError {
+                path,
+                message: "unknown key".to_owned(),
+            })
+            .collect();
+        let config = validate::validate(raw, base, overrides, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Finds a pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// Formats a `serde_ignored` path the way our messages name keys: `pool[1].origin[0].addr`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        P::Map { parent, key } => {
+            let head = key_path(parent);
+            if head.is_empty() {
+                key.clone()
+            } else {
+                format!("{head}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
+    }
+}
+
+/// A type error from serde with its line, so the operator can find it.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

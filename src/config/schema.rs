@@ -1,0 +1,111 @@
+//! The config file as written: serde structs that mirror the TOML one to one.
+//!
+//! Values with units or syntax (durations, sizes, socket addresses) stay strings here so that
+//! `validate` can check every one of them and report all errors at once, each with its key path.
+//! Unknown keys are collected by `serde_ignored` in `mod.rs` for the same reason: serde's own
+//! `deny_unknown_fields` stops at the first one.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub node: RawNode,
+    pub listen: RawListen,
+    pub admin: RawAdmin,
+    pub log: RawLog,
+    pub site: Vec<RawSite>,
+    pub pool: Vec<RawPool>,
+}
+
+/// `[node]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawNode {
+    pub id: Option<String>,
+    pub region: Option<String>,
+    pub threads: Option<i64>,
+    pub grace_period: Option<String>,
+    pub state_dir: Option<String>,
+}
+
+/// `[listen]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawListen {
+    pub http: Vec<String>,
+    pub https: Vec<String>,
+    pub metrics: Option<String>,
+    pub admin: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAdmin {
+    pub token_file: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawLog {
+    pub access: Option<String>,
+    pub level: Option<String>,
+}
+
+/// `[[site]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawSite {
+    pub name: Option<String>,
+    pub hosts: Vec<String>,
+    pub pool: Option<String>,
+    pub maintenance_page: Option<String>,
+    pub route: Vec<RawRoute>,
+}
+
+/// `[[site.route]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawRoute {
+    pub path: Option<String>,
+    pub pool: Option<String>,
+}
+
+/// `[[pool]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPool {
+    pub name: Option<String>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub host: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub health: Option<RawHealth>,
+    pub origin: Vec<RawOrigin>,
+}
+
+/// `health = { ... }` inside a pool.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub fall: Option<i64>,
+    pub rise: Option<i64>,
+}
+
+/// `[[pool.origin]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawOrigin {
+    pub addr: Option<String>,
+    pub region: Option<String>,
+    pub tier: Option<i64>,
+    pub weight: Option<i64>,
+}

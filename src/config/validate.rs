@@ -1,0 +1,505 @@
+//! Raw config -> validated [`Config`], collecting every error with its key path.
+//!
+//! Each section is checked even when an earlier one failed, so one `onair check` run shows
+//! the operator every problem in the file. Cross-references (a site naming a pool) are checked
+//! after all pools are known.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::schema::*;
+use super::units::parse_duration;
+use super::*;
+
+/// Largest maintenance page we load into memory; it is served from every node on every
+/// outage, so anything bigger is a mistake rather than a page.
+const MAX_MAINTENANCE_PAGE: u64 = 1 << 20;
+
+struct Errors<'a>(&'a mut Vec<ConfigError>);
+
+impl Errors<'_> {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                self.push(path, e);
+                default
+            }),
+        }
+    }
+
+    fn int_in(&mut self, path: &str, value: Option<i64>, default: i64, lo: i64, hi: i64) -> i64 {
+        match value {
+            None => default,
+            Some(v) if (lo..=hi).contains(&v) => v,
+            Some(v) => {
+                self.push(path, format!("{v} is out of range ({lo}..={hi})"));
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("{text:?} is not an IP:port address (host names are not resolved)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, path: &str, value: &Option<String>) -> String {
+        match value.as_deref() {
+            None | Some("") => {
+                self.push(path, "is required");
+                String::new()
+            }
+            Some(v) if !is_token(v) => {
+                self.push(
+                    path,
+                    format!("{v:?} may only use letters, digits, '.', '_' and '-'"),
+                );
+                v.to_owned()
+            }
+            Some(v) => v.to_owned(),
+        }
+    }
+
+    fn file(&mut self, path: &str, base: &Path, file: &str, max: u64) -> Option<Vec<u8>> {
+        let full = resolve(base, file);
+        let read = std::fs::metadata(&full).and_then(|m| {
+            if m.len() > max {
+                Err(std::io::Error::other(format!("larger than {max} bytes")))
+            } else {
+                std::fs::read(&full)
+            }
+        });
+        match read {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.push(path, format!("cannot read {}: {e}", full.display()));
+                None
+            }
+        }
+    }
+}
+
+/// Names that end up in headers, metric labels and file names.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| is_token(h))
+        .unwrap_or_else(|| "onair".to_owned())
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    base: &Path,
+    overrides: &Overrides,
+    errors: &mut Vec<ConfigError>,
+) -> Config {
+    let mut e = Errors(errors);
+    let RawConfig {
+        node,
+        listen,
+        admin,
+        log,
+        site,
+        pool,
+    } = raw;
+
+    let node = validate_node(node, overrides, &mut e);
+    let listen = validate_listen(listen, &mut e);
+    let admin = Admin {
+        token: admin.token_file.and_then(|f| {
+            let bytes = e.file("admin.token_file", base, &f, 4096)?;
+            let token = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if token.len() < 16 {
+                e.push(
+                    "admin.token_file",
+                    "the token must be at least 16 characters (it guards reload and purge)",
+                );
+                None
+            } else {
+                Some(token)
+            }
+        }),
+    };
+    let log = validate_log(log, base, &mut e);
+    let pools = validate_pools(pool, &mut e);
+    let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    let sites = validate_sites(site, base, &pool_names, &mut e);
+    Config {
+        node,
+        listen,
+        admin,
+        log,
+        sites,
+        pools,
+    }
+}
+
+fn validate_node(node: RawNode, overrides: &Overrides, e: &mut Errors<'_>) -> Node {
+    let id_value = overrides.node_id.clone().or(node.id);
+    let id = match id_value {
+        None => default_node_id(),
+        Some(v) => e.name("node.id", &Some(v)),
+    };
+    let region = match overrides.region.clone().or(node.region) {
+        None => String::new(),
+        Some(v) => e.name("node.region", &Some(v)),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    Node {
+        id,
+        region,
+        threads: e.int_in("node.threads", node.threads, cores, 1, 1024) as usize,
+        grace_period: e.duration(
+            "node.grace_period",
+            &node.grace_period,
+            Duration::from_secs(10),
+        ),
+        state_dir: PathBuf::from(
+            node.state_dir
+                .unwrap_or_else(|| "/var/lib/onair".to_owned()),
+        ),
+    }
+}
+
+fn validate_listen(listen: RawListen, e: &mut Errors<'_>) -> Listen {
+    let mut seen = HashSet::new();
+    let mut check = |e: &mut Errors<'_>, path: String, text: &str| {
+        let addr = e.addr(&path, text)?;
+        if !seen.insert(addr) {
+            e.push(path, format!("{addr} is used by another listener"));
+        }
+        Some(addr)
+    };
+    let http: Vec<SocketAddr> = listen
+        .http
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| check(e, format!("listen.http[{i}]"), a))
+        .collect();
+    if !listen.https.is_empty() {
+        e.push(
+            "listen.https",
+            "HTTPS listeners need [tls] support, which this version of onair does not have yet",
+        );
+    }
+    if listen.http.is_empty() && listen.https.is_empty() {
+        e.push("listen.http", "at least one listener is required");
+    }
+    let metrics = listen
+        .metrics
+        .as_deref()
+        .and_then(|a| check(e, "listen.metrics".into(), a));
+    let admin = listen
+        .admin
+        .as_deref()
+        .and_then(|a| check(e, "listen.admin".into(), a));
+    Listen {
+        http,
+        metrics,
+        admin,
+    }
+}
+
+fn validate_log(log: RawLog, base: &Path, e: &mut Errors<'_>) -> Log {
+    let access = match log.access.as_deref() {
+        None | Some("stdout") => AccessLog::Stdout,
+        Some("off") => AccessLog::Off,
+        Some("") => {
+            e.push("log.access", "use \"stdout\", \"off\" or a file path");
+            AccessLog::Off
+        }
+        Some(path) => AccessLog::File(resolve(base, path)),
+    };
+    let level = log.level.unwrap_or_else(|| "info".to_owned());
+    if !matches!(
+        level.as_str(),
+        "trace" | "debug" | "info" | "warn" | "error"
+    ) {
+        e.push(
+            "log.level",
+            format!("{level:?} is not one of trace, debug, info, warn, error"),
+        );
+    }
+    Log { access, level }
+}
+
+fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(pools.len());
+    for (i, p) in pools.into_iter().enumerate() {
+        let at = format!("pool[{i}]");
+        let name = e.name(&format!("{at}.name"), &p.name);
+        if !name.is_empty() && !names.insert(name.clone()) {
+            e.push(
+                format!("{at}.name"),
+                format!("pool {name:?} is defined twice"),
+            );
+        }
+        let tls = p.tls.unwrap_or(false);
+        if tls
+            && p.sni
+                .as_deref()
+                .or(p.host.as_deref())
+                .unwrap_or("")
+                .is_empty()
+        {
+            // Pingora skips certificate verification when SNI is empty: refuse the config
+            // rather than silently connect to an unverified origin.
+            e.push(
+                format!("{at}.sni"),
+                "tls = true needs sni (or host): an empty SNI would disable certificate verification",
+            );
+        }
+        let health = p.health.map(|h| Health {
+            path: match h.path {
+                Some(path) if !path.starts_with('/') => {
+                    e.push(format!("{at}.health.path"), "must start with '/'");
+                    path
+                }
+                Some(path) => path,
+                None => "/".to_owned(),
+            },
+            interval: e.duration(
+                &format!("{at}.health.interval"),
+                &h.interval,
+                Duration::from_secs(2),
+            ),
+            timeout: e.duration(
+                &format!("{at}.health.timeout"),
+                &h.timeout,
+                Duration::from_secs(1),
+            ),
+            fall: e.int_in(&format!("{at}.health.fall"), h.fall, 2, 1, 100) as u32,
+            rise: e.int_in(&format!("{at}.health.rise"), h.rise, 2, 1, 100) as u32,
+        });
+        if let Some(h) = &health {
+            if h.interval.is_zero() {
+                e.push(format!("{at}.health.interval"), "must be more than 0");
+            }
+            if h.timeout.is_zero() {
+                e.push(format!("{at}.health.timeout"), "must be more than 0");
+            }
+        }
+        if p.origin.is_empty() {
+            e.push(format!("{at}.origin"), "a pool needs at least one origin");
+        }
+        let mut addrs = HashSet::new();
+        let origins = p
+            .origin
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, o)| {
+                let oat = format!("{at}.origin[{j}]");
+                let region = o.region.map(|r| e.name(&format!("{oat}.region"), &Some(r)));
+                let tier = e.int_in(&format!("{oat}.tier"), o.tier, 0, 0, 255) as u8;
+                let weight = e.int_in(&format!("{oat}.weight"), o.weight, 1, 1, 1000) as u32;
+                let addr = match o.addr {
+                    None => {
+                        e.push(format!("{oat}.addr"), "is required");
+                        None
+                    }
+                    Some(a) => e.addr(&format!("{oat}.addr"), &a),
+                }?;
+                if !addrs.insert(addr) {
+                    e.push(
+                        format!("{oat}.addr"),
+                        format!("{addr} is listed twice in this pool"),
+                    );
+                }
+                Some(Origin {
+                    addr,
+                    region,
+                    tier,
+                    weight,
+                })
+            })
+            .collect();
+        let connect_timeout = e.duration(
+            &format!("{at}.connect_timeout"),
+            &p.connect_timeout,
+            Duration::from_secs(2),
+        );
+        let read_timeout = e.duration(
+            &format!("{at}.read_timeout"),
+            &p.read_timeout,
+            Duration::from_secs(15),
+        );
+        for (key, d) in [
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+        ] {
+            if d.is_zero() {
+                e.push(format!("{at}.{key}"), "must be more than 0");
+            }
+        }
+        out.push(Pool {
+            name,
+            tls,
+            sni: p.sni.filter(|s| !s.is_empty()),
+            host: p.host.filter(|s| !s.is_empty()),
+            connect_timeout,
+            read_timeout,
+            max_attempts: e.int_in(&format!("{at}.max_attempts"), p.max_attempts, 3, 1, 16)
+                as usize,
+            health,
+            origins,
+        });
+    }
+    out
+}
+
+fn validate_sites(
+    sites: Vec<RawSite>,
+    base: &Path,
+    pools: &HashSet<&str>,
+    e: &mut Errors<'_>,
+) -> Vec<Site> {
+    let mut names = HashSet::new();
+    let mut host_owner: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::with_capacity(sites.len());
+    if sites.is_empty() {
+        e.push("site", "at least one [[site]] is required");
+    }
+    let check_pool = |e: &mut Errors<'_>, path: String, name: &str| {
+        if !pools.contains(name) {
+            e.push(path, format!("no pool is named {name:?}"));
+        }
+    };
+    for (i, s) in sites.into_iter().enumerate() {
+        let at = format!("site[{i}]");
+        let name = e.name(&format!("{at}.name"), &s.name);
+        if !name.is_empty() && !names.insert(name.clone()) {
+            e.push(
+                format!("{at}.name"),
+                format!("site {name:?} is defined twice"),
+            );
+        }
+        if s.hosts.is_empty() {
+            e.push(
+                format!("{at}.hosts"),
+                "a site needs at least one host (\"*\" for any)",
+            );
+        }
+        let mut hosts = Vec::with_capacity(s.hosts.len());
+        for (j, h) in s.hosts.iter().enumerate() {
+            let hat = format!("{at}.hosts[{j}]");
+            let host = h.trim().to_ascii_lowercase();
+            if !is_host_pattern(&host) {
+                e.push(
+                    &hat,
+                    format!("{h:?} is not a host name, \"*.suffix\" wildcard or \"*\""),
+                );
+                continue;
+            }
+            if let Some(owner) = host_owner.insert(host.clone(), name.clone()) {
+                e.push(
+                    &hat,
+                    format!("{host:?} is already claimed by site {owner:?}"),
+                );
+            }
+            hosts.push(host);
+        }
+        let pool = match s.pool {
+            None => {
+                e.push(format!("{at}.pool"), "is required");
+                String::new()
+            }
+            Some(p) => {
+                check_pool(e, format!("{at}.pool"), &p);
+                p
+            }
+        };
+        let maintenance_page = s.maintenance_page.and_then(|f| {
+            e.file(
+                &format!("{at}.maintenance_page"),
+                base,
+                &f,
+                MAX_MAINTENANCE_PAGE,
+            )
+            .map(Bytes::from)
+        });
+        let mut paths = HashSet::new();
+        let routes = s
+            .route
+            .into_iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let rat = format!("{at}.route[{j}]");
+                let path = r.path.unwrap_or_default();
+                if !path.starts_with('/') {
+                    e.push(
+                        format!("{rat}.path"),
+                        format!("{path:?} must start with '/'"),
+                    );
+                } else if !paths.insert(path.clone()) {
+                    e.push(format!("{rat}.path"), format!("{path:?} is routed twice"));
+                }
+                if let Some(p) = &r.pool {
+                    check_pool(e, format!("{rat}.pool"), p);
+                }
+                Route { path, pool: r.pool }
+            })
+            .collect();
+        out.push(Site {
+            name,
+            hosts,
+            pool,
+            maintenance_page,
+            routes,
+        });
+    }
+    out
+}
+
+/// `*`, `*.example.com`, or a plain DNS name / IP literal (optionally with a port).
+fn is_host_pattern(host: &str) -> bool {
+    if host == "*" {
+        return true;
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}

@@ -1,0 +1,23 @@
+//! onair: an edge cache and origin proxy on Pingora that keeps a site on air.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, its validation (every error with its key path).
+//! - [`snapshot`]: the runtime snapshot built from a config, swapped atomically on reload.
+//! - [`router`]: host -> site -> route -> pool.
+//! - [`origin`]: pools, tiers, regions, health.
+//! - [`proxy`]: the `ProxyHttp` phases, which only dispatch to the modules above.
+//! - [`admin`]: the admin API. [`metrics`]: every Prometheus metric.
+//! - [`access_log`], [`logging`]: what onair tells operators.
+//! - [`server`]: process lifecycle. [`demo`]: the `onair demo` showcase.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;

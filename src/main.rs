@@ -1,0 +1,116 @@
+//! The `onair` command line: parse arguments, then hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use onair::config::{Config, Overrides};
+use onair::server::{self, RunOptions, StartError};
+
+#[derive(Parser)]
+#[command(
+    name = "onair",
+    version,
+    about = "An edge cache and origin proxy that keeps sites on air"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file.
+    Run {
+        /// The config file.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// This node's region (overrides node.region).
+        #[arg(long)]
+        region: Option<String>,
+        /// This node's id (overrides node.id).
+        #[arg(long = "node-id")]
+        node_id: Option<String>,
+        /// Take the listeners over from a running onair (graceful upgrade; then SIGQUIT the old one).
+        #[arg(short = 'u', long = "upgrade")]
+        upgrade: bool,
+    },
+    /// Validate a config file: prints `config ok`, or every error with its key path.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long = "node-id")]
+        node_id: Option<String>,
+    },
+    /// Run a self-contained showcase on 127.0.0.1:8080 with sample origins.
+    Demo,
+    /// Print version and build information.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            region,
+            node_id,
+            upgrade,
+        } => report(server::run(RunOptions {
+            config,
+            overrides: Overrides { region, node_id },
+            upgrade,
+        })),
+        Command::Check {
+            config,
+            region,
+            node_id,
+        } => match Config::load(&config, &Overrides { region, node_id }) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    println!("{e}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo => report(onair::demo::run()),
+        Command::Version => {
+            println!(
+                "onair {} (pingora 0.9.1, rustls/ring, {}-{}, {} build)",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                std::env::consts::OS,
+                if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                },
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn report(result: Result<(), StartError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Config(errors)) => {
+            eprintln!("onair: the config has errors, not starting:");
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(StartError::Io(e)) => {
+            eprintln!("onair: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Every metric onair exports, registered once in the default Prometheus registry that the
+//! metrics listener serves.
+//!
+//! Labels are bounded by construction: site, pool and origin come from the config, the cache
+//! label and outcome are closed sets, and status codes are folded into classes (`2xx`). A raw
+//! path, host or client address never becomes a label.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use pingora_prometheus::prometheus::{
+    self, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+/// Latency buckets in seconds, from a memory hit (sub-millisecond) to a slow origin.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
+
+/// Outcome of one attempt at an origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginOutcome {
+    Ok,
+    Error,
+    Timeout,
+    Status5xx,
+}
+
+impl OriginOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            OriginOutcome::Ok => "ok",
+            OriginOutcome::Error => "error",
+            OriginOutcome::Timeout => "timeout",
+            OriginOutcome::Status5xx => "5xx",
+        }
+    }
+}
+
+/// All collectors, typed.
+pub struct Metrics {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    origin_up: IntGaugeVec,
+    origin_requests: IntCounterVec,
+    origin_duration: HistogramVec,
+    failovers: IntCounterVec,
+    config_reloads: IntCounterVec,
+    config_version: IntGauge,
+}
+
+impl Metrics {
+    // Metric names and help texts are literals checked by the unit test below; a failure here
+    // is a programming error found before any release, so expect() is the honest choice.
+    #[allow(clippy::expect_used)]
+    fn register() -> Metrics {
+        let r = prometheus::default_registry();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid histogram");
+            r.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let origin_up = IntGaugeVec::new(
+            Opts::new(
+                "onair_origin_up",
+                "1 when the origin passes its health checks, 0 when it is down.",
+            ),
+            &["pool", "origin"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(origin_up.clone()))
+            .expect("registered once");
+        let config_version = IntGauge::new(
+            "onair_config_version",
+            "Version of the config snapshot in use; it grows by one with each successful reload.",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(config_version.clone()))
+            .expect("registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "onair_build_info",
+                "Always 1; the label carries the onair version.",
+            ),
+            &["version"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(build_info.clone()))
+            .expect("registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Metrics {
+            requests: counter(
+                "onair_requests_total",
+                "Client requests answered, by site, cache status and status class.",
+                &["site", "cache", "code"],
+            ),
+            request_duration: histogram(
+                "onair_request_duration_seconds",
+                "Time from request head to the last byte of the answer.",
+                &["cache"],
+            ),
+            origin_up,
+            origin_requests: counter(
+                "onair_origin_requests_total",
+                "Attempts at an origin, by outcome (ok, error, timeout, 5xx).",
+                &["pool", "origin", "outcome"],
+            ),
+            origin_duration: histogram(
+                "onair_origin_duration_seconds",
+                "Time from choosing an origin to its response head (or failure).",
+                &["pool", "origin"],
+            ),
+            failovers: counter(
+                "onair_failovers_total",
+                "Requests moved to another origin after an attempt failed.",
+                &["pool"],
+            ),
+            config_reloads: counter(
+                "onair_config_reloads_total",
+                "Config reloads, by result (ok, error). A failed reload changes nothing.",
+                &["result"],
+            ),
+            config_version,
+        }
+    }
+
+    /// One answered client request.
+    pub fn request(&self, site: &str, cache: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .with_label_values(&[site, cache, status_class(status)])
+            .inc();
+        self.request_duration
+            .with_label_values(&[cache])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One attempt at an origin.
+    pub fn origin_attempt(
+        &self,
+        pool: &str,
+        origin: &str,
+        outcome: OriginOutcome,
+        elapsed: Duration,
+    ) {
+        self.origin_requests
+            .with_label_values(&[pool, origin, outcome.label()])
+            .inc();
+        self.origin_duration
+            .with_label_values(&[pool, origin])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request moved on to another origin.
+    pub fn failover(&self, pool: &str) {
+        self.failovers.with_label_values(&[pool]).inc();
+    }
+
+    /// An origin changed state (or was first seen).
+    pub fn set_origin_up(&self, pool: &str, origin: &str, up: bool) {
+        self.origin_up
+            .with_label_values(&[pool, origin])
+            .set(i64::from(up));
+    }
+
+    /// Drops the label sets of origins that left the config, so dashboards do not show ghosts.
+    pub fn forget_origin(&self, pool: &str, origin: &str) {
+        let _ = self.origin_up.remove_label_values(&[pool, origin]);
+    }
+
+    /// A reload attempt; `version` is the snapshot now in use.
+    pub fn reload(&self, ok: bool, version: u64) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        self.config_version.set(version as i64);
+    }
+
+    /// The first snapshot is in place.
+    pub fn initial_config(&self, version: u64) {
+        // Both results start at zero so that rate() and absent() behave from the first scrape.
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        self.config_version.set(version as i64);
+    }
+}
+
+/// Folds a status code into its class label.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// The metrics in Prometheus text format (what the metrics listener serves).
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if encoder.encode(&prometheus::gather(), &mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register_and_render() {
+        METRICS.request("portal", "none", 204, Duration::from_millis(3));
+        METRICS.origin_attempt(
+            "p",
+            "127.0.0.1:1",
+            OriginOutcome::Timeout,
+            Duration::from_secs(1),
+        );
+        METRICS.failover("p");
+        METRICS.set_origin_up("p", "127.0.0.1:1", false);
+        METRICS.reload(true, 2);
+        let text = render();
+        for name in [
+            "onair_requests_total{cache=\"none\",code=\"2xx\",site=\"portal\"} 1",
+            "onair_request_duration_seconds_bucket",
+            "onair_origin_up{origin=\"127.0.0.1:1\",pool=\"p\"} 0",
+            "onair_origin_requests_total{origin=\"127.0.0.1:1\",outcome=\"timeout\",pool=\"p\"} 1",
+            "onair_origin_duration_seconds_bucket",
+            "onair_failovers_total{pool=\"p\"} 1",
+            "onair_config_reloads_total{result=\"ok\"} 1",
+            "onair_config_version 2",
+            "onair_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(421), "4xx");
+        assert_eq!(status_class(0), "other");
+    }
+}

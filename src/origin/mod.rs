@@ -1,0 +1,175 @@
+//! Origin pools: which origin a request goes to, and how healthy each origin is.
+//!
+//! A [`Pool`] is built from config for each snapshot. Its origins share health state with
+//! earlier snapshots through the [`health::HealthRegistry`], so a reload does not forget that an
+//! origin is down. Choice order (DESIGN.md): the lowest tier that has a healthy origin; inside
+//! that tier, origins of this node's region first; among equals, weighted round robin.
+
+pub mod health;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config;
+use health::{HealthRegistry, OriginHealth};
+
+/// One origin server of a pool, as the proxy sees it.
+#[derive(Debug)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// `addr` as text, computed once: it is a metric label and an access-log field.
+    pub label: String,
+    pub region: Option<String>,
+    pub tier: u8,
+    pub weight: u32,
+    pub health: Arc<OriginHealth>,
+}
+
+/// A pool of origins with its connection settings.
+#[derive(Debug)]
+pub struct Pool {
+    pub config: config::Pool,
+    pub origins: Vec<Origin>,
+    /// Round-robin cursor; shared by all requests of this snapshot.
+    cursor: AtomicUsize,
+}
+
+impl Pool {
+    /// Builds a pool, attaching each origin to its (possibly existing) health state.
+    pub fn new(config: &config::Pool, registry: &HealthRegistry) -> Pool {
+        let origins = config
+            .origins
+            .iter()
+            .map(|o| Origin {
+                addr: o.addr,
+                label: o.addr.to_string(),
+                region: o.region.clone(),
+                tier: o.tier,
+                weight: o.weight,
+                health: registry.get(&config.name, o.addr, config.health.is_some()),
+            })
+            .collect();
+        Pool {
+            config: config.clone(),
+            origins,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Chooses the next origin for a request that has already tried the origins whose indexes
+    /// are in `tried`. Healthy origins come first; when none is left, the untried unhealthy
+    /// ones are offered in the same order, because a health check can be wrong and a real
+    /// attempt beats a certain maintenance page.
+    pub fn choose(&self, region: &str, tried: &[usize]) -> Option<usize> {
+        self.pick(region, |i, o| o.health.is_up() && !tried.contains(&i))
+            .or_else(|| self.pick(region, |i, _| !tried.contains(&i)))
+    }
+
+    fn pick(&self, region: &str, eligible: impl Fn(usize, &Origin) -> bool) -> Option<usize> {
+        let candidates = || {
+            self.origins
+                .iter()
+                .enumerate()
+                .filter(|(i, o)| eligible(*i, o))
+        };
+        let tier = candidates().map(|(_, o)| o.tier).min()?;
+        let is_local = |o: &Origin| !region.is_empty() && o.region.as_deref() == Some(region);
+        let any_local = candidates().any(|(_, o)| o.tier == tier && is_local(o));
+        let chosen =
+            || candidates().filter(move |(_, o)| o.tier == tier && (!any_local || is_local(o)));
+        let total: u64 = chosen().map(|(_, o)| u64::from(o.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut n = (self.cursor.fetch_add(1, Ordering::Relaxed) as u64) % total;
+        for (i, o) in chosen() {
+            let w = u64::from(o.weight);
+            if n < w {
+                return Some(i);
+            }
+            n -= w;
+        }
+        None
+    }
+
+    /// True when at least one origin is healthy.
+    pub fn any_up(&self) -> bool {
+        self.origins.iter().any(|o| o.health.is_up())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(origins: &[(&str, Option<&str>, u8, u32)]) -> (Pool, HealthRegistry) {
+        let registry = HealthRegistry::default();
+        let cfg = config::Pool {
+            name: "p".into(),
+            tls: false,
+            sni: None,
+            host: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            max_attempts: 3,
+            health: None,
+            origins: origins
+                .iter()
+                .map(|(a, r, t, w)| config::Origin {
+                    addr: a.parse().unwrap(),
+                    region: r.map(str::to_owned),
+                    tier: *t,
+                    weight: *w,
+                })
+                .collect(),
+        };
+        (Pool::new(&cfg, &registry), registry)
+    }
+
+    #[test]
+    fn lowest_healthy_tier_then_region() {
+        let (p, _r) = pool(&[
+            ("127.0.0.1:1", Some("hn"), 1, 1),
+            ("127.0.0.1:2", Some("sg"), 0, 1),
+            ("127.0.0.1:3", Some("hn"), 0, 1),
+        ]);
+        for _ in 0..10 {
+            assert_eq!(p.choose("hn", &[]), Some(2));
+        }
+        // The other region's origin of the same tier comes next, before tier 1.
+        assert_eq!(p.choose("hn", &[2]), Some(1));
+        assert_eq!(p.choose("hn", &[2, 1]), Some(0));
+        assert_eq!(p.choose("hn", &[0, 1, 2]), None);
+        // No region: both tier-0 origins share the load.
+        let picks: Vec<_> = (0..4).map(|_| p.choose("", &[]).unwrap()).collect();
+        assert!(picks.contains(&1) && picks.contains(&2) && !picks.contains(&0));
+    }
+
+    #[test]
+    fn unhealthy_tier_is_skipped_but_still_tried_last() {
+        let (p, _r) = pool(&[("127.0.0.1:1", None, 0, 1), ("127.0.0.1:2", None, 1, 1)]);
+        p.origins[0].health.force(false);
+        assert_eq!(p.choose("", &[]), Some(1));
+        // Backup failed too: the unhealthy primary still gets a try.
+        assert_eq!(p.choose("", &[1]), Some(0));
+        p.origins[0].health.force(true);
+        assert_eq!(p.choose("", &[]), Some(0));
+    }
+
+    #[test]
+    fn weights_share_the_load() {
+        let (p, _r) = pool(&[("127.0.0.1:1", None, 0, 3), ("127.0.0.1:2", None, 0, 1)]);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[p.choose("", &[]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+    }
+}

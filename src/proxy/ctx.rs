@@ -1,0 +1,61 @@
+//! The per-request context: everything one request carries between proxy phases.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::origin::Pool;
+use crate::snapshot::Snapshot;
+
+/// State of one request. Created in `new_ctx` with the snapshot it will use to the end.
+pub struct RequestCtx {
+    pub started: Instant,
+    /// Loaded once: a reload during this request does not change its rules.
+    pub snapshot: Arc<Snapshot>,
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    /// Normalized request host (lowercase, no port).
+    pub host: String,
+    /// Index into `snapshot.sites`.
+    pub site: Option<usize>,
+    pub pool: Option<Arc<Pool>>,
+    /// Origin indexes (into `pool.origins`) already tried, in order.
+    pub tried: Vec<usize>,
+    /// When the current origin attempt began.
+    pub attempt_started: Option<Instant>,
+    /// Whether the current attempt has been counted in the origin metrics.
+    pub attempt_recorded: bool,
+    /// Status of an answer onair made itself (421, maintenance 503, ...), for the log.
+    pub local_status: Option<u16>,
+}
+
+impl RequestCtx {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            snapshot,
+            request_id: String::new(),
+            client_ip: None,
+            host: String::new(),
+            site: None,
+            pool: None,
+            tried: Vec::new(),
+            attempt_started: None,
+            attempt_recorded: false,
+            local_status: None,
+        }
+    }
+
+    /// The origin of the current (last) attempt.
+    pub fn current_origin(&self) -> Option<&crate::origin::Origin> {
+        let pool = self.pool.as_ref()?;
+        pool.origins.get(*self.tried.last()?)
+    }
+
+    /// The site's name for metrics and logs; `-` when no site matched.
+    pub fn site_name(&self) -> &str {
+        self.site
+            .and_then(|i| self.snapshot.sites.get(i))
+            .map_or("-", |s| s.name.as_str())
+    }
+}

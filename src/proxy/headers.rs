@@ -1,0 +1,171 @@
+//! Header handling on the way to the origin and back: forwarding headers, `Via`, request ids,
+//! hop-by-hop removal on responses.
+//!
+//! Pingora already strips hop-by-hop request headers (its standard upstream request policy);
+//! responses are ours to clean.
+
+use http::header::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+use rand::RngCore;
+
+use super::ctx::RequestCtx;
+
+/// Longest client-supplied request id we keep; longer (or odd) ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id` when it is sane, else a fresh random one.
+pub fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req.headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+            // Checked as visible ASCII just above, so this is valid UTF-8.
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    let mut raw = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let mut id = String::with_capacity(32);
+    for byte in raw {
+        id.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        id.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    id
+}
+
+/// The request's host as the client sent it: the URI authority (HTTP/2, absolute-form) or
+/// the Host header.
+pub fn raw_host(req: &RequestHeader) -> Option<&str> {
+    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+/// True when our own node already appears in `Via`: the request went around in a loop.
+pub fn is_loop(req: &RequestHeader, via: &str) -> bool {
+    req.headers.get_all(http::header::VIA).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|hop| hop.trim() == via))
+            .unwrap_or(false)
+    })
+}
+
+/// Appends `value` to a comma-separated list header, creating it when absent.
+fn append_list(headers: &http::HeaderMap, name: HeaderName, value: &str) -> Option<HeaderValue> {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    HeaderValue::from_str(&joined).ok()
+}
+
+/// Sets the headers the origin sees: forwarding headers, `Via`, request id, host override.
+pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &str) -> Result<()> {
+    let original_host = raw_host(req).map(str::to_owned);
+    if let Some(ip) = ctx.client_ip {
+        if let Some(v) = append_list(
+            &req.headers,
+            HeaderName::from_static("x-forwarded-for"),
+            &ip.to_string(),
+        ) {
+            req.insert_header("X-Forwarded-For", v)?;
+        }
+    }
+    req.insert_header("X-Forwarded-Proto", scheme)?;
+    if let Some(host) = &original_host {
+        req.insert_header("X-Forwarded-Host", host.as_str())?;
+    }
+    if let Some(v) = append_list(&req.headers, http::header::VIA, &ctx.snapshot.via) {
+        req.insert_header("Via", v)?;
+    }
+    req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    let pool_host = ctx.pool.as_ref().and_then(|p| p.config.host.as_deref());
+    match (pool_host, original_host) {
+        (Some(h), _) => req.insert_header("Host", h)?,
+        // HTTP/2 clients send no Host header; an HTTP/1.1 origin needs one.
+        (None, Some(h)) if req.headers.get(http::header::HOST).is_none() => {
+            req.insert_header("Host", h)?
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Hop-by-hop response headers that must not travel past this hop (RFC 9110 §7.6.1).
+/// `Transfer-Encoding` is left to Pingora, which re-frames the body for the client.
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"];
+
+/// Cleans an origin response: hop-by-hop headers and anything `Connection` nominates.
+pub fn from_origin(resp: &mut ResponseHeader) {
+    let upgrading = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !(t.is_empty() || (upgrading && t == "upgrade")))
+        .collect();
+    for name in nominated
+        .iter()
+        .map(String::as_str)
+        .chain(HOP_BY_HOP.iter().copied())
+    {
+        resp.remove_header(name);
+    }
+    if !upgrading {
+        resp.remove_header(&http::header::CONNECTION);
+        resp.remove_header(&http::header::UPGRADE);
+    }
+}
+
+/// Adds this node's `Via` entry and the request id to the client's answer.
+pub fn to_client(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(v) = append_list(&resp.headers, http::header::VIA, &ctx.snapshot.via) {
+        resp.insert_header("Via", v)?;
+    }
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let made = request_id(&req);
+        assert_eq!(made.len(), 32);
+        assert_ne!(made, request_id(&req));
+        req.insert_header("X-Request-Id", "abc-123").unwrap();
+        assert_eq!(request_id(&req), "abc-123");
+        req.insert_header("X-Request-Id", "has space").unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+    }
+
+    #[test]
+    fn response_hop_by_hop() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Connection", "close, X-Secret").unwrap();
+        resp.insert_header("X-Secret", "1").unwrap();
+        resp.insert_header("Keep-Alive", "timeout=5").unwrap();
+        resp.insert_header("Cache-Control", "max-age=1").unwrap();
+        from_origin(&mut resp);
+        assert!(resp.headers.get("x-secret").is_none());
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("connection").is_none());
+        assert!(resp.headers.get("cache-control").is_some());
+    }
+
+    #[test]
+    fn loops() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Via", "1.1 other, 1.1 edge-1").unwrap();
+        assert!(is_loop(&req, "1.1 edge-1"));
+        assert!(!is_loop(&req, "1.1 edge-2"));
+    }
+}

@@ -1,0 +1,297 @@
+//! The `ProxyHttp` implementation. Each phase is a few lines that call the modules that own
+//! the concern: routing (`router`), origin choice (`origin`), headers (`headers`), local
+//! answers (`respond`), metrics and the access log.
+//!
+//! Phase order for one request (see docs/architecture.md):
+//! `new_ctx` (snapshot) -> `request_filter` (request id, host -> site -> route -> pool) ->
+//! `upstream_peer` (origin choice) -> `upstream_request_filter` (forwarding headers) ->
+//! `upstream_response_filter` (origin outcome, hop-by-hop) -> `response_filter` (`Via`, id) ->
+//! `logging` (metrics, access log). On failure: `fail_to_connect` / `error_while_proxy` decide
+//! whether to try the next origin, and `fail_to_proxy` answers with the maintenance page.
+
+pub mod ctx;
+pub mod headers;
+pub mod respond;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::access_log;
+use crate::metrics::{OriginOutcome, METRICS};
+use crate::router::normalize_host;
+use crate::snapshot::Live;
+use ctx::RequestCtx;
+
+/// Idle upstream connections are kept this long for reuse.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// The edge proxy.
+pub struct Edge {
+    live: Arc<Live>,
+}
+
+impl Edge {
+    pub fn new(live: Arc<Live>) -> Self {
+        Edge { live }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.live.current())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req);
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if headers::is_loop(req, &ctx.snapshot.via) {
+            respond::text(
+                session,
+                ctx,
+                508,
+                "request loop detected: this node already forwarded it\n",
+            )
+            .await?;
+            return Ok(true);
+        }
+        let Some(host) = headers::raw_host(req).and_then(normalize_host) else {
+            respond::text(session, ctx, 400, "missing or invalid Host\n").await?;
+            return Ok(true);
+        };
+        ctx.host = host;
+        let Some(site) = ctx.snapshot.hosts.site_for(&ctx.host) else {
+            // Never forward a request for a host we do not serve: it could reach an origin
+            // that trusts the edge for a site it is not meant to serve.
+            respond::text(
+                session,
+                ctx,
+                421,
+                "this edge serves no site for that host\n",
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.site = Some(site);
+        let path = session.req_header().uri.path();
+        let pool = ctx
+            .snapshot
+            .sites
+            .get(site)
+            .map(|s| s.routes.pool_for(path))
+            .and_then(|i| ctx.snapshot.pools.get(i))
+            .cloned();
+        ctx.pool = pool;
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request has no pool",
+            ));
+        };
+        let region = ctx.snapshot.config.node.region.as_str();
+        let Some(index) = pool.choose(region, &ctx.tried) else {
+            return Err(
+                Error::explain(ErrorType::ConnectNoRoute, "no origin left to try").into_up(),
+            );
+        };
+        if !ctx.tried.is_empty() {
+            METRICS.failover(pool.name());
+        }
+        ctx.tried.push(index);
+        ctx.attempt_started = Some(std::time::Instant::now());
+        ctx.attempt_recorded = false;
+        let Some(origin) = pool.origins.get(index) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "origin index out of range",
+            ));
+        };
+        let cfg = &pool.config;
+        let sni = cfg
+            .sni
+            .clone()
+            .or_else(|| cfg.host.clone())
+            .unwrap_or_default();
+        let mut peer = HttpPeer::new(origin.addr, cfg.tls, sni);
+        peer.options.connection_timeout = Some(cfg.connect_timeout);
+        peer.options.read_timeout = Some(cfg.read_timeout);
+        peer.options.write_timeout = Some(cfg.read_timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::to_origin(upstream, ctx, "http")
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !resp.status.is_informational() {
+            let outcome = if resp.status.is_server_error() {
+                OriginOutcome::Status5xx
+            } else {
+                OriginOutcome::Ok
+            };
+            record_attempt(ctx, outcome);
+        }
+        headers::from_origin(resp);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::to_client(resp, ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        record_attempt(ctx, outcome_of(&e));
+        // Nothing reached the origin, so any method may move to the next origin.
+        e.set_retry(may_try_again(ctx));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        record_attempt(ctx, outcome_of(&e));
+        let mut e = e.more_context(format!("origin {peer}"));
+        // The origin may have acted on the request: only idempotent requests whose body we can
+        // replay, and only while the client has seen nothing of the answer, go elsewhere.
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        e.set_retry(safe && may_try_again(ctx));
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let already_answered = session.response_written().is_some();
+        let code = if already_answered {
+            // Headers are out: all we can do is cut the connection so the client sees an
+            // incomplete answer rather than a silently truncated one.
+            0
+        } else if *e.esource() == ErrorSource::Downstream {
+            match e.etype() {
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+                _ => respond::text(session, ctx, 400, "bad request\n")
+                    .await
+                    .unwrap_or(0),
+            }
+        } else {
+            // Origins failed (or none is left): the site's maintenance page, never a bare 502.
+            respond::maintenance(session, ctx).await.unwrap_or(0)
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
+        let cache = "none";
+        METRICS.request(ctx.site_name(), cache, status, elapsed);
+        let req = session.req_header();
+        let origin = ctx.current_origin().map(|o| o.label.as_str());
+        access_log::write(&access_log::Entry {
+            time: access_log::now_rfc3339(),
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+            method: req.method.as_str(),
+            host: &ctx.host,
+            path: req.uri.path(),
+            status,
+            bytes: session.body_bytes_sent(),
+            duration_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            site: ctx.site_name(),
+            origin,
+            attempts: ctx.tried.len(),
+            cache,
+        });
+    }
+}
+
+/// Whether the pool allows another attempt and has an origin left to try.
+fn may_try_again(ctx: &RequestCtx) -> bool {
+    let Some(pool) = &ctx.pool else { return false };
+    ctx.tried.len() < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()
+}
+
+fn outcome_of(e: &Error) -> OriginOutcome {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            OriginOutcome::Timeout
+        }
+        _ => OriginOutcome::Error,
+    }
+}
+
+/// Counts the current attempt once in the origin metrics.
+fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
+    if ctx.attempt_recorded {
+        return;
+    }
+    let (Some(pool), Some(&index), Some(started)) =
+        (&ctx.pool, ctx.tried.last(), ctx.attempt_started)
+    else {
+        return;
+    };
+    if let Some(origin) = pool.origins.get(index) {
+        METRICS.origin_attempt(pool.name(), &origin.label, outcome, started.elapsed());
+    }
+    ctx.attempt_recorded = true;
+}

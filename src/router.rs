@@ -1,0 +1,191 @@
+//! Request routing: which site a Host belongs to, and which route (and so which pool) a path
+//! takes inside that site.
+//!
+//! Built once per config snapshot; lookups borrow the request's host and path and allocate
+//! nothing. Host matching order is exact name, then the longest `*.suffix` wildcard, then the
+//! `"*"` default site. Inside a site the longest matching path prefix wins.
+
+use std::collections::HashMap;
+
+use crate::config;
+
+/// A site's routes, longest prefix first, each resolved to a pool index.
+#[derive(Debug)]
+pub struct SiteRoutes {
+    /// `(prefix, pool index)`, sorted by descending prefix length.
+    routes: Vec<(String, usize)>,
+    default_pool: usize,
+}
+
+impl SiteRoutes {
+    /// The pool index for `path`.
+    pub fn pool_for(&self, path: &str) -> usize {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or(self.default_pool, |(_, pool)| *pool)
+    }
+}
+
+/// Host -> site lookup table.
+#[derive(Debug, Default)]
+pub struct HostTable {
+    exact: HashMap<String, usize>,
+    /// `(".suffix", site)`, longest suffix first, so `*.a.b.c` beats `*.b.c`.
+    wildcards: Vec<(String, usize)>,
+    default: Option<usize>,
+}
+
+impl HostTable {
+    /// Builds the table from validated sites (hosts are already lowercase and unique).
+    pub fn new(sites: &[config::Site]) -> Self {
+        let mut table = HostTable::default();
+        for (i, site) in sites.iter().enumerate() {
+            for host in &site.hosts {
+                if host == "*" {
+                    table.default = Some(i);
+                } else if let Some(suffix) = host.strip_prefix('*') {
+                    table.wildcards.push((suffix.to_owned(), i));
+                } else {
+                    table.exact.insert(host.clone(), i);
+                }
+            }
+        }
+        table
+            .wildcards
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        table
+    }
+
+    /// The site index for a normalized host (see [`normalize_host`]).
+    pub fn site_for(&self, host: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(host) {
+            return Some(*i);
+        }
+        self.wildcards
+            .iter()
+            // `*.example.com` covers `a.example.com` but not `example.com` itself.
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, i)| *i)
+            .or(self.default)
+    }
+}
+
+/// Builds a site's route table; `pool_index` maps pool names (already validated) to indexes.
+pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> SiteRoutes {
+    let mut routes: Vec<(String, usize)> = site
+        .routes
+        .iter()
+        .map(|r| {
+            let pool = r.pool.as_deref().unwrap_or(&site.pool);
+            (r.path.clone(), pool_index(pool))
+        })
+        .collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+    SiteRoutes {
+        routes,
+        default_pool: pool_index(&site.pool),
+    }
+}
+
+/// Lowercases a Host/authority value and drops the port and a trailing dot, so that
+/// `News.Example.com.:80` and `news.example.com` route alike. Returns None for a value that
+/// cannot be a host (empty, or with characters no host name has).
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        let end = rest.find(']')?;
+        &raw[..end + 2]
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || host.len() > 253
+        || !host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+    {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str, hosts: &[&str], routes: &[(&str, &str)]) -> config::Site {
+        config::Site {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            pool: "main".into(),
+            maintenance_page: None,
+            routes: routes
+                .iter()
+                .map(|(p, pool)| config::Route {
+                    path: p.to_string(),
+                    pool: Some(pool.to_string()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn host_matching_order() {
+        let sites = vec![
+            site("exact", &["news.example.vn"], &[]),
+            site("wild", &["*.example.vn"], &[]),
+            site("deeper", &["*.live.example.vn"], &[]),
+            site("default", &["*"], &[]),
+        ];
+        let t = HostTable::new(&sites);
+        assert_eq!(t.site_for("news.example.vn"), Some(0));
+        assert_eq!(t.site_for("video.example.vn"), Some(1));
+        assert_eq!(t.site_for("a.live.example.vn"), Some(2));
+        // A wildcard does not cover the bare suffix.
+        assert_eq!(t.site_for("example.vn"), Some(3));
+        assert_eq!(t.site_for("other.org"), Some(3));
+        let no_default = HostTable::new(&sites[..3]);
+        assert_eq!(no_default.site_for("other.org"), None);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let s = site(
+            "s",
+            &["*"],
+            &[("/api/", "api"), ("/api/v2/", "v2"), ("/img", "img")],
+        );
+        let index = |name: &str| match name {
+            "main" => 0,
+            "api" => 1,
+            "v2" => 2,
+            _ => 3,
+        };
+        let r = site_routes(&s, &index);
+        assert_eq!(r.pool_for("/"), 0);
+        assert_eq!(r.pool_for("/api/x"), 1);
+        assert_eq!(r.pool_for("/api/v2/x"), 2);
+        assert_eq!(r.pool_for("/img/a.png"), 3);
+        assert_eq!(r.pool_for("/images/a.png"), 0);
+        assert_eq!(r.pool_for("/ap"), 0);
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(
+            normalize_host("News.Example.VN:8080").as_deref(),
+            Some("news.example.vn")
+        );
+        assert_eq!(normalize_host("example.vn.").as_deref(), Some("example.vn"));
+        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host("evil.com/x"), None);
+    }
+}

@@ -1,0 +1,204 @@
+//! Process lifecycle: turn a validated config into a running Pingora server with the edge
+//! proxy, admin API, metrics listener, health checks and the SIGHUP reloader.
+//!
+//! Pingora owns the listeners and signals it knows: SIGTERM drains for `node.grace_period`
+//! (its own default of 300 s never applies), SIGQUIT hands the listeners to a process started
+//! with `-u`, SIGINT stops at once. SIGHUP is ours: reload the config file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::access_log;
+use crate::admin::AdminApp;
+use crate::config::{Config, ConfigErrors, Overrides};
+use crate::origin::health::HealthChecker;
+use crate::proxy::Edge;
+use crate::snapshot::Live;
+
+/// Seconds the runtimes get to stop after the grace period; the drain itself is the grace
+/// period, this only bounds the final teardown.
+const TEARDOWN_SECONDS: u64 = 2;
+
+/// Why `run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Options of `onair run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub overrides: Overrides,
+    /// Take the listeners over from a running onair (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Loads the config and serves until a signal stops the process. Returns only on a start-up
+/// error; once serving, the process exits through Pingora's signal handling.
+pub fn run(opts: RunOptions) -> Result<(), StartError> {
+    let config = Config::load(&opts.config, &opts.overrides)?;
+    let config_path = std::fs::canonicalize(&opts.config).unwrap_or(opts.config.clone());
+    serve(config, Some(config_path), opts.overrides, opts.upgrade)
+}
+
+/// Serves a validated config. `source` is the file SIGHUP and `POST /reload` re-read.
+pub fn serve(
+    config: Config,
+    source: Option<PathBuf>,
+    overrides: Overrides,
+    upgrade: bool,
+) -> Result<(), StartError> {
+    crate::logging::init(&config.log.level);
+    ignore_sighup_until_ready();
+    let _access_guard = access_log::init(&config.log.access)
+        .map_err(|e| StartError::Io(format!("log.access: cannot open: {e}")))?;
+    let state_dir = config.node.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        StartError::Io(format!(
+            "node.state_dir: cannot create {}: {e}",
+            state_dir.display()
+        ))
+    })?;
+
+    let server_conf = server_conf(&config, &state_dir);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let live = Live::new(config.clone(), source, overrides);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Edge::new(live.clone()),
+        "onair edge",
+    );
+    for addr in &config.listen.http {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = config.listen.admin {
+        let mut admin = Service::new("onair admin".to_owned(), AdminApp::new(live.clone()));
+        admin.add_tcp(&addr.to_string());
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
+    if let Some(addr) = config.listen.metrics {
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.add_tcp(&addr.to_string());
+        metrics.threads = Some(1);
+        server.add_service(metrics);
+    }
+    server.add_service(background_service(
+        "onair health checks",
+        HealthChecker::new(live.clone()),
+    ));
+    server.add_service(background_service(
+        "onair reloader",
+        Reloader { live: live.clone() },
+    ));
+
+    let pid_file = state_dir.join("onair.pid");
+    write_pid_file(&pid_file);
+    tracing::info!(
+        node = %config.node.id,
+        region = %config.node.region,
+        listeners = ?config.listen.http,
+        "onair {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    server.run(pingora::server::RunArgs::default());
+    remove_pid_file(&pid_file);
+    Ok(())
+}
+
+/// Pingora's server settings derived from ours.
+fn server_conf(config: &Config, state_dir: &Path) -> ServerConf {
+    let mut conf = ServerConf::new().unwrap_or_default();
+    conf.threads = config.node.threads;
+    conf.grace_period_seconds = Some(config.node.grace_period.as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(TEARDOWN_SECONDS);
+    conf.pid_file = state_dir.join("onair.pid").to_string_lossy().into_owned();
+    conf.upgrade_sock = state_dir
+        .join("upgrade.sock")
+        .to_string_lossy()
+        .into_owned();
+    conf
+}
+
+/// SIGHUP's default action kills the process. The reloader installs its handler only once the
+/// runtimes run; registering it now (tokio keeps the handler for the life of the process) means
+/// an early SIGHUP is lost rather than fatal.
+fn ignore_sighup_until_ready() {
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        rt.block_on(async {
+            if let Err(e) = signal(SignalKind::hangup()) {
+                tracing::warn!("cannot install the SIGHUP handler: {e}");
+            }
+        });
+    }
+}
+
+fn write_pid_file(path: &Path) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        tracing::warn!("cannot write pid file {}: {e}", path.display());
+    }
+}
+
+/// Removes the pid file unless a newer process (graceful upgrade) has taken it over.
+fn remove_pid_file(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .map(|s| s.trim() == std::process::id().to_string())
+        .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Reloads the config on SIGHUP.
+struct Reloader {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("SIGHUP reload is unavailable: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the config");
+                    // Errors are logged and counted inside reload; nothing changes on failure.
+                    let _ = self.live.reload().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The runtime snapshot built from a config, and the live handle that swaps it on reload.
+//!
+//! A [`Snapshot`] is immutable: routing tables, pools with their origins, the maintenance
+//! pages. Each request loads the current snapshot once (in `new_ctx`) and finishes on it, so a
+//! reload never changes the rules under a request in flight. Reload = load and validate the
+//! file, build a whole new snapshot, then swap it in with one atomic store; a bad file changes
+//! nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigErrors, Overrides};
+use crate::metrics::METRICS;
+use crate::origin::health::HealthRegistry;
+use crate::origin::Pool;
+use crate::router::{self, HostTable, SiteRoutes};
+
+/// A site as the proxy uses it.
+#[derive(Debug)]
+pub struct SiteRuntime {
+    pub name: String,
+    pub routes: SiteRoutes,
+    /// The page served with 503 when nothing can answer.
+    pub maintenance_page: Bytes,
+}
+
+/// Everything a request needs from the config, built once per reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Config,
+    /// `1.1 <node id>`, the value this node adds to `Via`.
+    pub via: String,
+    pub hosts: HostTable,
+    pub sites: Vec<SiteRuntime>,
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; the config is already validated, so every name resolves.
+    pub fn build(config: Config, version: u64, registry: &HealthRegistry) -> Snapshot {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::new(p, registry)))
+            .collect();
+        let index = |name: &str| pools.iter().position(|p| p.name() == name).unwrap_or(0);
+        let sites = config
+            .sites
+            .iter()
+            .map(|s| SiteRuntime {
+                name: s.name.clone(),
+                routes: router::site_routes(s, &index),
+                maintenance_page: s.maintenance_page.clone().unwrap_or_else(|| {
+                    Bytes::from_static(crate::proxy::respond::BUILTIN_MAINTENANCE)
+                }),
+            })
+            .collect();
+        Snapshot {
+            version,
+            via: format!("1.1 {}", config.node.id),
+            hosts: HostTable::new(&config.sites),
+            sites,
+            pools,
+            config,
+        }
+    }
+}
+
+/// The live snapshot plus what is needed to rebuild it.
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    source: Option<PathBuf>,
+    overrides: Overrides,
+    registry: HealthRegistry,
+    /// Serializes reloads so two concurrent ones cannot interleave build and swap.
+    reload_lock: tokio::sync::Mutex<()>,
+    changed: watch::Sender<u64>,
+}
+
+impl Live {
+    /// Wraps an already validated config as version 1. `source` is the file reloads re-read.
+    pub fn new(config: Config, source: Option<PathBuf>, overrides: Overrides) -> Arc<Live> {
+        let registry = HealthRegistry::default();
+        let snapshot = Snapshot::build(config, 1, &registry);
+        publish_origin_gauges(None, &snapshot);
+        METRICS.initial_config(1);
+        let (changed, _) = watch::channel(1);
+        Arc::new(Live {
+            current: ArcSwap::from_pointee(snapshot),
+            source,
+            overrides,
+            registry,
+            reload_lock: tokio::sync::Mutex::new(()),
+            changed,
+        })
+    }
+
+    /// The snapshot in use now.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// A receiver told about every new snapshot version.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Re-reads the config file and swaps in a new snapshot. On any error nothing changes; the
+    /// error is logged and counted, and returned for the admin API to show.
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        let _guard = self.reload_lock.lock().await;
+        let old = self.current();
+        let result = match &self.source {
+            None => Err(ConfigErrors(vec![crate::config::ConfigError {
+                path: String::new(),
+                message: "this node was started without a config file".to_owned(),
+            }])),
+            Some(path) => Config::load(path, &self.overrides),
+        };
+        match result {
+            Ok(config) => {
+                let version = old.version + 1;
+                let snapshot = Snapshot::build(config, version, &self.registry);
+                let keep: Vec<_> = snapshot
+                    .pools
+                    .iter()
+                    .flat_map(|p| p.origins.iter().map(|o| (p.name().to_owned(), o.addr)))
+                    .collect();
+                self.registry.retain(&keep);
+                publish_origin_gauges(Some(&old), &snapshot);
+                warn_restart_only_changes(&old.config, &snapshot.config);
+                self.current.store(Arc::new(snapshot));
+                self.changed.send_replace(version);
+                METRICS.reload(true, version);
+                tracing::info!(version, "config reloaded");
+                Ok(version)
+            }
+            Err(errors) => {
+                METRICS.reload(false, old.version);
+                tracing::error!(errors = %errors, "config reload failed; keeping version {}", old.version);
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Sets `onair_origin_up` for the new snapshot's origins and removes the ones that left.
+fn publish_origin_gauges(old: Option<&Snapshot>, new: &Snapshot) {
+    for pool in &new.pools {
+        for o in &pool.origins {
+            METRICS.set_origin_up(pool.name(), &o.label, o.health.is_up());
+        }
+    }
+    let Some(old) = old else { return };
+    for pool in &old.pools {
+        for o in &pool.origins {
+            let still = new
+                .pools
+                .iter()
+                .any(|p| p.name() == pool.name() && p.origins.iter().any(|n| n.addr == o.addr));
+            if !still {
+                METRICS.forget_origin(pool.name(), &o.label);
+            }
+        }
+    }
+}
+
+/// Some settings are bound at startup (listeners, threads, state dir, log destination). A
+/// reload that changes them still applies everything else; say clearly what did not apply.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    let mut ignored = Vec::new();
+    if old.listen.http != new.listen.http
+        || old.listen.metrics != new.listen.metrics
+        || old.listen.admin != new.listen.admin
+    {
+        ignored.push("listen");
+    }
+    if old.node.threads != new.node.threads {
+        ignored.push("node.threads");
+    }
+    if old.node.state_dir != new.node.state_dir {
+        ignored.push("node.state_dir");
+    }
+    if old.node.grace_period != new.node.grace_period {
+        ignored.push("node.grace_period");
+    }
+    if old.log.access != new.log.access || old.log.level != new.log.level {
+        ignored.push("log");
+    }
+    if !ignored.is_empty() {
+        tracing::warn!(
+            keys = ?ignored,
+            "these settings take effect only after a restart or graceful upgrade (onair run -u)"
+        );
+    }
+}
