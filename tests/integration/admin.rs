@@ -1,0 +1,142 @@
+//! The admin API: open probes, bearer-token auth on everything else, status, metrics text.
+
+use bytes::Bytes;
+
+use crate::common::*;
+
+fn site(origin: &Origin) -> String {
+    format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n  region = \"hn\"\n",
+        origin.addr
+    )
+}
+
+#[tokio::test]
+async fn token_guards_everything_but_probes() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(Setup::new(site(&origin))).await;
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            get(onair.admin, "x", path).await.unwrap().status,
+            200,
+            "{path}"
+        );
+    }
+    let wrong = [
+        vec![],
+        vec![("Authorization", "Bearer nope")],
+        vec![("Authorization", "Bearer test-token-0123456789abcdeX")],
+        vec![("Authorization", "test-token-0123456789abcdef")],
+    ];
+    // A reload that would change things: it must not happen without the token.
+    std::fs::write(&onair.config_path, "broken = true").unwrap();
+    for headers in &wrong {
+        for (method, path) in [("GET", "/status"), ("POST", "/reload")] {
+            let r = request(onair.admin, method, "x", path, headers, Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {headers:?}");
+        }
+    }
+    assert_eq!(
+        onair
+            .metric("onair_config_reloads_total{result=\"error\"}")
+            .await,
+        Some(0.0)
+    );
+
+    let r = onair.admin("GET", "/status").await;
+    assert_eq!(r.status, 200);
+    let status: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(status["node"], "edge-test");
+    assert_eq!(status["config_version"], 1);
+    assert_eq!(status["pools"][0]["name"], "p");
+    assert_eq!(
+        status["pools"][0]["origins"][0]["addr"],
+        origin.addr.to_string()
+    );
+    assert_eq!(status["pools"][0]["origins"][0]["up"], true);
+    assert_eq!(onair.admin("GET", "/nope").await.status, 404);
+    assert_eq!(onair.admin("GET", "/reload").await.status, 405);
+}
+
+#[tokio::test]
+async fn without_token_file_only_probes_answer() {
+    let origin = Origin::start("o").await;
+    let mut setup = Setup::new(site(&origin));
+    setup.token = false;
+    let onair = Onair::start(setup).await;
+    assert_eq!(get(onair.admin, "x", "/healthz").await.unwrap().status, 200);
+    assert_eq!(onair.admin("GET", "/status").await.status, 403);
+    assert_eq!(onair.admin("POST", "/reload").await.status, 403);
+}
+
+#[tokio::test]
+async fn metrics_have_the_contract_names_and_pass_promtool() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(Setup::new(site(&origin))).await;
+    for _ in 0..3 {
+        assert_eq!(get(onair.http, "a", "/").await.unwrap().status, 200);
+    }
+    let text = onair.metrics_text().await;
+    for name in [
+        "onair_requests_total{cache=\"none\",code=\"2xx\",site=\"s\"} 3",
+        "onair_request_duration_seconds_bucket",
+        "onair_origin_up{",
+        "onair_origin_requests_total{",
+        "onair_origin_duration_seconds_bucket",
+        "onair_config_reloads_total{result=\"ok\"} 0",
+        "onair_config_version 1",
+        "onair_build_info{version=",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    // No raw path or client address ever becomes a label.
+    assert!(
+        !text.contains("127.0.0.1\""),
+        "client address leaked into labels"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("onair_") && l.contains("path=")),
+        "a path label"
+    );
+    promtool_check(&text);
+}
+
+/// `promtool check metrics` must be clean. CI installs promtool; a developer machine without
+/// it skips this part with a note rather than failing.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing on CI: .ci/run must install it"
+        );
+        eprintln!("promtool not installed: skipping the promtool check");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}

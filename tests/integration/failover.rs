@@ -1,0 +1,256 @@
+//! Origin choice and failover: tiers, regions, health checks, refused connections, and the
+//! maintenance page when nothing can answer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::common::*;
+
+fn tiered(primary: &Origin, backup: &Origin, extra_site: &str) -> String {
+    format!(
+        r#"
+[[site]]
+name = "portal"
+hosts = ["*"]
+pool = "p"
+{extra_site}
+[[pool]]
+name = "p"
+connect_timeout = "1s"
+health = {{ path = "/healthz", interval = "200ms", timeout = "200ms", fall = 2, rise = 2 }}
+  [[pool.origin]]
+  addr = "{}"
+  tier = 0
+  [[pool.origin]]
+  addr = "{}"
+  tier = 1
+"#,
+        primary.addr, backup.addr
+    )
+}
+
+#[tokio::test]
+async fn refused_primary_fails_over_with_no_failed_request() {
+    let primary = Origin::start("primary").await;
+    let backup = Origin::start("backup").await;
+    let onair = Onair::start(Setup::new(tiered(&primary, &backup, ""))).await;
+
+    let mut from = Vec::new();
+    for i in 0..120 {
+        if i == 40 {
+            primary.kill();
+        }
+        // POST too: a refused connection reached no origin, so any method may move on.
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r = request(onair.http, method, "a", "/", &[], Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "request {i} failed: {}", r.text());
+        from.push(r.header("x-origin").unwrap().to_owned());
+    }
+    assert!(from[..40].iter().all(|o| o == "primary"));
+    assert!(from[40..].iter().all(|o| o == "backup"));
+    assert!(
+        onair
+            .metric("onair_failovers_total{pool=\"p\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    // The health check marks the primary down, so requests stop trying it at all.
+    let label = format!("onair_origin_up{{origin=\"{}\",pool=\"p\"}}", primary.addr);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric(&label).await == Some(0.0)
+        })
+        .await
+    );
+    let refused = format!(
+        "onair_origin_requests_total{{origin=\"{}\",outcome=\"error\",pool=\"p\"}}",
+        primary.addr
+    );
+    let errors_before = onair.metric(&refused).await.unwrap_or(0.0);
+    for _ in 0..10 {
+        assert_eq!(
+            get(onair.http, "a", "/").await.unwrap().header("x-origin"),
+            Some("backup")
+        );
+    }
+    assert_eq!(onair.metric(&refused).await.unwrap_or(0.0), errors_before);
+
+    // Failback once the primary passes `rise` checks.
+    primary.revive().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric(&label).await == Some(1.0)
+        })
+        .await
+    );
+    assert_eq!(
+        get(onair.http, "a", "/").await.unwrap().header("x-origin"),
+        Some("primary")
+    );
+}
+
+#[tokio::test]
+async fn unhealthy_primary_is_skipped_before_any_request() {
+    let primary = Origin::start("primary").await;
+    let backup = Origin::start("backup").await;
+    // The primary answers but its health endpoint fails: it is taken out of rotation.
+    primary.set(Behaviour {
+        status: 500,
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(Setup::new(tiered(&primary, &backup, ""))).await;
+    let label = format!("onair_origin_up{{origin=\"{}\",pool=\"p\"}}", primary.addr);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric(&label).await == Some(0.0)
+        })
+        .await
+    );
+    let before = primary.proxied_hits();
+    for _ in 0..5 {
+        assert_eq!(
+            get(onair.http, "a", "/").await.unwrap().header("x-origin"),
+            Some("backup")
+        );
+    }
+    assert_eq!(primary.proxied_hits(), before);
+}
+
+#[tokio::test]
+async fn everything_down_serves_the_maintenance_page() {
+    let primary = Origin::start("primary").await;
+    let backup = Origin::start("backup").await;
+    let page = "<h1>Bảo trì — back soon</h1>";
+    let site_extra = "maintenance_page = \"maintenance.html\"";
+    let onair = Onair::start(
+        Setup::new(tiered(&primary, &backup, site_extra)).with_file("maintenance.html", page),
+    )
+    .await;
+    primary.kill();
+    backup.kill();
+    for method in ["GET", "POST", "HEAD"] {
+        let r = request(onair.http, method, "a", "/x", &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503, "{method}");
+        assert_eq!(r.header("retry-after"), Some("30"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        if method != "HEAD" {
+            assert_eq!(r.text(), page);
+        }
+    }
+    // Once an origin is back, the site is too.
+    backup.revive().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(onair.http, "a", "/")
+                .await
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn builtin_maintenance_page_without_config() {
+    let dead = Origin::start("dead").await;
+    dead.kill();
+    let onair = Onair::start(Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        dead.addr
+    )))
+    .await;
+    let r = get(onair.http, "a", "/").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("Under maintenance"));
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn local_region_first_within_a_tier() {
+    let far = Origin::start("far").await;
+    let near = Origin::start("near").await;
+    let body = format!(
+        r#"
+[[site]]
+name = "s"
+hosts = ["*"]
+pool = "p"
+[[pool]]
+name = "p"
+  [[pool.origin]]
+  addr = "{}"
+  region = "sg"
+  [[pool.origin]]
+  addr = "{}"
+  region = "hn"
+"#,
+        far.addr, near.addr
+    );
+    let mut setup = Setup::new(body);
+    setup.node_extra = "region = \"hn\"".into();
+    let onair = Onair::start(setup).await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(onair.http, "a", "/").await.unwrap().header("x-origin"),
+            Some("near")
+        );
+    }
+    // The local origin dies: the other region's origin of the same tier takes over.
+    near.kill();
+    assert_eq!(
+        get(onair.http, "a", "/").await.unwrap().header("x-origin"),
+        Some("far")
+    );
+}
+
+#[tokio::test]
+async fn non_idempotent_request_is_not_replayed_after_the_origin_got_it() {
+    let slow = Origin::start("slow").await;
+    let other = Origin::start("other").await;
+    slow.set(Behaviour {
+        delay: Duration::from_secs(3),
+        ..Behaviour::default()
+    });
+    let body = format!(
+        r#"
+[[site]]
+name = "s"
+hosts = ["*"]
+pool = "p"
+[[pool]]
+name = "p"
+read_timeout = "500ms"
+  [[pool.origin]]
+  addr = "{}"
+  [[pool.origin]]
+  addr = "{}"
+  tier = 1
+"#,
+        slow.addr, other.addr
+    );
+    let onair = Onair::start(Setup::new(body)).await;
+    // POST timed out after the origin received it: never sent again elsewhere.
+    let r = request(
+        onair.http,
+        "POST",
+        "a",
+        "/",
+        &[],
+        Bytes::from_static(b"vote"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(other.proxied_hits(), 0);
+    // GET is idempotent: it moves to the next origin.
+    let r = get(onair.http, "a", "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-origin"), Some("other"));
+}

@@ -1,0 +1,14 @@
+//! Integration tests: real origins and a real onair process on 127.0.0.1 ephemeral ports.
+//! One test binary (modules below) so the large binary links once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod config_check;
+mod failover;
+mod lifecycle;
+mod proxying;
+mod reload;
