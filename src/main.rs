@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use onair::config::{Config, Overrides};
 use onair::server::{self, RunOptions, StartError};
 
+/// mimalloc instead of glibc malloc: the proxy allocates and frees many small buffers per
+/// request, and glibc's allocator showed up at ~11 % of CPU in the pass-through profile
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "onair",

@@ -130,6 +130,10 @@ pub fn serve(
 fn server_conf(config: &Config, state_dir: &Path) -> ServerConf {
     let mut conf = ServerConf::new().unwrap_or_default();
     conf.threads = config.node.threads;
+    // One single-threaded runtime per worker thread instead of one work-stealing pool: a
+    // request's tasks stay on the thread that accepted it, which saves cross-thread wake-ups
+    // and atomics on every I/O event (measured in docs/benchmarks.md).
+    conf.work_stealing = false;
     conf.grace_period_seconds = Some(config.node.grace_period.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(TEARDOWN_SECONDS);
     conf.pid_file = state_dir.join("onair.pid").to_string_lossy().into_owned();

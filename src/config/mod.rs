@@ -198,12 +198,12 @@ impl Config {
     /// Parses and validates config text; `base` resolves relative paths.
     pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         let mut unknown = Vec::new();
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigErrors::single("", format!("TOML syntax: {}", e.message())))?;
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| toml_error(text, &e, "TOML syntax"))?;
         let raw: schema::RawConfig = serde_ignored::deserialize(de, |path| {
             unknown.push(key_path(&path));
         })
-        .map_err(|e| ConfigErrors::single("", toml_error(text, &e)))?;
+        .map_err(|e| toml_error(text, &e, "wrong type"))?;
         let mut errors: Vec<ConfigError> = unknown
             .into_iter()
             .map(|path| ConfigError {
@@ -245,15 +245,71 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-/// A type error from serde with its line, so the operator can find it.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {}", e.message())
-        }
-        None => e.message().to_owned(),
+/// A syntax or type error from the TOML parser, with its line and, where the line holds a
+/// key, the key path: such an error stops parsing, so it is the one error reported.
+fn toml_error(text: &str, e: &toml::de::Error, kind: &str) -> ConfigErrors {
+    let Some(span) = e.span() else {
+        return ConfigErrors::single("", format!("{kind}: {}", e.message()));
+    };
+    let offset = span.start.min(text.len());
+    let line = text[..offset].matches('\n').count() + 1;
+    let message = format!("line {line}: {kind}: {}", e.message().trim());
+    ConfigErrors::single(&key_path_at(text, offset).unwrap_or_default(), message)
+}
+
+/// The key path of the `key = value` line at `offset`, found from the table headers above it:
+/// `[[pool]]` twice then `[[pool.origin]]` and `addr = ...` give `pool[1].origin[0].addr`.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?.trim();
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || line.starts_with('[') {
+        return None;
     }
+    // Walk the headers before this line, keeping an index for each array-of-tables path.
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut table: Vec<(String, Option<usize>)> = Vec::new();
+    for header in text[..line_start].lines().map(str::trim) {
+        let (name, array) =
+            if let Some(n) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+                (n.trim(), true)
+            } else if let Some(n) = header.strip_prefix('[').and_then(|h| h.split(']').next()) {
+                (n.trim(), false)
+            } else {
+                continue;
+            };
+        let parts: Vec<&str> = name.split('.').map(str::trim).collect();
+        let prefix_len = parts.len().saturating_sub(1);
+        table.truncate(prefix_len);
+        while table.len() < prefix_len {
+            table.push((parts[table.len()].to_owned(), None));
+        }
+        let index = array.then(|| {
+            // Arrays nested in an array element restart their count per parent element.
+            let scope = format!("{}/{}", render(&table), parts.last().unwrap_or(&""));
+            let n = counts.entry(scope).or_insert(0);
+            *n += 1;
+            *n - 1
+        });
+        table.push(((*parts.last()?).to_owned(), index));
+    }
+    let head = render(&table);
+    Some(if head.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{head}.{key}")
+    })
+}
+
+fn render(table: &[(String, Option<usize>)]) -> String {
+    table
+        .iter()
+        .map(|(name, index)| match index {
+            Some(i) => format!("{name}[{i}]"),
+            None => name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[cfg(test)]

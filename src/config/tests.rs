@@ -1177,7 +1177,7 @@ fn toml_syntax_error_is_one_error_with_a_line_number() {
     let text =
         "[node]\nid = \"edge-hn-1\"\n\nregion = \"hn\n\n[listen]\nhttp = [\"127.0.0.1:8080\"]\n";
     let e = only_error(text);
-    assert_eq!(e.path, "");
+    assert_eq!(e.path, "node.region");
     assert_eq!(line_of(&e.message), Some(4), "no line 4 in {:?}", e.message);
 }
 
@@ -1185,7 +1185,7 @@ fn toml_syntax_error_is_one_error_with_a_line_number() {
 fn toml_duplicate_key_is_one_error_with_a_line_number() {
     let text = format!("[node]\nid = \"a\"\nid = \"b\"\n{MINIMAL}");
     let e = only_error(&text);
-    assert_eq!(e.path, "");
+    assert_eq!(e.path, "node.id");
     assert_eq!(line_of(&e.message), Some(3), "no line 3 in {:?}", e.message);
 }
 
@@ -1194,5 +1194,15 @@ fn toml_type_error_names_its_line() {
     // A value of the wrong TOML type stops serde before validation: one error, with a line.
     let text = format!("[node]\nthreads = \"four\"\n{MINIMAL}");
     let e = only_error(&text);
+    assert_eq!(e.path, "node.threads");
     assert_eq!(line_of(&e.message), Some(2), "no line 2 in {:?}", e.message);
+}
+
+#[test]
+fn toml_type_error_in_nested_array_names_its_key_path() {
+    let text = format!(
+        "{MINIMAL}\n[[pool]]\nname = \"b\"\n  [[pool.origin]]\n  addr = \"127.0.0.1:1\"\n  [[pool.origin]]\n  tier = \"low\"\n"
+    );
+    let e = only_error(&text);
+    assert_eq!(e.path, "pool[1].origin[1].tier", "{e}");
 }

@@ -276,6 +276,7 @@ fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
         if tls
             && p.sni
                 .as_deref()
+                .filter(|s| !s.is_empty())
                 .or(p.host.as_deref())
                 .unwrap_or("")
                 .is_empty()

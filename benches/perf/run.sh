@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison of onair against nginx (and optionally Varnish and HAProxy)
+# with the shared perf harness. Needs root for the harness's package install and CPU pinning.
+#   benches/perf/run.sh                 # pass-through (no-store) against nginx, 3 rounds
+#   benches/perf/run.sh --proxies nginx,varnish,haproxy hot1k pass
+# Results: target/perf/<timestamp>/summary.md; copy the tables into docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HARNESS="${ONAIR_PERF_HARNESS:-../shared/perf}"
+[ -x "$HARNESS/run-perf.sh" ] || { echo "perf harness not found at $HARNESS" >&2; exit 2; }
+command -v wrk >/dev/null 2>&1 || "$HARNESS/install-deps.sh"
+cargo build --locked --release
+args=("$@")
+if [ ${#args[@]} -eq 0 ]; then args=(--proxies nginx pass); fi
+exec "$HARNESS/run-perf.sh" "${args[@]}" \
+  --candidate onair "$PWD/target/release/onair run -c $PWD/benches/perf/onair.toml" 8350
