@@ -30,6 +30,10 @@ pub struct Entry<'a> {
     pub origin: Option<&'a str>,
     pub attempts: usize,
     pub cache: &'a str,
+    /// Why the request failed (also set when the status was already sent and the body was
+    /// cut short), absent on success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Opens the access log; keep the returned guard alive for the life of the process (dropping

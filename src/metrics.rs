@@ -177,6 +177,11 @@ impl Metrics {
             .set(i64::from(up));
     }
 
+    /// Creates a pool's failover series at zero, so it exists before the first failover.
+    pub fn init_pool(&self, pool: &str) {
+        self.failovers.with_label_values(&[pool]);
+    }
+
     /// Drops the label sets of origins that left the config, so dashboards do not show ghosts.
     pub fn forget_origin(&self, pool: &str, origin: &str) {
         let _ = self.origin_up.remove_label_values(&[pool, origin]);

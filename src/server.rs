@@ -48,7 +48,9 @@ pub struct RunOptions {
 /// error; once serving, the process exits through Pingora's signal handling.
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let config = Config::load(&opts.config, &opts.overrides)?;
-    let config_path = std::fs::canonicalize(&opts.config).unwrap_or(opts.config.clone());
+    // Absolute, but symlinks left alone: a reload must follow a symlink that now points at a
+    // new file (a Kubernetes ConfigMap, a release directory switch).
+    let config_path = std::path::absolute(&opts.config).unwrap_or(opts.config.clone());
     serve(config, Some(config_path), opts.overrides, opts.upgrade)
 }
 
@@ -134,7 +136,8 @@ fn server_conf(config: &Config, state_dir: &Path) -> ServerConf {
     // request's tasks stay on the thread that accepted it, which saves cross-thread wake-ups
     // and atomics on every I/O event (measured in docs/benchmarks.md).
     conf.work_stealing = false;
-    conf.grace_period_seconds = Some(config.node.grace_period.as_secs());
+    // Pingora counts whole seconds: round up, so "500ms" still drains instead of cutting.
+    conf.grace_period_seconds = Some(config.node.grace_period.as_millis().div_ceil(1000) as u64);
     conf.graceful_shutdown_timeout_seconds = Some(TEARDOWN_SECONDS);
     conf.pid_file = state_dir.join("onair.pid").to_string_lossy().into_owned();
     conf.upgrade_sock = state_dir

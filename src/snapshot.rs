@@ -152,6 +152,7 @@ impl Live {
 /// Sets `onair_origin_up` for the new snapshot's origins and removes the ones that left.
 fn publish_origin_gauges(old: Option<&Snapshot>, new: &Snapshot) {
     for pool in &new.pools {
+        METRICS.init_pool(pool.name());
         for o in &pool.origins {
             METRICS.set_origin_up(pool.name(), &o.label, o.health.is_up());
         }

@@ -34,7 +34,11 @@ impl AdminApp {
         session: &mut ServerSession,
     ) -> (StatusCode, serde_json::Value) {
         match (method, path) {
-            (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+            (&Method::GET | &Method::HEAD, "/healthz") => (
+                StatusCode::OK,
+                // The pid tells which process answers during a graceful upgrade.
+                json!({"status": "ok", "pid": std::process::id()}),
+            ),
             (&Method::GET | &Method::HEAD, "/readyz") => {
                 (StatusCode::OK, json!({"status": "ready"}))
             }

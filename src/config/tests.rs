@@ -752,7 +752,7 @@ fn bad_hosts() {
         "{LISTEN}{PORTAL_POOL}
 [[site]]
 name = \"portal\"
-hosts = [\"daihoi..example.vn\", \"*.\", \"https://daihoi.example.vn/\"]
+hosts = [\"daihoi..example.vn\", \"*.\", \"https://daihoi.example.vn/\", \"daihoi.example.vn:8080\", \"[::1]\"]
 pool = \"portal\"
 
 [[site]]
@@ -762,14 +762,47 @@ pool = \"portal\"
 "
     );
     let errs = errors(&text);
-    for path in ["site[0].hosts[0]", "site[0].hosts[1]", "site[0].hosts[2]"] {
+    // A port in a host pattern could never match: requests are matched without their port.
+    for path in [
+        "site[0].hosts[0]",
+        "site[0].hosts[1]",
+        "site[0].hosts[2]",
+        "site[0].hosts[3]",
+    ] {
         assert!(has(&errs, path, "is not a host name"), "{errs:#?}");
     }
     assert!(
         has(&errs, "site[1].hosts", "at least one host"),
         "{errs:#?}"
     );
-    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+}
+
+#[test]
+fn bad_pool_host_and_sni() {
+    let text = format!(
+        "{LISTEN}
+[[site]]
+name = \"portal\"
+hosts = [\"*\"]
+pool = \"portal\"
+[[pool]]
+name = \"portal\"
+host = \"user@origin.example.vn\"
+sni = \"origin.example.vn:443\"
+  [[pool.origin]]
+  addr = \"10.0.1.10:80\"
+"
+    );
+    let errs = errors(&text);
+    assert!(has(&errs, "pool[0].host", "not a host name"), "{errs:#?}");
+    assert!(has(&errs, "pool[0].sni", "not a DNS name"), "{errs:#?}");
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    // A host with a port is a valid Host header.
+    let ok = text
+        .replace("user@origin.example.vn", "origin.example.vn:8443")
+        .replace("origin.example.vn:443", "origin.example.vn");
+    parse(&ok).unwrap();
 }
 
 #[test]

@@ -370,6 +370,22 @@ fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
                 e.push(format!("{at}.{key}"), "must be more than 0");
             }
         }
+        if let Some(host) = p.host.as_deref().filter(|h| !h.is_empty()) {
+            let valid = host.parse::<http::uri::Authority>().is_ok_and(|a| {
+                !a.as_str().contains('@') && (is_dns_name(a.host()) || a.host().starts_with('['))
+            });
+            if !valid {
+                e.push(
+                    format!("{at}.host"),
+                    format!("{host:?} is not a host name (with an optional :port)"),
+                );
+            }
+        }
+        if let Some(sni) = p.sni.as_deref().filter(|s| !s.is_empty()) {
+            if !is_dns_name(sni) {
+                e.push(format!("{at}.sni"), format!("{sni:?} is not a DNS name"));
+            }
+        }
         out.push(Pool {
             name,
             tls,
@@ -489,18 +505,27 @@ fn validate_sites(
     out
 }
 
-/// `*`, `*.example.com`, or a plain DNS name / IP literal (optionally with a port).
+/// `*`, `*.example.com`, or a plain DNS name / IP literal. No port: requests are matched on
+/// their host with the port removed, so a pattern with a port could never match.
 fn is_host_pattern(host: &str) -> bool {
     if host == "*" {
         return true;
     }
-    let name = host.strip_prefix("*.").unwrap_or(host);
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    is_dns_name(host.strip_prefix("*.").unwrap_or(host))
+}
+
+/// A DNS name or IPv4 literal: labels of letters, digits, '-' and '_' joined by dots.
+fn is_dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && !name.starts_with('.')
-        && !name.ends_with('.')
-        && !name.contains("..")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
 }

@@ -109,7 +109,7 @@ Try, in another terminal:
        curl -i http://127.0.0.1:8080/api/live
   3. Kill the primary and watch the backup answer, with no failed request:
        curl -X POST http://127.0.0.1:9092/primary/stop
-       curl -s http://127.0.0.1:8080/ | grep 'served by'
+       curl -sI http://127.0.0.1:8080/ | grep -i x-origin
      Stop both and the edge answers with its maintenance page (503 + Retry-After):
        curl -X POST http://127.0.0.1:9092/backup/stop
        curl -i http://127.0.0.1:8080/

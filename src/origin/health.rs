@@ -134,7 +134,7 @@ impl BackgroundService for HealthChecker {
             let snapshot = self.live.current();
             for pool in &snapshot.pools {
                 if pool.config.health.is_some() {
-                    loops.spawn(probe_loop(pool.clone()));
+                    loops.spawn(probe_loop(self.live.clone(), pool.clone()));
                 }
             }
             tokio::select! {
@@ -152,7 +152,7 @@ impl BackgroundService for HealthChecker {
     }
 }
 
-async fn probe_loop(pool: Arc<Pool>) {
+async fn probe_loop(live: Arc<Live>, pool: Arc<Pool>) {
     let Some(health) = pool.config.health.clone() else {
         return;
     };
@@ -173,6 +173,11 @@ async fn probe_loop(pool: Arc<Pool>) {
             let Some(origin) = pool.origins.get(i) else {
                 continue;
             };
+            // A loop of a replaced snapshot may outlive the swap by a moment: it must not
+            // bring back the gauge of an origin the new config removed.
+            if !live.current().pools.iter().any(|p| Arc::ptr_eq(p, &pool)) {
+                return;
+            }
             if let Some(up) = origin
                 .health
                 .record(result.is_ok(), health.fall, health.rise)
@@ -207,6 +212,7 @@ fn build_check(pool: &Pool, health: &crate::config::Health) -> HttpHealthCheck {
         .unwrap_or_default();
     let mut peer = HttpPeer::new("0.0.0.0:1", cfg.tls, sni);
     peer.options.connection_timeout = Some(health.timeout);
+    peer.options.total_connection_timeout = Some(health.timeout);
     peer.options.read_timeout = Some(health.timeout);
     check.peer_template = peer;
     if let Ok(mut req) = pingora::http::RequestHeader::build("GET", health.path.as_bytes(), None) {

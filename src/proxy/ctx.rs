@@ -21,6 +21,8 @@ pub struct RequestCtx {
     pub pool: Option<Arc<Pool>>,
     /// Origin indexes (into `pool.origins`) already tried, in order.
     pub tried: Vec<usize>,
+    /// Attempts made, including retries of the same origin after a stale pooled connection.
+    pub attempts: usize,
     /// When the current origin attempt began.
     pub attempt_started: Option<Instant>,
     /// Whether the current attempt has been counted in the origin metrics.
@@ -40,6 +42,7 @@ impl RequestCtx {
             site: None,
             pool: None,
             tried: Vec::new(),
+            attempts: 0,
             attempt_started: None,
             attempt_recorded: false,
             local_status: None,

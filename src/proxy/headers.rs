@@ -52,13 +52,19 @@ pub fn is_loop(req: &RequestHeader, via: &str) -> bool {
     })
 }
 
-/// Appends `value` to a comma-separated list header, creating it when absent.
+/// Appends `value` to a comma-separated list header, joining every line the header already
+/// has (a client may send `X-Forwarded-For` twice); creates it when absent. A line that is not
+/// visible ASCII is kept byte for byte.
 fn append_list(headers: &http::HeaderMap, name: HeaderName, value: &str) -> Option<HeaderValue> {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value.to_owned(),
-    };
-    HeaderValue::from_str(&joined).ok()
+    let mut joined: Vec<u8> = Vec::new();
+    for line in headers.get_all(&name) {
+        if !line.as_bytes().is_empty() {
+            joined.extend_from_slice(line.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+    }
+    joined.extend_from_slice(value.as_bytes());
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// Sets the headers the origin sees: forwarding headers, `Via`, request id, host override.
@@ -159,6 +165,26 @@ mod tests {
         assert!(resp.headers.get("keep-alive").is_none());
         assert!(resp.headers.get("connection").is_none());
         assert!(resp.headers.get("cache-control").is_some());
+    }
+
+    #[test]
+    fn list_headers_keep_every_line() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("X-Forwarded-For", "203.0.113.1").unwrap();
+        req.append_header("X-Forwarded-For", "198.51.100.2, 192.0.2.3")
+            .unwrap();
+        let v = append_list(
+            &req.headers,
+            HeaderName::from_static("x-forwarded-for"),
+            "10.0.0.1",
+        )
+        .unwrap();
+        assert_eq!(v, "203.0.113.1, 198.51.100.2, 192.0.2.3, 10.0.0.1");
+        let empty = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(
+            append_list(&empty.headers, http::header::VIA, "1.1 a").unwrap(),
+            "1.1 a"
+        );
     }
 
     #[test]

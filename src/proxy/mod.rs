@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::access_log;
 use crate::metrics::{OriginOutcome, METRICS};
@@ -118,6 +118,7 @@ impl ProxyHttp for Edge {
             METRICS.failover(pool.name());
         }
         ctx.tried.push(index);
+        ctx.attempts += 1;
         ctx.attempt_started = Some(std::time::Instant::now());
         ctx.attempt_recorded = false;
         let Some(origin) = pool.origins.get(index) else {
@@ -134,6 +135,8 @@ impl ProxyHttp for Edge {
             .unwrap_or_default();
         let mut peer = HttpPeer::new(origin.addr, cfg.tls, sni);
         peer.options.connection_timeout = Some(cfg.connect_timeout);
+        // Bounds TCP connect plus the TLS handshake, which connection_timeout alone does not.
+        peer.options.total_connection_timeout = Some(cfg.connect_timeout);
         peer.options.read_timeout = Some(cfg.read_timeout);
         peer.options.write_timeout = Some(cfg.read_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
@@ -155,7 +158,7 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !resp.status.is_informational() {
+        if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             let outcome = if resp.status.is_server_error() {
                 OriginOutcome::Status5xx
             } else {
@@ -195,10 +198,23 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
-        record_attempt(ctx, outcome_of(&e));
         let mut e = e.more_context(format!("origin {peer}"));
+        if *e.esource() != ErrorSource::Upstream {
+            // The client went away or sent something we cannot forward: another origin
+            // would fare no better, and the origin is not to blame.
+            e.set_retry(false);
+            return e;
+        }
+        // An idle pooled connection the origin had already closed: the origin did not fail,
+        // so it may be tried again on a fresh connection (still within max_attempts).
+        let stale_connection = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        if stale_connection {
+            ctx.tried.pop();
+        } else {
+            record_attempt(ctx, outcome_of(&e));
+        }
         // The origin may have acted on the request: only idempotent requests whose body we can
         // replay, and only while the client has seen nothing of the answer, go elsewhere.
         let safe = session.req_header().method.is_idempotent()
@@ -236,7 +252,7 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -259,8 +275,9 @@ impl ProxyHttp for Edge {
             duration_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             site: ctx.site_name(),
             origin,
-            attempts: ctx.tried.len(),
+            attempts: ctx.attempts,
             cache,
+            error: e.map(|e| format!("{}: {}", e.source_str(), e.etype().as_str())),
         });
     }
 }
@@ -268,7 +285,7 @@ impl ProxyHttp for Edge {
 /// Whether the pool allows another attempt and has an origin left to try.
 fn may_try_again(ctx: &RequestCtx) -> bool {
     let Some(pool) = &ctx.pool else { return false };
-    ctx.tried.len() < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()
+    ctx.attempts < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()
 }
 
 fn outcome_of(e: &Error) -> OriginOutcome {

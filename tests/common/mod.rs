@@ -550,10 +550,14 @@ pub async fn wait_ready(
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
+        // The pid check makes sure the answer comes from this process, not from another
+        // test's onair that happened to get the port first.
+        let pid = child.id();
         let admin_ok = get(admin, "admin", "/healthz")
             .await
-            .map(|r| r.status == 200)
-            .unwrap_or(false);
+            .ok()
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .is_some_and(|v| v["pid"] == pid);
         if admin_ok && TcpStream::connect(http).await.is_ok() {
             return true;
         }

@@ -87,6 +87,7 @@ async fn metrics_have_the_contract_names_and_pass_promtool() {
         "onair_origin_duration_seconds_bucket",
         "onair_config_reloads_total{result=\"ok\"} 0",
         "onair_config_version 1",
+        "onair_failovers_total{pool=\"p\"} 0",
         "onair_build_info{version=",
     ] {
         assert!(text.contains(name), "missing {name}");

@@ -211,6 +211,24 @@ name = "p"
 }
 
 #[tokio::test]
+async fn a_client_that_gives_up_is_not_retried_elsewhere() {
+    let slow = Origin::start("slow").await;
+    let backup = Origin::start("backup").await;
+    slow.set(Behaviour {
+        delay: Duration::from_millis(1500),
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(Setup::new(tiered(&slow, &backup, ""))).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), get(onair.http, "a", "/")).await;
+    assert!(gave_up.is_err(), "the slow origin answered too early");
+    // The client's departure is not the origin's fault: nothing moves to the backup.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(backup.proxied_hits(), 0);
+    let failovers = onair.metric("onair_failovers_total{pool=\"p\"}").await;
+    assert_eq!(failovers, Some(0.0));
+}
+
+#[tokio::test]
 async fn non_idempotent_request_is_not_replayed_after_the_origin_got_it() {
     let slow = Origin::start("slow").await;
     let other = Origin::start("other").await;

@@ -139,4 +139,15 @@ async fn health_checks_follow_reload() {
         })
         .await
     );
+    // The old snapshot's probe loop is gone: the old path is no longer probed.
+    let old_probes = || {
+        origin
+            .requests()
+            .iter()
+            .filter(|h| h[":path"] == "/ok")
+            .count()
+    };
+    let settled = old_probes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(old_probes(), settled, "the old health check still runs");
 }
