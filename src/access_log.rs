@@ -55,6 +55,11 @@ pub fn init(dest: &AccessLog) -> std::io::Result<Option<WorkerGuard>> {
     Ok(Some(guard))
 }
 
+/// Whether access logging is on; lets the proxy skip building entries nobody reads.
+pub fn enabled() -> bool {
+    WRITER.get().is_some()
+}
+
 /// Writes one entry, if the log is on.
 pub fn write(entry: &Entry<'_>) {
     let Some(writer) = WRITER.get() else { return };

@@ -9,7 +9,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use pingora_prometheus::prometheus::{
-    self, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    self, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts,
 };
 
 /// Latency buckets in seconds, from a memory hit (sub-millisecond) to a slow origin.
@@ -23,13 +24,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
 /// Outcome of one attempt at an origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OriginOutcome {
-    Ok,
-    Error,
-    Timeout,
-    Status5xx,
+    Ok = 0,
+    Error = 1,
+    Timeout = 2,
+    Status5xx = 3,
 }
 
 impl OriginOutcome {
+    const ALL: [OriginOutcome; 4] = [
+        OriginOutcome::Ok,
+        OriginOutcome::Error,
+        OriginOutcome::Timeout,
+        OriginOutcome::Status5xx,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             OriginOutcome::Ok => "ok",
@@ -139,30 +147,26 @@ impl Metrics {
         }
     }
 
-    /// One answered client request.
-    pub fn request(&self, site: &str, cache: &str, status: u16, elapsed: Duration) {
-        self.requests
-            .with_label_values(&[site, cache, status_class(status)])
-            .inc();
-        self.request_duration
-            .with_label_values(&[cache])
-            .observe(elapsed.as_secs_f64());
+    /// The request series of one site (or `-` for requests no site claimed), resolved once
+    /// per snapshot so the request path increments them without a label lookup.
+    pub fn site_series(&self, site: &str) -> SiteSeries {
+        let cache = "none";
+        SiteSeries {
+            by_class: STATUS_CLASSES
+                .map(|class| self.requests.with_label_values(&[site, cache, class])),
+            duration: self.request_duration.with_label_values(&[cache]),
+        }
     }
 
-    /// One attempt at an origin.
-    pub fn origin_attempt(
-        &self,
-        pool: &str,
-        origin: &str,
-        outcome: OriginOutcome,
-        elapsed: Duration,
-    ) {
-        self.origin_requests
-            .with_label_values(&[pool, origin, outcome.label()])
-            .inc();
-        self.origin_duration
-            .with_label_values(&[pool, origin])
-            .observe(elapsed.as_secs_f64());
+    /// The attempt series of one origin, resolved once per snapshot.
+    pub fn origin_series(&self, pool: &str, origin: &str) -> OriginSeries {
+        OriginSeries {
+            outcomes: OriginOutcome::ALL.map(|o| {
+                self.origin_requests
+                    .with_label_values(&[pool, origin, o.label()])
+            }),
+            duration: self.origin_duration.with_label_values(&[pool, origin]),
+        }
     }
 
     /// A request moved on to another origin.
@@ -205,15 +209,50 @@ impl Metrics {
     }
 }
 
+/// Status class labels, in the order [`status_class_index`] returns.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Folds a status code into its class (an index into [`STATUS_CLASSES`]).
+fn status_class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
+}
+
 /// Folds a status code into its class label.
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// Pre-resolved `onair_requests_total` / `onair_request_duration_seconds` series of a site.
+#[derive(Debug)]
+pub struct SiteSeries {
+    by_class: [IntCounter; 6],
+    duration: Histogram,
+}
+
+impl SiteSeries {
+    /// One answered client request.
+    pub fn request(&self, status: u16, elapsed: Duration) {
+        self.by_class[status_class_index(status)].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Pre-resolved `onair_origin_requests_total` / `onair_origin_duration_seconds` series of an
+/// origin.
+#[derive(Debug)]
+pub struct OriginSeries {
+    outcomes: [IntCounter; 4],
+    duration: Histogram,
+}
+
+impl OriginSeries {
+    /// One attempt at the origin.
+    pub fn attempt(&self, outcome: OriginOutcome, elapsed: Duration) {
+        self.outcomes[outcome as usize].inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -234,13 +273,12 @@ mod tests {
 
     #[test]
     fn all_metrics_register_and_render() {
-        METRICS.request("portal", "none", 204, Duration::from_millis(3));
-        METRICS.origin_attempt(
-            "p",
-            "127.0.0.1:1",
-            OriginOutcome::Timeout,
-            Duration::from_secs(1),
-        );
+        METRICS
+            .site_series("portal")
+            .request(204, Duration::from_millis(3));
+        METRICS
+            .origin_series("p", "127.0.0.1:1")
+            .attempt(OriginOutcome::Timeout, Duration::from_secs(1));
         METRICS.failover("p");
         METRICS.set_origin_up("p", "127.0.0.1:1", false);
         METRICS.reload(true, 2);
@@ -262,6 +300,10 @@ mod tests {
 
     #[test]
     fn status_classes() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(599), "5xx");
+        assert_eq!(status_class(600), "other");
         assert_eq!(status_class(503), "5xx");
         assert_eq!(status_class(421), "4xx");
         assert_eq!(status_class(0), "other");

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigErrors, Overrides};
-use crate::metrics::METRICS;
+use crate::metrics::{SiteSeries, METRICS};
 use crate::origin::health::HealthRegistry;
 use crate::origin::Pool;
 use crate::router::{self, HostTable, SiteRoutes};
@@ -26,6 +26,7 @@ pub struct SiteRuntime {
     pub routes: SiteRoutes,
     /// The page served with 503 when nothing can answer.
     pub maintenance_page: Bytes,
+    pub metrics: SiteSeries,
 }
 
 /// Everything a request needs from the config, built once per reload.
@@ -38,6 +39,8 @@ pub struct Snapshot {
     pub hosts: HostTable,
     pub sites: Vec<SiteRuntime>,
     pub pools: Vec<Arc<Pool>>,
+    /// Series for requests that matched no site.
+    pub unrouted: SiteSeries,
 }
 
 impl Snapshot {
@@ -54,6 +57,7 @@ impl Snapshot {
             .iter()
             .map(|s| SiteRuntime {
                 name: s.name.clone(),
+                metrics: METRICS.site_series(&s.name),
                 routes: router::site_routes(s, &index),
                 maintenance_page: s.maintenance_page.clone().unwrap_or_else(|| {
                     Bytes::from_static(crate::proxy::respond::BUILTIN_MAINTENANCE)
@@ -66,6 +70,7 @@ impl Snapshot {
             hosts: HostTable::new(&config.sites),
             sites,
             pools,
+            unrouted: METRICS.site_series("-"),
             config,
         }
     }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config;
+use crate::metrics::{OriginSeries, METRICS};
 use health::{HealthRegistry, OriginHealth};
 
 /// One origin server of a pool, as the proxy sees it.
@@ -24,6 +25,8 @@ pub struct Origin {
     pub tier: u8,
     pub weight: u32,
     pub health: Arc<OriginHealth>,
+    /// This origin's attempt counters and latency histogram.
+    pub metrics: OriginSeries,
 }
 
 /// A pool of origins with its connection settings.
@@ -48,6 +51,7 @@ impl Pool {
                 tier: o.tier,
                 weight: o.weight,
                 health: registry.get(&config.name, o.addr, config.health.is_some()),
+                metrics: METRICS.origin_series(&config.name, &o.addr.to_string()),
             })
             .collect();
         Pool {

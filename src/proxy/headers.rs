@@ -68,8 +68,12 @@ fn append_list(headers: &http::HeaderMap, name: HeaderName, value: &str) -> Opti
 }
 
 /// Sets the headers the origin sees: forwarding headers, `Via`, request id, host override.
-pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &str) -> Result<()> {
-    let original_host = raw_host(req).map(str::to_owned);
+pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str) -> Result<()> {
+    // A HeaderValue clone shares the parsed bytes instead of copying them into a String.
+    let original_host: Option<HeaderValue> = match req.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers.get(http::header::HOST).cloned(),
+    };
     if let Some(ip) = ctx.client_ip {
         if let Some(v) = append_list(
             &req.headers,
@@ -79,9 +83,9 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &str) -> Res
             req.insert_header("X-Forwarded-For", v)?;
         }
     }
-    req.insert_header("X-Forwarded-Proto", scheme)?;
+    req.insert_header("X-Forwarded-Proto", HeaderValue::from_static(scheme))?;
     if let Some(host) = &original_host {
-        req.insert_header("X-Forwarded-Host", host.as_str())?;
+        req.insert_header("X-Forwarded-Host", host.clone())?;
     }
     if let Some(v) = append_list(&req.headers, http::header::VIA, &ctx.snapshot.via) {
         req.insert_header("Via", v)?;
@@ -106,6 +110,19 @@ const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"]
 /// Cleans an origin response: hop-by-hop headers and anything `Connection` nominates.
 pub fn from_origin(resp: &mut ResponseHeader) {
     let upgrading = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if !resp.headers.contains_key(http::header::CONNECTION) {
+        // The common case: nothing nominated. Removing is costlier than looking (Pingora
+        // keeps a second, case-preserving map), so only remove what is there.
+        for name in HOP_BY_HOP {
+            if resp.headers.contains_key(*name) {
+                resp.remove_header(*name);
+            }
+        }
+        if !upgrading && resp.headers.contains_key(http::header::UPGRADE) {
+            resp.remove_header(&http::header::UPGRADE);
+        }
+        return;
+    }
     let nominated: Vec<String> = resp
         .headers
         .get_all(http::header::CONNECTION)

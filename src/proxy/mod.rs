@@ -260,7 +260,14 @@ impl ProxyHttp for Edge {
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
         let cache = "none";
-        METRICS.request(ctx.site_name(), cache, status, elapsed);
+        let series = ctx
+            .site
+            .and_then(|i| ctx.snapshot.sites.get(i))
+            .map_or(&ctx.snapshot.unrouted, |s| &s.metrics);
+        series.request(status, elapsed);
+        if !access_log::enabled() {
+            return;
+        }
         let req = session.req_header();
         let origin = ctx.current_origin().map(|o| o.label.as_str());
         access_log::write(&access_log::Entry {
@@ -308,7 +315,7 @@ fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
         return;
     };
     if let Some(origin) = pool.origins.get(index) {
-        METRICS.origin_attempt(pool.name(), &origin.label, outcome, started.elapsed());
+        origin.metrics.attempt(outcome, started.elapsed());
     }
     ctx.attempt_recorded = true;
 }
