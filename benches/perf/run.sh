@@ -9,8 +9,11 @@ cd "$(dirname "$0")/../.."
 HARNESS="${ONAIR_PERF_HARNESS:-../shared/perf}"
 [ -x "$HARNESS/run-perf.sh" ] || { echo "perf harness not found at $HARNESS" >&2; exit 2; }
 command -v wrk >/dev/null 2>&1 || "$HARNESS/install-deps.sh"
-cargo build --locked --release
+cargo build --locked --release --bin onair --example bare_proxy
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then args=(--proxies nginx pass); fi
+# bare-pingora: a Pingora proxy with no onair logic (examples/bare_proxy.rs), the floor that
+# shows what onair's own per-request work costs.
 exec "$HARNESS/run-perf.sh" "${args[@]}" \
-  --candidate onair "$PWD/target/release/onair run -c $PWD/benches/perf/onair.toml" 8350
+  --candidate onair "$PWD/target/release/onair run -c $PWD/benches/perf/onair.toml" 8350 \
+  --candidate bare-pingora "$PWD/target/release/examples/bare_proxy" 8351
