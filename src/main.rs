@@ -29,27 +29,16 @@ struct Cli {
 enum Command {
     /// Serve with a config file.
     Run {
-        /// The config file.
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
-        /// This node's region (overrides node.region).
-        #[arg(long)]
-        region: Option<String>,
-        /// This node's id (overrides node.id).
-        #[arg(long = "node-id")]
-        node_id: Option<String>,
+        #[command(flatten)]
+        source: ConfigArgs,
         /// Take the listeners over from a running onair (graceful upgrade; then SIGQUIT the old one).
         #[arg(short = 'u', long = "upgrade")]
         upgrade: bool,
     },
     /// Validate a config file: prints `config ok`, or every error with its key path.
     Check {
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
-        #[arg(long)]
-        region: Option<String>,
-        #[arg(long = "node-id")]
-        node_id: Option<String>,
+        #[command(flatten)]
+        source: ConfigArgs,
     },
     /// Run a self-contained showcase on 127.0.0.1:8080 with sample origins.
     Demo,
@@ -57,24 +46,38 @@ enum Command {
     Version,
 }
 
+/// The config file and the command-line values that override it (`run` and `check` alike).
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The config file.
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// This node's region (overrides node.region).
+    #[arg(long)]
+    region: Option<String>,
+    /// This node's id (overrides node.id).
+    #[arg(long = "node-id")]
+    node_id: Option<String>,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            region: self.region.clone(),
+            node_id: self.node_id.clone(),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            config,
-            region,
-            node_id,
-            upgrade,
-        } => report(server::run(RunOptions {
-            config,
-            overrides: Overrides { region, node_id },
+        Command::Run { source, upgrade } => report(server::run(RunOptions {
+            overrides: source.overrides(),
+            config: source.config,
             upgrade,
         })),
-        Command::Check {
-            config,
-            region,
-            node_id,
-        } => match Config::load(&config, &Overrides { region, node_id }) {
+        Command::Check { source } => match Config::load(&source.config, &source.overrides()) {
             Ok(_) => {
                 println!("config ok");
                 ExitCode::SUCCESS

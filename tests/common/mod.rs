@@ -180,7 +180,8 @@ async fn serve(listener: TcpListener, state: Arc<OriginState>) {
     }
 }
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+/// Body type of the harness's origin answers and client requests.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 async fn handle(
     req: Request<Incoming>,
@@ -306,11 +307,7 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> std::io::Result<Resp> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
+    let mut sender = connect(addr).await?;
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -319,7 +316,10 @@ pub async fn request(
         req = req.header(*k, *v);
     }
     let resp = sender
-        .send_request(req.body(Full::new(body)).unwrap())
+        .send_request(
+            req.body(Full::new(body).map_err(|e| match e {}).boxed())
+                .unwrap(),
+        )
         .await
         .map_err(std::io::Error::other)?;
     let status = resp.status().as_u16();
@@ -377,6 +377,26 @@ impl Setup {
 }
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// The sites/pools part of a config with one catch-all site `s` whose pool `p` has one
+/// origin; `pool_extra` adds keys to the pool, `origin_extra` to the origin.
+pub fn one_site(origin: SocketAddr, pool_extra: &str, origin_extra: &str) -> String {
+    format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n{pool_extra}\n  [[pool.origin]]\n  addr = \"{origin}\"\n  {origin_extra}\n"
+    )
+}
+
+/// Connects an HTTP/1.1 client to `addr`; the connection task runs in the background.
+pub async fn connect(
+    addr: SocketAddr,
+) -> std::io::Result<hyper::client::conn::http1::SendRequest<BoxBody>> {
+    let stream = TcpStream::connect(addr).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
 
 /// The path of the built binary.
 pub fn onair_bin() -> &'static str {

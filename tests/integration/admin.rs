@@ -5,10 +5,7 @@ use bytes::Bytes;
 use crate::common::*;
 
 fn site(origin: &Origin) -> String {
-    format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n  region = \"hn\"\n",
-        origin.addr
-    )
+    one_site(origin.addr, "", "region = \"hn\"")
 }
 
 #[tokio::test]

@@ -161,11 +161,7 @@ async fn everything_down_serves_the_maintenance_page() {
 async fn builtin_maintenance_page_without_config() {
     let dead = Origin::start("dead").await;
     dead.kill();
-    let onair = Onair::start(Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        dead.addr
-    )))
-    .await;
+    let onair = Onair::start(Setup::new(one_site(dead.addr, "", ""))).await;
     let r = get(onair.http, "a", "/").await.unwrap();
     assert_eq!(r.status, 503);
     assert!(r.text().contains("Under maintenance"));

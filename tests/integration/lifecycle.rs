@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn site(origin: &Origin) -> Setup {
-    Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        origin.addr
-    ))
+    Setup::new(one_site(origin.addr, "", ""))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

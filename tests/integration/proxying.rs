@@ -81,11 +81,7 @@ async fn forwarding_headers_both_ways() {
         ],
         ..Behaviour::default()
     });
-    let onair = Onair::start(Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        origin.addr
-    )))
-    .await;
+    let onair = Onair::start(Setup::new(one_site(origin.addr, "", ""))).await;
 
     let r = request(
         onair.http,
@@ -173,9 +169,10 @@ async fn forwarding_headers_both_ways() {
 async fn large_bodies_stream_with_flat_memory() {
     const SIZE: u64 = 1 << 30;
     let origin = Origin::start("o").await;
-    let onair = Onair::start(Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\nread_timeout = \"60s\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        origin.addr
+    let onair = Onair::start(Setup::new(one_site(
+        origin.addr,
+        "read_timeout = \"60s\"",
+        "",
     )))
     .await;
     // Warm up so the baseline includes the runtime's steady state.
@@ -210,15 +207,14 @@ async fn large_bodies_stream_with_flat_memory() {
 
 async fn download(addr: std::net::SocketAddr, path: &str) -> u64 {
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect(addr).await.unwrap();
     let req = hyper::Request::get(path)
         .header("Host", "a")
-        .body(http_body_util::Empty::<Bytes>::new())
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|e| match e {})
+                .boxed(),
+        )
         .unwrap();
     let mut body = sender.send_request(req).await.unwrap().into_body();
     let mut n = 0u64;
@@ -231,12 +227,8 @@ async fn download(addr: std::net::SocketAddr, path: &str) -> u64 {
 }
 
 async fn upload(addr: std::net::SocketAddr, path: &str, size: u64) -> u16 {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    use http_body_util::BodyExt;
+    let mut sender = connect(addr).await.unwrap();
     let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
     let mut left = size;
     let body = http_body_util::StreamBody::new(FromFn(move || {
@@ -252,7 +244,7 @@ async fn upload(addr: std::net::SocketAddr, path: &str, size: u64) -> u16 {
     let req = hyper::Request::post(path)
         .header("Host", "a")
         .header("Content-Length", size.to_string())
-        .body(body)
+        .body(body.boxed())
         .unwrap();
     sender.send_request(req).await.unwrap().status().as_u16()
 }

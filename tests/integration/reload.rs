@@ -6,10 +6,7 @@ use std::time::Duration;
 use crate::common::*;
 
 fn one_origin(origin: &Origin, pool_extra: &str) -> Setup {
-    Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n{pool_extra}\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        origin.addr
-    ))
+    Setup::new(one_site(origin.addr, pool_extra, ""))
 }
 
 #[tokio::test]
