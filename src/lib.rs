@@ -5,6 +5,7 @@
 //! - [`snapshot`]: the runtime snapshot built from a config, swapped atomically on reload.
 //! - [`router`]: host -> site -> route -> pool.
 //! - [`origin`]: pools, tiers, regions, health.
+//! - [`cache`]: cache key, RFC 9111 cacheability, the memory tier, `Cache-Status`.
 //! - [`proxy`]: the `ProxyHttp` phases, which only dispatch to the modules above.
 //! - [`admin`]: the admin API. [`metrics`]: every Prometheus metric.
 //! - [`access_log`], [`logging`]: what onair tells operators.
@@ -12,6 +13,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod logging;

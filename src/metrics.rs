@@ -150,11 +150,11 @@ impl Metrics {
     /// The request series of one site (or `-` for requests no site claimed), resolved once
     /// per snapshot so the request path increments them without a label lookup.
     pub fn site_series(&self, site: &str) -> SiteSeries {
-        let cache = "none";
         SiteSeries {
-            by_class: STATUS_CLASSES
-                .map(|class| self.requests.with_label_values(&[site, cache, class])),
-            duration: self.request_duration.with_label_values(&[cache]),
+            by_cache: CACHE_LABELS.map(|cache| {
+                STATUS_CLASSES.map(|class| self.requests.with_label_values(&[site, cache, class]))
+            }),
+            duration: CACHE_LABELS.map(|cache| self.request_duration.with_label_values(&[cache])),
         }
     }
 
@@ -225,18 +225,25 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[status_class_index(status)]
 }
 
+/// Values of the `cache` label (see `cache::status::Outcome::label`).
+const CACHE_LABELS: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
+
 /// Pre-resolved `onair_requests_total` / `onair_request_duration_seconds` series of a site.
 #[derive(Debug)]
 pub struct SiteSeries {
-    by_class: [IntCounter; 6],
-    duration: Histogram,
+    by_cache: [[IntCounter; 6]; 5],
+    duration: [Histogram; 5],
 }
 
 impl SiteSeries {
-    /// One answered client request.
-    pub fn request(&self, status: u16, elapsed: Duration) {
-        self.by_class[status_class_index(status)].inc();
-        self.duration.observe(elapsed.as_secs_f64());
+    /// One answered client request; `cache` is one of the cache labels.
+    pub fn request(&self, cache: &str, status: u16, elapsed: Duration) {
+        let c = CACHE_LABELS
+            .iter()
+            .position(|l| *l == cache)
+            .unwrap_or(CACHE_LABELS.len() - 1);
+        self.by_cache[c][status_class_index(status)].inc();
+        self.duration[c].observe(elapsed.as_secs_f64());
     }
 }
 
@@ -275,7 +282,7 @@ mod tests {
     fn all_metrics_register_and_render() {
         METRICS
             .site_series("portal")
-            .request(204, Duration::from_millis(3));
+            .request("miss", 204, Duration::from_millis(3));
         METRICS
             .origin_series("p", "127.0.0.1:1")
             .attempt(OriginOutcome::Timeout, Duration::from_secs(1));
@@ -284,7 +291,7 @@ mod tests {
         METRICS.reload(true, 2);
         let text = render();
         for name in [
-            "onair_requests_total{cache=\"none\",code=\"2xx\",site=\"portal\"} 1",
+            "onair_requests_total{cache=\"miss\",code=\"2xx\",site=\"portal\"} 1",
             "onair_request_duration_seconds_bucket",
             "onair_origin_up{origin=\"127.0.0.1:1\",pool=\"p\"} 0",
             "onair_origin_requests_total{origin=\"127.0.0.1:1\",outcome=\"timeout\",pool=\"p\"} 1",

@@ -9,21 +9,35 @@ use std::collections::HashMap;
 
 use crate::config;
 
-/// A site's routes, longest prefix first, each resolved to a pool index.
+/// Where a route sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// Index into the snapshot's pools.
+    pub pool: usize,
+    /// Whether the cache may answer or store requests on this route.
+    pub cache: bool,
+}
+
+/// A site's routes, longest prefix first.
 #[derive(Debug)]
 pub struct SiteRoutes {
-    /// `(prefix, pool index)`, sorted by descending prefix length.
-    routes: Vec<(String, usize)>,
-    default_pool: usize,
+    /// `(prefix, target)`, sorted by descending prefix length.
+    routes: Vec<(String, RouteTarget)>,
+    default: RouteTarget,
 }
 
 impl SiteRoutes {
-    /// The pool index for `path`.
-    pub fn pool_for(&self, path: &str) -> usize {
+    /// The route for `path`.
+    pub fn route_for(&self, path: &str) -> RouteTarget {
         self.routes
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map_or(self.default_pool, |(_, pool)| *pool)
+            .map_or(self.default, |(_, target)| *target)
+    }
+
+    /// The pool index for `path`.
+    pub fn pool_for(&self, path: &str) -> usize {
+        self.route_for(path).pool
     }
 }
 
@@ -73,18 +87,25 @@ impl HostTable {
 
 /// Builds a site's route table; `pool_index` maps pool names (already validated) to indexes.
 pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> SiteRoutes {
-    let mut routes: Vec<(String, usize)> = site
+    let mut routes: Vec<(String, RouteTarget)> = site
         .routes
         .iter()
         .map(|r| {
             let pool = r.pool.as_deref().unwrap_or(&site.pool);
-            (r.path.clone(), pool_index(pool))
+            let target = RouteTarget {
+                pool: pool_index(pool),
+                cache: r.cache,
+            };
+            (r.path.clone(), target)
         })
         .collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     SiteRoutes {
         routes,
-        default_pool: pool_index(&site.pool),
+        default: RouteTarget {
+            pool: pool_index(&site.pool),
+            cache: true,
+        },
     }
 }
 
@@ -124,11 +145,13 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             pool: "main".into(),
             maintenance_page: None,
+            force_stale_if_error: false,
             routes: routes
                 .iter()
                 .map(|(p, pool)| config::Route {
                     path: p.to_string(),
                     pool: Some(pool.to_string()),
+                    cache: *pool != "api",
                 })
                 .collect(),
         }
@@ -173,6 +196,9 @@ mod tests {
         assert_eq!(r.pool_for("/img/a.png"), 3);
         assert_eq!(r.pool_for("/images/a.png"), 0);
         assert_eq!(r.pool_for("/ap"), 0);
+        assert!(!r.route_for("/api/x").cache);
+        assert!(r.route_for("/api/v2/x").cache);
+        assert!(r.route_for("/").cache);
     }
 
     #[test]

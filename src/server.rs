@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access_log;
 use crate::admin::AdminApp;
+use crate::cache::EdgeCache;
 use crate::config::{Config, ConfigErrors, Overrides};
 use crate::origin::health::HealthChecker;
 use crate::proxy::Edge;
@@ -85,7 +86,7 @@ pub fn serve(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Edge::new(live.clone()),
+        Edge::new(live.clone(), EdgeCache::new(&config.cache)),
         "onair edge",
     );
     for addr in &config.listen.http {

@@ -72,8 +72,24 @@ pub struct Config {
     pub listen: Listen,
     pub admin: Admin,
     pub log: Log,
+    pub cache: Cache,
     pub sites: Vec<Site>,
     pub pools: Vec<Pool>,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// L1 capacity in bytes.
+    pub memory: u64,
+    /// Largest body stored; larger responses stream through uncached.
+    pub max_object: u64,
+    /// How long requests for an object being fetched wait for it before going to the origin.
+    pub lock_timeout: Duration,
+    /// Added to the origin's stale-while-revalidate window.
+    pub stale_while_revalidate: Duration,
+    /// The least stale-if-error window: how long cached pages keep the site up while origins fail.
+    pub stale_if_error: Duration,
 }
 
 /// `[node]`
@@ -133,6 +149,8 @@ pub struct Site {
     pub pool: String,
     /// The maintenance page body, read from `maintenance_page` (None: the built-in page).
     pub maintenance_page: Option<Bytes>,
+    /// Serve stale on origin errors even where the origin forbids it (must-revalidate, ...).
+    pub force_stale_if_error: bool,
     pub routes: Vec<Route>,
 }
 
@@ -141,6 +159,8 @@ pub struct Site {
 pub struct Route {
     pub path: String,
     pub pool: Option<String>,
+    /// `false`: requests on this route bypass the cache.
+    pub cache: bool,
 }
 
 /// `[[pool]]`

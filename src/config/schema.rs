@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub listen: RawListen,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub cache: RawCache,
     pub site: Vec<RawSite>,
     pub pool: Vec<RawPool>,
 }
@@ -55,6 +56,20 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+/// `[cache]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawCache {
+    pub memory: Option<String>,
+    pub disk_path: Option<String>,
+    pub disk: Option<String>,
+    pub max_object: Option<String>,
+    pub lock_timeout: Option<String>,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub purge_from: Option<Vec<String>>,
+}
+
 /// `[[site]]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -63,6 +78,7 @@ pub struct RawSite {
     pub hosts: Vec<String>,
     pub pool: Option<String>,
     pub maintenance_page: Option<String>,
+    pub force_stale_if_error: Option<bool>,
     pub route: Vec<RawRoute>,
 }
 
@@ -72,6 +88,7 @@ pub struct RawSite {
 pub struct RawRoute {
     pub path: Option<String>,
     pub pool: Option<String>,
+    pub cache: Option<bool>,
 }
 
 /// `[[pool]]`

@@ -383,12 +383,33 @@ fn unknown_top_level_key() {
 #[test]
 fn sections_of_later_versions_are_unknown_today() {
     for (section, body) in [
-        ("cache", "[cache]\nmemory = \"1GiB\"\n"),
         ("tls", "[tls]\nredirect_http = true\n"),
         ("protect", "[protect]\nrate = \"100/s\"\n"),
     ] {
         assert_only(&format!("{MINIMAL}\n{body}"), section, "unknown key");
     }
+}
+
+#[test]
+fn cache_section() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[cache]\nmemory = \"1GiB\"\nmax_object = \"8MiB\"\nlock_timeout = \"3s\"\nstale_while_revalidate = \"30s\"\nstale_if_error = \"2d\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cache.memory, 1 << 30);
+    assert_eq!(c.cache.max_object, 8 << 20);
+    assert_eq!(c.cache.lock_timeout, Duration::from_secs(3));
+    assert_eq!(c.cache.stale_while_revalidate, Duration::from_secs(30));
+    assert_eq!(c.cache.stale_if_error, Duration::from_secs(2 * 86_400));
+    // Defaults: 7 days of "always online".
+    let d = parse(MINIMAL).unwrap();
+    assert_eq!(d.cache.stale_if_error, Duration::from_secs(7 * 86_400));
+    let errs = errors(&format!(
+        "{MINIMAL}\n[cache]\nmemory = \"lots\"\nmax_object = \"5GiB\"\ndisk_path = \"/var/cache/onair\"\n"
+    ));
+    assert!(has(&errs, "cache.memory", "not a size"), "{errs:#?}");
+    assert!(has(&errs, "cache.max_object", "below 4GiB"), "{errs:#?}");
+    assert!(has(&errs, "cache.disk_path", "later version"), "{errs:#?}");
 }
 
 #[test]
@@ -440,7 +461,7 @@ hosts = [\"daihoi.example.vn\"]
 pool = \"portal\"
   [[site.route]]
   path = \"/api/\"
-  cache = false
+  cahce = false
 
 [[pool]]
 name = \"portal\"
@@ -451,7 +472,7 @@ health = {{ path = \"/healthz\", uri = \"/x\" }}
     );
     let errs = errors(&text);
     assert!(
-        has(&errs, "site[0].route[0].cache", "unknown key"),
+        has(&errs, "site[0].route[0].cahce", "unknown key"),
         "{errs:#?}"
     );
     assert!(has(&errs, "pool[0].health.uri", "unknown key"), "{errs:#?}");

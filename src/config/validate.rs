@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::schema::*;
-use super::units::parse_duration;
+use super::units::{parse_duration, parse_size};
 use super::*;
 
 /// Largest maintenance page we load into memory; it is served from every node on every
@@ -34,6 +34,16 @@ impl Errors<'_> {
             None => default,
             Some(text) => parse_duration(text).unwrap_or_else(|e| {
                 self.push(path, e);
+                default
+            }),
+        }
+    }
+
+    fn size(&mut self, path: &str, value: &Option<String>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(text) => parse_size(text).unwrap_or_else(|err| {
+                self.push(path, err);
                 default
             }),
         }
@@ -136,6 +146,7 @@ pub(super) fn validate(
         listen,
         admin,
         log,
+        cache,
         site,
         pool,
     } = raw;
@@ -158,6 +169,7 @@ pub(super) fn validate(
         }),
     };
     let log = validate_log(log, base, &mut e);
+    let cache = validate_cache(cache, &mut e);
     let pools = validate_pools(pool, &mut e);
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
@@ -166,8 +178,52 @@ pub(super) fn validate(
         listen,
         admin,
         log,
+        cache,
         sites,
         pools,
+    }
+}
+
+fn validate_cache(c: RawCache, e: &mut Errors<'_>) -> Cache {
+    let memory = e.size("cache.memory", &c.memory, 256 << 20);
+    let max_object = e.size("cache.max_object", &c.max_object, 64 << 20);
+    // moka weighs entries in u32: one object cannot exceed 4 GiB in the memory tier.
+    if max_object > u64::from(u32::MAX) - 4096 {
+        e.push("cache.max_object", "must be below 4GiB");
+    }
+    if memory > 0 && max_object > memory {
+        e.push("cache.max_object", "is larger than cache.memory");
+    }
+    for (key, set) in [
+        ("cache.disk_path", c.disk_path.is_some()),
+        ("cache.disk", c.disk.is_some()),
+        ("cache.purge_from", c.purge_from.is_some()),
+    ] {
+        if set {
+            e.push(
+                key,
+                "the disk tier and purging come in a later version of onair",
+            );
+        }
+    }
+    Cache {
+        memory,
+        max_object,
+        lock_timeout: e.duration(
+            "cache.lock_timeout",
+            &c.lock_timeout,
+            Duration::from_secs(10),
+        ),
+        stale_while_revalidate: e.duration(
+            "cache.stale_while_revalidate",
+            &c.stale_while_revalidate,
+            Duration::ZERO,
+        ),
+        stale_if_error: e.duration(
+            "cache.stale_if_error",
+            &c.stale_if_error,
+            Duration::from_secs(7 * 86_400),
+        ),
     }
 }
 
@@ -491,7 +547,11 @@ fn validate_sites(
                 if let Some(p) = &r.pool {
                     check_pool(e, format!("{rat}.pool"), p);
                 }
-                Route { path, pool: r.pool }
+                Route {
+                    path,
+                    pool: r.pool,
+                    cache: r.cache.unwrap_or(true),
+                }
             })
             .collect();
         out.push(Site {
@@ -499,6 +559,7 @@ fn validate_sites(
             hosts,
             pool,
             maintenance_page,
+            force_stale_if_error: s.force_stale_if_error.unwrap_or(false),
             routes,
         });
     }

@@ -29,6 +29,14 @@ pub struct RequestCtx {
     pub attempt_recorded: bool,
     /// Status of an answer onair made itself (421, maintenance 503, ...), for the log.
     pub local_status: Option<u16>,
+    /// The port the client named in Host, for the cache key.
+    pub port: Option<u16>,
+    /// Whether the cache may answer and store this request (method and route allow it).
+    pub cache_on: bool,
+    /// Whether the origin's response was cacheable and is being stored.
+    pub cache_stored: bool,
+    /// How the request used the cache, once the answer's headers are out.
+    pub cache_outcome: Option<crate::cache::status::Outcome>,
 }
 
 impl RequestCtx {
@@ -46,6 +54,10 @@ impl RequestCtx {
             attempt_started: None,
             attempt_recorded: false,
             local_status: None,
+            port: None,
+            cache_on: false,
+            cache_stored: false,
+            cache_outcome: None,
         }
     }
 

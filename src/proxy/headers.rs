@@ -145,8 +145,17 @@ pub fn from_origin(resp: &mut ResponseHeader) {
     }
 }
 
+/// Headers meant for this edge only: `Surrogate-Control` is addressed to surrogates (and was
+/// acted on), `Surrogate-Key` / `Cache-Tag` name purge groups that readers need not see.
+const EDGE_ONLY: &[&str] = &["surrogate-control", "surrogate-key", "cache-tag"];
+
 /// Adds this node's `Via` entry and the request id to the client's answer.
 pub fn to_client(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    for name in EDGE_ONLY {
+        if resp.headers.contains_key(*name) {
+            resp.remove_header(*name);
+        }
+    }
     if let Some(v) = append_list(&resp.headers, http::header::VIA, &ctx.snapshot.via) {
         resp.insert_header("Via", v)?;
     }

@@ -14,15 +14,18 @@ pub mod headers;
 pub mod respond;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::access_log;
+use crate::cache::{self, EdgeCache};
 use crate::metrics::{OriginOutcome, METRICS};
 use crate::router::normalize_host;
 use crate::snapshot::Live;
@@ -34,11 +37,12 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// The edge proxy.
 pub struct Edge {
     live: Arc<Live>,
+    cache: EdgeCache,
 }
 
 impl Edge {
-    pub fn new(live: Arc<Live>) -> Self {
-        Edge { live }
+    pub fn new(live: Arc<Live>, cache: EdgeCache) -> Self {
+        Edge { live, cache }
     }
 }
 
@@ -85,16 +89,85 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         ctx.site = Some(site);
-        let path = session.req_header().uri.path();
-        let pool = ctx
+        let req = session.req_header();
+        let Some(route) = ctx
             .snapshot
             .sites
             .get(site)
-            .map(|s| s.routes.pool_for(path))
-            .and_then(|i| ctx.snapshot.pools.get(i))
-            .cloned();
-        ctx.pool = pool;
+            .map(|s| s.routes.route_for(req.uri.path()))
+        else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "site index out of range",
+            ));
+        };
+        ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
+        ctx.cache_on = route.cache && cache::request_cacheable(req);
+        ctx.port = headers::raw_host(req).and_then(cache::key::port_of);
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.cache_on {
+            self.cache
+                .enable(&mut session.cache, ctx.snapshot.config.cache.lock_timeout);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let uri = &session.req_header().uri;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(cache::key::cache_key("http", &ctx.host, ctx.port, path))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let cfg = &ctx.snapshot.config.cache;
+        let grants = cache::policy::StaleGrants {
+            while_revalidate: cfg.stale_while_revalidate,
+            if_error: cfg.stale_if_error,
+            force: ctx
+                .site
+                .and_then(|i| ctx.snapshot.config.sites.get(i))
+                .is_some_and(|s| s.force_stale_if_error),
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        let decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
+        ctx.cache_stored = matches!(decision, RespCacheable::Cacheable(_));
+        Ok(decision)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // The windows themselves (origin directives, operator grants, must-revalidate) were
+        // fixed when the object was stored; here only the trigger matters.
+        match error {
+            // stale-while-revalidate: always, within the stored window.
+            None => true,
+            // stale-if-error: origin failures only, never a client's own error.
+            Some(e) => *e.esource() == ErrorSource::Upstream,
+        }
     }
 
     async fn upstream_peer(
@@ -172,10 +245,23 @@ impl ProxyHttp for Edge {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let outcome = cache::status::Outcome::of(&session.cache, ctx.cache_on, ctx.cache_stored);
+        let ttl = match outcome {
+            cache::status::Outcome::Hit => session
+                .cache
+                .maybe_cache_meta()
+                .map(|m| cache::status::ttl(m.fresh_until(), SystemTime::now())),
+            _ => None,
+        };
+        ctx.cache_outcome = Some(outcome);
+        resp.append_header(
+            "Cache-Status",
+            outcome.header(&ctx.snapshot.config.node.id, ttl),
+        )?;
         headers::to_client(resp, ctx)
     }
 
@@ -259,12 +345,12 @@ impl ProxyHttp for Edge {
             .or(ctx.local_status)
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
-        let cache = "none";
+        let cache = ctx.cache_outcome.map_or("bypass", |o| o.label());
         let series = ctx
             .site
             .and_then(|i| ctx.snapshot.sites.get(i))
             .map_or(&ctx.snapshot.unrouted, |s| &s.metrics);
-        series.request(status, elapsed);
+        series.request(cache, status, elapsed);
         if !access_log::enabled() {
             return;
         }

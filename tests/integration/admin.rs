@@ -77,7 +77,7 @@ async fn metrics_have_the_contract_names_and_pass_promtool() {
     }
     let text = onair.metrics_text().await;
     for name in [
-        "onair_requests_total{cache=\"none\",code=\"2xx\",site=\"s\"} 3",
+        "onair_requests_total{cache=\"miss\",code=\"2xx\",site=\"s\"} 3",
         "onair_request_duration_seconds_bucket",
         "onair_origin_up{",
         "onair_origin_requests_total{",

@@ -27,6 +27,7 @@ token_file = "admin.token"
 
 [cache]
 memory = "1GiB"
+disk_path = "/var/cache/onair"
 
 [[site]]
 name = "portal"
@@ -50,7 +51,7 @@ name = "api"
 
 /// The key path of every error in [`BROKEN`], as each output line starts.
 const BROKEN_PATHS: &[&str] = &[
-    "cache: ",
+    "cache.disk_path: ",
     "pool[1].origin[1].adrr: ",
     "node.grace_period: ",
     "listen.https: ",
@@ -143,6 +144,7 @@ fn reference_config_documents_every_key() {
         "[listen]",
         "[admin]",
         "[log]",
+        "[cache]",
         "[[site]]",
         "[[site.route]]",
         "[[pool]]",
@@ -166,6 +168,13 @@ fn reference_config_documents_every_key() {
         "token_file", // [admin]
         "access",
         "level", // [log]
+        "memory",
+        "max_object",
+        "lock_timeout",
+        "stale_while_revalidate",
+        "stale_if_error", // [cache]
+        "force_stale_if_error",
+        "cache", // [[site]], [[site.route]]
         "name",
         "hosts",
         "pool",

@@ -7,6 +7,7 @@
 mod common;
 
 mod admin;
+mod cache;
 mod config_check;
 mod failover;
 mod lifecycle;

@@ -1,0 +1,90 @@
+//! The cache key: what makes two requests the same cached object.
+//!
+//! Key = scheme + normalized host (lowercase, default port dropped) + path + query, each part
+//! length-prefixed so that no two different requests can build the same bytes (`a` + `bc`
+//! versus `ab` + `c`). Nothing else from the request enters the key; headers only matter
+//! through `Vary`, which Pingora folds into the variance part of the key. A header that is not
+//! in the key (X-Forwarded-Host, X-Original-URL, ...) therefore can never change what is stored
+//! under it, which is what keeps the cache from being poisoned.
+
+use pingora::cache::CacheKey;
+
+/// Builds the key. `host` is the normalized host (see `router::normalize_host`); `port` is the
+/// port the client named, kept only when it is not the scheme's default.
+pub fn cache_key(scheme: &str, host: &str, port: Option<u16>, path_and_query: &str) -> CacheKey {
+    let default_port = match scheme {
+        "https" => 443,
+        _ => 80,
+    };
+    let port = port.filter(|p| *p != default_port);
+    let mut primary = Vec::with_capacity(scheme.len() + host.len() + path_and_query.len() + 24);
+    push_part(&mut primary, scheme.as_bytes());
+    push_part(&mut primary, host.as_bytes());
+    match port {
+        Some(p) => push_part(&mut primary, p.to_string().as_bytes()),
+        None => push_part(&mut primary, b""),
+    }
+    push_part(&mut primary, path_and_query.as_bytes());
+    CacheKey::new(primary, "")
+}
+
+fn push_part(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+/// The port a Host/authority value names, if any.
+pub fn port_of(raw_host: &str) -> Option<u16> {
+    let after_v6 = raw_host.rsplit_once(']').map_or(raw_host, |(_, rest)| rest);
+    after_v6.rsplit_once(':')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::key::CacheHashKey;
+
+    fn hex(k: &CacheKey) -> String {
+        k.primary()
+    }
+
+    #[test]
+    fn parts_cannot_run_into_each_other() {
+        assert_ne!(
+            hex(&cache_key("http", "a.vn", None, "/x")),
+            hex(&cache_key("http", "a.vn/", None, "x"))
+        );
+        assert_ne!(
+            hex(&cache_key("http", "a", None, "b/c")),
+            hex(&cache_key("http", "ab", None, "/c"))
+        );
+    }
+
+    #[test]
+    fn default_port_is_dropped_others_kept() {
+        let plain = hex(&cache_key("http", "a.vn", None, "/"));
+        assert_eq!(plain, hex(&cache_key("http", "a.vn", Some(80), "/")));
+        assert_ne!(plain, hex(&cache_key("http", "a.vn", Some(8080), "/")));
+        assert_ne!(plain, hex(&cache_key("https", "a.vn", None, "/")));
+        assert_eq!(
+            hex(&cache_key("https", "a.vn", None, "/")),
+            hex(&cache_key("https", "a.vn", Some(443), "/"))
+        );
+    }
+
+    #[test]
+    fn query_is_part_of_the_key() {
+        assert_ne!(
+            hex(&cache_key("http", "a.vn", None, "/p?x=1")),
+            hex(&cache_key("http", "a.vn", None, "/p?x=2"))
+        );
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(port_of("a.vn:8080"), Some(8080));
+        assert_eq!(port_of("a.vn"), None);
+        assert_eq!(port_of("[::1]:81"), Some(81));
+        assert_eq!(port_of("[::1]"), None);
+    }
+}

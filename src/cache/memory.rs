@@ -1,0 +1,335 @@
+//! L1: the in-memory tier, on moka (byte-weighted capacity, TinyLFU admission).
+//!
+//! An entry holds the serialized metadata and the body as one `Bytes`, so a hit hands out
+//! slices of it and copies no body. Fills are collected in memory and become visible when the
+//! miss finishes; a fill that is dropped without finishing (origin failure, object too large)
+//! leaves nothing behind.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+
+/// Fixed cost charged per entry on top of its bytes (key, Arc, moka's bookkeeping), so that
+/// many tiny objects cannot exceed the configured memory.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// One stored object.
+struct Entry {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+}
+
+impl Entry {
+    fn weight(&self) -> u32 {
+        let bytes = self.body.len() + self.meta.0.len() + self.meta.1.len() + ENTRY_OVERHEAD;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// The memory tier.
+pub struct MemoryStore {
+    entries: moka::sync::Cache<HashBinary, Arc<Entry>>,
+    /// Largest body this tier stores; larger fills are abandoned (they stream through).
+    max_object: usize,
+}
+
+impl MemoryStore {
+    /// A store holding at most `capacity` bytes, objects up to `max_object` bytes each.
+    pub fn new(capacity: u64, max_object: usize) -> Self {
+        MemoryStore {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .weigher(|_, e: &Arc<Entry>| e.weight())
+                .build(),
+            max_object,
+        }
+    }
+
+    /// Objects stored now (approximate until moka runs its pending maintenance).
+    pub fn objects(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Bytes accounted now (approximate, as above).
+    pub fn size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Runs moka's deferred maintenance (evictions, counters). Cheap; call periodically.
+    pub fn maintain(&self) {
+        self.entries.run_pending_tasks();
+    }
+
+    fn meta_of(entry: &Entry) -> Result<CacheMeta> {
+        CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.entries.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let meta = Self::meta_of(&entry)?;
+        let hit = MemoryHit {
+            end: entry.body.len(),
+            body: entry.body.clone(),
+            start: 0,
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(MemoryMiss {
+            store: self,
+            key: key.combined_bin(),
+            meta: meta.serialize()?,
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key = target.key().combined_bin();
+        Ok(match self.entries.remove(&key) {
+            Some(_) => PurgeOutcome::Purged(None),
+            None => PurgeOutcome::NotFound,
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let hash = key.combined_bin();
+        let Some(old) = self.entries.get(&hash) else {
+            // Evicted between the revalidation and now: nothing to update, not an error.
+            return Ok(false);
+        };
+        let entry = Arc::new(Entry {
+            meta: meta.serialize()?,
+            body: old.body.clone(),
+        });
+        self.entries.insert(hash, entry);
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Reads a stored body, whole or a range of it, without copying.
+struct MemoryHit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for MemoryHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(ErrorType::InternalError, "range start beyond the body");
+        }
+        self.start = start;
+        // `end` is exclusive; past the last byte means "to the end".
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects a fill; publishes it on `finish`.
+struct MemoryMiss {
+    store: &'static MemoryStore,
+    key: HashBinary,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for MemoryMiss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.body.len() + data.len() > self.store.max_object {
+            // Abandon the fill: the response still streams to the client, uncached.
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "object larger than cache.max_object",
+            );
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let size = self.body.len();
+        let entry = Arc::new(Entry {
+            meta: self.meta,
+            body: self.body.freeze(),
+        });
+        self.store.entries.insert(self.key, entry);
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn store() -> &'static MemoryStore {
+        Box::leak(Box::new(MemoryStore::new(1 << 20, 64 << 10)))
+    }
+
+    fn meta() -> CacheMeta {
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).unwrap();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    fn span() -> SpanHandle {
+        pingora::cache::trace::Span::inactive().handle()
+    }
+
+    async fn read_all(hit: &mut HitHandler) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await.unwrap() {
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn fill_then_hit_then_range_then_purge() {
+        let s = store();
+        let key = CacheKey::new("k1", "");
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        let mut miss = s.get_miss_handler(&key, &meta(), &span()).await.unwrap();
+        miss.write_body(Bytes::from_static(b"hello "), false)
+            .await
+            .unwrap();
+        // Not visible before the fill finishes.
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        miss.write_body(Bytes::from_static(b"world"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        let (m, mut hit) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        assert_eq!(m.response_header().status, 200);
+        assert_eq!(read_all(&mut hit).await, b"hello world");
+        hit.seek(6, Some(9)).unwrap();
+        assert_eq!(read_all(&mut hit).await, b"wor");
+        hit.seek(6, Some(1000)).unwrap();
+        assert_eq!(read_all(&mut hit).await, b"world");
+        assert!(hit.seek(11, None).is_err());
+        let compact = key.to_compact();
+        let out = s
+            .purge(
+                PurgeTarget::Active(&compact),
+                PurgeType::Invalidation,
+                &span(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, PurgeOutcome::Purged(None));
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn abandoned_or_oversized_fills_leave_nothing() {
+        let s = store();
+        let key = CacheKey::new("k2", "");
+        let mut miss = s.get_miss_handler(&key, &meta(), &span()).await.unwrap();
+        miss.write_body(Bytes::from_static(b"partial"), false)
+            .await
+            .unwrap();
+        drop(miss);
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        let mut miss = s.get_miss_handler(&key, &meta(), &span()).await.unwrap();
+        assert!(miss
+            .write_body(Bytes::from(vec![0u8; 65 << 10]), true)
+            .await
+            .is_err());
+        drop(miss);
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn capacity_is_bounded_in_bytes() {
+        let s: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(256 << 10, 64 << 10)));
+        for i in 0..64 {
+            let key = CacheKey::new(format!("obj{i}"), "");
+            let mut miss = s.get_miss_handler(&key, &meta(), &span()).await.unwrap();
+            miss.write_body(Bytes::from(vec![b'x'; 32 << 10]), true)
+                .await
+                .unwrap();
+            miss.finish().await.unwrap();
+        }
+        s.maintain();
+        assert!(s.size() <= 256 << 10, "{} bytes held", s.size());
+        assert!(s.objects() < 64);
+    }
+}

@@ -1,0 +1,307 @@
+//! Whether and how long a response may be stored and served: RFC 9111 shared-cache rules,
+//! with the edge-targeted fields (RFC 9213 `CDN-Cache-Control`, then `Surrogate-Control`)
+//! taking precedence over `Cache-Control`.
+//!
+//! onair adds three rules of its own, each safer than the RFC's minimum:
+//! - no heuristic freshness: a response without explicit freshness is not stored;
+//! - 5xx, 206 and responses with `Set-Cookie` or `Vary: *` are never stored (a cached error
+//!   would replace a good page; a cookie would be handed to every reader);
+//! - where the origin forbids serving stale (`must-revalidate`, `proxy-revalidate`,
+//!   `s-maxage`, `no-cache`), no stale window is granted unless the site sets
+//!   `force_stale_if_error`, a deviation the operator chooses for "always online".
+
+use std::time::{Duration, SystemTime};
+
+use pingora::cache::cache_control::{CacheControl, DirectiveKey, InterpretCacheControl};
+use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations};
+use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora::http::ResponseHeader;
+
+/// No default freshness for any status: only explicit freshness makes a response cacheable.
+static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// The operator's stale-serving grants (from `[cache]` and the site).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleGrants {
+    /// Added to the origin's stale-while-revalidate window.
+    pub while_revalidate: Duration,
+    /// The least stale-if-error window every cacheable response gets ("always online").
+    pub if_error: Duration,
+    /// Grant the stale windows even when the origin forbids serving stale.
+    pub force: bool,
+}
+
+/// The edge's cache directives: CDN-Cache-Control, else Surrogate-Control, else Cache-Control.
+pub fn edge_directives(resp: &ResponseHeader) -> Option<CacheControl> {
+    CacheControl::from_resp_headers_named("cdn-cache-control", resp)
+        .or_else(|| CacheControl::from_resp_headers_named("surrogate-control", resp))
+        .or_else(|| CacheControl::from_resp_headers(resp))
+}
+
+/// Decides cacheability and builds the stored metadata.
+pub fn decide(
+    resp: &ResponseHeader,
+    authorization: bool,
+    now: SystemTime,
+    grants: &StaleGrants,
+) -> RespCacheable {
+    let uncacheable = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    let status = resp.status.as_u16();
+    if status >= 500 || status == 206 || resp.status.is_informational() {
+        return uncacheable;
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) || vary_star(resp) {
+        return uncacheable;
+    }
+    let cc = edge_directives(resp);
+    let Some(fresh_until) =
+        calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_HEURISTICS)
+    else {
+        return uncacheable;
+    };
+    let (origin_swr, origin_sie) = calculate_serve_stale_durations(cc.as_ref(), &NO_HEURISTICS);
+    let forbidden = cc.as_ref().is_some_and(|c| {
+        c.must_revalidate()
+            || c.proxy_revalidate()
+            || c.no_cache()
+            || c.has_directive(&DirectiveKey::SMaxAge)
+    });
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let (swr, sie) = if forbidden && !grants.force {
+        (0, 0)
+    } else {
+        (
+            origin_swr.saturating_add(secs(grants.while_revalidate)),
+            origin_sie.max(secs(grants.if_error)),
+        )
+    };
+    let mut header = resp.clone();
+    if let Some(cc) = &cc {
+        cc.strip_private_headers(&mut header);
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+fn vary_star(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == "*")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRANTS: StaleGrants = StaleGrants {
+        while_revalidate: Duration::from_secs(5),
+        if_error: Duration::from_secs(7 * 86_400),
+        force: false,
+    };
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn meta(r: &ResponseHeader, auth: bool, grants: &StaleGrants) -> Option<CacheMeta> {
+        match decide(r, auth, now(), grants) {
+            RespCacheable::Cacheable(m) => Some(m),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    fn ttl(m: &CacheMeta) -> u64 {
+        m.fresh_until()
+            .duration_since(now())
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[test]
+    fn explicit_freshness_only() {
+        assert_eq!(
+            ttl(&meta(
+                &resp(200, &[("Cache-Control", "max-age=60")]),
+                false,
+                &GRANTS
+            )
+            .unwrap()),
+            60
+        );
+        // s-maxage wins over max-age for a shared cache.
+        let m = meta(
+            &resp(200, &[("Cache-Control", "max-age=60, s-maxage=300")]),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 300);
+        // No freshness information: not stored (no heuristics).
+        assert!(meta(&resp(200, &[]), false, &GRANTS).is_none());
+        assert!(meta(
+            &resp(200, &[("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")]),
+            false,
+            &GRANTS
+        )
+        .is_none());
+        // Expires works when Cache-Control has no age.
+        let expires = httpdate::fmt_http_date(now() + Duration::from_secs(120));
+        let m = meta(&resp(200, &[("Expires", &expires)]), false, &GRANTS).unwrap();
+        assert_eq!(ttl(&m), 120);
+    }
+
+    #[test]
+    fn never_stored() {
+        for r in [
+            resp(200, &[("Cache-Control", "no-store, max-age=60")]),
+            resp(200, &[("Cache-Control", "private, max-age=60")]),
+            resp(503, &[("Cache-Control", "max-age=60")]),
+            resp(206, &[("Cache-Control", "max-age=60")]),
+            resp(
+                200,
+                &[("Cache-Control", "max-age=60"), ("Set-Cookie", "s=1")],
+            ),
+            resp(
+                200,
+                &[
+                    ("Cache-Control", "max-age=60"),
+                    ("Vary", "Accept-Encoding, *"),
+                ],
+            ),
+        ] {
+            assert!(meta(&r, false, &GRANTS).is_none(), "{:?}", r.headers);
+        }
+        // 404 with explicit freshness is fine.
+        assert!(meta(
+            &resp(404, &[("Cache-Control", "max-age=10")]),
+            false,
+            &GRANTS
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn authorization_needs_explicit_permission() {
+        assert!(meta(
+            &resp(200, &[("Cache-Control", "max-age=60")]),
+            true,
+            &GRANTS
+        )
+        .is_none());
+        assert!(meta(
+            &resp(200, &[("Cache-Control", "public, max-age=60")]),
+            true,
+            &GRANTS
+        )
+        .is_some());
+        assert!(meta(
+            &resp(200, &[("Cache-Control", "s-maxage=60")]),
+            true,
+            &GRANTS
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn edge_fields_take_precedence() {
+        let r = resp(
+            200,
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=600"),
+            ],
+        );
+        assert_eq!(ttl(&meta(&r, false, &GRANTS).unwrap()), 600);
+        let r = resp(
+            200,
+            &[
+                ("Cache-Control", "max-age=5"),
+                ("Surrogate-Control", "max-age=900"),
+            ],
+        );
+        assert_eq!(ttl(&meta(&r, false, &GRANTS).unwrap()), 900);
+        let r = resp(
+            200,
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("CDN-Cache-Control", "no-store"),
+            ],
+        );
+        assert!(meta(&r, false, &GRANTS).is_none());
+    }
+
+    #[test]
+    fn stale_windows() {
+        let m = meta(
+            &resp(
+                200,
+                &[(
+                    "Cache-Control",
+                    "max-age=60, stale-while-revalidate=30, stale-if-error=60",
+                )],
+            ),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        // Origin's SWR plus the operator's grace; SIE at least the operator's window.
+        assert_eq!(m.stale_while_revalidate_sec(), 35);
+        assert_eq!(m.stale_if_error_sec(), 7 * 86_400);
+        let m = meta(
+            &resp(
+                200,
+                &[("Cache-Control", "max-age=60, stale-if-error=999999999")],
+            ),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(m.stale_if_error_sec(), 999_999_999);
+        for forbid in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60",
+            "no-cache",
+        ] {
+            let m = meta(&resp(200, &[("Cache-Control", forbid)]), false, &GRANTS).unwrap();
+            assert_eq!(
+                (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+                (0, 0),
+                "{forbid}"
+            );
+            let forced = StaleGrants {
+                force: true,
+                ..GRANTS
+            };
+            let m = meta(&resp(200, &[("Cache-Control", forbid)]), false, &forced).unwrap();
+            assert_eq!(m.stale_if_error_sec(), 7 * 86_400, "{forbid} forced");
+        }
+        // no-cache is stored but always stale: every use revalidates.
+        let m = meta(&resp(200, &[("Cache-Control", "no-cache")]), false, &GRANTS).unwrap();
+        assert!(!m.is_fresh(now()));
+    }
+
+    #[test]
+    fn private_field_names_are_not_stored() {
+        let r = resp(
+            200,
+            &[
+                ("Cache-Control", "max-age=60, private=\"x-user\""),
+                ("X-User", "alice"),
+            ],
+        );
+        // `private` with field names permits storing without those fields.
+        if let Some(m) = meta(&r, false, &GRANTS) {
+            assert!(m.headers().get("x-user").is_none());
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! How a request used the cache, in the two vocabularies operators see: the RFC 9211
+//! `Cache-Status` header (`edge-hn-1; hit; ttl=53`) and the bounded `cache` metric label.
+
+use std::time::SystemTime;
+
+use pingora::cache::{CachePhase, HttpCache};
+
+/// The cache outcome of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served fresh from the cache.
+    Hit,
+    /// Served stale while a background request refreshes it.
+    StaleWhileRevalidate,
+    /// Served stale because the origins failed.
+    StaleIfError,
+    /// Revalidated with the origin (304) and served from the cache.
+    Revalidated,
+    /// Fetched from the origin; `stored` when the response went into the cache.
+    Miss { stored: bool },
+    /// The cache was not used (method, route `cache = false`, or a request onair answered).
+    Bypass,
+}
+
+impl Outcome {
+    /// Reads the outcome off the request's cache state. `enabled` is whether onair turned the
+    /// cache on for the request; `stored` whether the response was cacheable.
+    pub fn of(cache: &HttpCache, enabled: bool, stored: bool) -> Outcome {
+        if !enabled {
+            return Outcome::Bypass;
+        }
+        match cache.phase() {
+            CachePhase::Hit => Outcome::Hit,
+            CachePhase::StaleUpdating => Outcome::StaleWhileRevalidate,
+            CachePhase::Stale => Outcome::StaleIfError,
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
+            _ => Outcome::Miss { stored },
+        }
+    }
+
+    /// The `cache` label of `onair_requests_total` and `onair_request_duration_seconds`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::StaleWhileRevalidate | Outcome::StaleIfError => "stale",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Miss { .. } => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
+    /// This node's `Cache-Status` entry (RFC 9211). `ttl` is the remaining freshness of the
+    /// stored object, for hits.
+    pub fn header(self, node: &str, ttl: Option<i64>) -> String {
+        match self {
+            Outcome::Hit => match ttl {
+                Some(ttl) => format!("{node}; hit; ttl={ttl}"),
+                None => format!("{node}; hit"),
+            },
+            Outcome::StaleWhileRevalidate => format!("{node}; hit; detail=stale-while-revalidate"),
+            Outcome::StaleIfError => format!("{node}; hit; detail=stale-if-error"),
+            Outcome::Revalidated => format!("{node}; fwd=stale; fwd-status=304"),
+            Outcome::Miss { stored: true } => format!("{node}; fwd=uri-miss; stored"),
+            Outcome::Miss { stored: false } => format!("{node}; fwd=uri-miss"),
+            Outcome::Bypass => format!("{node}; fwd=bypass"),
+        }
+    }
+}
+
+/// Seconds of freshness left, as RFC 9211's `ttl` (negative once stale).
+pub fn ttl(fresh_until: SystemTime, now: SystemTime) -> i64 {
+    match fresh_until.duration_since(now) {
+        Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn headers_follow_rfc_9211() {
+        assert_eq!(
+            Outcome::Hit.header("edge-hn-1", Some(53)),
+            "edge-hn-1; hit; ttl=53"
+        );
+        assert_eq!(
+            Outcome::Miss { stored: true }.header("e", None),
+            "e; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            Outcome::StaleIfError.header("e", None),
+            "e; hit; detail=stale-if-error"
+        );
+        assert_eq!(
+            Outcome::StaleWhileRevalidate.header("e", None),
+            "e; hit; detail=stale-while-revalidate"
+        );
+        assert_eq!(Outcome::Bypass.header("e", None), "e; fwd=bypass");
+    }
+
+    #[test]
+    fn ttl_arithmetic() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(ttl(now + Duration::from_secs(53), now), 53);
+        assert_eq!(ttl(now - Duration::from_secs(7), now), -7);
+    }
+}

@@ -1,0 +1,339 @@
+//! The cache through a real onair: hits and misses with `Cache-Status`, RFC 9111 rules,
+//! coalescing, stale-while-revalidate and stale-if-error, and cache-poisoning attempts.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::common::*;
+
+fn cached(cc: &str) -> Behaviour {
+    Behaviour {
+        headers: vec![("Cache-Control".into(), cc.into())],
+        body: Bytes::from_static(b"page v1"),
+        ..Behaviour::default()
+    }
+}
+
+fn site_with_api(origin: &Origin) -> Setup {
+    Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n  [[site.route]]\n  path = \"/api/\"\n  cache = false\n\
+         [[pool]]\nname = \"p\"\nconnect_timeout = \"500ms\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        origin.addr
+    ))
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_cache_status() {
+    let origin = Origin::start("o").await;
+    origin.set(cached("public, max-age=60"));
+    let onair = Onair::start(site_with_api(&origin)).await;
+
+    let r = get(onair.http, "news.vn", "/a").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("cache-status"),
+        Some("edge-test; fwd=uri-miss; stored")
+    );
+    let r = get(onair.http, "news.vn", "/a").await.unwrap();
+    assert_eq!(r.text(), "page v1");
+    let status = r.header("cache-status").unwrap();
+    assert!(status.starts_with("edge-test; hit; ttl="), "{status}");
+    assert!(r.header("age").is_some());
+    assert_eq!(origin.proxied_hits(), 1);
+    // HEAD is answered from the cached GET.
+    let r = request(onair.http, "HEAD", "news.vn", "/a", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.proxied_hits(), 1);
+    // Host case and the default port do not split the cache.
+    let r = get(onair.http, "NEWS.vn:80", "/a").await.unwrap();
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    // The query does.
+    let r = get(onair.http, "news.vn", "/a?page=2").await.unwrap();
+    assert!(r.header("cache-status").unwrap().contains("uri-miss"));
+    // A route with cache = false bypasses.
+    get(onair.http, "news.vn", "/api/x").await.unwrap();
+    let r = get(onair.http, "news.vn", "/api/x").await.unwrap();
+    assert_eq!(r.header("cache-status"), Some("edge-test; fwd=bypass"));
+    assert_eq!(origin.proxied_hits(), 4);
+    let hits = onair
+        .metric("onair_requests_total{cache=\"hit\",code=\"2xx\",site=\"s\"}")
+        .await;
+    assert_eq!(hits, Some(3.0));
+}
+
+#[tokio::test]
+async fn uncacheable_responses_are_not_stored() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(site_with_api(&origin)).await;
+    for (path, cc) in [
+        ("/no-store", "no-store"),
+        ("/private", "private, max-age=60"),
+        ("/none", ""),
+    ] {
+        let mut b = cached(cc);
+        if cc.is_empty() {
+            b.headers.clear();
+        }
+        origin.set(b);
+        for _ in 0..2 {
+            let r = get(onair.http, "a", path).await.unwrap();
+            assert_eq!(
+                r.header("cache-status"),
+                Some("edge-test; fwd=uri-miss"),
+                "{path}"
+            );
+        }
+    }
+    // A cookie is never handed to other readers.
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Set-Cookie".into(), "session=alice".into()),
+        ],
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/cookie").await.unwrap();
+    let r = get(onair.http, "a", "/cookie").await.unwrap();
+    assert_eq!(r.header("cache-status"), Some("edge-test; fwd=uri-miss"));
+    // A request with Authorization is stored only when the response says so.
+    origin.set(cached("max-age=60"));
+    let auth = [("Authorization", "Bearer x")];
+    request(onair.http, "GET", "a", "/auth", &auth, Bytes::new())
+        .await
+        .unwrap();
+    let r = request(onair.http, "GET", "a", "/auth", &auth, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.header("cache-status"), Some("edge-test; fwd=uri-miss"));
+    // POST is never answered from the cache.
+    origin.set(cached("max-age=60"));
+    get(onair.http, "a", "/form").await.unwrap();
+    let r = request(
+        onair.http,
+        "POST",
+        "a",
+        "/form",
+        &[],
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.header("cache-status"), Some("edge-test; fwd=bypass"));
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Vary".into(), "Accept-Language".into()),
+        ],
+        body: Bytes::from_static(b"vi"),
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(site_with_api(&origin)).await;
+    let vi = [("Accept-Language", "vi")];
+    let en = [("Accept-Language", "en")];
+    request(onair.http, "GET", "a", "/", &vi, Bytes::new())
+        .await
+        .unwrap();
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Vary".into(), "Accept-Language".into()),
+        ],
+        body: Bytes::from_static(b"en"),
+        ..Behaviour::default()
+    });
+    let r = request(onair.http, "GET", "a", "/", &en, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "en");
+    let r = request(onair.http, "GET", "a", "/", &vi, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "vi");
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    let r = request(onair.http, "GET", "a", "/", &en, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "en");
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_origin_request() {
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour {
+        delay: Duration::from_millis(300),
+        ..cached("max-age=60")
+    });
+    let onair = Onair::start(site_with_api(&origin)).await;
+    let http = onair.http;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        clients.spawn(async move { get(http, "a", "/breaking").await.unwrap() });
+    }
+    while let Some(r) = clients.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "page v1");
+    }
+    assert_eq!(
+        origin.proxied_hits(),
+        1,
+        "the origin saw more than one request"
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_keeps_the_page_up_when_every_origin_fails() {
+    let origin = Origin::start("o").await;
+    // Already stale when stored (max-age=0), so no sleep is needed to expire it.
+    origin.set(cached("max-age=0, stale-if-error=600"));
+    let onair = Onair::start(site_with_api(&origin)).await;
+    assert_eq!(get(onair.http, "a", "/story").await.unwrap().status, 200);
+
+    // The origin answers 503 now: readers still get the stored page.
+    origin.set(Behaviour {
+        status: 503,
+        body: Bytes::from_static(b"origin broken"),
+        ..Behaviour::default()
+    });
+    let r = get(onair.http, "a", "/story").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "page v1");
+    assert_eq!(
+        r.header("cache-status"),
+        Some("edge-test; hit; detail=stale-if-error")
+    );
+
+    // The origin is gone entirely: still the stored page, not the maintenance page.
+    origin.kill();
+    let r = get(onair.http, "a", "/story").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "page v1");
+    // A page that was never cached gets the maintenance page.
+    assert_eq!(get(onair.http, "a", "/never").await.unwrap().status, 503);
+}
+
+#[tokio::test]
+async fn operator_window_applies_but_must_revalidate_is_respected() {
+    let origin = Origin::start("o").await;
+    // No stale-if-error from the origin: the operator's default 7-day window applies.
+    origin.set(cached("max-age=0"));
+    let onair = Onair::start(site_with_api(&origin)).await;
+    get(onair.http, "a", "/plain").await.unwrap();
+    origin.set(cached("max-age=0, must-revalidate"));
+    get(onair.http, "a", "/strict").await.unwrap();
+    origin.kill();
+    let r = get(onair.http, "a", "/plain").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("cache-status"),
+        Some("edge-test; hit; detail=stale-if-error")
+    );
+    // must-revalidate forbids serving it stale: the maintenance page instead.
+    assert_eq!(get(onair.http, "a", "/strict").await.unwrap().status, 503);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_background() {
+    let origin = Origin::start("o").await;
+    origin.set(cached("max-age=0, stale-while-revalidate=60"));
+    let onair = Onair::start(site_with_api(&origin)).await;
+    get(onair.http, "a", "/live").await.unwrap();
+    // The origin has a new version, and it is slow.
+    origin.set(Behaviour {
+        body: Bytes::from_static(b"page v2"),
+        delay: Duration::from_millis(500),
+        ..cached("max-age=60")
+    });
+    let started = std::time::Instant::now();
+    let r = get(onair.http, "a", "/live").await.unwrap();
+    assert_eq!(r.text(), "page v1");
+    assert_eq!(
+        r.header("cache-status"),
+        Some("edge-test; hit; detail=stale-while-revalidate")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "waited for the origin"
+    );
+    // The background refresh lands.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(onair.http, "a", "/live")
+                .await
+                .map(|r| r.text() == "page v2")
+                .unwrap_or(false)
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn unkeyed_headers_cannot_poison_the_cache() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(site_with_api(&origin)).await;
+    // An attacker's request with unkeyed headers reaches the origin and is cached...
+    origin.set(cached("max-age=60"));
+    let evil = [
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-Forwarded-Scheme", "nothttps"),
+    ];
+    request(onair.http, "GET", "a", "/home", &evil, Bytes::new())
+        .await
+        .unwrap();
+    // ...but what the origin saw as X-Forwarded-Host is what onair set, not the attacker's.
+    let seen = origin.last_proxied().unwrap();
+    assert_eq!(seen["x-forwarded-host"], "a");
+    // And a later plain request gets the same object the attack produced only through the key:
+    // path and host. The attacker's path trick does not select another stored object.
+    origin.set(Behaviour {
+        body: Bytes::from_static(b"admin page"),
+        ..cached("max-age=60")
+    });
+    let r = get(onair.http, "a", "/admin").await.unwrap();
+    assert_eq!(r.text(), "admin page");
+    let r = get(onair.http, "a", "/home").await.unwrap();
+    assert_eq!(r.text(), "page v1");
+}
+
+#[tokio::test]
+async fn edge_directives_take_precedence_and_stay_at_the_edge() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(site_with_api(&origin)).await;
+    // Browsers must not keep it, the edge may (RFC 9213 / Surrogate-Control).
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "no-store".into()),
+            ("Surrogate-Control".into(), "max-age=60".into()),
+            ("Surrogate-Key".into(), "news article-1".into()),
+        ],
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/s").await.unwrap();
+    let r = get(onair.http, "a", "/s").await.unwrap();
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("surrogate-control").is_none());
+    assert!(r.header("surrogate-key").is_none());
+    // CDN-Cache-Control wins over both and can also forbid storing.
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("CDN-Cache-Control".into(), "no-store".into()),
+        ],
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/c").await.unwrap();
+    let r = get(onair.http, "a", "/c").await.unwrap();
+    assert_eq!(r.header("cache-status"), Some("edge-test; fwd=uri-miss"));
+}
