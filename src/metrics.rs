@@ -58,6 +58,10 @@ pub struct Metrics {
     failovers: IntCounterVec,
     config_reloads: IntCounterVec,
     config_version: IntGauge,
+    cache_size: IntGaugeVec,
+    cache_objects: IntGaugeVec,
+    stale_served: IntCounterVec,
+    coalesced: IntCounter,
 }
 
 impl Metrics {
@@ -110,6 +114,18 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let coalesced = IntCounter::new(
+            "onair_coalesced_requests_total",
+            "Requests answered by another request's origin fetch (they waited on the cache lock).",
+        )
+        .expect("valid counter");
+        r.register(Box::new(coalesced.clone()))
+            .expect("registered once");
 
         Metrics {
             requests: counter(
@@ -144,7 +160,43 @@ impl Metrics {
                 &["result"],
             ),
             config_version,
+            cache_size: gauge(
+                "onair_cache_size_bytes",
+                "Bytes held by each cache tier, bodies and metadata.",
+                &["tier"],
+            ),
+            cache_objects: gauge(
+                "onair_cache_objects",
+                "Objects held by each cache tier.",
+                &["tier"],
+            ),
+            stale_served: counter(
+                "onair_stale_served_total",
+                "Stale copies served, by reason (stale-while-revalidate, stale-if-error).",
+                &["reason"],
+            ),
+            coalesced,
         }
+    }
+
+    /// Publishes a cache tier's occupancy.
+    pub fn cache_tier(&self, tier: &str, bytes: u64, objects: u64) {
+        self.cache_size
+            .with_label_values(&[tier])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_objects
+            .with_label_values(&[tier])
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// A stale copy was served; `reason` is `stale-while-revalidate` or `stale-if-error`.
+    pub fn stale_served(&self, reason: &'static str) {
+        self.stale_served.with_label_values(&[reason]).inc();
+    }
+
+    /// A request was answered by another request's fetch.
+    pub fn coalesced(&self) {
+        self.coalesced.inc();
     }
 
     /// The request series of one site (or `-` for requests no site claimed), resolved once
@@ -204,6 +256,9 @@ impl Metrics {
         // Both results start at zero so that rate() and absent() behave from the first scrape.
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
+        }
+        for reason in ["stale-while-revalidate", "stale-if-error"] {
+            self.stale_served.with_label_values(&[reason]);
         }
         self.config_version.set(version as i64);
     }

@@ -84,9 +84,16 @@ pub fn serve(
 
     let live = Live::new(config.clone(), source, overrides);
 
+    let edge_cache = EdgeCache::new(&config.cache);
+    server.add_service(background_service(
+        "onair cache maintenance",
+        CacheMaintenance {
+            memory: edge_cache.memory,
+        },
+    ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Edge::new(live.clone(), EdgeCache::new(&config.cache)),
+        Edge::new(live.clone(), edge_cache),
         "onair edge",
     );
     for addr in &config.listen.http {
@@ -177,6 +184,27 @@ fn remove_pid_file(path: &Path) {
         .unwrap_or(false);
     if ours {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Runs the memory tier's deferred maintenance and publishes the cache gauges.
+struct CacheMaintenance {
+    memory: &'static crate::cache::memory::MemoryStore,
+}
+
+#[async_trait]
+impl BackgroundService for CacheMaintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    self.memory.maintain();
+                    crate::metrics::METRICS.cache_tier("memory", self.memory.size(), self.memory.objects());
+                }
+            }
+        }
     }
 }
 

@@ -16,9 +16,10 @@ use std::time::Duration;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
-use pingora::cache::CacheMeta;
+use pingora::cache::storage::{PurgeTarget, PurgeType};
+use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::cache::{CacheOptionOverrides, HttpCache, VarianceBuilder};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config;
 use memory::MemoryStore;
@@ -65,6 +66,59 @@ impl EdgeCache {
     }
 }
 
+impl EdgeCache {
+    /// Removes one object (its primary variant) from every tier.
+    pub async fn invalidate(&self, key: &CacheKey) {
+        let compact = key.to_compact();
+        let span = pingora::cache::trace::Span::inactive().handle();
+        if let Err(e) = self
+            .memory
+            .purge(
+                PurgeTarget::Active(&compact),
+                PurgeType::Invalidation,
+                &span,
+            )
+            .await
+        {
+            tracing::warn!("cache invalidation failed: {e}");
+        }
+    }
+}
+
+/// The paths whose cached copies a response makes obsolete (RFC 9111 §4.4): after a successful
+/// answer to an unsafe method (POST, PUT, DELETE, ...), the request's own path and the same-host
+/// paths its answer names in `Location` / `Content-Location`. Empty for everything else.
+pub fn invalidated_by(req: &RequestHeader, resp: &ResponseHeader, host: &str) -> Vec<String> {
+    let succeeded = resp.status.is_success() || resp.status.is_redirection();
+    if req.method.is_safe() || !succeeded {
+        return Vec::new();
+    }
+    let mut paths = vec![req
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())];
+    for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        let Some(uri) = resp
+            .headers
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.parse::<http::Uri>().ok())
+        else {
+            continue;
+        };
+        // Only the same host: an origin must not be able to evict another site's pages.
+        let same_host = uri
+            .host()
+            .is_none_or(|h| crate::router::normalize_host(h).as_deref() == Some(host));
+        if let (true, Some(p)) = (same_host, uri.path_and_query()) {
+            if p.as_str().starts_with('/') {
+                paths.push(p.as_str().to_owned());
+            }
+        }
+    }
+    paths
+}
+
 /// Whether a request may be answered from (and fill) the cache at all.
 pub fn request_cacheable(req: &RequestHeader) -> bool {
     matches!(req.method, http::Method::GET | http::Method::HEAD)
@@ -94,4 +148,47 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         builder.add_value(name, sent);
     }
     builder.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str) -> RequestHeader {
+        RequestHeader::build(method, path.as_bytes(), None).unwrap()
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn unsafe_methods_invalidate_their_targets() {
+        assert!(invalidated_by(&req("GET", "/a"), &resp(200, &[]), "a.vn").is_empty());
+        assert!(invalidated_by(&req("POST", "/a"), &resp(500, &[]), "a.vn").is_empty());
+        assert_eq!(
+            invalidated_by(&req("POST", "/a?x=1"), &resp(204, &[]), "a.vn"),
+            ["/a?x=1"]
+        );
+        let r = resp(
+            303,
+            &[
+                ("Location", "http://A.vn/story/1"),
+                ("Content-Location", "https://other.vn/x"),
+            ],
+        );
+        assert_eq!(
+            invalidated_by(&req("PUT", "/story"), &r, "a.vn"),
+            ["/story", "/story/1"]
+        );
+        let r = resp(201, &[("Location", "/story/2")]);
+        assert_eq!(
+            invalidated_by(&req("POST", "/story"), &r, "a.vn"),
+            ["/story", "/story/2"]
+        );
+    }
 }

@@ -227,10 +227,14 @@ impl ProxyHttp for Edge {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
+            let key = cache::key::cache_key("http", &ctx.host, ctx.port, &path);
+            self.cache.invalidate(&key).await;
+        }
         if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             let outcome = if resp.status.is_server_error() {
                 OriginOutcome::Status5xx
@@ -346,6 +350,17 @@ impl ProxyHttp for Edge {
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
         let cache = ctx.cache_outcome.map_or("bypass", |o| o.label());
+        match ctx.cache_outcome {
+            Some(cache::status::Outcome::StaleWhileRevalidate) => {
+                METRICS.stale_served("stale-while-revalidate")
+            }
+            Some(cache::status::Outcome::StaleIfError) => METRICS.stale_served("stale-if-error"),
+            // Waited on the cache lock, then served from what another request fetched.
+            Some(cache::status::Outcome::Hit) if session.cache.lock_duration().is_some() => {
+                METRICS.coalesced()
+            }
+            _ => {}
+        }
         let series = ctx
             .site
             .and_then(|i| ctx.snapshot.sites.get(i))

@@ -337,3 +337,149 @@ async fn edge_directives_take_precedence_and_stay_at_the_edge() {
     let r = get(onair.http, "a", "/c").await.unwrap();
     assert_eq!(r.header("cache-status"), Some("edge-test; fwd=uri-miss"));
 }
+
+#[tokio::test]
+async fn conditionals_ranges_and_writes() {
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("ETag".into(), "\"v1\"".into()),
+            (
+                "Last-Modified".into(),
+                "Mon, 02 Nov 2026 10:00:00 GMT".into(),
+            ),
+        ],
+        body: Bytes::from_static(b"0123456789"),
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(site_with_api(&origin)).await;
+    get(onair.http, "a", "/doc").await.unwrap();
+
+    // Client revalidation is answered 304 from the cache, without the origin.
+    let r = request(
+        onair.http,
+        "GET",
+        "a",
+        "/doc",
+        &[("If-None-Match", "\"v1\"")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 304);
+    let ims = [("If-Modified-Since", "Mon, 02 Nov 2026 10:00:00 GMT")];
+    let r = request(onair.http, "GET", "a", "/doc", &ims, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 304);
+    let r = request(
+        onair.http,
+        "GET",
+        "a",
+        "/doc",
+        &[("If-None-Match", "\"v0\"")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+
+    // Single and multipart ranges from the cached body.
+    let r = request(
+        onair.http,
+        "GET",
+        "a",
+        "/doc",
+        &[("Range", "bytes=2-5")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), "2345");
+    assert_eq!(r.header("content-range"), Some("bytes 2-5/10"));
+    let r = request(
+        onair.http,
+        "GET",
+        "a",
+        "/doc",
+        &[("Range", "bytes=0-1,8-9")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 206);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/byteranges"));
+    assert!(r.text().contains("01") && r.text().contains("89"));
+    assert_eq!(origin.proxied_hits(), 1);
+
+    // A successful POST to the URL drops the cached copy: the next GET goes to the origin.
+    origin.set(Behaviour {
+        body: Bytes::from_static(b"new"),
+        ..cached("max-age=60")
+    });
+    let r = request(
+        onair.http,
+        "POST",
+        "a",
+        "/doc",
+        &[],
+        Bytes::from_static(b"edit"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = get(onair.http, "a", "/doc").await.unwrap();
+    assert_eq!(r.text(), "new");
+    assert!(r.header("cache-status").unwrap().contains("uri-miss"));
+}
+
+#[tokio::test]
+async fn cache_metrics() {
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour {
+        delay: Duration::from_millis(200),
+        ..cached("max-age=60")
+    });
+    let onair = Onair::start(site_with_api(&origin)).await;
+    let http = onair.http;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        clients.spawn(async move { get(http, "a", "/c").await.unwrap() });
+    }
+    while clients.join_next().await.is_some() {}
+    origin.set(cached("max-age=0, stale-if-error=60"));
+    get(onair.http, "a", "/m").await.unwrap();
+    origin.kill();
+    get(onair.http, "a", "/m").await.unwrap();
+    assert_eq!(
+        onair
+            .metric("onair_stale_served_total{reason=\"stale-if-error\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        onair
+            .metric("onair_coalesced_requests_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric("onair_cache_objects{tier=\"memory\"}").await == Some(2.0)
+        })
+        .await
+    );
+    assert!(
+        onair
+            .metric("onair_cache_size_bytes{tier=\"memory\"}")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
+}
