@@ -7,6 +7,7 @@
 //! in the key (X-Forwarded-Host, X-Original-URL, ...) therefore can never change what is stored
 //! under it, which is what keeps the cache from being poisoned.
 
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
 
 /// Builds the key. `host` is the normalized host (see `router::normalize_host`); `port` is the
@@ -25,7 +26,12 @@ pub fn cache_key(scheme: &str, host: &str, port: Option<u16>, path_and_query: &s
         None => push_part(&mut primary, b""),
     }
     push_part(&mut primary, path_and_query.as_bytes());
-    CacheKey::new(primary, "")
+    let mut key = CacheKey::new(primary, "");
+    // Pingora asks for the primary hash several times per request (lookup, lock, predictor)
+    // and recomputes Blake2 each time; pinning it to its own value computes it once.
+    let hash = key.primary_bin();
+    key.set_primary_bin_override(hash);
+    key
 }
 
 fn push_part(out: &mut Vec<u8>, part: &[u8]) {
@@ -42,7 +48,6 @@ pub fn port_of(raw_host: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::cache::key::CacheHashKey;
 
     fn hex(k: &CacheKey) -> String {
         k.primary()
@@ -78,6 +83,13 @@ mod tests {
             hex(&cache_key("http", "a.vn", None, "/p?x=1")),
             hex(&cache_key("http", "a.vn", None, "/p?x=2"))
         );
+    }
+
+    #[test]
+    fn pinned_hash_is_the_plain_hash() {
+        let k = cache_key("http", "a.vn", None, "/x");
+        let plain = CacheKey::new(k.primary_key().to_vec(), "");
+        assert_eq!(k.primary_bin(), plain.primary_bin());
     }
 
     #[test]

@@ -102,7 +102,8 @@ onair demo — an edge on http://127.0.0.1:8080 in front of two sample origins
   primary (tier 0): {primary}    backup (tier 1): {backup}
 
 Try, in another terminal:
-  1. The site through the edge (note Via and X-Request-Id; X-Origin says who answered):
+  1. The site through the edge (note Via and X-Request-Id; X-Origin says who answered).
+     Ask twice: Cache-Status goes from "fwd=uri-miss; stored" to "hit; ttl=...":
        curl -i http://127.0.0.1:8080/
        curl -i http://127.0.0.1:8080/news/ket-qua-bau-cu
   2. Routing: /api/ goes to its own pool:
@@ -110,9 +111,11 @@ Try, in another terminal:
   3. Kill the primary and watch the backup answer, with no failed request:
        curl -X POST http://127.0.0.1:9092/primary/stop
        curl -sI http://127.0.0.1:8080/ | grep -i x-origin
-     Stop both and the edge answers with its maintenance page (503 + Retry-After):
+     Stop both: cached pages stay up (Cache-Status "detail=stale-if-error" once they expire),
+     and a page never cached gets the maintenance page (503 + Retry-After):
        curl -X POST http://127.0.0.1:9092/backup/stop
-       curl -i http://127.0.0.1:8080/
+       curl -i http://127.0.0.1:8080/news/ket-qua-bau-cu
+       curl -i http://127.0.0.1:8080/news/khong-co
      Bring them back (the primary takes over again after 2 good health checks):
        curl -X POST http://127.0.0.1:9092/primary/start
        curl -X POST http://127.0.0.1:9092/backup/start
