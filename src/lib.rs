@@ -14,6 +14,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cache;
+pub mod cidr;
 pub mod config;
 pub mod demo;
 pub mod logging;

@@ -62,6 +62,7 @@ pub struct Metrics {
     cache_objects: IntGaugeVec,
     stale_served: IntCounterVec,
     coalesced: IntCounter,
+    purged: IntCounter,
 }
 
 impl Metrics {
@@ -126,6 +127,13 @@ impl Metrics {
         .expect("valid counter");
         r.register(Box::new(coalesced.clone()))
             .expect("registered once");
+        let purged = IntCounter::new(
+            "onair_purged_objects_total",
+            "Cached objects removed or marked stale by purges (admin API and PURGE method).",
+        )
+        .expect("valid counter");
+        r.register(Box::new(purged.clone()))
+            .expect("registered once");
 
         Metrics {
             requests: counter(
@@ -176,7 +184,13 @@ impl Metrics {
                 &["reason"],
             ),
             coalesced,
+            purged,
         }
+    }
+
+    /// Objects purged.
+    pub fn purged(&self, count: usize) {
+        self.purged.inc_by(count as u64);
     }
 
     /// Publishes a cache tier's occupancy.

@@ -102,7 +102,10 @@ pub fn serve(
     server.add_service(proxy);
 
     if let Some(addr) = config.listen.admin {
-        let mut admin = Service::new("onair admin".to_owned(), AdminApp::new(live.clone()));
+        let mut admin = Service::new(
+            "onair admin".to_owned(),
+            AdminApp::new(live.clone(), edge_cache),
+        );
         admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);

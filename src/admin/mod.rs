@@ -15,22 +15,56 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::cache::purge::PurgeRequest;
+use crate::cache::EdgeCache;
 use crate::snapshot::Live;
+
+/// Largest admin request body read (a purge of many URLs fits easily).
+const MAX_BODY: usize = 1 << 20;
+
+/// Reads the whole request body, refusing more than [`MAX_BODY`].
+async fn read_body(
+    session: &mut ServerSession,
+) -> Result<Vec<u8>, (StatusCode, serde_json::Value)> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err((
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        json!({"error": "request body over 1 MiB"}),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("cannot read the body: {e}")}),
+                ))
+            }
+        }
+    }
+}
 
 /// The admin HTTP app.
 pub struct AdminApp {
     live: Arc<Live>,
+    cache: EdgeCache,
 }
 
 impl AdminApp {
-    pub fn new(live: Arc<Live>) -> Self {
-        AdminApp { live }
+    pub fn new(live: Arc<Live>, cache: EdgeCache) -> Self {
+        AdminApp { live, cache }
     }
 
     async fn route(
         &self,
         method: &Method,
         path: &str,
+        body: &[u8],
         session: &mut ServerSession,
     ) -> (StatusCode, serde_json::Value) {
         match (method, path) {
@@ -62,7 +96,8 @@ impl AdminApp {
                             }),
                         ),
                     },
-                    (_, "/status" | "/reload") => (
+                    (&Method::POST, "/purge") => self.purge(body),
+                    (_, "/status" | "/reload" | "/purge") => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({"error": "method not allowed"}),
                     ),
@@ -100,6 +135,30 @@ impl AdminApp {
         }
     }
 
+    /// `POST /purge`: `{"urls": [...]}`, `{"prefix": "..."}` or `{"tags": [...]}`, with an
+    /// optional `"soft": true`.
+    fn purge(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
+        let request: PurgeRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("not a purge request: {e}")}),
+                )
+            }
+        };
+        match request.selector() {
+            Ok(selector) => {
+                let purged = self.cache.purge(&selector, request.soft);
+                (
+                    StatusCode::OK,
+                    json!({"purged": purged, "soft": request.soft}),
+                )
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, json!({"error": e})),
+        }
+    }
+
     fn status(&self) -> serde_json::Value {
         let snap = self.live.current();
         let cfg = &snap.config;
@@ -134,11 +193,12 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        // Admin calls carry no body we use; drain it so keep-alive stays in sync.
-        let _ = session.drain_request_body().await;
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
-        let (status, body) = self.route(&method, &path, session).await;
+        let (status, body) = match read_body(session).await {
+            Ok(request_body) => self.route(&method, &path, &request_body, session).await,
+            Err(answer) => answer,
+        };
         let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
         body.push(b'\n');
         let mut resp = Response::builder()

@@ -39,6 +39,27 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part);
 }
 
+/// The `host[:port]/path?query` a key was built from (see `purge::target`), read back from its
+/// length-prefixed parts. None for a key not built by [`cache_key`].
+pub fn target_of_key(primary: &[u8]) -> Option<String> {
+    let mut parts = Vec::with_capacity(4);
+    let mut rest = primary;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        parts.push(std::str::from_utf8(rest.get(4..4 + len)?).ok()?);
+        rest = &rest[4 + len..];
+    }
+    let [_scheme, host, port, path] = parts[..] else {
+        return None;
+    };
+    let port = if port.is_empty() {
+        None
+    } else {
+        port.parse().ok()
+    };
+    Some(super::purge::target(host, port, path))
+}
+
 /// The port a Host/authority value names, if any.
 pub fn port_of(raw_host: &str) -> Option<u16> {
     let after_v6 = raw_host.rsplit_once(']').map_or(raw_host, |(_, rest)| rest);
@@ -90,6 +111,18 @@ mod tests {
         let k = cache_key("http", "a.vn", None, "/x");
         let plain = CacheKey::new(k.primary_key().to_vec(), "");
         assert_eq!(k.primary_bin(), plain.primary_bin());
+    }
+
+    #[test]
+    fn targets_read_back_from_keys() {
+        let k = cache_key("https", "a.vn", Some(8443), "/x?y=1");
+        assert_eq!(
+            target_of_key(k.primary_key()).as_deref(),
+            Some("a.vn:8443/x?y=1")
+        );
+        let k = cache_key("http", "a.vn", Some(80), "/");
+        assert_eq!(target_of_key(k.primary_key()).as_deref(), Some("a.vn/"));
+        assert_eq!(target_of_key(b"junk"), None);
     }
 
     #[test]

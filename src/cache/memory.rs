@@ -9,7 +9,10 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use super::key::target_of_key;
+use super::purge::{tags_of, Selector};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -28,6 +31,7 @@ use pingora::{Error, ErrorType, Result};
 const ENTRY_OVERHEAD: usize = 256;
 
 /// The parts of a `CacheMeta` a hit needs, kept ready to use.
+#[derive(Clone)]
 struct StoredMeta {
     fresh_until: SystemTime,
     created: SystemTime,
@@ -83,11 +87,19 @@ impl StoredMeta {
 struct Entry {
     meta: StoredMeta,
     body: Bytes,
+    /// `host[:port]/path?query`, for purges by URL and prefix.
+    target: String,
+    /// Purge tags from `Surrogate-Key` / `Cache-Tag`.
+    tags: Vec<String>,
 }
 
 impl Entry {
     fn weight(&self) -> u32 {
-        let bytes = self.body.len() + self.meta.size() + ENTRY_OVERHEAD;
+        let bytes = self.body.len()
+            + self.meta.size()
+            + self.target.len()
+            + self.tags.iter().map(String::len).sum::<usize>()
+            + ENTRY_OVERHEAD;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
@@ -119,6 +131,40 @@ impl MemoryStore {
     /// Bytes accounted now (approximate, as above).
     pub fn size(&self) -> u64 {
         self.entries.weighted_size()
+    }
+
+    /// Removes (or, `soft`, marks stale) every object the selector matches; returns how many.
+    /// A scan of the whole tier: purges are rare admin operations, lookups stay O(1).
+    pub fn purge_matching(&self, selector: &Selector, soft: bool) -> usize {
+        let now = SystemTime::now();
+        let mut count = 0;
+        for (key, entry) in self.entries.iter() {
+            if !selector.matches(&entry.target, &entry.tags) {
+                continue;
+            }
+            count += 1;
+            if soft {
+                // Stale from now on: the next request revalidates, and the copy can still be
+                // served within its stale windows if the origin is down.
+                let stale_at = now - Duration::from_secs(1);
+                if entry.meta.fresh_until > stale_at {
+                    let mut meta = entry.meta.clone();
+                    meta.fresh_until = stale_at;
+                    self.entries.insert(
+                        *key,
+                        Arc::new(Entry {
+                            meta,
+                            body: entry.body.clone(),
+                            target: entry.target.clone(),
+                            tags: entry.tags.clone(),
+                        }),
+                    );
+                }
+            } else {
+                self.entries.invalidate(&*key);
+            }
+        }
+        count
     }
 
     /// Runs moka's deferred maintenance (evictions, counters). Cheap; call periodically.
@@ -158,6 +204,8 @@ impl Storage for MemoryStore {
             key: key.combined_bin(),
             meta: StoredMeta::capture(meta),
             body: BytesMut::new(),
+            target: target_of_key(key.primary_key()).unwrap_or_default(),
+            tags: tags_of(meta.response_header()),
         }))
     }
 
@@ -188,6 +236,8 @@ impl Storage for MemoryStore {
         let entry = Arc::new(Entry {
             meta: StoredMeta::capture(meta),
             body: old.body.clone(),
+            target: old.target.clone(),
+            tags: tags_of(meta.response_header()),
         });
         self.entries.insert(hash, entry);
         Ok(true)
@@ -259,6 +309,8 @@ struct MemoryMiss {
     key: HashBinary,
     meta: StoredMeta,
     body: BytesMut,
+    target: String,
+    tags: Vec<String>,
 }
 
 #[async_trait]
@@ -280,6 +332,8 @@ impl HandleMiss for MemoryMiss {
         let entry = Arc::new(Entry {
             meta: self.meta,
             body: self.body.freeze(),
+            target: self.target,
+            tags: self.tags,
         });
         self.store.entries.insert(self.key, entry);
         Ok(MissFinishType::Created(size))
@@ -289,7 +343,6 @@ impl HandleMiss for MemoryMiss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn store() -> &'static MemoryStore {
         Box::leak(Box::new(MemoryStore::new(1 << 20, 64 << 10)))

@@ -9,6 +9,7 @@
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod purge;
 pub mod status;
 
 use std::time::Duration;
@@ -28,7 +29,8 @@ use memory::MemoryStore;
 /// so an uncacheable URL never makes concurrent readers wait for each other.
 const PREDICTOR_SHARD_CAPACITY: usize = 4096;
 
-/// The process-wide cache plumbing.
+/// The process-wide cache plumbing (all `'static`, so copies are handles to the same cache).
+#[derive(Clone, Copy)]
 pub struct EdgeCache {
     pub memory: &'static MemoryStore,
     lock: &'static CacheKeyLockImpl,
@@ -67,6 +69,15 @@ impl EdgeCache {
 }
 
 impl EdgeCache {
+    /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier;
+    /// returns how many.
+    pub fn purge(&self, selector: &purge::Selector, soft: bool) -> usize {
+        let count = self.memory.purge_matching(selector, soft);
+        crate::metrics::METRICS.purged(count);
+        tracing::info!(?selector, soft, count, "purge");
+        count
+    }
+
     /// Removes one object (its primary variant) from every tier.
     pub async fn invalidate(&self, key: &CacheKey) {
         let compact = key.to_compact();

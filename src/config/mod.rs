@@ -90,6 +90,8 @@ pub struct Cache {
     pub stale_while_revalidate: Duration,
     /// The least stale-if-error window: how long cached pages keep the site up while origins fail.
     pub stale_if_error: Duration,
+    /// Client ranges allowed to send the PURGE method on the public listeners.
+    pub purge_from: Vec<crate::cidr::Cidr>,
 }
 
 /// `[node]`

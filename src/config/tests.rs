@@ -410,6 +410,19 @@ fn cache_section() {
     assert!(has(&errs, "cache.memory", "not a size"), "{errs:#?}");
     assert!(has(&errs, "cache.max_object", "below 4GiB"), "{errs:#?}");
     assert!(has(&errs, "cache.disk_path", "later version"), "{errs:#?}");
+    let errs = errors(&format!(
+        "{MINIMAL}\n[cache]\npurge_from = [\"10.0.0.0/8\", \"10.0.0.0/40\", \"nowhere\"]\n"
+    ));
+    assert!(
+        has(&errs, "cache.purge_from[1]", "prefix length"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "cache.purge_from[2]", "not an address range"),
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(d.cache.purge_from.len(), 2);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -194,16 +195,30 @@ fn validate_cache(c: RawCache, e: &mut Errors<'_>) -> Cache {
     if memory > 0 && max_object > memory {
         e.push("cache.max_object", "is larger than cache.memory");
     }
+    let purge_from = match c.purge_from {
+        None => vec![
+            crate::cidr::Cidr::from_str("127.0.0.1/32"),
+            crate::cidr::Cidr::from_str("::1/128"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                text.parse()
+                    .map_err(|err| e.push(format!("cache.purge_from[{i}]"), err))
+                    .ok()
+            })
+            .collect(),
+    };
     for (key, set) in [
         ("cache.disk_path", c.disk_path.is_some()),
         ("cache.disk", c.disk.is_some()),
-        ("cache.purge_from", c.purge_from.is_some()),
     ] {
         if set {
-            e.push(
-                key,
-                "the disk tier and purging come in a later version of onair",
-            );
+            e.push(key, "the disk tier comes in a later version of onair");
         }
     }
     Cache {
@@ -224,6 +239,7 @@ fn validate_cache(c: RawCache, e: &mut Errors<'_>) -> Cache {
             &c.stale_if_error,
             Duration::from_secs(7 * 86_400),
         ),
+        purge_from,
     }
 }
 

@@ -89,6 +89,11 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         ctx.site = Some(site);
+        ctx.port = headers::raw_host(session.req_header()).and_then(cache::key::port_of);
+        if session.req_header().method.as_str() == "PURGE" {
+            self.purge_method(session, ctx).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let Some(route) = ctx
             .snapshot
@@ -103,7 +108,6 @@ impl ProxyHttp for Edge {
         };
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
-        ctx.port = headers::raw_host(req).and_then(cache::key::port_of);
         Ok(false)
     }
 
@@ -387,6 +391,44 @@ impl ProxyHttp for Edge {
             cache,
             error: e.map(|e| format!("{}: {}", e.source_str(), e.etype().as_str())),
         });
+    }
+}
+
+impl Edge {
+    /// The PURGE method: drops the cached copies (all variants) of the request's URL, for
+    /// clients in `cache.purge_from` only; `Soft-Purge: 1` marks them stale instead. Nothing
+    /// reaches an origin.
+    async fn purge_method(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let allowed = ctx.client_ip.is_some_and(|ip| {
+            ctx.snapshot
+                .config
+                .cache
+                .purge_from
+                .iter()
+                .any(|range| range.contains(ip))
+        });
+        if !allowed {
+            respond::text(
+                session,
+                ctx,
+                403,
+                "PURGE is not allowed from this address\n",
+            )
+            .await?;
+            return Ok(());
+        }
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != 80), path);
+        let soft = req
+            .headers
+            .get("soft-purge")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let selector = cache::purge::Selector::Urls(std::iter::once(target).collect());
+        let purged = self.cache.purge(&selector, soft);
+        let body = format!("{{\"purged\": {purged}, \"soft\": {soft}}}\n");
+        respond::send(session, ctx, 200, "application/json", body.into(), &[]).await?;
+        Ok(())
     }
 }
 

@@ -483,3 +483,156 @@ async fn cache_metrics() {
             > 0.0
     );
 }
+
+fn tagged(tags: &str, body: &'static [u8]) -> Behaviour {
+    Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("Surrogate-Key".into(), tags.into()),
+        ],
+        body: Bytes::from_static(body),
+        ..Behaviour::default()
+    }
+}
+
+async fn purge(onair: &Onair, json: &str) -> serde_json::Value {
+    let auth = format!("Bearer {}", onair.token);
+    let r = request(
+        onair.admin,
+        "POST",
+        "admin",
+        "/purge",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Bytes::from(json.to_owned()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+async fn is_hit(onair: &Onair, host: &str, path: &str) -> bool {
+    let r = get(onair.http, host, path).await.unwrap();
+    r.header("cache-status").unwrap_or("").contains("; hit")
+}
+
+#[tokio::test]
+async fn purge_by_url_prefix_and_tag() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(site_with_api(&origin)).await;
+    for (path, tags) in [
+        ("/news/1", "news article-1"),
+        ("/news/2", "news article-2"),
+        ("/sport/1", "sport article-3"),
+        ("/home", "home"),
+    ] {
+        origin.set(tagged(tags, b"v1"));
+        get(onair.http, "portal.vn", path).await.unwrap();
+        assert!(is_hit(&onair, "portal.vn", path).await, "{path} not cached");
+    }
+    // By URL (any scheme, host case-insensitive).
+    let out = purge(&onair, r#"{"urls": ["https://PORTAL.vn/home"]}"#).await;
+    assert_eq!(out["purged"], 1);
+    assert!(!is_hit(&onair, "portal.vn", "/home").await);
+    // By tag.
+    let out = purge(&onair, r#"{"tags": ["article-3"]}"#).await;
+    assert_eq!(out["purged"], 1);
+    assert!(!is_hit(&onair, "portal.vn", "/sport/1").await);
+    // By prefix.
+    let out = purge(&onair, r#"{"prefix": "http://portal.vn/news/"}"#).await;
+    assert_eq!(out["purged"], 2);
+    assert!(!is_hit(&onair, "portal.vn", "/news/1").await);
+    assert_eq!(onair.metric("onair_purged_objects_total").await, Some(4.0));
+    // Bad requests are refused with a reason, and purge nothing.
+    let auth = format!("Bearer {}", onair.token);
+    for bad in [
+        r#"{"urls": ["/relative"]}"#,
+        r#"{"tags": ["x"], "prefix": "http://a/"}"#,
+        "not json",
+    ] {
+        let r = request(
+            onair.admin,
+            "POST",
+            "admin",
+            "/purge",
+            &[("Authorization", &auth)],
+            Bytes::from(bad),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    // Without the token nothing is purged.
+    let r = request(
+        onair.admin,
+        "POST",
+        "admin",
+        "/purge",
+        &[],
+        Bytes::from(r#"{"tags": ["news"]}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn soft_purge_revalidates_but_still_keeps_the_site_up() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(site_with_api(&origin)).await;
+    origin.set(tagged("live", b"v1"));
+    get(onair.http, "a", "/live").await.unwrap();
+    let out = purge(&onair, r#"{"tags": ["live"], "soft": true}"#).await;
+    assert_eq!(out["purged"], 1);
+    // Soft-purged and the origin down: the copy is still served (stale-if-error).
+    origin.kill();
+    let r = get(onair.http, "a", "/live").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "v1");
+    assert_eq!(
+        r.header("cache-status"),
+        Some("edge-test; hit; detail=stale-if-error")
+    );
+    // Origin back with a new version: the next request revalidates and gets it.
+    origin.revive().await;
+    origin.set(tagged("live", b"v2"));
+    let r = get(onair.http, "a", "/live").await.unwrap();
+    assert_eq!(r.text(), "v2");
+}
+
+#[tokio::test]
+async fn purge_method_from_allowed_addresses_only() {
+    let origin = Origin::start("o").await;
+    origin.set(cached("max-age=600"));
+    let mut setup = site_with_api(&origin);
+    // The test client is 127.0.0.1: first not allowed, then allowed.
+    setup
+        .body
+        .push_str("\n[cache]\npurge_from = [\"10.0.0.0/8\"]\n");
+    let onair = Onair::start(setup).await;
+    get(onair.http, "a", "/p").await.unwrap();
+    let before = origin.proxied_hits();
+    let r = request(onair.http, "PURGE", "a", "/p", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert!(is_hit(&onair, "a", "/p").await);
+    let mut allowed = site_with_api(&origin);
+    allowed
+        .body
+        .push_str("\n[cache]\npurge_from = [\"127.0.0.0/8\", \"::1\"]\n");
+    onair.rewrite(&allowed);
+    assert_eq!(onair.admin("POST", "/reload").await.status, 200);
+    let r = request(onair.http, "PURGE", "a", "/p", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let out: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(out["purged"], 1);
+    // PURGE never reached the origin.
+    assert_eq!(origin.proxied_hits(), before);
+    assert!(!is_hit(&onair, "a", "/p").await);
+}

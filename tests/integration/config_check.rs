@@ -172,7 +172,8 @@ fn reference_config_documents_every_key() {
         "max_object",
         "lock_timeout",
         "stale_while_revalidate",
-        "stale_if_error", // [cache]
+        "stale_if_error",
+        "purge_from", // [cache]
         "force_stale_if_error",
         "cache", // [[site]], [[site.route]]
         "name",

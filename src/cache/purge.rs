@@ -1,0 +1,167 @@
+//! Purging: which stored objects a purge request means, by URL, URL prefix or tag.
+//!
+//! Objects are matched on `host[:port]/path?query`, whatever the scheme, so purging
+//! `https://site/x` also drops a copy fetched over plain HTTP. A purge removes every variant
+//! (`Vary`) of a URL. Tags come from the origin's `Surrogate-Key` or `Cache-Tag` header, space-
+//! or comma-separated.
+
+use std::collections::HashSet;
+
+use pingora::http::ResponseHeader;
+
+use crate::router::normalize_host;
+
+/// What to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Exact `host[:port]/path?query` targets.
+    Urls(HashSet<String>),
+    /// A `host[:port]/path` prefix.
+    Prefix(String),
+    /// Objects carrying any of these tags.
+    Tags(HashSet<String>),
+}
+
+impl Selector {
+    /// Whether an object stored for `target` with `tags` matches.
+    pub fn matches(&self, target: &str, tags: &[String]) -> bool {
+        match self {
+            Selector::Urls(urls) => urls.contains(target),
+            Selector::Prefix(prefix) => target.starts_with(prefix.as_str()),
+            Selector::Tags(wanted) => tags.iter().any(|t| wanted.contains(t)),
+        }
+    }
+}
+
+/// `host[:port]/path?query` of an absolute URL, with the host normalized and the scheme's
+/// default port dropped, the way objects are stored.
+pub fn target_of_url(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| format!("{url:?} needs http:// or https://"))?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(format!("{url:?} needs http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    let host =
+        normalize_host(authority.host()).ok_or_else(|| format!("{url:?} has an invalid host"))?;
+    let port = authority.port_u16().filter(|p| *p != default_port);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(target(&host, port, path))
+}
+
+/// The stored form of a request target.
+pub fn target(host: &str, port: Option<u16>, path_and_query: &str) -> String {
+    match port {
+        Some(p) => format!("{host}:{p}{path_and_query}"),
+        None => format!("{host}{path_and_query}"),
+    }
+}
+
+/// Purge tags of a response: `Surrogate-Key` and `Cache-Tag` values, split on spaces and commas.
+pub fn tags_of(resp: &ResponseHeader) -> Vec<String> {
+    let mut tags: Vec<String> = ["surrogate-key", "cache-tag"]
+        .iter()
+        .flat_map(|name| resp.headers.get_all(*name))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([' ', ',']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+/// A `POST /purge` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub urls: Vec<String>,
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Mark stale instead of deleting.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+impl PurgeRequest {
+    /// The selector this request means; exactly one of urls, prefix and tags must be given.
+    pub fn selector(&self) -> Result<Selector, String> {
+        let given = usize::from(!self.urls.is_empty())
+            + usize::from(self.prefix.is_some())
+            + usize::from(!self.tags.is_empty());
+        if given != 1 {
+            return Err("give exactly one of \"urls\", \"prefix\" or \"tags\"".to_owned());
+        }
+        if let Some(prefix) = &self.prefix {
+            return target_of_url(prefix).map(Selector::Prefix);
+        }
+        if !self.urls.is_empty() {
+            let urls = self
+                .urls
+                .iter()
+                .map(|u| target_of_url(u))
+                .collect::<Result<_, _>>()?;
+            return Ok(Selector::Urls(urls));
+        }
+        Ok(Selector::Tags(self.tags.iter().cloned().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_normalize_like_the_cache_key() {
+        assert_eq!(
+            target_of_url("https://Daihoi.Example.vn/a?b=1").unwrap(),
+            "daihoi.example.vn/a?b=1"
+        );
+        assert_eq!(target_of_url("http://a.vn:80/").unwrap(), "a.vn/");
+        assert_eq!(target_of_url("http://a.vn:8080/x").unwrap(), "a.vn:8080/x");
+        assert_eq!(target_of_url("http://a.vn").unwrap(), "a.vn/");
+        assert!(target_of_url("/relative").is_err());
+        assert!(target_of_url("ftp://a.vn/x").is_err());
+    }
+
+    #[test]
+    fn tags_from_both_headers() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("Surrogate-Key", "news  article-1").unwrap();
+        r.insert_header("Cache-Tag", "article-1,live").unwrap();
+        assert_eq!(tags_of(&r), ["article-1", "live", "news"]);
+    }
+
+    #[test]
+    fn requests_name_one_selector() {
+        let req = |json: &str| {
+            serde_json::from_str::<PurgeRequest>(json)
+                .unwrap()
+                .selector()
+        };
+        assert!(matches!(
+            req(r#"{"tags": ["news"]}"#),
+            Ok(Selector::Tags(_))
+        ));
+        assert_eq!(
+            req(r#"{"prefix": "https://a.vn/news/"}"#),
+            Ok(Selector::Prefix("a.vn/news/".into()))
+        );
+        assert!(req(r#"{"tags": ["x"], "urls": ["http://a.vn/"]}"#).is_err());
+        assert!(req(r#"{}"#).is_err());
+        assert!(serde_json::from_str::<PurgeRequest>(r#"{"url": "x"}"#).is_err());
+        let s = Selector::Prefix("a.vn/news/".into());
+        assert!(s.matches("a.vn/news/1", &[]));
+        assert!(!s.matches("b.vn/news/1", &[]));
+    }
+}
