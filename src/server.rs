@@ -84,12 +84,11 @@ pub fn serve(
 
     let live = Live::new(config.clone(), source, overrides);
 
-    let edge_cache = EdgeCache::new(&config.cache);
+    let edge_cache = EdgeCache::new(&config.cache)
+        .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
     server.add_service(background_service(
         "onair cache maintenance",
-        CacheMaintenance {
-            memory: edge_cache.memory,
-        },
+        CacheMaintenance { cache: edge_cache },
     ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -192,7 +191,7 @@ fn remove_pid_file(path: &Path) {
 
 /// Runs the memory tier's deferred maintenance and publishes the cache gauges.
 struct CacheMaintenance {
-    memory: &'static crate::cache::memory::MemoryStore,
+    cache: EdgeCache,
 }
 
 #[async_trait]
@@ -203,8 +202,13 @@ impl BackgroundService for CacheMaintenance {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
-                    self.memory.maintain();
-                    crate::metrics::METRICS.cache_tier("memory", self.memory.size(), self.memory.objects());
+                    let memory = self.cache.memory;
+                    memory.maintain();
+                    crate::metrics::METRICS.cache_tier("memory", memory.size(), memory.objects());
+                    if let Some(disk) = &self.cache.store.disk {
+                        let (objects, bytes) = disk.usage();
+                        crate::metrics::METRICS.cache_tier("disk", bytes, objects);
+                    }
                 }
             }
         }

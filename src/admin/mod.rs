@@ -96,7 +96,7 @@ impl AdminApp {
                             }),
                         ),
                     },
-                    (&Method::POST, "/purge") => self.purge(body),
+                    (&Method::POST, "/purge") => self.purge(body).await,
                     (_, "/status" | "/reload" | "/purge") => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({"error": "method not allowed"}),
@@ -137,7 +137,7 @@ impl AdminApp {
 
     /// `POST /purge`: `{"urls": [...]}`, `{"prefix": "..."}` or `{"tags": [...]}`, with an
     /// optional `"soft": true`.
-    fn purge(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
+    async fn purge(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
         let request: PurgeRequest = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => {
@@ -149,7 +149,7 @@ impl AdminApp {
         };
         match request.selector() {
             Ok(selector) => {
-                let purged = self.cache.purge(&selector, request.soft);
+                let purged = self.cache.purge(&selector, request.soft).await;
                 (
                     StatusCode::OK,
                     json!({"purged": purged, "soft": request.soft}),

@@ -135,14 +135,14 @@ impl MemoryStore {
 
     /// Removes (or, `soft`, marks stale) every object the selector matches; returns how many.
     /// A scan of the whole tier: purges are rare admin operations, lookups stay O(1).
-    pub fn purge_matching(&self, selector: &Selector, soft: bool) -> usize {
+    pub fn purge_matching(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
         let now = SystemTime::now();
-        let mut count = 0;
+        let mut purged = Vec::new();
         for (key, entry) in self.entries.iter() {
             if !selector.matches(&entry.target, &entry.tags) {
                 continue;
             }
-            count += 1;
+            purged.push(*key);
             if soft {
                 // Stale from now on: the next request revalidates, and the copy can still be
                 // served within its stale windows if the origin is down.
@@ -164,7 +164,33 @@ impl MemoryStore {
                 self.entries.invalidate(&*key);
             }
         }
-        count
+        purged
+    }
+
+    /// Stores an object read from a lower tier (promotion of a disk hit).
+    pub fn insert(
+        &self,
+        key: HashBinary,
+        meta: &CacheMeta,
+        body: Bytes,
+        target: String,
+        tags: Vec<String>,
+    ) {
+        if body.len() > self.max_object {
+            return;
+        }
+        let entry = Arc::new(Entry {
+            meta: StoredMeta::capture(meta),
+            body,
+            target,
+            tags,
+        });
+        self.entries.insert(key, entry);
+    }
+
+    /// Largest body this tier stores.
+    pub fn max_object(&self) -> usize {
+        self.max_object
     }
 
     /// Runs moka's deferred maintenance (evictions, counters). Cheap; call periodically.
@@ -184,13 +210,7 @@ impl Storage for MemoryStore {
             return Ok(None);
         };
         let meta = entry.meta.rebuild();
-        let hit = MemoryHit {
-            end: entry.body.len(),
-            body: entry.body.clone(),
-            start: 0,
-            done: false,
-        };
-        Ok(Some((meta, Box::new(hit))))
+        Ok(Some((meta, Box::new(MemoryHit::new(entry.body.clone())))))
     }
 
     async fn get_miss_handler(
@@ -249,11 +269,23 @@ impl Storage for MemoryStore {
 }
 
 /// Reads a stored body, whole or a range of it, without copying.
-struct MemoryHit {
+pub(super) struct MemoryHit {
     body: Bytes,
     start: usize,
     end: usize,
     done: bool,
+}
+
+impl MemoryHit {
+    /// A hit over a body held in memory.
+    pub(super) fn new(body: Bytes) -> Self {
+        MemoryHit {
+            end: body.len(),
+            body,
+            start: 0,
+            done: false,
+        }
+    }
 }
 
 #[async_trait]

@@ -6,11 +6,13 @@
 //! per-request settings (lock wait, stale grants, route bypass) come from the live snapshot and
 //! follow reloads.
 
+pub mod disk;
 pub mod key;
 pub mod memory;
 pub mod policy;
 pub mod purge;
 pub mod status;
+pub mod tiered;
 
 use std::time::Duration;
 
@@ -23,7 +25,9 @@ use pingora::cache::{CacheOptionOverrides, HttpCache, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config;
+use disk::DiskStore;
 use memory::MemoryStore;
+use tiered::TieredStore;
 
 /// Keys remembered as uncacheable per predictor shard: requests for them skip the cache lock,
 /// so an uncacheable URL never makes concurrent readers wait for each other.
@@ -33,23 +37,36 @@ const PREDICTOR_SHARD_CAPACITY: usize = 4096;
 #[derive(Clone, Copy)]
 pub struct EdgeCache {
     pub memory: &'static MemoryStore,
+    pub store: &'static TieredStore,
     lock: &'static CacheKeyLockImpl,
     predictor: &'static Predictor<16>,
     max_object: usize,
 }
 
 impl EdgeCache {
-    /// Builds (and leaks, once per process) the cache for these settings.
-    pub fn new(settings: &config::Cache) -> EdgeCache {
+    /// Builds (and leaks, once per process) the cache for these settings, opening the disk
+    /// tier when `disk_path` is set.
+    pub fn new(settings: &config::Cache) -> std::io::Result<EdgeCache> {
         let max_object = usize::try_from(settings.max_object).unwrap_or(usize::MAX);
         let lock: Box<CacheKeyLockImpl> =
             CacheLock::new_boxed(settings.lock_timeout.max(Duration::from_secs(1)));
-        EdgeCache {
-            memory: Box::leak(Box::new(MemoryStore::new(settings.memory, max_object))),
+        let memory: &'static MemoryStore =
+            Box::leak(Box::new(MemoryStore::new(settings.memory, max_object)));
+        let disk = match &settings.disk_path {
+            Some(path) => Some(DiskStore::open(path, settings.disk)?),
+            None => None,
+        };
+        Ok(EdgeCache {
+            memory,
+            store: Box::leak(Box::new(TieredStore::new(
+                memory,
+                disk,
+                settings.max_object,
+            ))),
             lock: Box::leak(lock),
             predictor: Box::leak(Box::new(Predictor::new(PREDICTOR_SHARD_CAPACITY, None))),
             max_object,
-        }
+        })
     }
 
     /// Turns the cache on for one request; `lock_wait` is how long followers wait for the
@@ -58,7 +75,7 @@ impl EdgeCache {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(lock_wait);
         cache.enable(
-            self.memory,
+            self.store,
             None,
             Some(self.predictor),
             Some(self.lock),
@@ -71,8 +88,20 @@ impl EdgeCache {
 impl EdgeCache {
     /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier;
     /// returns how many.
-    pub fn purge(&self, selector: &purge::Selector, soft: bool) -> usize {
-        let count = self.memory.purge_matching(selector, soft);
+    pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> usize {
+        let mut keys: std::collections::HashSet<HashBinary> = self
+            .memory
+            .purge_matching(selector, soft)
+            .into_iter()
+            .collect();
+        if let Some(disk) = self.store.disk.clone() {
+            let selector = selector.clone();
+            match tokio::task::spawn_blocking(move || disk.purge_matching(&selector, soft)).await {
+                Ok(on_disk) => keys.extend(on_disk),
+                Err(e) => tracing::error!("disk purge failed: {e}"),
+            }
+        }
+        let count = keys.len();
         crate::metrics::METRICS.purged(count);
         tracing::info!(?selector, soft, count, "purge");
         count
@@ -83,7 +112,7 @@ impl EdgeCache {
         let compact = key.to_compact();
         let span = pingora::cache::trace::Span::inactive().handle();
         if let Err(e) = self
-            .memory
+            .store
             .purge(
                 PurgeTarget::Active(&compact),
                 PurgeType::Invalidation,

@@ -82,6 +82,10 @@ pub struct Config {
 pub struct Cache {
     /// L1 capacity in bytes.
     pub memory: u64,
+    /// L2 directory; None: memory only.
+    pub disk_path: Option<PathBuf>,
+    /// L2 capacity in bytes.
+    pub disk: u64,
     /// Largest body stored; larger responses stream through uncached.
     pub max_object: u64,
     /// How long requests for an object being fetched wait for it before going to the origin.

@@ -405,11 +405,25 @@ fn cache_section() {
     let d = parse(MINIMAL).unwrap();
     assert_eq!(d.cache.stale_if_error, Duration::from_secs(7 * 86_400));
     let errs = errors(&format!(
-        "{MINIMAL}\n[cache]\nmemory = \"lots\"\nmax_object = \"5GiB\"\ndisk_path = \"/var/cache/onair\"\n"
+        "{MINIMAL}\n[cache]\nmemory = \"lots\"\nmax_object = \"5GiB\"\ndisk_path = \"relative/dir\"\n"
     ));
     assert!(has(&errs, "cache.memory", "not a size"), "{errs:#?}");
     assert!(has(&errs, "cache.max_object", "below 4GiB"), "{errs:#?}");
-    assert!(has(&errs, "cache.disk_path", "later version"), "{errs:#?}");
+    assert!(has(&errs, "cache.disk_path", "absolute path"), "{errs:#?}");
+    let errs = errors(&format!("{MINIMAL}\n[cache]\ndisk = \"1GiB\"\n"));
+    assert!(
+        has(&errs, "cache.disk", "needs cache.disk_path"),
+        "{errs:#?}"
+    );
+    let c = parse(&format!(
+        "{MINIMAL}\n[cache]\ndisk_path = \"/var/cache/onair\"\ndisk = \"50GiB\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.cache.disk_path.as_deref(),
+        Some(Path::new("/var/cache/onair"))
+    );
+    assert_eq!(c.cache.disk, 50 << 30);
     let errs = errors(&format!(
         "{MINIMAL}\n[cache]\npurge_from = [\"10.0.0.0/8\", \"10.0.0.0/40\", \"nowhere\"]\n"
     ));

@@ -213,16 +213,29 @@ fn validate_cache(c: RawCache, e: &mut Errors<'_>) -> Cache {
             })
             .collect(),
     };
-    for (key, set) in [
-        ("cache.disk_path", c.disk_path.is_some()),
-        ("cache.disk", c.disk.is_some()),
-    ] {
-        if set {
-            e.push(key, "the disk tier comes in a later version of onair");
+    let disk = e.size("cache.disk", &c.disk, 10 << 30);
+    let disk_path = match c.disk_path.as_deref() {
+        None => None,
+        Some("") => {
+            e.push(
+                "cache.disk_path",
+                "must not be empty (leave it out for memory only)",
+            );
+            None
         }
+        Some(p) if !Path::new(p).is_absolute() => {
+            e.push("cache.disk_path", format!("{p:?} must be an absolute path"));
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    if disk_path.is_none() && c.disk.is_some() {
+        e.push("cache.disk", "needs cache.disk_path");
     }
     Cache {
         memory,
+        disk_path,
+        disk,
         max_object,
         lock_timeout: e.duration(
             "cache.lock_timeout",

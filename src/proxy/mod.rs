@@ -425,7 +425,7 @@ impl Edge {
             .get("soft-purge")
             .is_some_and(|v| v.as_bytes() == b"1");
         let selector = cache::purge::Selector::Urls(std::iter::once(target).collect());
-        let purged = self.cache.purge(&selector, soft);
+        let purged = self.cache.purge(&selector, soft).await;
         let body = format!("{{\"purged\": {purged}, \"soft\": {soft}}}\n");
         respond::send(session, ctx, 200, "application/json", body.into(), &[]).await?;
         Ok(())

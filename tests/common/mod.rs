@@ -467,6 +467,29 @@ impl Onair {
         std::fs::write(&self.config_path, text).unwrap();
     }
 
+    /// Kills the process (SIGKILL: no clean shutdown) and starts a new one with the same
+    /// config and ports.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..5 {
+            self.child = spawn(&self.config_path, &[]);
+            if wait_ready(
+                &mut self.child,
+                self.admin,
+                self.http,
+                Duration::from_secs(20),
+            )
+            .await
+            {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        panic!("onair did not restart:\n{}", self.stderr());
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

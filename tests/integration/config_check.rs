@@ -28,6 +28,7 @@ token_file = "admin.token"
 [cache]
 memory = "1GiB"
 disk_path = "/var/cache/onair"
+disk = "plenty"
 
 [[site]]
 name = "portal"
@@ -51,7 +52,7 @@ name = "api"
 
 /// The key path of every error in [`BROKEN`], as each output line starts.
 const BROKEN_PATHS: &[&str] = &[
-    "cache.disk_path: ",
+    "cache.disk: ",
     "pool[1].origin[1].adrr: ",
     "node.grace_period: ",
     "listen.https: ",
@@ -169,6 +170,8 @@ fn reference_config_documents_every_key() {
         "access",
         "level", // [log]
         "memory",
+        "disk_path",
+        "disk",
         "max_object",
         "lock_timeout",
         "stale_while_revalidate",

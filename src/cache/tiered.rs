@@ -1,0 +1,372 @@
+//! The tiered store Pingora's cache uses: memory (L1) in front of disk (L2).
+//!
+//! Lookups try memory, then disk; a disk hit small enough for memory is promoted into it. Fills
+//! go to both tiers as they stream; if one tier gives up (too large, disk full) the other still
+//! finishes. Purges and metadata updates reach both.
+
+use std::any::Any;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+
+use super::disk::{self, DiskStore, DiskWrite, Head};
+use super::key::target_of_key;
+use super::memory::{MemoryHit, MemoryStore};
+use super::purge::tags_of;
+
+/// Memory in front of an optional disk.
+pub struct TieredStore {
+    pub memory: &'static MemoryStore,
+    pub disk: Option<Arc<DiskStore>>,
+    max_object: u64,
+}
+
+impl TieredStore {
+    pub fn new(
+        memory: &'static MemoryStore,
+        disk: Option<Arc<DiskStore>>,
+        max_object: u64,
+    ) -> Self {
+        TieredStore {
+            memory,
+            disk,
+            max_object,
+        }
+    }
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> Box<Error> {
+    Error::because(ErrorType::InternalError, "cache disk task failed", e)
+}
+
+enum Loaded {
+    Whole(Head, Bytes),
+    Stream(Head, File),
+}
+
+#[async_trait]
+impl Storage for TieredStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        if let Some(hit) = self.memory.lookup(key, trace).await? {
+            return Ok(Some(hit));
+        }
+        let Some(disk) = self.disk.clone() else {
+            return Ok(None);
+        };
+        let hash = key.combined_bin();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let (head, mut file) = disk.load(&hash)?;
+            if head.body_len <= disk::VERIFY_WHOLE {
+                match disk::read_body(&mut file, &head) {
+                    Some(body) => Some(Loaded::Whole(head, body)),
+                    None => {
+                        tracing::warn!("cache file body checksum mismatch; removed");
+                        disk.remove(&hash);
+                        None
+                    }
+                }
+            } else {
+                Some(Loaded::Stream(head, file))
+            }
+        })
+        .await
+        .map_err(blocking_failed)?;
+        match loaded {
+            None => Ok(None),
+            Some(Loaded::Whole(head, body)) => {
+                let meta = CacheMeta::deserialize(&head.internal, &head.header)?;
+                self.memory
+                    .insert(hash, &meta, body.clone(), head.target, head.tags);
+                Ok(Some((meta, Box::new(MemoryHit::new(body)))))
+            }
+            Some(Loaded::Stream(head, file)) => {
+                let meta = CacheMeta::deserialize(&head.internal, &head.header)?;
+                let hit = DiskHit {
+                    store: self.disk.clone(),
+                    key: hash,
+                    file: Some(file),
+                    start: head.body_offset,
+                    pos: 0,
+                    end: head.body_len,
+                    body_len: head.body_len,
+                    crc: Some(crc32fast::Hasher::new()),
+                    expected_crc: head.body_crc,
+                };
+                Ok(Some((meta, Box::new(hit))))
+            }
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let memory = self.memory.get_miss_handler(key, meta, trace).await.ok();
+        let disk = match &self.disk {
+            None => None,
+            Some(store) => {
+                let store = store.clone();
+                let hash = key.combined_bin();
+                let target = target_of_key(key.primary_key()).unwrap_or_default();
+                let tags = tags_of(meta.response_header());
+                let (internal, header) = meta.serialize()?;
+                let begun = tokio::task::spawn_blocking(move || {
+                    let meta = CacheMeta::deserialize(&internal, &header)?;
+                    store.begin(hash, &meta, target, tags)
+                })
+                .await
+                .map_err(blocking_failed)?;
+                match begun {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!("disk cache fill not started: {e}");
+                        None
+                    }
+                }
+            }
+        };
+        Ok(Box::new(TieredMiss {
+            memory,
+            disk,
+            store: self.disk.clone(),
+            max_object: self.max_object,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let hash = target.key().combined_bin();
+        let memory = self.memory.purge(target, purge_type, trace).await?;
+        // Evictions from memory only demote: the disk copy stays.
+        let on_disk = match (&self.disk, purge_type) {
+            (Some(disk), PurgeType::Invalidation) => {
+                let disk = disk.clone();
+                tokio::task::spawn_blocking(move || disk.remove(&hash))
+                    .await
+                    .map_err(blocking_failed)?
+            }
+            _ => false,
+        };
+        Ok(if on_disk || memory != PurgeOutcome::NotFound {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<bool> {
+        let in_memory = self.memory.update_meta(key, meta, trace).await?;
+        let Some(disk) = self.disk.clone() else {
+            return Ok(in_memory);
+        };
+        let hash = key.combined_bin();
+        let (internal, header) = meta.serialize()?;
+        let on_disk = tokio::task::spawn_blocking(move || {
+            disk.rewrite_meta(&hash, |m| {
+                if let Ok(new) = CacheMeta::deserialize(&internal, &header) {
+                    *m = new;
+                }
+            })
+        })
+        .await
+        .map_err(blocking_failed)??;
+        Ok(in_memory || on_disk)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A fill going to both tiers.
+struct TieredMiss {
+    memory: Option<MissHandler>,
+    disk: Option<DiskWrite>,
+    store: Option<Arc<DiskStore>>,
+    max_object: u64,
+}
+
+#[async_trait]
+impl HandleMiss for TieredMiss {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        if let Some(m) = self.memory.as_mut() {
+            if m.write_body(data.clone(), eof).await.is_err() {
+                // Too large for memory (or failed): the disk copy may still finish.
+                self.memory = None;
+            }
+        }
+        if let Some(mut w) = self.disk.take() {
+            if w.body_len() + data.len() as u64 > self.max_object {
+                drop(w);
+            } else {
+                let (w, result) = tokio::task::spawn_blocking(move || {
+                    let r = w.append(&data);
+                    (w, r)
+                })
+                .await
+                .map_err(blocking_failed)?;
+                match result {
+                    Ok(()) => self.disk = Some(w),
+                    Err(e) => tracing::warn!("disk cache fill abandoned: {e}"),
+                }
+            }
+        }
+        if self.memory.is_none() && self.disk.is_none() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no cache tier accepted the object",
+            );
+        }
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let TieredMiss {
+            memory,
+            disk,
+            store,
+            ..
+        } = *self;
+        let mut size = None;
+        if let Some(m) = memory {
+            if let Ok(MissFinishType::Created(n)) = m.finish().await {
+                size = Some(n);
+            }
+        }
+        if let (Some(w), Some(store)) = (disk, store) {
+            match tokio::task::spawn_blocking(move || store.commit(w))
+                .await
+                .map_err(blocking_failed)?
+            {
+                Ok(n) => size = size.or(Some(n as usize)),
+                Err(e) => tracing::warn!("disk cache fill not published: {e}"),
+            }
+        }
+        match size {
+            Some(n) => Ok(MissFinishType::Created(n)),
+            None => Error::e_explain(ErrorType::InternalError, "no cache tier stored the object"),
+        }
+    }
+}
+
+/// Streams a large body from disk, checking its checksum when read whole.
+struct DiskHit {
+    store: Option<Arc<DiskStore>>,
+    key: HashBinary,
+    file: Option<File>,
+    /// File offset of the body.
+    start: u64,
+    /// Next body offset to read, and the end (exclusive).
+    pos: u64,
+    end: u64,
+    body_len: u64,
+    /// Running checksum; None once a range read makes it meaningless.
+    crc: Option<crc32fast::Hasher>,
+    expected_crc: u32,
+}
+
+#[async_trait]
+impl HandleHit for DiskHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "hit already read"))?;
+        let offset = self.start + self.pos;
+        let n = (self.end - self.pos).min(256 << 10) as usize;
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            let r = file
+                .seek(SeekFrom::Start(offset))
+                .and_then(|_| file.read_exact(&mut buf));
+            (file, r.map(|_| buf))
+        })
+        .await
+        .map_err(blocking_failed)?;
+        self.file = Some(file);
+        let chunk = chunk
+            .map_err(|e| Error::because(ErrorType::InternalError, "cache file read failed", e))?;
+        self.pos += n as u64;
+        if let Some(crc) = self.crc.as_mut() {
+            crc.update(&chunk);
+            if self.pos == self.body_len {
+                let ok = self
+                    .crc
+                    .take()
+                    .is_some_and(|c| c.finalize() == self.expected_crc);
+                if !ok {
+                    if let Some(store) = self.store.clone() {
+                        let key = self.key;
+                        tokio::task::spawn_blocking(move || store.remove(&key));
+                    }
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "cache file body checksum mismatch",
+                    );
+                }
+            }
+        }
+        Ok(Some(Bytes::from(chunk)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let start = start as u64;
+        if start >= self.body_len {
+            return Error::e_explain(ErrorType::InternalError, "range start beyond the body");
+        }
+        self.pos = start;
+        self.end = end.map_or(self.body_len, |e| (e as u64).min(self.body_len));
+        self.crc = None;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
