@@ -1,5 +1,7 @@
 //! The admin API: open probes, bearer-token auth on everything else, status, metrics text.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use crate::common::*;
@@ -75,6 +77,14 @@ async fn metrics_have_the_contract_names_and_pass_promtool() {
     for _ in 0..3 {
         assert_eq!(get(onair.http, "a", "/").await.unwrap().status, 200);
     }
+    // Requests are counted in the logging phase, just after the client has its answer.
+    let counted = "onair_requests_total{cache=\"miss\",code=\"2xx\",site=\"s\"}";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric(counted).await == Some(3.0)
+        })
+        .await
+    );
     let text = onair.metrics_text().await;
     for name in [
         "onair_requests_total{cache=\"miss\",code=\"2xx\",site=\"s\"} 3",
