@@ -15,5 +15,5 @@ if [ ${#args[@]} -eq 0 ]; then args=(--proxies nginx pass); fi
 # bare-pingora: a Pingora proxy with no onair logic (examples/bare_proxy.rs), the floor that
 # shows what onair's own per-request work costs.
 exec "$HARNESS/run-perf.sh" "${args[@]}" \
-  --candidate onair "$PWD/target/release/onair run -c $PWD/benches/perf/onair.toml" 8350 \
+  --candidate onair "$PWD/target/release/onair run -c $PWD/${ONAIR_PERF_CONFIG:-benches/perf/onair.toml}" 8350 \
   --candidate bare-pingora "$PWD/target/release/examples/bare_proxy" 8351

@@ -284,6 +284,18 @@ impl DiskStore {
         tags: Vec<String>,
     ) -> Result<DiskWrite> {
         let (internal, header) = meta.serialize()?;
+        self.begin_serialized(key, &internal, &header, target, tags)
+    }
+
+    /// Starts a fill from metadata already serialized (`CacheMeta::serialize`). Blocking.
+    pub fn begin_serialized(
+        &self,
+        key: HashBinary,
+        internal: &[u8],
+        header: &[u8],
+        target: String,
+        tags: Vec<String>,
+    ) -> Result<DiskWrite> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
@@ -293,8 +305,8 @@ impl DiskStore {
         let tags_joined = tags.join("\n");
         let mut section =
             Vec::with_capacity(internal.len() + header.len() + target.len() + tags_joined.len());
-        section.extend_from_slice(&internal);
-        section.extend_from_slice(&header);
+        section.extend_from_slice(internal);
+        section.extend_from_slice(header);
         section.extend_from_slice(target.as_bytes());
         section.extend_from_slice(tags_joined.as_bytes());
         let lens = [

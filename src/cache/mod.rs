@@ -50,8 +50,10 @@ impl EdgeCache {
         let max_object = usize::try_from(settings.max_object).unwrap_or(usize::MAX);
         let lock: Box<CacheKeyLockImpl> =
             CacheLock::new_boxed(settings.lock_timeout.max(Duration::from_secs(1)));
-        let memory: &'static MemoryStore =
-            Box::leak(Box::new(MemoryStore::new(settings.memory, max_object)));
+        let memory: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
+            settings.memory,
+            memory_max_object(settings),
+        )));
         let disk = match &settings.disk_path {
             Some(path) => Some(DiskStore::open(path, settings.disk)?),
             None => None,
@@ -157,6 +159,17 @@ pub fn invalidated_by(req: &RequestHeader, resp: &ResponseHeader, host: &str) ->
         }
     }
     paths
+}
+
+/// The largest object the memory tier takes: `max_object`, but with a disk tier no more than a
+/// quarter of the memory, so one large object cannot flush the hot set (the disk holds it).
+fn memory_max_object(settings: &config::Cache) -> usize {
+    let limit = if settings.disk_path.is_some() {
+        settings.max_object.min(settings.memory / 4)
+    } else {
+        settings.max_object
+    };
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 /// Whether a request may be answered from (and fill) the cache at all.

@@ -128,8 +128,7 @@ impl Storage for TieredStore {
                 let tags = tags_of(meta.response_header());
                 let (internal, header) = meta.serialize()?;
                 let begun = tokio::task::spawn_blocking(move || {
-                    let meta = CacheMeta::deserialize(&internal, &header)?;
-                    store.begin(hash, &meta, target, tags)
+                    store.begin_serialized(hash, &internal, &header, target, tags)
                 })
                 .await
                 .map_err(blocking_failed)?;

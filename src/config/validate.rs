@@ -170,7 +170,7 @@ pub(super) fn validate(
         }),
     };
     let log = validate_log(log, base, &mut e);
-    let cache = validate_cache(cache, &mut e);
+    let cache = validate_cache(cache, base, &mut e);
     let pools = validate_pools(pool, &mut e);
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
@@ -185,15 +185,18 @@ pub(super) fn validate(
     }
 }
 
-fn validate_cache(c: RawCache, e: &mut Errors<'_>) -> Cache {
+fn validate_cache(c: RawCache, base: &Path, e: &mut Errors<'_>) -> Cache {
     let memory = e.size("cache.memory", &c.memory, 256 << 20);
     let max_object = e.size("cache.max_object", &c.max_object, 64 << 20);
     // moka weighs entries in u32: one object cannot exceed 4 GiB in the memory tier.
     if max_object > u64::from(u32::MAX) - 4096 {
         e.push("cache.max_object", "must be below 4GiB");
     }
-    if memory > 0 && max_object > memory {
-        e.push("cache.max_object", "is larger than cache.memory");
+    if memory > 0 && max_object > memory && c.disk_path.is_none() {
+        e.push(
+            "cache.max_object",
+            "is larger than cache.memory (and there is no disk tier to hold such objects)",
+        );
     }
     let purge_from = match c.purge_from {
         None => vec![
@@ -223,11 +226,7 @@ fn validate_cache(c: RawCache, e: &mut Errors<'_>) -> Cache {
             );
             None
         }
-        Some(p) if !Path::new(p).is_absolute() => {
-            e.push("cache.disk_path", format!("{p:?} must be an absolute path"));
-            None
-        }
-        Some(p) => Some(PathBuf::from(p)),
+        Some(p) => Some(resolve(base, p)),
     };
     if disk_path.is_none() && c.disk.is_some() {
         e.push("cache.disk", "needs cache.disk_path");
