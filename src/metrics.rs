@@ -85,16 +85,21 @@ impl Metrics {
             r.register(Box::new(h.clone())).expect("registered once");
             h
         };
-        let origin_up = IntGaugeVec::new(
-            Opts::new(
-                "onair_origin_up",
-                "1 when the origin passes its health checks, 0 when it is down.",
-            ),
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let origin_up = gauge(
+            "onair_origin_up",
+            "1 when the origin passes its health checks, 0 when it is down.",
             &["pool", "origin"],
-        )
-        .expect("valid gauge");
-        r.register(Box::new(origin_up.clone()))
-            .expect("registered once");
+        );
         let config_version = IntGauge::new(
             "onair_config_version",
             "Version of the config snapshot in use; it grows by one with each successful reload.",
@@ -102,38 +107,21 @@ impl Metrics {
         .expect("valid gauge");
         r.register(Box::new(config_version.clone()))
             .expect("registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "onair_build_info",
-                "Always 1; the label carries the onair version.",
-            ),
+        gauge(
+            "onair_build_info",
+            "Always 1; the label carries the onair version.",
             &["version"],
         )
-        .expect("valid gauge");
-        r.register(Box::new(build_info.clone()))
-            .expect("registered once");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            r.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
-        let coalesced = IntCounter::new(
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        let coalesced = plain_counter(
             "onair_coalesced_requests_total",
             "Requests answered by another request's origin fetch (they waited on the cache lock).",
-        )
-        .expect("valid counter");
-        r.register(Box::new(coalesced.clone()))
-            .expect("registered once");
-        let purged = IntCounter::new(
+        );
+        let purged = plain_counter(
             "onair_purged_objects_total",
             "Cached objects removed or marked stale by purges (admin API and PURGE method).",
-        )
-        .expect("valid counter");
-        r.register(Box::new(purged.clone()))
-            .expect("registered once");
+        );
 
         Metrics {
             requests: counter(

@@ -317,12 +317,8 @@ impl HandleHit for MemoryHit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        if start >= self.body.len() {
-            return Error::e_explain(ErrorType::InternalError, "range start beyond the body");
-        }
-        self.start = start;
-        // `end` is exclusive; past the last byte means "to the end".
-        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        let (start, end) = super::seek_range(self.body.len() as u64, start, end)?;
+        (self.start, self.end) = (start as usize, end as usize);
         self.done = false;
         Ok(())
     }

@@ -172,6 +172,23 @@ fn memory_max_object(settings: &config::Cache) -> usize {
     usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
+/// Validates a `HandleHit::seek` request against a body of `len` bytes: returns the
+/// `[start, end)` to serve. `end` past the last byte means "to the end".
+pub(crate) fn seek_range(
+    len: u64,
+    start: usize,
+    end: Option<usize>,
+) -> pingora::Result<(u64, u64)> {
+    let start = start as u64;
+    if start >= len {
+        return pingora::Error::e_explain(
+            pingora::ErrorType::InternalError,
+            "range start beyond the body",
+        );
+    }
+    Ok((start, end.map_or(len, |e| (e as u64).min(len))))
+}
+
 /// Whether a request may be answered from (and fill) the cache at all.
 pub fn request_cacheable(req: &RequestHeader) -> bool {
     matches!(req.method, http::Method::GET | http::Method::HEAD)

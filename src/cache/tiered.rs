@@ -351,12 +351,8 @@ impl HandleHit for DiskHit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let start = start as u64;
-        if start >= self.body_len {
-            return Error::e_explain(ErrorType::InternalError, "range start beyond the body");
-        }
-        self.pos = start;
-        self.end = end.map_or(self.body_len, |e| (e as u64).min(self.body_len));
+        (self.pos, self.end) = super::seek_range(self.body_len, start, end)?;
+        // A range is not the whole body: its checksum cannot be checked.
         self.crc = None;
         Ok(())
     }
