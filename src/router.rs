@@ -16,6 +16,8 @@ pub struct RouteTarget {
     pub pool: usize,
     /// Whether the cache may answer or store requests on this route.
     pub cache: bool,
+    /// How the query string enters the cache key.
+    pub query: config::QueryKey,
 }
 
 /// A site's routes, longest prefix first.
@@ -95,6 +97,7 @@ pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> S
             let target = RouteTarget {
                 pool: pool_index(pool),
                 cache: r.cache,
+                query: r.query,
             };
             (r.path.clone(), target)
         })
@@ -105,6 +108,7 @@ pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> S
         default: RouteTarget {
             pool: pool_index(&site.pool),
             cache: true,
+            query: config::QueryKey::Keep,
         },
     }
 }
@@ -152,6 +156,7 @@ mod tests {
                     path: p.to_string(),
                     pool: Some(pool.to_string()),
                     cache: *pool != "api",
+                    query: config::QueryKey::Keep,
                 })
                 .collect(),
         }

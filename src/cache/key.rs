@@ -7,11 +7,36 @@
 //! in the key (X-Forwarded-Host, X-Original-URL, ...) therefore can never change what is stored
 //! under it, which is what keeps the cache from being poisoned.
 
+use std::borrow::Cow;
+
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
 
+use crate::config::QueryKey;
+
+/// The path and query as the key sees them under a route's `query` setting.
+pub fn keyed_target(path_and_query: &str, mode: QueryKey) -> Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Cow::Borrowed(path_and_query);
+    };
+    match mode {
+        QueryKey::Keep => Cow::Borrowed(path_and_query),
+        QueryKey::Drop => Cow::Borrowed(path),
+        QueryKey::Sort => {
+            let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+            params.sort_unstable();
+            if params.is_empty() {
+                Cow::Borrowed(path)
+            } else {
+                Cow::Owned(format!("{path}?{}", params.join("&")))
+            }
+        }
+    }
+}
+
 /// Builds the key. `host` is the normalized host (see `router::normalize_host`); `port` is the
-/// port the client named, kept only when it is not the scheme's default.
+/// port the client named, kept only when it is not the scheme's default; `path_and_query` is
+/// already shaped by [`keyed_target`].
 pub fn cache_key(scheme: &str, host: &str, port: Option<u16>, path_and_query: &str) -> CacheKey {
     let default_port = match scheme {
         "https" => 443,
@@ -123,6 +148,16 @@ mod tests {
         let k = cache_key("http", "a.vn", Some(80), "/");
         assert_eq!(target_of_key(k.primary_key()).as_deref(), Some("a.vn/"));
         assert_eq!(target_of_key(b"junk"), None);
+    }
+
+    #[test]
+    fn query_modes() {
+        assert_eq!(keyed_target("/a?b=2&a=1", QueryKey::Keep), "/a?b=2&a=1");
+        assert_eq!(keyed_target("/a?b=2&a=1", QueryKey::Sort), "/a?a=1&b=2");
+        assert_eq!(keyed_target("/a?b=2&a=1", QueryKey::Drop), "/a");
+        assert_eq!(keyed_target("/a", QueryKey::Sort), "/a");
+        assert_eq!(keyed_target("/a?", QueryKey::Sort), "/a");
+        assert_eq!(keyed_target("/a?&&x=1", QueryKey::Sort), "/a?x=1");
     }
 
     #[test]

@@ -167,6 +167,20 @@ pub struct Route {
     pub pool: Option<String>,
     /// `false`: requests on this route bypass the cache.
     pub cache: bool,
+    /// How the query string enters the cache key.
+    pub query: QueryKey,
+}
+
+/// How a route's query string enters the cache key (the origin always gets it unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryKey {
+    /// As sent: `?b=2&a=1` and `?a=1&b=2` are different objects.
+    #[default]
+    Keep,
+    /// Parameters sorted: the order does not matter.
+    Sort,
+    /// Ignored: every query string shares the object (tracking parameters and the like).
+    Drop,
 }
 
 /// `[[pool]]`

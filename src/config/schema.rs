@@ -89,6 +89,7 @@ pub struct RawRoute {
     pub path: Option<String>,
     pub pool: Option<String>,
     pub cache: Option<bool>,
+    pub query: Option<String>,
 }
 
 /// `[[pool]]`

@@ -391,6 +391,32 @@ fn sections_of_later_versions_are_unknown_today() {
 }
 
 #[test]
+fn route_query_modes() {
+    let text = |mode: &str| {
+        format!(
+            "{LISTEN}{PORTAL_POOL}
+[[site]]
+name = \"portal\"
+hosts = [\"*\"]
+pool = \"portal\"
+  [[site.route]]
+  path = \"/x/\"
+  query = \"{mode}\"
+"
+        )
+    };
+    assert_eq!(
+        parse(&text("sort")).unwrap().sites[0].routes[0].query,
+        QueryKey::Sort
+    );
+    assert_eq!(
+        parse(&text("drop")).unwrap().sites[0].routes[0].query,
+        QueryKey::Drop
+    );
+    assert_only(&text("shuffle"), "site[0].route[0].query", "not one of");
+}
+
+#[test]
 fn cache_section() {
     let c = parse(&format!(
         "{MINIMAL}\n[cache]\nmemory = \"1GiB\"\nmax_object = \"8MiB\"\nlock_timeout = \"3s\"\nstale_while_revalidate = \"30s\"\nstale_if_error = \"2d\"\n"

@@ -575,10 +575,23 @@ fn validate_sites(
                 if let Some(p) = &r.pool {
                     check_pool(e, format!("{rat}.pool"), p);
                 }
+                let query = match r.query.as_deref() {
+                    None | Some("keep") => QueryKey::Keep,
+                    Some("sort") => QueryKey::Sort,
+                    Some("drop") => QueryKey::Drop,
+                    Some(other) => {
+                        e.push(
+                            format!("{rat}.query"),
+                            format!("{other:?} is not one of \"keep\", \"sort\", \"drop\""),
+                        );
+                        QueryKey::Keep
+                    }
+                };
                 Route {
                     path,
                     pool: r.pool,
                     cache: r.cache.unwrap_or(true),
+                    query,
                 }
             })
             .collect();

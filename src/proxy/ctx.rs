@@ -33,6 +33,8 @@ pub struct RequestCtx {
     pub port: Option<u16>,
     /// Whether the cache may answer and store this request (method and route allow it).
     pub cache_on: bool,
+    /// How the route's query string enters the cache key.
+    pub query_key: crate::config::QueryKey,
     /// Whether the origin's response was cacheable and is being stored.
     pub cache_stored: bool,
     /// How the request used the cache, once the answer's headers are out.
@@ -56,6 +58,7 @@ impl RequestCtx {
             local_status: None,
             port: None,
             cache_on: false,
+            query_key: crate::config::QueryKey::Keep,
             cache_stored: false,
             cache_outcome: None,
         }

@@ -90,10 +90,6 @@ impl ProxyHttp for Edge {
         };
         ctx.site = Some(site);
         ctx.port = headers::raw_host(session.req_header()).and_then(cache::key::port_of);
-        if session.req_header().method.as_str() == "PURGE" {
-            self.purge_method(session, ctx).await?;
-            return Ok(true);
-        }
         let req = session.req_header();
         let Some(route) = ctx
             .snapshot
@@ -108,6 +104,11 @@ impl ProxyHttp for Edge {
         };
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
+        ctx.query_key = route.query;
+        if req.method.as_str() == "PURGE" {
+            self.purge_method(session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -122,7 +123,8 @@ impl ProxyHttp for Edge {
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let uri = &session.req_header().uri;
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        Ok(cache::key::cache_key("http", &ctx.host, ctx.port, path))
+        let path = cache::key::keyed_target(path, ctx.query_key);
+        Ok(cache::key::cache_key("http", &ctx.host, ctx.port, &path))
     }
 
     fn response_cache_filter(
@@ -236,6 +238,7 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
+            let path = cache::key::keyed_target(&path, ctx.query_key);
             let key = cache::key::cache_key("http", &ctx.host, ctx.port, &path);
             self.cache.invalidate(&key).await;
         }
@@ -419,7 +422,8 @@ impl Edge {
         }
         let req = session.req_header();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let target = cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != 80), path);
+        let path = cache::key::keyed_target(path, ctx.query_key);
+        let target = cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != 80), &path);
         let soft = req
             .headers
             .get("soft-purge")

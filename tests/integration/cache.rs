@@ -763,3 +763,35 @@ async fn a_crash_during_fills_never_serves_a_broken_body() {
     }
     eprintln!("{from_disk} of {OBJECTS} objects survived the crash on disk");
 }
+
+#[tokio::test]
+async fn route_query_modes_shape_the_key() {
+    let origin = Origin::start("o").await;
+    origin.set(cached("max-age=600"));
+    let onair = Onair::start(Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[site.route]]\npath = \"/sorted/\"\nquery = \"sort\"\n\
+         [[site.route]]\npath = \"/dropped/\"\nquery = \"drop\"\n\
+         [[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        origin.addr
+    )))
+    .await;
+    get(onair.http, "a", "/sorted/x?b=2&a=1").await.unwrap();
+    assert!(is_hit(&onair, "a", "/sorted/x?a=1&b=2").await);
+    assert!(!is_hit(&onair, "a", "/sorted/x?a=1&b=3").await);
+    get(onair.http, "a", "/dropped/x?utm_source=mail")
+        .await
+        .unwrap();
+    assert!(is_hit(&onair, "a", "/dropped/x?utm_source=social").await);
+    assert!(is_hit(&onair, "a", "/dropped/x").await);
+    // The origin still gets the query as sent.
+    let seen = origin
+        .requests()
+        .into_iter()
+        .find(|h| h[":path"].starts_with("/dropped/"))
+        .unwrap();
+    assert_eq!(seen[":path"], "/dropped/x?utm_source=mail");
+    // Default: the query as sent is part of the key.
+    get(onair.http, "a", "/plain?b=2&a=1").await.unwrap();
+    assert!(!is_hit(&onair, "a", "/plain?a=1&b=2").await);
+}

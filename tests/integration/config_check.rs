@@ -178,7 +178,8 @@ fn reference_config_documents_every_key() {
         "stale_if_error",
         "purge_from", // [cache]
         "force_stale_if_error",
-        "cache", // [[site]], [[site.route]]
+        "cache",
+        "query", // [[site]], [[site.route]]
         "name",
         "hosts",
         "pool",
