@@ -18,6 +18,8 @@ pub struct RouteTarget {
     pub cache: bool,
     /// How the query string enters the cache key.
     pub query: config::QueryKey,
+    /// Freshness for responses that carry none (None: not stored).
+    pub default_ttl: Option<std::time::Duration>,
 }
 
 /// A site's routes, longest prefix first.
@@ -98,6 +100,7 @@ pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> S
                 pool: pool_index(pool),
                 cache: r.cache,
                 query: r.query,
+                default_ttl: r.default_ttl,
             };
             (r.path.clone(), target)
         })
@@ -109,6 +112,7 @@ pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> S
             pool: pool_index(&site.pool),
             cache: true,
             query: config::QueryKey::Keep,
+            default_ttl: None,
         },
     }
 }
@@ -157,6 +161,7 @@ mod tests {
                     pool: Some(pool.to_string()),
                     cache: *pool != "api",
                     query: config::QueryKey::Keep,
+                    default_ttl: None,
                 })
                 .collect(),
         }

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use pingora::cache::cache_control::{CacheControl, DirectiveKey, InterpretCacheControl};
+use pingora::cache::cache_control::{CacheControl, Cacheable, DirectiveKey, InterpretCacheControl};
 use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations};
 use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
@@ -20,9 +20,12 @@ use pingora::http::ResponseHeader;
 /// No default freshness for any status: only explicit freshness makes a response cacheable.
 static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 
-/// The operator's stale-serving grants (from `[cache]` and the site).
+/// The operator's rules for one request (from `[cache]`, the site and the route).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaleGrants {
+pub struct EdgeRules {
+    /// The route's `default_ttl`: freshness for responses that carry none (heuristically
+    /// cacheable statuses only). None: such responses are not stored.
+    pub default_ttl: Option<Duration>,
     /// Added to the origin's stale-while-revalidate window.
     pub while_revalidate: Duration,
     /// The least stale-if-error window every cacheable response gets ("always online").
@@ -43,7 +46,7 @@ pub fn decide(
     resp: &ResponseHeader,
     authorization: bool,
     now: SystemTime,
-    grants: &StaleGrants,
+    grants: &EdgeRules,
 ) -> RespCacheable {
     let uncacheable = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     let status = resp.status.as_u16();
@@ -54,8 +57,9 @@ pub fn decide(
         return uncacheable;
     }
     let cc = edge_directives(resp);
+    let explicit = calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_HEURISTICS);
     let Some(fresh_until) =
-        calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_HEURISTICS)
+        explicit.or_else(|| default_freshness(cc.as_ref(), resp, authorization, now, grants))
     else {
         return uncacheable;
     };
@@ -82,6 +86,31 @@ pub fn decide(
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
 }
 
+/// Statuses RFC 9110 §15.1 calls heuristically cacheable (5xx excluded, see the module doc).
+const HEURISTIC_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
+
+/// Freshness from the route's `default_ttl`, for a response that names none but does not
+/// forbid storing either.
+fn default_freshness(
+    cc: Option<&CacheControl>,
+    resp: &ResponseHeader,
+    authorization: bool,
+    now: SystemTime,
+    rules: &EdgeRules,
+) -> Option<SystemTime> {
+    let ttl = rules.default_ttl?;
+    if !HEURISTIC_STATUSES.contains(&resp.status.as_u16()) {
+        return None;
+    }
+    if cc.is_some_and(|c| c.is_cacheable() == Cacheable::No) {
+        return None;
+    }
+    if authorization && !cc.is_some_and(|c| c.allow_caching_authorized_req()) {
+        return None;
+    }
+    now.checked_add(ttl)
+}
+
 fn vary_star(resp: &ResponseHeader) -> bool {
     resp.headers
         .get_all(http::header::VARY)
@@ -95,7 +124,8 @@ fn vary_star(resp: &ResponseHeader) -> bool {
 mod tests {
     use super::*;
 
-    const GRANTS: StaleGrants = StaleGrants {
+    const GRANTS: EdgeRules = EdgeRules {
+        default_ttl: None,
         while_revalidate: Duration::from_secs(5),
         if_error: Duration::from_secs(7 * 86_400),
         force: false,
@@ -113,7 +143,7 @@ mod tests {
         r
     }
 
-    fn meta(r: &ResponseHeader, auth: bool, grants: &StaleGrants) -> Option<CacheMeta> {
+    fn meta(r: &ResponseHeader, auth: bool, grants: &EdgeRules) -> Option<CacheMeta> {
         match decide(r, auth, now(), grants) {
             RespCacheable::Cacheable(m) => Some(m),
             RespCacheable::Uncacheable(_) => None,
@@ -157,6 +187,25 @@ mod tests {
         let expires = httpdate::fmt_http_date(now() + Duration::from_secs(120));
         let m = meta(&resp(200, &[("Expires", &expires)]), false, &GRANTS).unwrap();
         assert_eq!(ttl(&m), 120);
+    }
+
+    #[test]
+    fn route_default_ttl_only_where_the_origin_is_silent() {
+        let rules = EdgeRules {
+            default_ttl: Some(Duration::from_secs(30)),
+            ..GRANTS
+        };
+        assert_eq!(ttl(&meta(&resp(200, &[]), false, &rules).unwrap()), 30);
+        assert_eq!(ttl(&meta(&resp(404, &[]), false, &rules).unwrap()), 30);
+        // Explicit freshness still wins; explicit refusals still refuse.
+        assert_eq!(
+            ttl(&meta(&resp(200, &[("Cache-Control", "max-age=5")]), false, &rules).unwrap()),
+            5
+        );
+        assert!(meta(&resp(200, &[("Cache-Control", "no-store")]), false, &rules).is_none());
+        assert!(meta(&resp(200, &[("Cache-Control", "private")]), false, &rules).is_none());
+        assert!(meta(&resp(302, &[]), false, &rules).is_none());
+        assert!(meta(&resp(200, &[]), true, &rules).is_none());
     }
 
     #[test]
@@ -278,7 +327,7 @@ mod tests {
                 (0, 0),
                 "{forbid}"
             );
-            let forced = StaleGrants {
+            let forced = EdgeRules {
                 force: true,
                 ..GRANTS
             };

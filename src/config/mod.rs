@@ -169,6 +169,8 @@ pub struct Route {
     pub cache: bool,
     /// How the query string enters the cache key.
     pub query: QueryKey,
+    /// Freshness for responses that carry no freshness information (no heuristics otherwise).
+    pub default_ttl: Option<Duration>,
 }
 
 /// How a route's query string enters the cache key (the origin always gets it unchanged).

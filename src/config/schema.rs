@@ -90,6 +90,7 @@ pub struct RawRoute {
     pub pool: Option<String>,
     pub cache: Option<bool>,
     pub query: Option<String>,
+    pub default_ttl: Option<String>,
 }
 
 /// `[[pool]]`

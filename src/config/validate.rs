@@ -587,11 +587,19 @@ fn validate_sites(
                         QueryKey::Keep
                     }
                 };
+                let default_ttl = r.default_ttl.as_ref().map(|_| {
+                    e.duration(
+                        &format!("{rat}.default_ttl"),
+                        &r.default_ttl,
+                        Duration::ZERO,
+                    )
+                });
                 Route {
                     path,
                     pool: r.pool,
                     cache: r.cache.unwrap_or(true),
                     query,
+                    default_ttl: default_ttl.filter(|d| !d.is_zero()),
                 }
             })
             .collect();

@@ -35,6 +35,8 @@ pub struct RequestCtx {
     pub cache_on: bool,
     /// How the route's query string enters the cache key.
     pub query_key: crate::config::QueryKey,
+    /// The route's freshness for responses that carry none.
+    pub default_ttl: Option<std::time::Duration>,
     /// Whether the origin's response was cacheable and is being stored.
     pub cache_stored: bool,
     /// How the request used the cache, once the answer's headers are out.
@@ -59,6 +61,7 @@ impl RequestCtx {
             port: None,
             cache_on: false,
             query_key: crate::config::QueryKey::Keep,
+            default_ttl: None,
             cache_stored: false,
             cache_outcome: None,
         }

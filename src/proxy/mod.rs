@@ -105,6 +105,7 @@ impl ProxyHttp for Edge {
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
         ctx.query_key = route.query;
+        ctx.default_ttl = route.default_ttl;
         if req.method.as_str() == "PURGE" {
             self.purge_method(session, ctx).await?;
             return Ok(true);
@@ -134,7 +135,8 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
         let cfg = &ctx.snapshot.config.cache;
-        let grants = cache::policy::StaleGrants {
+        let grants = cache::policy::EdgeRules {
+            default_ttl: ctx.default_ttl,
             while_revalidate: cfg.stale_while_revalidate,
             if_error: cfg.stale_if_error,
             force: ctx

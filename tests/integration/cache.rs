@@ -795,3 +795,21 @@ async fn route_query_modes_shape_the_key() {
     get(onair.http, "a", "/plain?b=2&a=1").await.unwrap();
     assert!(!is_hit(&onair, "a", "/plain?a=1&b=2").await);
 }
+
+#[tokio::test]
+async fn route_default_ttl_caches_what_the_origin_left_silent() {
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour::default());
+    let onair = Onair::start(Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[site.route]]\npath = \"/feeds/\"\ndefault_ttl = \"30s\"\n\
+         [[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        origin.addr
+    )))
+    .await;
+    get(onair.http, "a", "/feeds/rss").await.unwrap();
+    assert!(is_hit(&onair, "a", "/feeds/rss").await);
+    // Elsewhere, no heuristics: not stored.
+    get(onair.http, "a", "/other").await.unwrap();
+    assert!(!is_hit(&onair, "a", "/other").await);
+}

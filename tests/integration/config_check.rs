@@ -179,7 +179,8 @@ fn reference_config_documents_every_key() {
         "purge_from", // [cache]
         "force_stale_if_error",
         "cache",
-        "query", // [[site]], [[site.route]]
+        "query",
+        "default_ttl", // [[site]], [[site.route]]
         "name",
         "hosts",
         "pool",
