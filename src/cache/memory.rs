@@ -109,9 +109,31 @@ impl Entry {
     }
 }
 
+/// Hashes a cache key by taking 8 of its bytes: the key is already a Blake2 digest, uniformly
+/// spread and not choosable by a client, so SipHash over it (moka's default) is wasted work
+/// (5 % of a 10k-URL hit in the profile).
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+type DigestState = std::hash::BuildHasherDefault<DigestHasher>;
+
 /// The memory tier.
 pub struct MemoryStore {
-    entries: moka::sync::Cache<HashBinary, Arc<Entry>>,
+    entries: moka::sync::Cache<HashBinary, Arc<Entry>, DigestState>,
     /// Largest body this tier stores; larger fills are abandoned (they stream through).
     max_object: usize,
 }
@@ -123,7 +145,7 @@ impl MemoryStore {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|_, e: &Arc<Entry>| e.weight())
-                .build(),
+                .build_with_hasher(DigestState::default()),
             max_object,
         }
     }
