@@ -37,7 +37,10 @@ pub fn run() -> Result<(), StartError> {
         .map_err(|e| StartError::Io(format!("cannot write {}: {e}", config_path.display())))?;
     let config = Config::load(&config_path, &Overrides::default())?;
     print_tour(&dir, &token, primary, backup);
-    server::serve(config, Some(config_path), Overrides::default(), false)
+    let served = server::serve(config, Some(config_path), Overrides::default(), false);
+    // The demo's scratch directory (config, token, cache, logs) goes with it.
+    let _ = std::fs::remove_dir_all(&dir);
+    served
 }
 
 /// Runs both origins and the control endpoint on their own runtime thread; returns the
