@@ -271,7 +271,12 @@ impl DiskStore {
     /// Removes an object's file and index entry. Blocking.
     pub fn remove(&self, key: &HashBinary) -> bool {
         let indexed = self.lock().remove(key);
-        let removed = fs::remove_file(self.path_of(key)).is_ok();
+        let path = self.path_of(key);
+        let removed = fs::remove_file(&path).is_ok();
+        if removed {
+            // A purge must stay done after a power cut, not only after a clean restart.
+            sync_dir(&path);
+        }
         indexed || removed
     }
 
@@ -356,6 +361,7 @@ impl DiskStore {
             fs::create_dir_all(dir).map_err(io_err("cannot create a cache directory"))?;
         }
         fs::rename(&w.tmp, &path).map_err(io_err("cannot publish a cache file"))?;
+        sync_dir(&path);
         w.done = true;
         let size = HEAD_LEN as u64 + w.meta_len + w.body_len;
         self.lock().insert(
@@ -517,7 +523,8 @@ fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadErro
     if lens.iter().any(|l| *l > MAX_META) {
         return Err(ReadError::Corrupt("metadata too large"));
     }
-    if HEAD_LEN as u64 + meta_len + body_len != file_len {
+    let expected = (HEAD_LEN as u64 + meta_len).checked_add(body_len);
+    if expected != Some(file_len) {
         return Err(ReadError::Corrupt("truncated or padded"));
     }
     let mut section = vec![0u8; meta_len as usize];
@@ -548,6 +555,15 @@ fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadErro
         body_crc,
     };
     Ok((head, file))
+}
+
+/// Makes a rename or removal in `path`'s directory durable.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
 }
 
 /// Reads a whole body and checks it. Blocking.

@@ -215,6 +215,11 @@ impl MemoryStore {
         self.entries.insert(key, entry);
     }
 
+    /// Drops one object (every caller that replaces or abandons a version).
+    pub fn remove(&self, key: &HashBinary) {
+        self.entries.invalidate(key);
+    }
+
     /// Largest body this tier stores.
     pub fn max_object(&self) -> usize {
         self.max_object

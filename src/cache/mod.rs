@@ -66,7 +66,10 @@ impl EdgeCache {
                 settings.max_object,
             ))),
             lock: Box::leak(lock),
-            predictor: Box::leak(Box::new(Predictor::new(PREDICTOR_SHARD_CAPACITY, None))),
+            predictor: Box::leak(Box::new(Predictor::new(
+                PREDICTOR_SHARD_CAPACITY,
+                Some(policy::transient_refusal),
+            ))),
             max_object,
         })
     }
@@ -210,12 +213,23 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         return None;
     }
     let mut builder = VarianceBuilder::new();
-    for name in &names {
-        let sent = req
-            .headers
-            .get(name.as_str())
-            .map_or(&b""[..], |v| v.as_bytes());
-        builder.add_value(name, sent);
+    let values: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| {
+            // Every line of the header, as the origin saw them: a second line must not be able
+            // to hide behind the first's variant.
+            let mut joined = Vec::new();
+            for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            joined
+        })
+        .collect();
+    for (name, value) in names.iter().zip(&values) {
+        builder.add_value(name, value);
     }
     builder.finalize()
 }

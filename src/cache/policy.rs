@@ -49,12 +49,25 @@ pub fn decide(
     grants: &EdgeRules,
 ) -> RespCacheable {
     let uncacheable = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    // Refusals that say nothing about the URL's other responses carry reasons the predictor
+    // does not remember (see [`transient_refusal`]): one 503, one cookie or one request with
+    // Authorization must not make every later request for the URL skip the cache.
+    let transient = |why| RespCacheable::Uncacheable(NoCacheReason::Custom(why));
     let status = resp.status.as_u16();
-    if status >= 500 || status == 206 || resp.status.is_informational() {
-        return uncacheable;
+    if status >= 500 {
+        return RespCacheable::Uncacheable(NoCacheReason::UpstreamError);
     }
-    if resp.headers.contains_key(http::header::SET_COOKIE) || vary_star(resp) {
-        return uncacheable;
+    if status == 206 || resp.status.is_informational() {
+        return transient("partial");
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) {
+        return transient("set-cookie");
+    }
+    if vary_star(resp) {
+        return transient("vary-star");
+    }
+    if authorization && !edge_directives(resp).is_some_and(|c| c.allow_caching_authorized_req()) {
+        return transient("authorization");
     }
     let cc = edge_directives(resp);
     let explicit = calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_HEURISTICS);
@@ -109,6 +122,14 @@ fn default_freshness(
         return None;
     }
     now.checked_add(ttl)
+}
+
+/// The predictor's filter: refusals with these reasons are not remembered for the URL.
+pub fn transient_refusal(reason: &'static str) -> bool {
+    matches!(
+        reason,
+        "partial" | "set-cookie" | "vary-star" | "authorization"
+    )
 }
 
 fn vary_star(resp: &ResponseHeader) -> bool {

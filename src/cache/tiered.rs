@@ -142,7 +142,9 @@ impl Storage for TieredStore {
             }
         };
         Ok(Box::new(TieredMiss {
+            key: key.combined_bin(),
             memory,
+            memory_store: self.memory,
             disk,
             store: self.disk.clone(),
             max_object: self.max_object,
@@ -205,7 +207,9 @@ impl Storage for TieredStore {
 
 /// A fill going to both tiers.
 struct TieredMiss {
+    key: HashBinary,
     memory: Option<MissHandler>,
+    memory_store: &'static MemoryStore,
     disk: Option<DiskWrite>,
     store: Option<Arc<DiskStore>>,
     max_object: u64,
@@ -247,24 +251,47 @@ impl HandleMiss for TieredMiss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let TieredMiss {
+            key,
             memory,
+            memory_store,
             disk,
             store,
             ..
         } = *self;
         let mut size = None;
+        let mut in_memory = false;
         if let Some(m) = memory {
             if let Ok(MissFinishType::Created(n)) = m.finish().await {
                 size = Some(n);
+                in_memory = true;
             }
         }
-        if let (Some(w), Some(store)) = (disk, store) {
-            match tokio::task::spawn_blocking(move || store.commit(w))
-                .await
-                .map_err(blocking_failed)?
-            {
-                Ok(n) => size = size.or(Some(n as usize)),
-                Err(e) => tracing::warn!("disk cache fill not published: {e}"),
+        let mut on_disk = false;
+        if let Some(store) = &store {
+            if let Some(w) = disk {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.commit(w))
+                    .await
+                    .map_err(blocking_failed)?
+                {
+                    Ok(n) => {
+                        size = size.or(Some(n as usize));
+                        on_disk = true;
+                    }
+                    Err(e) => tracing::warn!("disk cache fill not published: {e}"),
+                }
+            }
+        }
+        // A tier that did not take the new version must not keep serving the old one: it would
+        // hide the new copy, or lend its body to the new headers on a later revalidation.
+        if size.is_some() {
+            if !in_memory {
+                memory_store.remove(&key);
+            }
+            if let (false, Some(store)) = (on_disk, store) {
+                tokio::task::spawn_blocking(move || store.remove(&key))
+                    .await
+                    .map_err(blocking_failed)?;
             }
         }
         match size {

@@ -170,6 +170,75 @@ async fn vary_keeps_variants_apart() {
 }
 
 #[tokio::test]
+async fn every_line_of_a_varied_header_selects_the_variant() {
+    let origin = Origin::start("o").await;
+    let vary = |body: &'static [u8]| Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Vary".into(), "Accept-Language".into()),
+        ],
+        body: Bytes::from_static(body),
+        ..Behaviour::default()
+    };
+    origin.set(vary(b"for vi + evil"));
+    let onair = Onair::start(site_with_api(&origin)).await;
+    // Two header lines: the variant is keyed on both, as the origin saw both.
+    let stream = tokio::net::TcpStream::connect(onair.http).await.unwrap();
+    let raw = "GET /v HTTP/1.1\r\nHost: a\r\nAccept-Language: vi\r\nAccept-Language: evil\r\nConnection: close\r\n\r\n";
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("for vi + evil"));
+    }
+    // A reader sending only the first line gets its own variant, not the attacker's.
+    origin.set(vary(b"for vi"));
+    let r = request(
+        onair.http,
+        "GET",
+        "a",
+        "/v",
+        &[("Accept-Language", "vi")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.text(), "for vi");
+}
+
+#[tokio::test]
+async fn one_error_does_not_turn_the_cache_off_for_a_url() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(site_with_api(&origin)).await;
+    // A 503 first, then the page is fine and cacheable: it must be cached at once.
+    origin.set(Behaviour {
+        status: 503,
+        ..Behaviour::default()
+    });
+    assert_eq!(get(onair.http, "a", "/flaky").await.unwrap().status, 503);
+    origin.set(cached("max-age=60"));
+    get(onair.http, "a", "/flaky").await.unwrap();
+    assert!(
+        is_hit(&onair, "a", "/flaky").await,
+        "a 503 made the URL uncacheable"
+    );
+    // Same after a response with a cookie.
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Set-Cookie".into(), "s=1".into()),
+        ],
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/cookie-once").await.unwrap();
+    origin.set(cached("max-age=60"));
+    get(onair.http, "a", "/cookie-once").await.unwrap();
+    assert!(is_hit(&onair, "a", "/cookie-once").await);
+}
+
+#[tokio::test]
 async fn concurrent_misses_make_one_origin_request() {
     let origin = Origin::start("o").await;
     origin.set(Behaviour {
@@ -233,7 +302,12 @@ async fn operator_window_applies_but_must_revalidate_is_respected() {
     let onair = Onair::start(site_with_api(&origin)).await;
     get(onair.http, "a", "/plain").await.unwrap();
     origin.set(cached("max-age=0, must-revalidate"));
-    get(onair.http, "a", "/strict").await.unwrap();
+    let r = get(onair.http, "a", "/strict").await.unwrap();
+    // It is stored (to revalidate), just never served stale.
+    assert_eq!(
+        r.header("cache-status"),
+        Some("edge-test; fwd=uri-miss; stored")
+    );
     origin.kill();
     let r = get(onair.http, "a", "/plain").await.unwrap();
     assert_eq!(r.status, 200);
@@ -762,6 +836,11 @@ async fn a_crash_during_fills_never_serves_a_broken_body() {
         }
     }
     eprintln!("{from_disk} of {OBJECTS} objects survived the crash on disk");
+    // The crash came after at least 10 fills reached the disk: some must be served from it.
+    assert!(
+        from_disk > 0,
+        "nothing survived the crash: the disk tier was not used"
+    );
 }
 
 #[tokio::test]
