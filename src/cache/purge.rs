@@ -36,6 +36,15 @@ impl Selector {
 /// `host[:port]/path?query` of an absolute URL, with the host normalized and the scheme's
 /// default port dropped, the way objects are stored.
 pub fn target_of_url(url: &str) -> Result<String, String> {
+    target_of_url_shaped(url, &|_, path| path.to_owned())
+}
+
+/// Like [`target_of_url`], with `shape(host, path_and_query)` giving the path and query as the
+/// cache key holds them (a route's `query = "sort" | "drop"`).
+pub fn target_of_url_shaped(
+    url: &str,
+    shape: &dyn Fn(&str, &str) -> String,
+) -> Result<String, String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let scheme = uri
         .scheme_str()
@@ -52,7 +61,7 @@ pub fn target_of_url(url: &str) -> Result<String, String> {
         normalize_host(authority.host()).ok_or_else(|| format!("{url:?} has an invalid host"))?;
     let port = authority.port_u16().filter(|p| *p != default_port);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    Ok(target(&host, port, path))
+    Ok(target(&host, port, &shape(&host, path)))
 }
 
 /// The stored form of a request target.
@@ -96,6 +105,15 @@ pub struct PurgeRequest {
 impl PurgeRequest {
     /// The selector this request means; exactly one of urls, prefix and tags must be given.
     pub fn selector(&self) -> Result<Selector, String> {
+        self.selector_shaped(&|_, path| path.to_owned())
+    }
+
+    /// The selector, with URLs shaped the way the cache key holds them (see
+    /// [`target_of_url_shaped`]).
+    pub fn selector_shaped(
+        &self,
+        shape: &dyn Fn(&str, &str) -> String,
+    ) -> Result<Selector, String> {
         let given = usize::from(!self.urls.is_empty())
             + usize::from(self.prefix.is_some())
             + usize::from(!self.tags.is_empty());
@@ -109,7 +127,7 @@ impl PurgeRequest {
             let urls = self
                 .urls
                 .iter()
-                .map(|u| target_of_url(u))
+                .map(|u| target_of_url_shaped(u, shape))
                 .collect::<Result<_, _>>()?;
             return Ok(Selector::Urls(urls));
         }

@@ -870,6 +870,10 @@ async fn route_query_modes_shape_the_key() {
         .find(|h| h[":path"].starts_with("/dropped/"))
         .unwrap();
     assert_eq!(seen[":path"], "/dropped/x?utm_source=mail");
+    // An admin purge by URL follows the route's query mode too.
+    let out = purge(&onair, r#"{"urls": ["http://a/sorted/x?b=2&a=1"]}"#).await;
+    assert_eq!(out["purged"], 1);
+    assert!(!is_hit(&onair, "a", "/sorted/x?a=1&b=2").await);
     // Default: the query as sent is part of the key.
     get(onair.http, "a", "/plain?b=2&a=1").await.unwrap();
     assert!(!is_hit(&onair, "a", "/plain?a=1&b=2").await);
