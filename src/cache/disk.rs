@@ -60,6 +60,10 @@ pub struct Head {
 
 #[derive(Default)]
 struct Index {
+    /// Whether the start-up scan has finished; until then the index is partial.
+    scanned: bool,
+    /// Keys removed while the scan runs, so that the scan does not index them again.
+    removed_during_scan: std::collections::HashSet<HashBinary>,
     objects: HashMap<HashBinary, IndexEntry>,
     /// Access order: tick -> key; the first entry is the least recently used.
     lru: BTreeMap<u64, HashBinary>,
@@ -102,6 +106,9 @@ impl Index {
     }
 
     fn remove(&mut self, key: &HashBinary) -> bool {
+        if !self.scanned {
+            self.removed_during_scan.insert(*key);
+        }
         match self.objects.remove(key) {
             Some(e) => {
                 self.lru.remove(&e.tick);
@@ -118,8 +125,13 @@ pub struct DiskStore {
     root: PathBuf,
     capacity: u64,
     index: Mutex<Index>,
+    /// Signalled when the start-up scan finishes (purges wait for a complete index).
+    scan_done: std::sync::Condvar,
     seq: AtomicU64,
 }
+
+/// How long a purge waits for the start-up scan before purging what is indexed so far.
+const PURGE_WAITS_FOR_SCAN: Duration = Duration::from_secs(120);
 
 fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Box<Error> {
     move |e| Error::because(ErrorType::InternalError, context, e)
@@ -137,6 +149,7 @@ impl DiskStore {
             root: root.to_path_buf(),
             capacity,
             index: Mutex::new(Index::default()),
+            scan_done: std::sync::Condvar::new(),
             seq: AtomicU64::new(0),
         });
         let scanner = store.clone();
@@ -161,6 +174,7 @@ impl DiskStore {
             root: root.to_path_buf(),
             capacity,
             index: Mutex::new(Index::default()),
+            scan_done: std::sync::Condvar::new(),
             seq: AtomicU64::new(0),
         };
         store.scan();
@@ -238,12 +252,16 @@ impl DiskStore {
         let n = found.len();
         let mut index = self.lock();
         for (_, key, size, target, tags) in found {
-            // A fill that finished while we scanned is already indexed, and newer.
-            if !index.objects.contains_key(&key) {
+            // A fill that finished while we scanned is already indexed, and newer; an object
+            // purged or evicted while we scanned stays gone.
+            if !index.objects.contains_key(&key) && !index.removed_during_scan.contains(&key) {
                 index.insert(key, size, target, tags);
             }
         }
+        index.scanned = true;
+        index.removed_during_scan = Default::default();
         drop(index);
+        self.scan_done.notify_all();
         self.evict();
         n
     }
@@ -403,6 +421,7 @@ impl DiskStore {
 
     /// Removes (or marks stale) every indexed object the selector matches. Blocking.
     pub fn purge_matching(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
+        self.wait_for_scan();
         let keys: Vec<HashBinary> = self
             .lock()
             .objects
@@ -430,6 +449,18 @@ impl DiskStore {
             }
         }
         keys
+    }
+
+    /// Blocks until the start-up scan has indexed every file (bounded), so that a purge right
+    /// after a restart also finds objects the scan had not reached yet.
+    fn wait_for_scan(&self) {
+        let index = self.lock();
+        let waited = self
+            .scan_done
+            .wait_timeout_while(index, PURGE_WAITS_FOR_SCAN, |i| !i.scanned);
+        if waited.is_ok_and(|(_, timeout)| timeout.timed_out()) {
+            tracing::warn!("purging before the disk cache index scan finished");
+        }
     }
 
     fn evict(&self) {
@@ -704,6 +735,24 @@ mod tests {
             "the least recently used object stays"
         );
         assert!(store.load(&[10; 16]).is_some());
+    }
+
+    #[test]
+    fn a_purge_right_after_a_restart_sees_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), u64::MAX).unwrap();
+        for i in 0..2000u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            fill(&store, key, b"x");
+        }
+        drop(store);
+        // The background scan is just starting; the purge must still reach every file.
+        let store = DiskStore::open(dir.path(), u64::MAX).unwrap();
+        let purged = store.purge_matching(&Selector::Tags(["news".to_owned()].into()), false);
+        assert_eq!(purged.len(), 2000);
+        let again = DiskStore::open_blocking(dir.path(), u64::MAX).unwrap();
+        assert_eq!(again.usage().0, 0, "purged files came back");
     }
 
     #[test]
