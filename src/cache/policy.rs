@@ -66,13 +66,16 @@ pub fn decide(
     if vary_star(resp) {
         return transient("vary-star");
     }
-    if authorization && !edge_directives(resp).is_some_and(|c| c.allow_caching_authorized_req()) {
+    let cc = edge_directives(resp);
+    if authorization
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
         return transient("authorization");
     }
-    let cc = edge_directives(resp);
     let explicit = calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_HEURISTICS);
-    let Some(fresh_until) =
-        explicit.or_else(|| default_freshness(cc.as_ref(), resp, authorization, now, grants))
+    let Some(fresh_until) = explicit.or_else(|| default_freshness(cc.as_ref(), resp, now, grants))
     else {
         return uncacheable;
     };
@@ -103,11 +106,10 @@ pub fn decide(
 const HEURISTIC_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
 
 /// Freshness from the route's `default_ttl`, for a response that names none but does not
-/// forbid storing either.
+/// forbid storing either (requests with Authorization were already refused by `decide`).
 fn default_freshness(
     cc: Option<&CacheControl>,
     resp: &ResponseHeader,
-    authorization: bool,
     now: SystemTime,
     rules: &EdgeRules,
 ) -> Option<SystemTime> {
@@ -116,9 +118,6 @@ fn default_freshness(
         return None;
     }
     if cc.is_some_and(|c| c.is_cacheable() == Cacheable::No) {
-        return None;
-    }
-    if authorization && !cc.is_some_and(|c| c.allow_caching_authorized_req()) {
         return None;
     }
     now.checked_add(ttl)
