@@ -59,7 +59,7 @@ fn disk_restart(objects: u64) {
                 vec!["news".into()],
             )
             .unwrap();
-        w.append(&body).unwrap();
+        store.append(&mut w, &body).unwrap();
         store.commit(w).unwrap();
     }
     let fill = started.elapsed();
@@ -83,6 +83,7 @@ fn memory_overhead(objects: u64) {
     for i in 0..objects {
         let body = Bytes::from(vec![b'x'; 1024]);
         store.insert(
+            store.ticket(),
             key(i),
             &m,
             body,

@@ -60,6 +60,8 @@ pub struct Metrics {
     config_version: IntGauge,
     cache_size: IntGaugeVec,
     cache_objects: IntGaugeVec,
+    cache_evictions: IntCounterVec,
+    cache_admissions_paused: IntGaugeVec,
     stale_served: IntCounterVec,
     coalesced: IntCounter,
     purged: IntCounter,
@@ -166,6 +168,18 @@ impl Metrics {
                 "Objects held by each cache tier.",
                 &["tier"],
             ),
+            cache_evictions: counter(
+                "onair_cache_evictions_total",
+                "Objects evicted from each cache tier to stay within its capacity (an object \
+                 evicted from memory stays on disk).",
+                &["tier"],
+            ),
+            cache_admissions_paused: gauge(
+                "onair_cache_admissions_paused",
+                "1 while a cache tier stores no new objects (disk: the filesystem reported \
+                 itself full); stored objects are still served.",
+                &["tier"],
+            ),
             stale_served: counter(
                 "onair_stale_served_total",
                 "Stale copies served, by reason (stale-while-revalidate, stale-if-error).",
@@ -189,6 +203,18 @@ impl Metrics {
         self.cache_objects
             .with_label_values(&[tier])
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// `n` objects left a tier to make room.
+    pub fn cache_evicted(&self, tier: &str, n: u64) {
+        self.cache_evictions.with_label_values(&[tier]).inc_by(n);
+    }
+
+    /// Whether a tier admits new objects.
+    pub fn cache_admissions(&self, tier: &str, paused: bool) {
+        self.cache_admissions_paused
+            .with_label_values(&[tier])
+            .set(i64::from(paused));
     }
 
     /// A stale copy was served; `reason` is `stale-while-revalidate` or `stale-if-error`.

@@ -208,6 +208,10 @@ impl BackgroundService for CacheMaintenance {
                     if let Some(disk) = &self.cache.store.disk {
                         let (objects, bytes) = disk.usage();
                         crate::metrics::METRICS.cache_tier("disk", bytes, objects);
+                        crate::metrics::METRICS.cache_admissions(
+                            "disk",
+                            disk.admissions_paused(std::time::Instant::now()),
+                        );
                     }
                 }
             }

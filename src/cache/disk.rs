@@ -17,8 +17,11 @@
 //! - The index (sizes, LRU order, targets and tags for purges) is rebuilt by a background scan
 //!   at start; lookups go straight to the file named by the key, so they work before the scan
 //!   ends and across processes sharing the directory.
-//! - Capacity: least recently used objects are removed past `cache.disk`. A write error (disk
-//!   full) abandons that fill; serving goes on.
+//! - Capacity: least recently used objects are removed past `cache.disk`. A write error abandons
+//!   that fill; a full filesystem (ENOSPC, EDQUOT, EFBIG) also pauses admissions for
+//!   [`FULL_PAUSE`], so that a full disk costs no temp-file churn per request. Serving goes on.
+//! - Publishing (rename + index) happens under the cache's [`PurgeFence`]: a purge recorded after
+//!   a fill or rewrite started refuses its publish.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -27,13 +30,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::{Error, ErrorType, Result};
 
+use super::fence::{PurgeFence, Ticket};
 use super::purge::Selector;
 
 const MAGIC: &[u8; 8] = b"ONAIRC01";
@@ -46,6 +50,8 @@ const MAX_META: u32 = 4 << 20;
 const CHUNK: usize = 256 << 10;
 /// Temp files older than this belong to no live fill (a crashed process's).
 const STALE_TMP: Duration = Duration::from_secs(3600);
+/// How long admissions stop after the filesystem reported itself full.
+pub const FULL_PAUSE: Duration = Duration::from_secs(30);
 
 /// What a file's head and metadata say.
 pub struct Head {
@@ -128,6 +134,9 @@ pub struct DiskStore {
     /// Signalled when the start-up scan finishes (purges wait for a complete index).
     scan_done: std::sync::Condvar,
     seq: AtomicU64,
+    fence: Arc<PurgeFence>,
+    /// Until when admissions are paused because the filesystem is full.
+    full_until: Mutex<Option<Instant>>,
 }
 
 /// How long a purge waits for the start-up scan before purging what is indexed so far.
@@ -142,16 +151,26 @@ fn hex(key: &HashBinary) -> String {
 }
 
 impl DiskStore {
-    /// Opens (creating) the directory and starts the background index scan.
-    pub fn open(root: &Path, capacity: u64) -> std::io::Result<Arc<DiskStore>> {
+    fn new(root: &Path, capacity: u64, fence: Arc<PurgeFence>) -> std::io::Result<DiskStore> {
         fs::create_dir_all(root.join("tmp"))?;
-        let store = Arc::new(DiskStore {
+        Ok(DiskStore {
             root: root.to_path_buf(),
             capacity,
             index: Mutex::new(Index::default()),
             scan_done: std::sync::Condvar::new(),
             seq: AtomicU64::new(0),
-        });
+            fence,
+            full_until: Mutex::new(None),
+        })
+    }
+
+    /// Opens (creating) the directory and starts the background index scan.
+    pub fn open(
+        root: &Path,
+        capacity: u64,
+        fence: Arc<PurgeFence>,
+    ) -> std::io::Result<Arc<DiskStore>> {
+        let store = Arc::new(DiskStore::new(root, capacity, fence)?);
         let scanner = store.clone();
         std::thread::Builder::new()
             .name("onair-disk-scan".into())
@@ -169,14 +188,7 @@ impl DiskStore {
 
     /// Opens the directory and scans it in the calling thread (tests, benchmarks).
     pub fn open_blocking(root: &Path, capacity: u64) -> std::io::Result<DiskStore> {
-        fs::create_dir_all(root.join("tmp"))?;
-        let store = DiskStore {
-            root: root.to_path_buf(),
-            capacity,
-            index: Mutex::new(Index::default()),
-            scan_done: std::sync::Condvar::new(),
-            seq: AtomicU64::new(0),
-        };
+        let store = DiskStore::new(root, capacity, Arc::default())?;
         store.scan();
         Ok(store)
     }
@@ -311,6 +323,7 @@ impl DiskStore {
     }
 
     /// Starts a fill from metadata already serialized (`CacheMeta::serialize`). Blocking.
+    /// Refused at once while admissions are paused (a full filesystem).
     pub fn begin_serialized(
         &self,
         key: HashBinary,
@@ -319,12 +332,19 @@ impl DiskStore {
         target: String,
         tags: Vec<String>,
     ) -> Result<DiskWrite> {
+        if self.admissions_paused(Instant::now()) {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "disk cache full: admissions paused",
+            );
+        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
             .join("tmp")
             .join(format!("{}.{}.{seq}", hex(&key), std::process::id()));
-        let mut file = File::create(&tmp).map_err(io_err("cannot create a cache temp file"))?;
+        let file = File::create(&tmp)
+            .map_err(|e| self.write_failed(e, "cannot create a cache temp file"))?;
         let tags_joined = tags.join("\n");
         let mut section =
             Vec::with_capacity(internal.len() + header.len() + target.len() + tags_joined.len());
@@ -339,10 +359,9 @@ impl DiskStore {
             tags_joined.len(),
         ]
         .map(|l| l as u32);
-        file.write_all(&[0u8; HEAD_LEN])
-            .and_then(|_| file.write_all(&section))
-            .map_err(io_err("cannot write a cache temp file"))?;
-        Ok(DiskWrite {
+        // From here on the temp file is the DiskWrite's: an error below drops it, and its Drop
+        // removes the file.
+        let mut w = DiskWrite {
             key,
             tmp,
             file: Some(file),
@@ -353,12 +372,69 @@ impl DiskStore {
             meta_len: section.len() as u64,
             target,
             tags,
+            sealed: false,
             done: false,
-        })
+            ticket: Some(self.fence.open()),
+        };
+        w.write(&[0u8; HEAD_LEN])
+            .and_then(|_| w.write(&section))
+            .map_err(|e| self.write_failed(e, "cannot write a cache temp file"))?;
+        Ok(w)
     }
 
-    /// Publishes a finished fill: head, fsync, rename, index, eviction. Blocking.
-    pub fn commit(&self, mut w: DiskWrite) -> Result<u64> {
+    /// Appends body bytes to a fill. Blocking.
+    pub fn append(&self, w: &mut DiskWrite, data: &[u8]) -> Result<()> {
+        w.write(data)
+            .map_err(|e| self.write_failed(e, "cannot write a cache temp file"))?;
+        w.body_crc.update(data);
+        w.body_len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Whether admissions are paused at `now`; the first check past the pause resumes them.
+    pub fn admissions_paused(&self, now: Instant) -> bool {
+        let mut full = match self.full_until.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match *full {
+            Some(until) if now < until => true,
+            Some(_) => {
+                *full = None;
+                tracing::info!("disk cache admissions resume");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Turns a write error into the fill's error; a full filesystem also pauses admissions.
+    fn write_failed(&self, e: std::io::Error, context: &'static str) -> Box<Error> {
+        use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+        if matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge) {
+            self.pause_admissions(Instant::now());
+        }
+        Error::because(ErrorType::InternalError, context, e)
+    }
+
+    fn pause_admissions(&self, now: Instant) {
+        let mut full = match self.full_until.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if full.is_none() {
+            tracing::warn!(
+                pause_s = FULL_PAUSE.as_secs(),
+                dir = %self.root.display(),
+                "disk cache filesystem full: new objects are not stored on disk for a while; \
+                 stored ones are still served"
+            );
+        }
+        *full = Some(now + FULL_PAUSE);
+    }
+
+    /// Finishes a fill's file (head, fsync) so that publishing it is only a rename. Blocking.
+    pub fn seal(&self, w: &mut DiskWrite) -> Result<()> {
         let file = w
             .file
             .take()
@@ -371,39 +447,81 @@ impl DiskStore {
         head.extend_from_slice(&w.body_len.to_be_bytes());
         head.extend_from_slice(&w.meta_crc.to_be_bytes());
         head.extend_from_slice(&w.body_crc.clone().finalize().to_be_bytes());
+        let dir = self.path_of(&w.key);
         file.write_all_at(&head, 0)
             .and_then(|_| file.sync_all())
-            .map_err(io_err("cannot finish a cache file"))?;
-        let path = self.path_of(&w.key);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("cannot create a cache directory"))?;
-        }
-        fs::rename(&w.tmp, &path).map_err(io_err("cannot publish a cache file"))?;
-        sync_dir(&path);
-        w.done = true;
-        let size = HEAD_LEN as u64 + w.meta_len + w.body_len;
-        self.lock().insert(
-            w.key,
-            size,
-            std::mem::take(&mut w.target),
-            std::mem::take(&mut w.tags),
-        );
-        self.evict();
-        Ok(w.body_len)
+            .and_then(|_| dir.parent().map_or(Ok(()), fs::create_dir_all))
+            .map_err(|e| self.write_failed(e, "cannot finish a cache file"))?;
+        w.sealed = true;
+        Ok(())
     }
 
-    /// Replaces an object's metadata (revalidation, soft purge), keeping its body. Blocking.
+    /// Publishes a sealed fill (rename, index) unless a purge since its start matches it;
+    /// returns the body size, or None when a purge refused it. Blocking but short: it runs
+    /// under the purge fence. Call [`DiskStore::settle`] after.
+    pub fn publish(&self, mut w: DiskWrite) -> Result<Option<u64>> {
+        if !w.sealed {
+            return Error::e_explain(ErrorType::InternalError, "fill not sealed");
+        }
+        let target = std::mem::take(&mut w.target);
+        let tags = std::mem::take(&mut w.tags);
+        let key = w.key;
+        let published = match w.ticket.take() {
+            Some(ticket) => self.fence.publish(&ticket, &key, &target, &tags, || {
+                self.publish_now(&mut w, &target, &tags)
+            }),
+            None => Some(self.publish_now(&mut w, &target, &tags)),
+        };
+        match published {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => Ok(Some(w.body_len)),
+        }
+    }
+
+    fn publish_now(&self, w: &mut DiskWrite, target: &str, tags: &[String]) -> Result<()> {
+        let path = self.path_of(&w.key);
+        fs::rename(&w.tmp, &path).map_err(io_err("cannot publish a cache file"))?;
+        w.done = true;
+        let size = HEAD_LEN as u64 + w.meta_len + w.body_len;
+        self.lock()
+            .insert(w.key, size, target.to_owned(), tags.to_vec());
+        Ok(())
+    }
+
+    /// After a publish: makes the rename durable and evicts past capacity. Blocking.
+    pub fn settle(&self, key: &HashBinary) {
+        sync_dir(&self.path_of(key));
+        self.evict();
+    }
+
+    /// Seals, publishes and settles a fill. Blocking.
+    pub fn commit(&self, mut w: DiskWrite) -> Result<Option<u64>> {
+        let key = w.key;
+        self.seal(&mut w)?;
+        let published = self.publish(w)?;
+        if published.is_some() {
+            self.settle(&key);
+        }
+        Ok(published)
+    }
+
+    /// Replaces an object's metadata (revalidation, soft purge), keeping its body; returns
+    /// whether the object was there and the new copy was published. Blocking.
     pub fn rewrite_meta(
         &self,
         key: &HashBinary,
         change: impl FnOnce(&mut CacheMeta),
     ) -> Result<bool> {
+        // Opened before the read, so that a purge landing while the body is copied wins.
+        let ticket = self.fence.open();
         let Some((head, mut file)) = self.load(key) else {
             return Ok(false);
         };
         let mut meta = CacheMeta::deserialize(&head.internal, &head.header)?;
         change(&mut meta);
         let mut w = self.begin(*key, &meta, head.target, head.tags)?;
+        w.ticket = Some(ticket);
         file.seek(SeekFrom::Start(head.body_offset))
             .map_err(io_err("cannot read a cache file"))?;
         let mut left = head.body_len;
@@ -412,14 +530,14 @@ impl DiskStore {
             let n = (left as usize).min(CHUNK);
             file.read_exact(&mut buf[..n])
                 .map_err(io_err("cannot read a cache file"))?;
-            w.append(&buf[..n])?;
+            self.append(&mut w, &buf[..n])?;
             left -= n as u64;
         }
-        self.commit(w)?;
-        Ok(true)
+        Ok(self.commit(w)?.is_some())
     }
 
-    /// Removes (or marks stale) every indexed object the selector matches. Blocking.
+    /// Removes (or marks stale) every indexed object the selector matches. Blocking. The
+    /// caller records the purge in the fence first.
     pub fn purge_matching(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
         self.wait_for_scan();
         let keys: Vec<HashBinary> = self
@@ -432,16 +550,8 @@ impl DiskStore {
         let stale_at = SystemTime::now() - Duration::from_secs(1);
         for key in &keys {
             if soft {
-                let result = self.rewrite_meta(key, |m| {
-                    if m.is_fresh(stale_at) {
-                        m.update_freshness(
-                            stale_at,
-                            m.stale_while_revalidate_sec(),
-                            m.stale_if_error_sec(),
-                        );
-                    }
-                });
-                if result.is_err() {
+                // `expire_at` keeps `updated`, so Age still counts from when it was stored.
+                if self.rewrite_meta(key, |m| m.expire_at(stale_at)).is_err() {
                     self.remove(key);
                 }
             } else {
@@ -464,14 +574,15 @@ impl DiskStore {
     }
 
     fn evict(&self) {
+        let mut evicted = 0;
         loop {
             let victim = {
                 let mut index = self.lock();
                 if index.total <= self.capacity {
-                    return;
+                    break;
                 }
                 let Some((_, key)) = index.lru.pop_first() else {
-                    return;
+                    break;
                 };
                 if let Some(e) = index.objects.remove(&key) {
                     index.total -= e.size;
@@ -479,6 +590,10 @@ impl DiskStore {
                 key
             };
             let _ = fs::remove_file(self.path_of(&victim));
+            evicted += 1;
+        }
+        if evicted > 0 {
+            crate::metrics::METRICS.cache_evicted("disk", evicted);
         }
     }
 }
@@ -495,21 +610,20 @@ pub struct DiskWrite {
     meta_len: u64,
     target: String,
     tags: Vec<String>,
+    /// Head written and fsynced: ready to publish.
+    sealed: bool,
+    /// Published (renamed into place): the temp file is gone.
     done: bool,
+    /// Taken when the fill (or rewrite) started; a purge recorded since refuses the publish.
+    ticket: Option<Ticket>,
 }
 
 impl DiskWrite {
-    /// Appends body bytes. Blocking.
-    pub fn append(&mut self, data: &[u8]) -> Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill already finished"))?;
-        file.write_all(data)
-            .map_err(io_err("cannot write a cache temp file"))?;
-        self.body_crc.update(data);
-        self.body_len += data.len() as u64;
-        Ok(())
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.write_all(data),
+            None => Err(std::io::Error::other("fill already sealed")),
+        }
     }
 
     /// Body bytes written so far.
@@ -619,6 +733,7 @@ fn parse_hex(name: &str) -> Option<HashBinary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fence::Purged;
     use pingora::http::ResponseHeader;
 
     fn meta() -> CacheMeta {
@@ -638,7 +753,7 @@ mod tests {
             )
             .unwrap();
         for chunk in body.chunks(1000) {
-            w.append(chunk).unwrap();
+            store.append(&mut w, chunk).unwrap();
         }
         store.commit(w).unwrap();
     }
@@ -673,7 +788,7 @@ mod tests {
         let mut w = store
             .begin([2; 16], &meta(), "a.vn/2".into(), vec![])
             .unwrap();
-        w.append(b"partial").unwrap();
+        store.append(&mut w, b"partial").unwrap();
         drop(w);
         assert!(store.load(&[2; 16]).is_none());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -748,11 +863,72 @@ mod tests {
         }
         drop(store);
         // The background scan is just starting; the purge must still reach every file.
-        let store = DiskStore::open(dir.path(), u64::MAX).unwrap();
+        let store = DiskStore::open(dir.path(), u64::MAX, Arc::default()).unwrap();
         let purged = store.purge_matching(&Selector::Tags(["news".to_owned()].into()), false);
         assert_eq!(purged.len(), 2000);
         let again = DiskStore::open_blocking(dir.path(), u64::MAX).unwrap();
         assert_eq!(again.usage().0, 0, "purged files came back");
+    }
+
+    #[test]
+    fn a_full_filesystem_pauses_admissions_and_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        fill(&store, [20; 16], b"stored before the disk filled up");
+        // The next temp file is really /dev/full: its writes fail with ENOSPC.
+        let seq = store.seq.load(Ordering::Relaxed);
+        let tmp = dir.path().join("tmp");
+        let name = format!("{}.{}.{seq}", hex(&[21; 16]), std::process::id());
+        std::os::unix::fs::symlink("/dev/full", tmp.join(&name)).unwrap();
+        let err = store.begin([21; 16], &meta(), "a.vn/21".into(), vec![]);
+        assert!(err.is_err());
+        // Paused: the next fill is refused without touching the filesystem.
+        let err = store
+            .begin([22; 16], &meta(), "a.vn/22".into(), vec![])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("admissions paused"), "{err}");
+        let leftovers: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // Serving goes on.
+        assert_eq!(
+            body_of(&store, &[20; 16]).unwrap(),
+            b"stored before the disk filled up"
+        );
+        // After the pause, admissions resume.
+        assert!(store.admissions_paused(Instant::now()));
+        assert!(!store.admissions_paused(Instant::now() + FULL_PAUSE));
+        fill(&store, [22; 16], b"space again");
+        assert_eq!(body_of(&store, &[22; 16]).unwrap(), b"space again");
+    }
+
+    #[test]
+    fn a_purge_wins_against_fills_and_rewrites_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Arc::new(PurgeFence::default());
+        let store = DiskStore::new(dir.path(), 1 << 20, fence.clone()).unwrap();
+        store.scan();
+        // A fill that started before a purge of its tag.
+        let mut w = store
+            .begin([30; 16], &meta(), "a.vn/30".into(), vec!["news".into()])
+            .unwrap();
+        store.append(&mut w, b"fetched before the purge").unwrap();
+        fence.record(Purged::Matching(Selector::Tags(["news".to_owned()].into())));
+        assert_eq!(store.commit(w).unwrap(), None, "the purge refuses it");
+        assert!(store.load(&[30; 16]).is_none());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // A revalidation copying the body while a hard purge removes the object.
+        fill(&store, [31; 16], b"old body");
+        let rewritten = store
+            .rewrite_meta(&[31; 16], |_| {
+                fence.record(Purged::Key([31; 16]));
+                store.remove(&[31; 16]);
+            })
+            .unwrap();
+        assert!(!rewritten);
+        assert!(store.load(&[31; 16]).is_none(), "the purge was undone");
+        let again = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        assert_eq!(again.usage().0, 0);
     }
 
     #[test]
@@ -761,11 +937,17 @@ mod tests {
         let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
         fill(&store, [11; 16], b"one");
         fill(&store, [12; 16], b"two");
+        let purged_at = SystemTime::now();
         let soft = store.purge_matching(&Selector::Prefix("a.vn/11".into()), true);
         assert_eq!(soft, vec![[11; 16]]);
         let (head, _) = store.load(&[11; 16]).unwrap();
         let m = CacheMeta::deserialize(&head.internal, &head.header).unwrap();
         assert!(!m.is_fresh(SystemTime::now()));
+        assert!(
+            m.serve_stale_if_error(SystemTime::now()),
+            "still good for stale-if-error"
+        );
+        assert!(m.updated() < purged_at, "Age still counts from the fill");
         assert_eq!(body_of(&store, &[11; 16]).unwrap(), b"one");
         let hard = store.purge_matching(&Selector::Tags(["news".to_owned()].into()), false);
         assert_eq!(hard.len(), 2);

@@ -11,6 +11,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::fence::{PurgeFence, Ticket};
 use super::key::target_of_key;
 use super::purge::{tags_of, Selector};
 
@@ -136,18 +137,46 @@ pub struct MemoryStore {
     entries: moka::sync::Cache<HashBinary, Arc<Entry>, DigestState>,
     /// Largest body this tier stores; larger fills are abandoned (they stream through).
     max_object: usize,
+    /// Shared with the other tiers: a purge refuses fills and rewrites already in flight.
+    fence: Arc<PurgeFence>,
 }
 
 impl MemoryStore {
     /// A store holding at most `capacity` bytes, objects up to `max_object` bytes each.
     pub fn new(capacity: u64, max_object: usize) -> Self {
+        Self::with_fence(capacity, max_object, Arc::default())
+    }
+
+    /// As [`MemoryStore::new`], sharing the purge fence of the other tiers.
+    pub fn with_fence(capacity: u64, max_object: usize, fence: Arc<PurgeFence>) -> Self {
         MemoryStore {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|_, e: &Arc<Entry>| e.weight())
+                .eviction_listener(|_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        crate::metrics::METRICS.cache_evicted("memory", 1);
+                    }
+                })
                 .build_with_hasher(DigestState::default()),
             max_object,
+            fence,
         }
+    }
+
+    /// Starts something that will store an object later (a promotion from a lower tier).
+    pub fn ticket(&self) -> Ticket {
+        self.fence.open()
+    }
+
+    /// Inserts unless a purge since `ticket` matches the entry.
+    fn insert_fenced(&self, ticket: &Ticket, key: HashBinary, entry: Arc<Entry>) -> bool {
+        let (target, tags) = (entry.target.clone(), entry.tags.clone());
+        self.fence
+            .publish(ticket, &key, &target, &tags, || {
+                self.entries.insert(key, entry)
+            })
+            .is_some()
     }
 
     /// Objects stored now (approximate until moka runs its pending maintenance).
@@ -165,6 +194,8 @@ impl MemoryStore {
     pub fn purge_matching(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
         let now = SystemTime::now();
         let mut purged = Vec::new();
+        // A hard purge arriving while this soft one runs must not be undone by its re-inserts.
+        let ticket = self.ticket();
         for (key, entry) in self.entries.iter() {
             if !selector.matches(&entry.target, &entry.tags) {
                 continue;
@@ -177,15 +208,13 @@ impl MemoryStore {
                 if entry.meta.fresh_until > stale_at {
                     let mut meta = entry.meta.clone();
                     meta.fresh_until = stale_at;
-                    self.entries.insert(
-                        *key,
-                        Arc::new(Entry {
-                            meta,
-                            body: entry.body.clone(),
-                            target: entry.target.clone(),
-                            tags: entry.tags.clone(),
-                        }),
-                    );
+                    let replacement = Arc::new(Entry {
+                        meta,
+                        body: entry.body.clone(),
+                        target: entry.target.clone(),
+                        tags: entry.tags.clone(),
+                    });
+                    self.insert_fenced(&ticket, *key, replacement);
                 }
             } else {
                 self.entries.invalidate(&*key);
@@ -194,9 +223,11 @@ impl MemoryStore {
         purged
     }
 
-    /// Stores an object read from a lower tier (promotion of a disk hit).
+    /// Stores an object read from a lower tier (promotion of a disk hit) unless a purge since
+    /// `ticket` (taken before the lower tier was read) matches it.
     pub fn insert(
         &self,
+        ticket: Ticket,
         key: HashBinary,
         meta: &CacheMeta,
         body: Bytes,
@@ -212,7 +243,36 @@ impl MemoryStore {
             target,
             tags,
         });
-        self.entries.insert(key, entry);
+        self.insert_fenced(&ticket, key, entry);
+    }
+
+    /// Starts a fill of `key`; it becomes visible when [`MemoryFill::publish`] runs.
+    pub fn fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> MemoryFill {
+        MemoryFill {
+            store: self,
+            key: key.combined_bin(),
+            meta: StoredMeta::capture(meta),
+            body: BytesMut::new(),
+            target: target_of_key(key.primary_key()).unwrap_or_default(),
+            tags: tags_of(meta.response_header()),
+            ticket: self.ticket(),
+        }
+    }
+
+    /// Replaces an object's metadata after a revalidation, keeping its body; false when it is
+    /// not stored (evicted or purged meanwhile: nothing to update, not an error).
+    pub fn replace_meta(&self, hash: HashBinary, meta: &CacheMeta) -> bool {
+        let ticket = self.ticket();
+        let Some(old) = self.entries.get(&hash) else {
+            return false;
+        };
+        let entry = Arc::new(Entry {
+            meta: StoredMeta::capture(meta),
+            body: old.body.clone(),
+            target: old.target.clone(),
+            tags: tags_of(meta.response_header()),
+        });
+        self.insert_fenced(&ticket, hash, entry)
     }
 
     /// Drops one object (every caller that replaces or abandons a version).
@@ -251,14 +311,7 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(MemoryMiss {
-            store: self,
-            key: key.combined_bin(),
-            meta: StoredMeta::capture(meta),
-            body: BytesMut::new(),
-            target: target_of_key(key.primary_key()).unwrap_or_default(),
-            tags: tags_of(meta.response_header()),
-        }))
+        Ok(Box::new(self.fill(key, meta)))
     }
 
     async fn purge(
@@ -280,19 +333,7 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let hash = key.combined_bin();
-        let Some(old) = self.entries.get(&hash) else {
-            // Evicted between the revalidation and now: nothing to update, not an error.
-            return Ok(false);
-        };
-        let entry = Arc::new(Entry {
-            meta: StoredMeta::capture(meta),
-            body: old.body.clone(),
-            target: old.target.clone(),
-            tags: tags_of(meta.response_header()),
-        });
-        self.entries.insert(hash, entry);
-        Ok(true)
+        Ok(self.replace_meta(key.combined_bin(), meta))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
@@ -364,18 +405,19 @@ impl HandleHit for MemoryHit {
 }
 
 /// Collects a fill; publishes it on `finish`.
-struct MemoryMiss {
+pub struct MemoryFill {
     store: &'static MemoryStore,
     key: HashBinary,
     meta: StoredMeta,
     body: BytesMut,
     target: String,
     tags: Vec<String>,
+    ticket: Ticket,
 }
 
-#[async_trait]
-impl HandleMiss for MemoryMiss {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+impl MemoryFill {
+    /// Adds body bytes; fails (abandoning the fill) past the tier's `max_object`.
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
         if self.body.len() + data.len() > self.store.max_object {
             // Abandon the fill: the response still streams to the client, uncached.
             return Error::e_explain(
@@ -383,11 +425,13 @@ impl HandleMiss for MemoryMiss {
                 "object larger than cache.max_object",
             );
         }
-        self.body.extend_from_slice(&data);
+        self.body.extend_from_slice(data);
         Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+    /// Makes the object visible; returns its size, or None when a purge since the fill started
+    /// refused it.
+    pub fn publish(self) -> Option<usize> {
         let size = self.body.len();
         let entry = Arc::new(Entry {
             meta: self.meta,
@@ -395,14 +439,30 @@ impl HandleMiss for MemoryMiss {
             target: self.target,
             tags: self.tags,
         });
-        self.store.entries.insert(self.key, entry);
-        Ok(MissFinishType::Created(size))
+        self.store
+            .insert_fenced(&self.ticket, self.key, entry)
+            .then_some(size)
+    }
+}
+
+#[async_trait]
+impl HandleMiss for MemoryFill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.append(&data)
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        match self.publish() {
+            Some(size) => Ok(MissFinishType::Created(size)),
+            None => Error::e_explain(ErrorType::InternalError, "purged while it was filled"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fence::Purged;
 
     fn store() -> &'static MemoryStore {
         Box::leak(Box::new(MemoryStore::new(1 << 20, 64 << 10)))
@@ -460,6 +520,47 @@ mod tests {
             .unwrap();
         assert_eq!(out, PurgeOutcome::Purged(None));
         assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_purge_wins_against_fills_and_promotions_in_flight() {
+        let fence = Arc::new(PurgeFence::default());
+        let s: &'static MemoryStore = Box::leak(Box::new(MemoryStore::with_fence(
+            1 << 20,
+            64 << 10,
+            fence.clone(),
+        )));
+        let key = CacheKey::new("a.vn", "/story");
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("Surrogate-Key", "election").unwrap();
+        let now = SystemTime::now();
+        let tagged = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        // A fill that started before a purge of its tag is not stored.
+        let mut fill = s.fill(&key, &tagged);
+        fill.append(b"the old text").unwrap();
+        fence.record(Purged::Matching(Selector::Tags(
+            ["election".to_owned()].into(),
+        )));
+        s.purge_matching(&Selector::Tags(["election".to_owned()].into()), false);
+        assert_eq!(fill.publish(), None);
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        // A promotion read before a purge of its key is not stored either.
+        let ticket = s.ticket();
+        fence.record(Purged::Key(key.combined_bin()));
+        s.insert(
+            ticket,
+            key.combined_bin(),
+            &tagged,
+            Bytes::from_static(b"from disk"),
+            "a.vn/story".into(),
+            vec![],
+        );
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        // A fill that starts after the purge is.
+        let mut fill = s.fill(&key, &tagged);
+        fill.append(b"the correction").unwrap();
+        assert_eq!(fill.publish(), Some(14));
+        assert!(s.lookup(&key, &span()).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! follow reloads.
 
 pub mod disk;
+pub mod fence;
 pub mod key;
 pub mod memory;
 pub mod policy;
@@ -50,12 +51,14 @@ impl EdgeCache {
         let max_object = usize::try_from(settings.max_object).unwrap_or(usize::MAX);
         let lock: Box<CacheKeyLockImpl> =
             CacheLock::new_boxed(settings.lock_timeout.max(Duration::from_secs(1)));
-        let memory: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
+        let fence = std::sync::Arc::new(fence::PurgeFence::default());
+        let memory: &'static MemoryStore = Box::leak(Box::new(MemoryStore::with_fence(
             settings.memory,
             memory_max_object(settings),
+            fence.clone(),
         )));
         let disk = match &settings.disk_path {
-            Some(path) => Some(DiskStore::open(path, settings.disk)?),
+            Some(path) => Some(DiskStore::open(path, settings.disk, fence.clone())?),
             None => None,
         };
         Ok(EdgeCache {
@@ -64,6 +67,7 @@ impl EdgeCache {
                 memory,
                 disk,
                 settings.max_object,
+                fence,
             ))),
             lock: Box::leak(lock),
             predictor: Box::leak(Box::new(Predictor::new(
@@ -94,6 +98,10 @@ impl EdgeCache {
     /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier;
     /// returns how many.
     pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> usize {
+        // First, so that fills already in flight cannot put back what this purge removes.
+        self.store
+            .fence
+            .record(fence::Purged::Matching(selector.clone()));
         let mut keys: std::collections::HashSet<HashBinary> = self
             .memory
             .purge_matching(selector, soft)

@@ -2,7 +2,8 @@
 //!
 //! Lookups try memory, then disk; a disk hit small enough for memory is promoted into it. Fills
 //! go to both tiers as they stream; if one tier gives up (too large, disk full) the other still
-//! finishes. Purges and metadata updates reach both.
+//! finishes. Purges and metadata updates reach both, and go through the shared
+//! [`PurgeFence`] so that a purge also wins against fills and promotions already in flight.
 
 use std::any::Any;
 use std::fs::File;
@@ -21,8 +22,9 @@ use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 
 use super::disk::{self, DiskStore, DiskWrite, Head};
+use super::fence::{PurgeFence, Purged};
 use super::key::target_of_key;
-use super::memory::{MemoryHit, MemoryStore};
+use super::memory::{MemoryFill, MemoryHit, MemoryStore};
 use super::purge::tags_of;
 
 /// Memory in front of an optional disk.
@@ -30,6 +32,8 @@ pub struct TieredStore {
     pub memory: &'static MemoryStore,
     pub disk: Option<Arc<DiskStore>>,
     max_object: u64,
+    /// The fence both tiers were built with.
+    pub fence: Arc<PurgeFence>,
 }
 
 impl TieredStore {
@@ -37,13 +41,24 @@ impl TieredStore {
         memory: &'static MemoryStore,
         disk: Option<Arc<DiskStore>>,
         max_object: u64,
+        fence: Arc<PurgeFence>,
     ) -> Self {
         TieredStore {
             memory,
             disk,
             max_object,
+            fence,
         }
     }
+}
+
+/// How one tier's part of a fill ended.
+enum Filled {
+    Stored(usize),
+    /// A purge since the fill started refused it: the tier keeps what the purge left.
+    Refused,
+    /// Abandoned (too large, write error) or never started.
+    Failed,
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> Box<Error> {
@@ -69,6 +84,8 @@ impl Storage for TieredStore {
             return Ok(None);
         };
         let hash = key.combined_bin();
+        // Taken before the disk read: a purge landing meanwhile keeps the copy out of memory.
+        let ticket = self.memory.ticket();
         let loaded = tokio::task::spawn_blocking(move || {
             let (head, mut file) = disk.load(&hash)?;
             if head.body_len <= disk::VERIFY_WHOLE {
@@ -91,7 +108,7 @@ impl Storage for TieredStore {
             Some(Loaded::Whole(head, body)) => {
                 let meta = CacheMeta::deserialize(&head.internal, &head.header)?;
                 self.memory
-                    .insert(hash, &meta, body.clone(), head.target, head.tags);
+                    .insert(ticket, hash, &meta, body.clone(), head.target, head.tags);
                 Ok(Some((meta, Box::new(MemoryHit::new(body)))))
             }
             Some(Loaded::Stream(head, file)) => {
@@ -118,7 +135,8 @@ impl Storage for TieredStore {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let memory = self.memory.get_miss_handler(key, meta, trace).await.ok();
+        let _ = trace;
+        let memory = Some(self.memory.fill(key, meta));
         let disk = match &self.disk {
             None => None,
             Some(store) => {
@@ -158,6 +176,9 @@ impl Storage for TieredStore {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let hash = target.key().combined_bin();
+        if matches!(purge_type, PurgeType::Invalidation) {
+            self.fence.record(Purged::Key(hash));
+        }
         let memory = self.memory.purge(target, purge_type, trace).await?;
         // Evictions from memory only demote: the disk copy stays.
         let on_disk = match (&self.disk, purge_type) {
@@ -182,7 +203,8 @@ impl Storage for TieredStore {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<bool> {
-        let in_memory = self.memory.update_meta(key, meta, trace).await?;
+        let _ = trace;
+        let in_memory = self.memory.replace_meta(key.combined_bin(), meta);
         let Some(disk) = self.disk.clone() else {
             return Ok(in_memory);
         };
@@ -208,7 +230,7 @@ impl Storage for TieredStore {
 /// A fill going to both tiers.
 struct TieredMiss {
     key: HashBinary,
-    memory: Option<MissHandler>,
+    memory: Option<MemoryFill>,
     memory_store: &'static MemoryStore,
     disk: Option<DiskWrite>,
     store: Option<Arc<DiskStore>>,
@@ -218,18 +240,19 @@ struct TieredMiss {
 #[async_trait]
 impl HandleMiss for TieredMiss {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        let _ = eof;
         if let Some(m) = self.memory.as_mut() {
-            if m.write_body(data.clone(), eof).await.is_err() {
-                // Too large for memory (or failed): the disk copy may still finish.
+            if m.append(&data).is_err() {
+                // Too large for memory: the disk copy may still finish.
                 self.memory = None;
             }
         }
-        if let Some(mut w) = self.disk.take() {
+        if let (Some(mut w), Some(store)) = (self.disk.take(), self.store.clone()) {
             if w.body_len() + data.len() as u64 > self.max_object {
                 drop(w);
             } else {
                 let (w, result) = tokio::task::spawn_blocking(move || {
-                    let r = w.append(&data);
+                    let r = store.append(&mut w, &data);
                     (w, r)
                 })
                 .await
@@ -258,46 +281,52 @@ impl HandleMiss for TieredMiss {
             store,
             ..
         } = *self;
-        let mut size = None;
-        let mut in_memory = false;
-        if let Some(m) = memory {
-            if let Ok(MissFinishType::Created(n)) = m.finish().await {
-                size = Some(n);
-                in_memory = true;
-            }
-        }
-        let mut on_disk = false;
-        if let Some(store) = &store {
-            if let Some(w) = disk {
+        let in_memory = match memory.map(MemoryFill::publish) {
+            Some(Some(n)) => Filled::Stored(n),
+            Some(None) => Filled::Refused,
+            None => Filled::Failed,
+        };
+        let on_disk = match (&store, disk) {
+            (Some(store), Some(w)) => {
                 let store = store.clone();
                 match tokio::task::spawn_blocking(move || store.commit(w))
                     .await
                     .map_err(blocking_failed)?
                 {
-                    Ok(n) => {
-                        size = size.or(Some(n as usize));
-                        on_disk = true;
+                    Ok(Some(n)) => Filled::Stored(n as usize),
+                    Ok(None) => Filled::Refused,
+                    Err(e) => {
+                        tracing::warn!("disk cache fill not published: {e}");
+                        Filled::Failed
                     }
-                    Err(e) => tracing::warn!("disk cache fill not published: {e}"),
                 }
             }
-        }
-        // A tier that did not take the new version must not keep serving the old one: it would
-        // hide the new copy, or lend its body to the new headers on a later revalidation.
-        if size.is_some() {
-            if !in_memory {
-                memory_store.remove(&key);
+            _ => Filled::Failed,
+        };
+        let size = match (&in_memory, &on_disk) {
+            (Filled::Stored(n), _) | (_, Filled::Stored(n)) => *n,
+            (Filled::Refused, _) | (_, Filled::Refused) => {
+                return Error::e_explain(ErrorType::InternalError, "purged while it was filled")
             }
-            if let (false, Some(store)) = (on_disk, store) {
-                tokio::task::spawn_blocking(move || store.remove(&key))
-                    .await
-                    .map_err(blocking_failed)?;
+            _ => {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "no cache tier stored the object",
+                )
             }
+        };
+        // A tier that failed to take the new version must not keep serving the old one: it
+        // would hide the new copy, or lend its body to the new headers on a later revalidation.
+        // (A tier a purge refused keeps what the purge left: nothing, or a copy marked stale.)
+        if let Filled::Failed = in_memory {
+            memory_store.remove(&key);
         }
-        match size {
-            Some(n) => Ok(MissFinishType::Created(n)),
-            None => Error::e_explain(ErrorType::InternalError, "no cache tier stored the object"),
+        if let (Filled::Failed, Some(store)) = (on_disk, store) {
+            tokio::task::spawn_blocking(move || store.remove(&key))
+                .await
+                .map_err(blocking_failed)?;
         }
+        Ok(MissFinishType::Created(size))
     }
 }
 

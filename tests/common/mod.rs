@@ -49,6 +49,9 @@ pub struct Behaviour {
     /// When set, the body is this many bytes derived from the request path (see
     /// [`pattern_body`]), so every URL has its own content.
     pub pattern_bytes: Option<usize>,
+    /// When set, the origin sends the first half of `body`, then waits for a permit from this
+    /// gate before the second half: a test can act while a response is in flight.
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Behaviour {
@@ -79,6 +82,7 @@ impl Default for Behaviour {
             delay: Duration::ZERO,
             stream_bytes: None,
             pattern_bytes: None,
+            gate: None,
         }
     }
 }
@@ -248,6 +252,21 @@ async fn handle(
         resp = resp.header(k.as_str(), v.as_str());
     }
     let body: BoxBody = match b.stream_bytes {
+        None if b.gate.is_some() => {
+            let gate = b.gate.clone().unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let body = b.body.clone();
+            resp = resp.header("Content-Length", body.len().to_string());
+            tokio::spawn(async move {
+                let half = body.len() / 2;
+                let _ = tx.send(Ok(Frame::data(body.slice(..half)))).await;
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+                let _ = tx.send(Ok(Frame::data(body.slice(half..)))).await;
+            });
+            StreamBody::new(ChannelStream(rx)).boxed()
+        }
         None if b.pattern_bytes.is_some() => {
             let n = b.pattern_bytes.unwrap_or(0);
             Full::new(pattern_body(&path, n))
@@ -301,6 +320,19 @@ where
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<T>> {
         std::task::Poll::Ready((self.0)())
+    }
+}
+
+/// The receiving end of a channel as a body stream.
+struct ChannelStream(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }
 

@@ -896,3 +896,79 @@ async fn route_default_ttl_caches_what_the_origin_left_silent() {
     get(onair.http, "a", "/other").await.unwrap();
     assert!(!is_hit(&onair, "a", "/other").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fill_keeps_the_old_content_out() {
+    // The newsroom purges a story while a reader's request is still fetching the old text: the
+    // old text must not land in the cache (memory or disk) after the purge.
+    let origin = Origin::start("o").await;
+    let disk = tempfile::tempdir().unwrap();
+    let onair = Onair::start(with_disk(&origin, disk.path())).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    origin.set(Behaviour {
+        gate: Some(gate.clone()),
+        ..tagged(
+            "election story-7",
+            b"the old text, fetched before the purge",
+        )
+    });
+    let http = onair.http;
+    let reader = tokio::spawn(async move { get(http, "portal.vn", "/story/7").await.unwrap() });
+    assert!(eventually(Duration::from_secs(5), || async { origin.hits() == 1 }).await);
+    purge(&onair, r#"{"tags": ["story-7"]}"#).await;
+    gate.add_permits(1);
+    let r = reader.await.unwrap();
+    assert_eq!(r.status, 200, "the reader in flight still gets its answer");
+    assert_eq!(r.text(), "the old text, fetched before the purge");
+    origin.set(tagged("election story-7", b"the correction"));
+    let r = get(onair.http, "portal.vn", "/story/7").await.unwrap();
+    assert_eq!(r.text(), "the correction", "{:?}", r.header("cache-status"));
+    assert_eq!(origin.hits(), 2);
+    assert!(is_hit(&onair, "portal.vn", "/story/7").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_evict_past_their_capacity_and_count_it() {
+    let origin = Origin::start("o").await;
+    let disk = tempfile::tempdir().unwrap();
+    let mut setup = site_with_api(&origin);
+    setup.body.push_str(&format!(
+        "\n[cache]\nmemory = \"256KiB\"\ndisk_path = \"{}\"\ndisk = \"200KiB\"\n",
+        disk.path().display()
+    ));
+    let onair = Onair::start(setup).await;
+    origin.set(cached("max-age=600").with_pattern(40_000));
+    for i in 0..12 {
+        let path = format!("/obj/{i}");
+        let r = get(onair.http, "a", &path).await.unwrap();
+        assert_eq!(r.body, pattern_body(&path, 40_000));
+    }
+    // Memory evictions are counted by the tier's periodic maintenance.
+    for tier in ["memory", "disk"] {
+        let series = format!("onair_cache_evictions_total{{tier=\"{tier}\"}}");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                onair.metric(&series).await.unwrap_or(0.0) >= 1.0
+            })
+            .await,
+            "{series}"
+        );
+    }
+    let on_disk = onair
+        .metric("onair_cache_size_bytes{tier=\"disk\"}")
+        .await
+        .unwrap();
+    assert!(on_disk <= 200.0 * 1024.0, "{on_disk} bytes on disk");
+    assert_eq!(
+        onair
+            .metric("onair_cache_admissions_paused{tier=\"disk\"}")
+            .await,
+        Some(0.0)
+    );
+    // Whatever was evicted, every answer is still the origin's bytes.
+    for i in 0..12 {
+        let path = format!("/obj/{i}");
+        let r = get(onair.http, "a", &path).await.unwrap();
+        assert_eq!(r.body, pattern_body(&path, 40_000));
+    }
+}
