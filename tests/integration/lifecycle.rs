@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+
 use crate::common::*;
 
 fn site(origin: &Origin) -> Setup {
@@ -79,4 +81,162 @@ async fn graceful_upgrade_loses_no_request() {
         served_after > 10,
         "the new process served only {served_after} requests"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_shares_the_disk_cache() {
+    // During a graceful upgrade the old and the new process run over one cache directory: both
+    // fill it (even the same objects at once) and read what the other wrote. No reader may get
+    // a wrong byte, and afterwards every file must be whole.
+    const SIZE: usize = 150_000;
+    let origin = Origin::start("o").await;
+    origin.set(
+        Behaviour {
+            headers: vec![("Cache-Control".into(), "max-age=600".into())],
+            ..Behaviour::default()
+        }
+        .with_pattern(SIZE),
+    );
+    let disk = tempfile::tempdir().unwrap();
+    let mut setup = site(&origin);
+    setup.body.push_str(&format!(
+        "\n[cache]\nmemory = \"1MiB\"\ndisk_path = \"{}\"\n",
+        disk.path().display()
+    ));
+    let mut old = Onair::start(setup).await;
+    let http = old.http;
+    for i in 0..20 {
+        let path = format!("/warm/{i}");
+        assert_eq!(get(http, "a", &path).await.unwrap().body.len(), SIZE);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (stop, wrong, failed) = (stop.clone(), wrong.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                // Warm pages (the old process's files) and new ones filled during the overlap,
+                // several clients on the same new object.
+                let path = if n % 2 == 0 {
+                    format!("/warm/{}", (n / 2 + c) % 20)
+                } else {
+                    format!("/new/{}", n / 4)
+                };
+                n += 1;
+                match get_retrying_unanswered(http, &path).await {
+                    Ok(r) if r.status == 200 => {
+                        if r.body != pattern_body(&path, SIZE) {
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    other => failed.lock().unwrap().push(format!(
+                        "{path}: {:?}",
+                        other.map(|r| (r.status, r.header("cache-status").map(str::to_owned)))
+                    )),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = spawn(&old.config_path, &["-u"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
+    assert!(exited, "the old process did not exit after handing over");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(wrong.load(Ordering::SeqCst), 0, "a reader got wrong bytes");
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "requests failed: {failed:?}\n{}",
+        old.stderr()
+    );
+    // The new process answers the old one's pages from disk.
+    let hits = origin.hits();
+    for i in 0..20 {
+        let r = get(http, "a", &format!("/warm/{i}")).await.unwrap();
+        assert!(r.header("cache-status").unwrap().contains("; hit"));
+    }
+    assert_eq!(origin.hits(), hits);
+    let _ = new.kill();
+    let _ = new.wait();
+
+    // A third process over the directory, with the origin gone: every file either process
+    // wrote is whole, and no temp file is left behind.
+    origin.kill();
+    let mut third = spawn(&old.config_path, &[]);
+    assert!(wait_ready(&mut third, old.admin, http, Duration::from_secs(20)).await);
+    let names: Vec<String> = std::fs::read_dir(disk.path().join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // A fill the killed process had in flight may leave one; it belongs to a dead pid.
+    let new_pid = new.id().to_string();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.split('.').nth(1) == Some(new_pid.as_str())),
+        "temp files left by the old process: {names:?}"
+    );
+    let mut served = 0;
+    for path in (0..20)
+        .map(|i| format!("/warm/{i}"))
+        .chain((0..40).map(|i| format!("/new/{i}")))
+    {
+        let r = get(http, "a", &path).await.unwrap();
+        if r.status == 200 {
+            assert_eq!(r.body, pattern_body(&path, SIZE), "{path}");
+            served += 1;
+        }
+    }
+    assert!(served >= 20, "only {served} pages came back from disk");
+    let _ = third.kill();
+    let _ = third.wait();
+}
+
+/// GET, retried once when the connection closes before any response byte, as HTTP clients
+/// may do for idempotent requests (RFC 9110 §9.2.2). Pingora's graceful shutdown closes
+/// connections that are waiting for a request, and a connection the old process accepted in
+/// the instant before the hand-over is one of them (docs/operations.md, "Upgrade"). A response
+/// cut after it started is not retried: that would be a real failure.
+async fn get_retrying_unanswered(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Resp> {
+    for attempt in 0..2 {
+        let mut sender = connect(addr).await?;
+        let req = hyper::Request::get(path)
+            .header("Host", "a")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap();
+        let resp = match sender.send_request(req).await {
+            Ok(resp) => resp,
+            Err(e) if attempt == 0 && (e.is_incomplete_message() || e.is_canceled()) => continue,
+            Err(e) => return Err(std::io::Error::other(e)),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        return Ok(Resp {
+            status,
+            headers,
+            body,
+        });
+    }
+    Err(std::io::Error::other("closed twice before answering"))
 }
