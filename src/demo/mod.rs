@@ -109,9 +109,14 @@ Try, in another terminal:
      Ask twice: Cache-Status goes from "fwd=uri-miss; stored" to "hit; ttl=...":
        curl -i http://127.0.0.1:8080/
        curl -i http://127.0.0.1:8080/news/ket-qua-bau-cu
-  2. Routing: /api/ goes to its own pool:
+  2. Purge the article by its tag (its origin sends "Surrogate-Key: news article-ket-qua-bau-cu");
+     the next request is a miss again, then a hit:
+       curl -X POST -H 'Authorization: Bearer {token}' \
+            -d '{{"tags": ["article-ket-qua-bau-cu"]}}' http://127.0.0.1:9091/purge
+       curl -sI http://127.0.0.1:8080/news/ket-qua-bau-cu | grep -i cache-status
+  3. Routing: /api/ goes to its own pool:
        curl -i http://127.0.0.1:8080/api/live
-  3. Kill the primary and watch the backup answer, with no failed request:
+  4. Kill the primary and watch the backup answer, with no failed request:
        curl -X POST http://127.0.0.1:9092/primary/stop
        curl -sI http://127.0.0.1:8080/ | grep -i x-origin
      Stop both: cached pages stay up (Cache-Status "detail=stale-if-error" once they expire),
@@ -122,11 +127,11 @@ Try, in another terminal:
      Bring them back (the primary takes over again after 2 good health checks):
        curl -X POST http://127.0.0.1:9092/primary/start
        curl -X POST http://127.0.0.1:9092/backup/start
-  4. What the edge sees:
+  5. What the edge sees:
        curl -s http://127.0.0.1:9090/metrics | grep ^onair_
        curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:9091/status
        tail -f {log}
-  5. Edit {dir}/onair.toml and reload without a restart:
+  6. Edit {dir}/onair.toml and reload without a restart:
        curl -X POST -H 'Authorization: Bearer {token}' http://127.0.0.1:9091/reload
 
 Ctrl-C stops everything.
