@@ -14,6 +14,12 @@ args=("$@")
 if [ ${#args[@]} -eq 0 ]; then args=(--proxies nginx pass); fi
 # bare-pingora: a Pingora proxy with no onair logic (examples/bare_proxy.rs), the floor that
 # shows what onair's own per-request work costs.
+# ONAIR_PERF_CEILING=1 adds pingora-static: the same binary answering every request with a fixed
+# 1 KiB body from request_filter, the most any Pingora-based cache can serve (1 KiB scenarios).
+extra=()
+if [ "${ONAIR_PERF_CEILING:-0}" = 1 ]; then
+  extra=(--candidate pingora-static "env BARE_STATIC=1 BARE_PORT=8352 $PWD/target/release/examples/bare_proxy" 8352)
+fi
 exec "$HARNESS/run-perf.sh" "${args[@]}" \
   --candidate onair "$PWD/target/release/onair run -c $PWD/${ONAIR_PERF_CONFIG:-benches/perf/onair.toml}" 8350 \
-  --candidate bare-pingora "$PWD/target/release/examples/bare_proxy" 8351
+  --candidate bare-pingora "$PWD/target/release/examples/bare_proxy" 8351 "${extra[@]}"

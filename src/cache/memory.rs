@@ -89,6 +89,15 @@ impl StoredMeta {
     }
 }
 
+/// What [`MemoryStore::fresh_hit`] hands out.
+pub struct FreshHit {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// Seconds since the object was stored or last revalidated.
+    pub age: u64,
+    pub fresh_until: SystemTime,
+}
+
 /// One stored object.
 struct Entry {
     meta: StoredMeta,
@@ -244,6 +253,31 @@ impl MemoryStore {
             tags,
         });
         self.insert_fenced(&ticket, key, entry);
+    }
+
+    /// A copy that can answer a plain request as it is: fresh at `now`, stored without `Vary`,
+    /// with `Content-Length` and a status that has a body. Clones the header once and the body
+    /// not at all.
+    pub fn fresh_hit(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+        let entry = self.entries.get(key)?;
+        let m = &entry.meta;
+        let status = m.header.status.as_u16();
+        let usable = m.fresh_until >= now
+            && m.variance.is_none()
+            && !m.header.headers.contains_key(http::header::VARY)
+            && m.header
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|l| l.to_str().ok()?.parse::<usize>().ok())
+                == Some(entry.body.len())
+            && status >= 200
+            && !matches!(status, 204 | 304);
+        usable.then(|| FreshHit {
+            header: m.header.clone(),
+            body: entry.body.clone(),
+            age: now.duration_since(m.epoch).unwrap_or_default().as_secs(),
+            fresh_until: m.fresh_until,
+        })
     }
 
     /// Starts a fill of `key`; it becomes visible when [`MemoryFill::publish`] runs.

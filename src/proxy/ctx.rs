@@ -41,6 +41,8 @@ pub struct RequestCtx {
     pub cache_stored: bool,
     /// How the request used the cache, once the answer's headers are out.
     pub cache_outcome: Option<crate::cache::status::Outcome>,
+    /// The cache key, computed once by the fast hit path and handed to Pingora on a miss.
+    pub cache_key: Option<pingora::cache::CacheKey>,
 }
 
 impl RequestCtx {
@@ -64,6 +66,7 @@ impl RequestCtx {
             default_ttl: None,
             cache_stored: false,
             cache_outcome: None,
+            cache_key: None,
         }
     }
 

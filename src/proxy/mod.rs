@@ -11,6 +11,7 @@
 
 pub mod ctx;
 pub mod headers;
+pub mod hit;
 pub mod respond;
 
 use std::sync::Arc;
@@ -110,6 +111,14 @@ impl ProxyHttp for Edge {
             self.purge_method(session, ctx).await?;
             return Ok(true);
         }
+        if ctx.cache_on && hit::plain(req) {
+            let key = self.cache_key(session, ctx);
+            let hash = pingora::cache::key::CacheHashKey::combined_bin(&key);
+            let served = hit::serve_fresh(self.cache.memory, session, ctx, &hash).await?;
+            // Kept for cache_key_callback, which Pingora calls next on the full path.
+            ctx.cache_key = Some(key);
+            return Ok(served);
+        }
         Ok(false)
     }
 
@@ -122,10 +131,10 @@ impl ProxyHttp for Edge {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let uri = &session.req_header().uri;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let path = cache::key::keyed_target(path, ctx.query_key);
-        Ok(cache::key::cache_key("http", &ctx.host, ctx.port, &path))
+        Ok(match ctx.cache_key.take() {
+            Some(key) => key,
+            None => self.cache_key(session, ctx),
+        })
     }
 
     fn response_cache_filter(
@@ -400,6 +409,14 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// The request's cache key (see `cache::key`).
+    fn cache_key(&self, session: &Session, ctx: &RequestCtx) -> CacheKey {
+        let uri = &session.req_header().uri;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = cache::key::keyed_target(path, ctx.query_key);
+        cache::key::cache_key("http", &ctx.host, ctx.port, &path)
+    }
+
     /// The PURGE method: drops the cached copies (all variants) of the request's URL, for
     /// clients in `cache.purge_from` only; `Soft-Purge: 1` marks them stale instead. Nothing
     /// reaches an origin.

@@ -972,3 +972,88 @@ async fn tiers_evict_past_their_capacity_and_count_it() {
         assert_eq!(r.body, pattern_body(&path, 40_000));
     }
 }
+
+#[tokio::test]
+async fn fast_and_full_hit_paths_answer_alike() {
+    // A plain GET of a fresh memory copy is answered before Pingora's cache machinery; a GET
+    // with a (non-matching) conditional goes the full way. Readers must not tell them apart.
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("ETag".into(), "\"v1\"".into()),
+            ("Surrogate-Key".into(), "edge-only".into()),
+            ("X-Origin-Header".into(), "kept".into()),
+        ],
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(site_with_api(&origin)).await;
+    get(onair.http, "a", "/page").await.unwrap();
+    let fast = get(onair.http, "a", "/page").await.unwrap();
+    let full = request(
+        onair.http,
+        "GET",
+        "a",
+        "/page",
+        &[("If-None-Match", "\"other\"")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let head = request(onair.http, "HEAD", "a", "/page", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(origin.hits(), 1);
+    let comparable = |r: &Resp| {
+        let mut h: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "x-request-id" | "age" | "date"))
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(comparable(&fast), comparable(&full));
+    assert_eq!(comparable(&fast), comparable(&head));
+    assert_eq!(fast.body, full.body);
+    assert!(head.body.is_empty());
+    assert!(fast.header("age").is_some());
+    assert!(fast.header("cache-status").unwrap().contains("; hit; ttl="));
+    assert!(fast.header("surrogate-key").is_none());
+    // Conditionals and ranges still work (they take the full path).
+    let not_modified = request(
+        onair.http,
+        "GET",
+        "a",
+        "/page",
+        &[("If-None-Match", "\"v1\"")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(not_modified.status, 304);
+    let range = request(
+        onair.http,
+        "GET",
+        "a",
+        "/page",
+        &[("Range", "bytes=1-2")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((range.status, range.text().as_str()), (206, "el"));
+    // Counted and logged as hits either way.
+    let hits = "onair_requests_total{cache=\"hit\",code=\"2xx\",site=\"s\"}";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric(hits).await == Some(4.0)
+        })
+        .await,
+        "{:?}",
+        onair.metric(hits).await
+    );
+    let log = onair.access_log();
+    assert_eq!(log.iter().filter(|e| e["cache"] == "hit").count(), 5);
+}
