@@ -15,7 +15,8 @@ if [ ${#args[@]} -eq 0 ]; then args=(--proxies nginx pass); fi
 # bare-pingora: a Pingora proxy with no onair logic (examples/bare_proxy.rs), the floor that
 # shows what onair's own per-request work costs.
 # ONAIR_PERF_CEILING=1 adds pingora-static: the same binary answering every request with a fixed
-# 1 KiB body from request_filter, the most any Pingora-based cache can serve (1 KiB scenarios).
+# 1 KiB body from request_filter, the most any Pingora-based cache can serve. Use it with the
+# 1 KiB scenarios only (hot1k ws10k): the harness checks body sizes and stops on hot256k.
 extra=()
 if [ "${ONAIR_PERF_CEILING:-0}" = 1 ]; then
   extra=(--candidate pingora-static "env BARE_STATIC=1 BARE_PORT=8352 $PWD/target/release/examples/bare_proxy" 8352)
