@@ -671,6 +671,23 @@ pub async fn wait_ready(
     false
 }
 
+/// A process killed when the test ends, also when it ends by a failed assertion: a panicking
+/// test must not leave an onair running.
+pub struct Reaped(pub Child);
+
+impl Reaped {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `onair run -c config` with stderr captured next to the config.
 pub fn spawn(config: &Path, extra: &[&str]) -> Child {
     let dir = config.parent().unwrap();

@@ -58,7 +58,7 @@ async fn graceful_upgrade_loses_no_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The new process waits on the upgrade socket; SIGQUIT makes the old one hand over.
-    let mut new = spawn(&old.config_path, &["-u"]);
+    let new = Reaped(spawn(&old.config_path, &["-u"]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
     let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
@@ -69,8 +69,7 @@ async fn graceful_upgrade_loses_no_request() {
     client.await.unwrap();
 
     let served_after = ok.load(Ordering::SeqCst) - before;
-    let _ = new.kill();
-    let _ = new.wait();
+    drop(new);
     assert_eq!(
         failed.load(Ordering::SeqCst),
         0,
@@ -142,7 +141,7 @@ async fn graceful_upgrade_shares_the_disk_cache() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut new = spawn(&old.config_path, &["-u"]);
+    let new = Reaped(spawn(&old.config_path, &["-u"]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
     let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
@@ -166,21 +165,20 @@ async fn graceful_upgrade_shares_the_disk_cache() {
         assert!(r.header("cache-status").unwrap().contains("; hit"));
     }
     assert_eq!(origin.hits(), hits);
-    let _ = new.kill();
-    let _ = new.wait();
+    let new_pid = new.id().to_string();
+    drop(new);
 
     // A third process over the directory, with the origin gone: every file either process
     // wrote is whole, and no temp file is left behind.
     origin.kill();
-    let mut third = spawn(&old.config_path, &[]);
-    assert!(wait_ready(&mut third, old.admin, http, Duration::from_secs(20)).await);
+    let mut third = Reaped(spawn(&old.config_path, &[]));
+    assert!(wait_ready(&mut third.0, old.admin, http, Duration::from_secs(20)).await);
     let names: Vec<String> = std::fs::read_dir(disk.path().join("tmp"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     // A fill the killed process had in flight may leave one; it belongs to a dead pid.
-    let new_pid = new.id().to_string();
     assert!(
         names
             .iter()
@@ -199,8 +197,6 @@ async fn graceful_upgrade_shares_the_disk_cache() {
         }
     }
     assert!(served >= 20, "only {served} pages came back from disk");
-    let _ = third.kill();
-    let _ = third.wait();
 }
 
 /// GET, retried once when the connection closes before any response byte, as HTTP clients
