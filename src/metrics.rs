@@ -38,7 +38,7 @@ impl OriginOutcome {
         OriginOutcome::Status5xx,
     ];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             OriginOutcome::Ok => "ok",
             OriginOutcome::Error => "error",
@@ -56,6 +56,10 @@ pub struct Metrics {
     origin_requests: IntCounterVec,
     origin_duration: HistogramVec,
     failovers: IntCounterVec,
+    ejections: IntCounterVec,
+    inflight: IntGaugeVec,
+    rejected: IntCounterVec,
+    retries: IntCounterVec,
     config_reloads: IntCounterVec,
     config_version: IntGauge,
     cache_size: IntGaugeVec,
@@ -152,6 +156,30 @@ impl Metrics {
                 "Requests moved to another origin after an attempt failed.",
                 &["pool"],
             ),
+            ejections: counter(
+                "onair_origin_ejections_total",
+                "Times live traffic ejected an origin (consecutive failures, a timeout, or a \
+                 failed trial after an ejection).",
+                &["pool", "origin"],
+            ),
+            inflight: gauge(
+                "onair_origin_inflight",
+                "Requests in flight to a pool's origins (capped by pool.max_inflight).",
+                &["pool"],
+            ),
+            rejected: counter(
+                "onair_origin_rejected_total",
+                "Requests not sent to a pool because it was at max_inflight: the queue was \
+                 full (queue_full) or the wait ran out (queue_timeout). They got a stale copy or \
+                 503.",
+                &["pool", "reason"],
+            ),
+            retries: counter(
+                "onair_origin_retries_total",
+                "Retries after a failed attempt, by whether the pool's retry budget allowed them \
+                 (allowed, over_budget).",
+                &["pool", "result"],
+            ),
             config_reloads: counter(
                 "onair_config_reloads_total",
                 "Config reloads, by result (ok, error). A failed reload changes nothing.",
@@ -246,7 +274,24 @@ impl Metrics {
                     .with_label_values(&[pool, origin, o.label()])
             }),
             duration: self.origin_duration.with_label_values(&[pool, origin]),
+            ejections: self.ejections.with_label_values(&[pool, origin]),
         }
+    }
+
+    /// The in-flight gauge of a pool.
+    pub fn inflight(&self, pool: &str) -> IntGauge {
+        self.inflight.with_label_values(&[pool])
+    }
+
+    /// A request refused by a pool at max_inflight; `reason` is `queue_full` or `queue_timeout`.
+    pub fn rejected(&self, pool: &str, reason: &'static str) {
+        self.rejected.with_label_values(&[pool, reason]).inc();
+    }
+
+    /// A retry considered; `allowed` is whether the retry budget let it go.
+    pub fn retry(&self, pool: &str, allowed: bool) {
+        let result = if allowed { "allowed" } else { "over_budget" };
+        self.retries.with_label_values(&[pool, result]).inc();
     }
 
     /// A request moved on to another origin.
@@ -264,6 +309,7 @@ impl Metrics {
     /// Creates a pool's failover series at zero, so it exists before the first failover.
     pub fn init_pool(&self, pool: &str) {
         self.failovers.with_label_values(&[pool]);
+        self.inflight.with_label_values(&[pool]);
     }
 
     /// Drops the label sets of origins that left the config, so dashboards do not show ghosts.
@@ -336,9 +382,15 @@ impl SiteSeries {
 pub struct OriginSeries {
     outcomes: [IntCounter; 4],
     duration: Histogram,
+    ejections: IntCounter,
 }
 
 impl OriginSeries {
+    /// Live traffic ejected the origin.
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+
     /// One attempt at the origin.
     pub fn attempt(&self, outcome: OriginOutcome, elapsed: Duration) {
         self.outcomes[outcome as usize].inc();

@@ -196,8 +196,39 @@ pub struct Pool {
     pub read_timeout: Duration,
     /// Origins one request may try before it gives up (connect failures and retryable errors).
     pub max_attempts: usize,
+    /// Longest one origin attempt may take, connect to last body byte.
+    pub total_timeout: Duration,
+    /// Requests in flight to this pool at most (origin protection).
+    pub max_inflight: usize,
+    /// Requests that may wait for a slot when `max_inflight` is reached, and for how long.
+    pub queue: usize,
+    pub queue_timeout: Duration,
+    /// Retries allowed as a share of the pool's requests (plus a small floor per second).
+    pub retry_budget: f64,
     pub health: Option<Health>,
+    pub passive: Passive,
     pub origins: Vec<Origin>,
+}
+
+/// Passive health: ejection of an origin on failures seen by live traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passive {
+    /// Consecutive failures (connect errors, 5xx) that eject; a timeout ejects at once; 0 turns
+    /// passive ejection off.
+    pub failures: u32,
+    /// First ejection time; it doubles with each ejection in a row, up to `max_eject`.
+    pub eject: Duration,
+    pub max_eject: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            failures: 3,
+            eject: Duration::from_secs(10),
+            max_eject: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Active health check of a pool's origins.

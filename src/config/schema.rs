@@ -104,8 +104,23 @@ pub struct RawPool {
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub max_attempts: Option<i64>,
+    pub total_timeout: Option<String>,
+    pub max_inflight: Option<i64>,
+    pub queue: Option<i64>,
+    pub queue_timeout: Option<String>,
+    pub retry_budget: Option<f64>,
     pub health: Option<RawHealth>,
+    pub passive: Option<RawPassive>,
     pub origin: Vec<RawOrigin>,
+}
+
+/// `passive = { ... }` inside a pool.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPassive {
+    pub failures: Option<i64>,
+    pub eject: Option<String>,
+    pub max_eject: Option<String>,
 }
 
 /// `health = { ... }` inside a pool.

@@ -1316,3 +1316,63 @@ fn toml_type_error_in_nested_array_names_its_key_path() {
     let e = only_error(&text);
     assert_eq!(e.path, "pool[1].origin[1].tier", "{e}");
 }
+
+#[test]
+fn origin_protection_and_passive_health() {
+    let text = format!(
+        "{LISTEN}{PORTAL_SITE}
+[[pool]]
+name = \"portal\"
+total_timeout = \"30s\"
+max_inflight = 64
+queue = 8
+queue_timeout = \"250ms\"
+retry_budget = 0.1
+passive = {{ failures = 5, eject = \"2s\", max_eject = \"1m\" }}
+  [[pool.origin]]
+  addr = \"10.0.1.10:8080\"
+"
+    );
+    let c = parse(&text).unwrap();
+    let p = &c.pools[0];
+    assert_eq!(p.total_timeout, Duration::from_secs(30));
+    assert_eq!((p.max_inflight, p.queue), (64, 8));
+    assert_eq!(p.queue_timeout, Duration::from_millis(250));
+    assert_eq!(p.retry_budget, 0.1);
+    assert_eq!(
+        p.passive,
+        Passive {
+            failures: 5,
+            eject: Duration::from_secs(2),
+            max_eject: Duration::from_secs(60)
+        }
+    );
+    let defaults = parse(MINIMAL).unwrap();
+    let d = &defaults.pools[0];
+    assert_eq!((d.max_inflight, d.queue, d.retry_budget), (1024, 256, 0.2));
+    assert_eq!(d.passive, Passive::default());
+
+    let bad = format!(
+        "{LISTEN}{PORTAL_SITE}
+[[pool]]
+name = \"portal\"
+connect_timeout = \"5s\"
+total_timeout = \"1s\"
+max_inflight = 0
+retry_budget = 1.5
+passive = {{ failures = 101, eject = \"0s\", max_eject = \"1s\" }}
+  [[pool.origin]]
+  addr = \"10.0.1.10:8080\"
+"
+    );
+    let errs = errors(&bad);
+    for (path, needle) in [
+        ("pool[0].total_timeout", "at least connect_timeout"),
+        ("pool[0].max_inflight", "out of range"),
+        ("pool[0].retry_budget", "out of range"),
+        ("pool[0].passive.failures", "out of range (0..=100)"),
+        ("pool[0].passive.eject", "more than 0"),
+    ] {
+        assert!(has(&errs, path, needle), "{path}: {errs:#?}");
+    }
+}

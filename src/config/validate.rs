@@ -446,9 +446,57 @@ fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
             &p.read_timeout,
             Duration::from_secs(15),
         );
+        let total_timeout = e.duration(
+            &format!("{at}.total_timeout"),
+            &p.total_timeout,
+            Duration::from_secs(60),
+        );
+        let queue_timeout = e.duration(
+            &format!("{at}.queue_timeout"),
+            &p.queue_timeout,
+            Duration::from_secs(1),
+        );
+        let defaults = Passive::default();
+        let passive = match p.passive {
+            None => defaults,
+            Some(raw) => {
+                let passive = Passive {
+                    failures: e.int_in(
+                        &format!("{at}.passive.failures"),
+                        raw.failures,
+                        i64::from(defaults.failures),
+                        0,
+                        100,
+                    ) as u32,
+                    eject: e.duration(&format!("{at}.passive.eject"), &raw.eject, defaults.eject),
+                    max_eject: e.duration(
+                        &format!("{at}.passive.max_eject"),
+                        &raw.max_eject,
+                        defaults.max_eject,
+                    ),
+                };
+                if passive.eject.is_zero() {
+                    e.push(format!("{at}.passive.eject"), "must be more than 0");
+                }
+                if passive.max_eject < passive.eject {
+                    e.push(
+                        format!("{at}.passive.max_eject"),
+                        "must be at least passive.eject",
+                    );
+                }
+                passive
+            }
+        };
+        if total_timeout < connect_timeout {
+            e.push(
+                format!("{at}.total_timeout"),
+                "must be at least connect_timeout",
+            );
+        }
         for (key, d) in [
             ("connect_timeout", connect_timeout),
             ("read_timeout", read_timeout),
+            ("total_timeout", total_timeout),
         ] {
             if d.is_zero() {
                 e.push(format!("{at}.{key}"), "must be more than 0");
@@ -479,7 +527,29 @@ fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
             read_timeout,
             max_attempts: e.int_in(&format!("{at}.max_attempts"), p.max_attempts, 3, 1, 16)
                 as usize,
+            total_timeout,
+            max_inflight: e.int_in(
+                &format!("{at}.max_inflight"),
+                p.max_inflight,
+                1024,
+                1,
+                1_000_000,
+            ) as usize,
+            queue: e.int_in(&format!("{at}.queue"), p.queue, 256, 0, 1_000_000) as usize,
+            queue_timeout,
+            retry_budget: match p.retry_budget {
+                None => 0.2,
+                Some(b) if (0.0..=1.0).contains(&b) => b,
+                Some(b) => {
+                    e.push(
+                        format!("{at}.retry_budget"),
+                        format!("{b} is out of range (0.0..=1.0, a share of requests)"),
+                    );
+                    0.2
+                }
+            },
             health,
+            passive,
             origins,
         });
     }

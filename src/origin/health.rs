@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
@@ -24,16 +24,73 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinSet;
 
+use super::protect::{Limiter, RetryBudget};
 use super::Pool;
+use crate::config::Passive;
 use crate::metrics::METRICS;
 use crate::snapshot::Live;
 
-/// Up/down state of one origin plus the streak that decides the next transition.
+/// What live traffic saw from one attempt at an origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Ok,
+    /// Connection refused or reset, a broken response, or a 5xx.
+    Failure,
+    /// No answer within the pool's timeouts: the origin may be hung, and every request sent
+    /// there costs a reader that long, so one is enough to eject it.
+    Timeout,
+}
+
+/// A change of state worth a log line and a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Down,
+    Up,
+    /// Ejected by live traffic (also again, after a failed trial).
+    Ejected {
+        for_: Duration,
+    },
+}
+
+/// Why an origin is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Down {
+    /// The active health check failed `fall` times.
+    Probe,
+    /// Live traffic failed: ejected until a deadline, then one trial request at a time.
+    Traffic,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Consecutive successes and failures of probes (and, while ejected, of trial requests).
+    successes: u32,
+    failures: u32,
+    /// Weight of consecutive failures on live traffic.
+    traffic_failures: u32,
+    down: Option<Down>,
+    /// Ejections in a row; the ejection time doubles with each.
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    /// A trial request is in flight until this time (after it, the trial counts as lost).
+    trial_until: Option<Instant>,
+    /// When the origin last came (back) up.
+    up_since: Instant,
+}
+
+/// Up/down state of one origin: active probes and live traffic (passive health) both feed it.
+///
+/// - Probes: down after `fall` failures in a row, up after `rise` successes.
+/// - Traffic: `passive.failures` consecutive failures (a timeout counts for all of them) eject
+///   the origin for `passive.eject`, doubling with each ejection in a row up to
+///   `passive.max_eject`. Once that time has passed, one request at a time may try it (half
+///   open); `rise` successes, of trials or probes, bring it back, and a failed trial ejects it
+///   again for longer. So one green probe does not undo an ejection.
 #[derive(Debug)]
 pub struct OriginHealth {
+    /// The state requests read, without the lock.
     up: AtomicBool,
-    /// `(consecutive successes, consecutive failures)`; a mutex because both move together.
-    streak: Mutex<(u32, u32)>,
+    state: Mutex<State>,
 }
 
 impl OriginHealth {
@@ -42,7 +99,23 @@ impl OriginHealth {
         // before the first probe has had a chance to run.
         OriginHealth {
             up: AtomicBool::new(true),
-            streak: Mutex::new((0, 0)),
+            state: Mutex::new(State {
+                successes: 0,
+                failures: 0,
+                traffic_failures: 0,
+                down: None,
+                ejections: 0,
+                ejected_until: None,
+                trial_until: None,
+                up_since: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -51,39 +124,151 @@ impl OriginHealth {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Sets the state directly (tests, and pools without health checks).
+    /// Sets the state directly (tests, the demo).
     pub fn force(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        let mut s = self.lock();
+        if up {
+            self.bring_up(&mut s, Instant::now());
+        } else {
+            s.down = Some(Down::Probe);
+            self.up.store(false, Ordering::Relaxed);
+        }
     }
 
-    /// Records one probe result; returns the new state when it changed.
-    pub fn record(&self, ok: bool, fall: u32, rise: u32) -> Option<bool> {
-        let mut streak = match self.streak.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if ok {
-            streak.0 = streak.0.saturating_add(1);
-            streak.1 = 0;
-        } else {
-            streak.1 = streak.1.saturating_add(1);
-            streak.0 = 0;
+    /// A pool without active checks cannot leave an origin down by probe (it may have had
+    /// checks before a reload); an ejection by traffic stays.
+    fn clear_probe_down(&self) {
+        let mut s = self.lock();
+        if s.down == Some(Down::Probe) {
+            self.bring_up(&mut s, Instant::now());
         }
-        let was_up = self.is_up();
-        let now_up = if was_up {
-            streak.1 < fall
+    }
+
+    fn bring_up(&self, s: &mut State, now: Instant) {
+        s.down = None;
+        s.successes = 0;
+        s.failures = 0;
+        s.traffic_failures = 0;
+        s.ejected_until = None;
+        s.trial_until = None;
+        s.up_since = now;
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    fn eject(&self, s: &mut State, passive: &Passive, now: Instant) -> Change {
+        s.ejections = s.ejections.saturating_add(1);
+        let factor = 1u32 << (s.ejections - 1).min(16);
+        let for_ = passive.eject.saturating_mul(factor).min(passive.max_eject);
+        s.down = Some(Down::Traffic);
+        s.successes = 0;
+        s.traffic_failures = 0;
+        s.ejected_until = Some(now + for_);
+        s.trial_until = None;
+        self.up.store(false, Ordering::Relaxed);
+        Change::Ejected { for_ }
+    }
+
+    /// Records one probe result.
+    pub fn record(&self, ok: bool, fall: u32, rise: u32) -> Option<Change> {
+        self.record_probe(ok, fall, rise, Instant::now())
+    }
+
+    fn record_probe(&self, ok: bool, fall: u32, rise: u32, now: Instant) -> Option<Change> {
+        let mut s = self.lock();
+        if ok {
+            s.successes = s.successes.saturating_add(1);
+            s.failures = 0;
+            if s.down.is_some() && s.successes >= rise {
+                self.bring_up(&mut s, now);
+                return Some(Change::Up);
+            }
         } else {
-            streak.0 >= rise
-        };
-        self.up.store(now_up, Ordering::Relaxed);
-        (now_up != was_up).then_some(now_up)
+            s.failures = s.failures.saturating_add(1);
+            s.successes = 0;
+            if s.down.is_none() && s.failures >= fall {
+                s.down = Some(Down::Probe);
+                self.up.store(false, Ordering::Relaxed);
+                return Some(Change::Down);
+            }
+        }
+        None
+    }
+
+    /// Records what live traffic saw.
+    pub fn record_traffic(&self, seen: Seen, passive: &Passive, rise: u32) -> Option<Change> {
+        self.traffic_at(seen, passive, rise, Instant::now())
+    }
+
+    fn traffic_at(&self, seen: Seen, passive: &Passive, rise: u32, now: Instant) -> Option<Change> {
+        if passive.failures == 0 {
+            return None;
+        }
+        let mut s = self.lock();
+        match (s.down, seen) {
+            (None, Seen::Ok) => {
+                s.traffic_failures = 0;
+                // A long healthy stretch forgives earlier ejections.
+                if now.duration_since(s.up_since) >= passive.max_eject {
+                    s.ejections = 0;
+                }
+                None
+            }
+            (None, _) => {
+                let weight = if seen == Seen::Timeout {
+                    passive.failures
+                } else {
+                    1
+                };
+                s.traffic_failures = s.traffic_failures.saturating_add(weight);
+                (s.traffic_failures >= passive.failures).then(|| self.eject(&mut s, passive, now))
+            }
+            (Some(Down::Traffic), Seen::Ok) => {
+                s.trial_until = None;
+                s.successes = s.successes.saturating_add(1);
+                if s.successes >= rise {
+                    self.bring_up(&mut s, now);
+                    return Some(Change::Up);
+                }
+                // The next trial may go at once.
+                s.ejected_until = Some(now);
+                None
+            }
+            (Some(Down::Traffic), _) => Some(self.eject(&mut s, passive, now)),
+            // Down by probe: the probes decide when it is back.
+            (Some(Down::Probe), _) => None,
+        }
+    }
+
+    /// Whether an ejected origin may take a trial request now.
+    pub fn trial_ready(&self, now: Instant) -> bool {
+        let s = self.lock();
+        s.down == Some(Down::Traffic)
+            && s.ejected_until.is_some_and(|t| t <= now)
+            && s.trial_until.is_none_or(|t| t <= now)
+    }
+
+    /// Claims the trial slot; false when another request has just taken it. A trial whose
+    /// outcome never comes back (the client left) frees the slot after `lost_after`.
+    pub fn begin_trial(&self, now: Instant, lost_after: Duration) -> bool {
+        let mut s = self.lock();
+        let ready = s.down == Some(Down::Traffic)
+            && s.ejected_until.is_some_and(|t| t <= now)
+            && s.trial_until.is_none_or(|t| t <= now);
+        if ready {
+            s.trial_until = Some(now + lost_after);
+        }
+        ready
     }
 }
 
-/// Health state of every origin, across snapshots.
+/// A pool's in-flight cap and retry budget.
+type Protection = (Arc<Limiter>, Arc<RetryBudget>);
+
+/// Health state of every origin, and the protection state of every pool, across snapshots.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     map: Mutex<HashMap<(String, SocketAddr), Arc<OriginHealth>>>,
+    pools: Mutex<HashMap<String, Protection>>,
 }
 
 impl HealthRegistry {
@@ -99,9 +284,30 @@ impl HealthRegistry {
             .or_insert_with(|| Arc::new(OriginHealth::new()))
             .clone();
         if !checked {
-            health.force(true);
+            health.clear_probe_down();
         }
         health
+    }
+
+    /// The in-flight cap and retry budget of a pool, created or updated to `config`.
+    pub fn protection(&self, config: &crate::config::Pool) -> Protection {
+        let mut pools = match self.pools.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (limiter, budget) = pools.entry(config.name.clone()).or_insert_with(|| {
+            (
+                Arc::new(Limiter::new(
+                    config.max_inflight,
+                    config.queue,
+                    METRICS.inflight(&config.name),
+                )),
+                Arc::new(RetryBudget::new(config.retry_budget)),
+            )
+        });
+        limiter.resize(config.max_inflight, config.queue);
+        budget.set_ratio(config.retry_budget);
+        (limiter.clone(), budget.clone())
     }
 
     /// Forgets origins that are no longer in any pool, so a re-added origin starts fresh.
@@ -178,19 +384,15 @@ async fn probe_loop(live: Arc<Live>, pool: Arc<Pool>) {
             if !live.current().pools.iter().any(|p| Arc::ptr_eq(p, &pool)) {
                 return;
             }
-            if let Some(up) = origin
+            if let Some(change) = origin
                 .health
                 .record(result.is_ok(), health.fall, health.rise)
             {
-                METRICS.set_origin_up(pool.name(), &origin.label, up);
-                match result {
-                    Ok(()) => {
-                        tracing::info!(pool = pool.name(), origin = %origin.label, "origin is up")
-                    }
-                    Err(reason) => {
-                        tracing::warn!(pool = pool.name(), origin = %origin.label, %reason, "origin is down")
-                    }
-                }
+                let why = match &result {
+                    Ok(()) => "health check passed",
+                    Err(reason) => reason.as_str(),
+                };
+                origin.report(pool.name(), change, why);
             }
         }
     }
@@ -260,13 +462,129 @@ mod tests {
         let h = OriginHealth::new();
         assert!(h.is_up());
         assert_eq!(h.record(false, 2, 3), None);
-        assert_eq!(h.record(false, 2, 3), Some(false));
+        assert_eq!(h.record(false, 2, 3), Some(Change::Down));
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.record(true, 2, 3), None);
-        assert_eq!(h.record(true, 2, 3), Some(true));
+        assert_eq!(h.record(true, 2, 3), Some(Change::Up));
         assert!(h.is_up());
+    }
+
+    fn passive() -> Passive {
+        Passive {
+            failures: 3,
+            eject: Duration::from_secs(10),
+            max_eject: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_successes_reset_the_count() {
+        let h = OriginHealth::new();
+        let p = passive();
+        let t = Instant::now();
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, t), None, "not in a row");
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
+        assert_eq!(
+            h.traffic_at(Seen::Failure, &p, 2, t),
+            Some(Change::Ejected {
+                for_: Duration::from_secs(10)
+            })
+        );
+        assert!(!h.is_up());
+        // A timeout is enough on its own.
+        let h = OriginHealth::new();
+        assert!(matches!(
+            h.traffic_at(Seen::Timeout, &p, 2, t),
+            Some(Change::Ejected { .. })
+        ));
+        // failures = 0: passive health off.
+        let h = OriginHealth::new();
+        let off = Passive {
+            failures: 0,
+            ..passive()
+        };
+        assert_eq!(h.traffic_at(Seen::Timeout, &off, 2, t), None);
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn ejection_backs_off_then_one_trial_at_a_time() {
+        let h = OriginHealth::new();
+        let p = passive();
+        let t = Instant::now();
+        let lost = Duration::from_secs(30);
+        h.traffic_at(Seen::Timeout, &p, 2, t);
+        // Ejected for 10 s: no trial before.
+        assert!(!h.trial_ready(t + Duration::from_secs(9)));
+        let t1 = t + Duration::from_secs(10);
+        assert!(h.trial_ready(t1));
+        assert!(h.begin_trial(t1, lost));
+        assert!(!h.begin_trial(t1, lost), "one trial at a time");
+        // The trial fails: ejected again, twice as long.
+        assert_eq!(
+            h.traffic_at(Seen::Failure, &p, 2, t1),
+            Some(Change::Ejected {
+                for_: Duration::from_secs(20)
+            })
+        );
+        assert!(!h.trial_ready(t1 + Duration::from_secs(19)));
+        // ... capped at max_eject.
+        let mut now = t1;
+        for _ in 0..5 {
+            now += Duration::from_secs(120);
+            assert!(h.begin_trial(now, lost));
+            h.traffic_at(Seen::Failure, &p, 2, now);
+        }
+        assert!(!h.trial_ready(now + Duration::from_secs(59)));
+        now += Duration::from_secs(60);
+        // Two good trials (rise = 2) bring it back; the second may go at once.
+        assert!(h.begin_trial(now, lost));
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, now), None);
+        assert!(!h.is_up());
+        assert!(h.begin_trial(now, lost));
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, now), Some(Change::Up));
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn a_lost_trial_frees_its_slot() {
+        let h = OriginHealth::new();
+        let p = passive();
+        let t = Instant::now();
+        h.traffic_at(Seen::Timeout, &p, 2, t);
+        let t1 = t + Duration::from_secs(10);
+        assert!(h.begin_trial(t1, Duration::from_secs(5)));
+        assert!(!h.begin_trial(t1 + Duration::from_secs(4), Duration::from_secs(5)));
+        assert!(h.begin_trial(t1 + Duration::from_secs(5), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn probes_and_traffic_agree() {
+        let h = OriginHealth::new();
+        let p = passive();
+        let t = Instant::now();
+        h.traffic_at(Seen::Timeout, &p, 2, t);
+        // One green probe does not undo an ejection; rise (2) of them do.
+        assert_eq!(h.record_probe(true, 2, 2, t), None);
+        assert!(!h.is_up());
+        assert_eq!(h.record_probe(true, 2, 2, t), Some(Change::Up));
+        // Down by probe: traffic does not decide, and no trials are offered.
+        h.record_probe(false, 2, 2, t);
+        h.record_probe(false, 2, 2, t);
+        assert!(!h.is_up());
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, t), None);
+        assert!(!h.trial_ready(t + Duration::from_secs(3600)));
+        // A registry rebuild for a pool without checks clears a probe verdict, not an ejection.
+        h.clear_probe_down();
+        assert!(h.is_up());
+        h.traffic_at(Seen::Timeout, &p, 2, t);
+        h.clear_probe_down();
+        assert!(!h.is_up());
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //! that tier, origins of this node's region first; among equals, weighted round robin.
 
 pub mod health;
+pub mod protect;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config;
 use crate::metrics::{OriginSeries, METRICS};
-use health::{HealthRegistry, OriginHealth};
+use health::{Change, HealthRegistry, OriginHealth};
+use protect::{Limiter, RetryBudget};
 
 /// One origin server of a pool, as the proxy sees it.
 #[derive(Debug)]
@@ -29,6 +32,34 @@ pub struct Origin {
     pub metrics: OriginSeries,
 }
 
+impl Origin {
+    /// Publishes a change of this origin's state: the `onair_origin_up` gauge, the ejection
+    /// counter, and a log line saying why.
+    pub fn report(&self, pool: &str, change: Change, why: &str) {
+        match change {
+            Change::Up => {
+                METRICS.set_origin_up(pool, &self.label, true);
+                tracing::info!(pool, origin = %self.label, why, "origin is up");
+            }
+            Change::Down => {
+                METRICS.set_origin_up(pool, &self.label, false);
+                tracing::warn!(pool, origin = %self.label, why, "origin is down");
+            }
+            Change::Ejected { for_ } => {
+                METRICS.set_origin_up(pool, &self.label, false);
+                self.metrics.ejected();
+                tracing::warn!(
+                    pool,
+                    origin = %self.label,
+                    why,
+                    for_s = for_.as_secs_f64(),
+                    "origin ejected by live traffic"
+                );
+            }
+        }
+    }
+}
+
 /// A pool of origins with its connection settings.
 #[derive(Debug)]
 pub struct Pool {
@@ -36,6 +67,10 @@ pub struct Pool {
     pub origins: Vec<Origin>,
     /// Round-robin cursor; shared by all requests of this snapshot.
     cursor: AtomicUsize,
+    /// The cap on requests in flight (shared across snapshots).
+    pub limiter: Arc<Limiter>,
+    /// Retries allowed as a share of requests (shared across snapshots).
+    pub budget: Arc<RetryBudget>,
 }
 
 impl Pool {
@@ -54,10 +89,13 @@ impl Pool {
                 metrics: METRICS.origin_series(&config.name, &o.addr.to_string()),
             })
             .collect();
+        let (limiter, budget) = registry.protection(config);
         Pool {
             config: config.clone(),
             origins,
             cursor: AtomicUsize::new(0),
+            limiter,
+            budget,
         }
     }
 
@@ -67,12 +105,36 @@ impl Pool {
     }
 
     /// Chooses the next origin for a request that has already tried the origins whose indexes
-    /// are in `tried`. Healthy origins come first; when none is left, the untried unhealthy
-    /// ones are offered in the same order, because a health check can be wrong and a real
-    /// attempt beats a certain maintenance page.
+    /// are in `tried`. Healthy origins come first, together with ejected ones whose ejection
+    /// time is over and whose single trial slot is free (this request becomes the trial); when
+    /// none is left, the untried unhealthy ones are offered in the same order, because a health
+    /// check can be wrong and a real attempt beats a certain maintenance page.
     pub fn choose(&self, region: &str, tried: &[usize]) -> Option<usize> {
-        self.pick(region, |i, o| o.health.is_up() && !tried.contains(&i))
-            .or_else(|| self.pick(region, |i, _| !tried.contains(&i)))
+        self.choose_at(region, tried, Instant::now())
+    }
+
+    fn choose_at(&self, region: &str, tried: &[usize], now: Instant) -> Option<usize> {
+        let mut lost_trials: Vec<usize> = Vec::new();
+        loop {
+            let picked = self.pick(region, |i, o| {
+                !tried.contains(&i)
+                    && !lost_trials.contains(&i)
+                    && (o.health.is_up() || o.health.trial_ready(now))
+            });
+            let Some(i) = picked else { break };
+            let health = &self.origins[i].health;
+            if health.is_up() || health.begin_trial(now, self.config.total_timeout) {
+                return Some(i);
+            }
+            // Another request took the trial between the two looks.
+            lost_trials.push(i);
+        }
+        self.pick(region, |i, _| !tried.contains(&i))
+    }
+
+    /// The `rise` count that brings an ejected origin back (the active check's, else 2).
+    pub fn rise(&self) -> u32 {
+        self.config.health.as_ref().map_or(2, |h| h.rise)
     }
 
     fn pick(&self, region: &str, eligible: impl Fn(usize, &Origin) -> bool) -> Option<usize> {
@@ -123,7 +185,13 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             max_attempts: 3,
+            total_timeout: Duration::from_secs(60),
+            max_inflight: 100,
+            queue: 10,
+            queue_timeout: Duration::from_secs(1),
+            retry_budget: 0.2,
             health: None,
+            passive: config::Passive::default(),
             origins: origins
                 .iter()
                 .map(|(a, r, t, w)| config::Origin {
@@ -164,6 +232,30 @@ mod tests {
         // Backup failed too: the unhealthy primary still gets a try.
         assert_eq!(p.choose("", &[1]), Some(0));
         p.origins[0].health.force(true);
+        assert_eq!(p.choose("", &[]), Some(0));
+    }
+
+    #[test]
+    fn an_ejected_origin_gets_one_trial_when_its_time_is_up() {
+        let (p, _r) = pool(&[("127.0.0.1:1", None, 0, 1), ("127.0.0.1:2", None, 1, 1)]);
+        let passive = config::Passive {
+            failures: 1,
+            eject: Duration::from_secs(10),
+            max_eject: Duration::from_secs(10),
+        };
+        p.origins[0]
+            .health
+            .record_traffic(health::Seen::Failure, &passive, 1);
+        let later = Instant::now() + Duration::from_secs(11);
+        // Still ejected: the backup answers.
+        assert_eq!(p.choose("", &[]), Some(1));
+        // The primary's ejection is over: this request is its trial, the next goes to the
+        // backup while the trial is out.
+        assert_eq!(p.choose_at("", &[], later), Some(0));
+        assert_eq!(p.choose_at("", &[], later), Some(1));
+        p.origins[0]
+            .health
+            .record_traffic(health::Seen::Ok, &passive, 1);
         assert_eq!(p.choose("", &[]), Some(0));
     }
 

@@ -43,6 +43,10 @@ pub struct RequestCtx {
     pub cache_outcome: Option<crate::cache::status::Outcome>,
     /// The cache key, computed once by the fast hit path and handed to Pingora on a miss.
     pub cache_key: Option<pingora::cache::CacheKey>,
+    /// The pool slot (max_inflight) this request holds from its first origin attempt on.
+    pub permit: Option<crate::origin::protect::Permit>,
+    /// `(attempt, granted)`: the retry decision for that attempt, made once.
+    pub retry_decision: Option<(usize, bool)>,
 }
 
 impl RequestCtx {
@@ -67,6 +71,8 @@ impl RequestCtx {
             cache_stored: false,
             cache_outcome: None,
             cache_key: None,
+            permit: None,
+            retry_decision: None,
         }
     }
 

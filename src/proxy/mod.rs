@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -28,6 +29,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use crate::access_log;
 use crate::cache::{self, EdgeCache};
 use crate::metrics::{OriginOutcome, METRICS};
+use crate::origin::health::Seen;
 use crate::router::normalize_host;
 use crate::snapshot::Live;
 use ctx::RequestCtx;
@@ -198,6 +200,24 @@ impl ProxyHttp for Edge {
                 "request has no pool",
             ));
         };
+        if ctx.permit.is_none() {
+            // Origin protection: a slot under max_inflight for the whole request, across its
+            // attempts. Refused requests get a stale copy if there is one, else 503.
+            match pool.limiter.acquire(pool.config.queue_timeout).await {
+                Ok(permit) => ctx.permit = Some(permit),
+                Err(rejected) => {
+                    METRICS.rejected(pool.name(), rejected.label());
+                    let mut e = Error::explain(
+                        ErrorType::Custom("origin busy"),
+                        "pool at max_inflight: no slot for this request",
+                    )
+                    .into_up();
+                    e.set_retry(false);
+                    return Err(e);
+                }
+            }
+            pool.budget.request(std::time::Instant::now());
+        }
         let region = ctx.snapshot.config.node.region.as_str();
         let Some(index) = pool.choose(region, &ctx.tried) else {
             return Err(
@@ -260,9 +280,47 @@ impl ProxyHttp for Edge {
                 OriginOutcome::Ok
             };
             record_attempt(ctx, outcome);
+            // A gateway-class answer from one origin (overloaded, restarting, its own backend
+            // gone): like a refused connection, an idempotent request whose client has seen
+            // nothing yet moves to the next origin, within max_attempts and the retry budget.
+            // Otherwise the answer goes through (or stale-if-error serves a stored copy).
+            let status = resp.status.as_u16();
+            if (502..=504).contains(&status) && replayable(session) && grant_retry(ctx) {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "origin answered with a gateway error",
+                )
+                .into_up();
+                e.set_retry(true);
+                return Err(e);
+            }
         }
         headers::from_origin(resp);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // read_timeout bounds each read; this bounds the whole answer, so an origin trickling
+        // a byte a second cannot hold a reader (and a connection) for ever. The error cuts the
+        // client's response and the partial body is not cached.
+        let over = match (&ctx.pool, ctx.attempt_started) {
+            (Some(pool), Some(started)) => started.elapsed() > pool.config.total_timeout,
+            _ => false,
+        };
+        if over {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "origin answer exceeded the pool's total_timeout",
+            )
+            .into_up());
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -296,7 +354,7 @@ impl ProxyHttp for Edge {
     ) -> Box<Error> {
         record_attempt(ctx, outcome_of(&e));
         // Nothing reached the origin, so any method may move to the next origin.
-        e.set_retry(may_try_again(ctx));
+        e.set_retry(grant_retry(ctx));
         e
     }
 
@@ -323,12 +381,12 @@ impl ProxyHttp for Edge {
         } else {
             record_attempt(ctx, outcome_of(&e));
         }
-        // The origin may have acted on the request: only idempotent requests whose body we can
-        // replay, and only while the client has seen nothing of the answer, go elsewhere.
-        let safe = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
-        e.set_retry(safe && may_try_again(ctx));
+        let retry = if stale_connection {
+            may_try_again(ctx)
+        } else {
+            replayable(session) && grant_retry(ctx)
+        };
+        e.set_retry(retry);
         e
     }
 
@@ -461,6 +519,33 @@ fn may_try_again(ctx: &RequestCtx) -> bool {
     ctx.attempts < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()
 }
 
+/// Whether the origin may have acted on the request without harm to a second try: only
+/// idempotent requests whose body we can replay, and only while the client has seen nothing
+/// of the answer.
+fn replayable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
+        && !session.as_ref().retry_buffer_truncated()
+        && session.response_written().is_none()
+}
+
+/// Decides once per attempt whether the request may go to another origin: an attempt and an
+/// origin must be left, and the pool's retry budget must allow it (it is spent here).
+fn grant_retry(ctx: &mut RequestCtx) -> bool {
+    if let Some((attempt, granted)) = ctx.retry_decision {
+        if attempt == ctx.attempts {
+            return granted;
+        }
+    }
+    let granted = may_try_again(ctx)
+        && ctx.pool.as_ref().is_some_and(|pool| {
+            let allowed = pool.budget.try_retry(std::time::Instant::now());
+            METRICS.retry(pool.name(), allowed);
+            allowed
+        });
+    ctx.retry_decision = Some((ctx.attempts, granted));
+    granted
+}
+
 fn outcome_of(e: &Error) -> OriginOutcome {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -482,6 +567,17 @@ fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
     };
     if let Some(origin) = pool.origins.get(index) {
         origin.metrics.attempt(outcome, started.elapsed());
+        let seen = match outcome {
+            OriginOutcome::Ok => Seen::Ok,
+            OriginOutcome::Timeout => Seen::Timeout,
+            OriginOutcome::Error | OriginOutcome::Status5xx => Seen::Failure,
+        };
+        if let Some(change) = origin
+            .health
+            .record_traffic(seen, &pool.config.passive, pool.rise())
+        {
+            origin.report(pool.name(), change, outcome.label());
+        }
     }
     ctx.attempt_recorded = true;
 }
