@@ -93,6 +93,9 @@ struct OriginState {
     hits: AtomicUsize,
     uploaded: AtomicU64,
     last_headers: Mutex<Vec<HashMap<String, String>>>,
+    /// Requests being answered now, and the most at once.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 /// A real HTTP/1.1 origin on 127.0.0.1.
@@ -105,7 +108,13 @@ pub struct Origin {
 impl Origin {
     /// Starts an origin on an ephemeral port; every answer carries `X-Origin: <name>`.
     pub async fn start(name: &str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::start_on(name, [127, 0, 0, 1]).await
+    }
+
+    /// As [`Origin::start`], on another loopback address (127.0.0.x), so a test can lay out
+    /// several "regions" without outside addresses.
+    pub async fn start_on(name: &str, ip: [u8; 4]) -> Origin {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState {
             name: name.to_owned(),
@@ -113,6 +122,8 @@ impl Origin {
             hits: AtomicUsize::new(0),
             uploaded: AtomicU64::new(0),
             last_headers: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         });
         let task = tokio::spawn(serve(listener, state.clone()));
         Origin {
@@ -125,6 +136,11 @@ impl Origin {
     /// Replaces the behaviour for the next requests.
     pub fn set(&self, b: Behaviour) {
         *self.state.behaviour.lock().unwrap() = b;
+    }
+
+    /// The most requests this origin was answering at once.
+    pub fn peak_concurrency(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
     }
 
     /// Requests seen (health checks included; they carry `User-Agent: onair-health`).
@@ -210,10 +226,28 @@ async fn serve(listener: TcpListener, state: Arc<OriginState>) {
 /// Body type of the harness's origin answers and client requests.
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// Counts a request as in flight until the handler returns.
+struct InFlight(Arc<OriginState>);
+
+impl InFlight {
+    fn enter(state: &Arc<OriginState>) -> InFlight {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<OriginState>,
 ) -> Result<Response<BoxBody>, std::io::Error> {
+    let _in_flight = InFlight::enter(&state);
     state.hits.fetch_add(1, Ordering::SeqCst);
     let mut seen: HashMap<String, String> = HashMap::new();
     for (k, v) in req.headers() {
@@ -336,6 +370,110 @@ impl futures_core::Stream for ChannelStream {
     }
 }
 
+// === Misbehaving origins ===
+
+/// What a [`RawOrigin`] does with each connection, below HTTP.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Accepts, reads the request, never answers.
+    Hang,
+    /// Answers with bytes that are not HTTP.
+    Garbage,
+    /// Sends the head of a 200 with `Content-Length: len`, half the body, then resets.
+    ResetMidBody { len: usize },
+    /// Sends the head of a cacheable 200 with `Content-Length: len`, then one byte per
+    /// `every`.
+    Trickle { len: usize, every: Duration },
+}
+
+/// A TCP server on 127.0.0.1 that misbehaves as told, counting the connections it accepts.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RawOrigin {
+    pub async fn start(fault: Fault) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(misbehave(stream, fault));
+            }
+        });
+        RawOrigin {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn misbehave(mut stream: TcpStream, fault: Fault) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request head first, as a real server would.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    match fault {
+        Fault::Hang => {
+            // Hold the connection open without a byte until the peer gives up.
+            let _ = stream.read(&mut buf).await;
+        }
+        Fault::Garbage => {
+            let _ = stream
+                .write_all(b"SSH-2.0-OpenSSH_9.2\r\nthis is not http at all\r\n\r\n")
+                .await;
+        }
+        Fault::ResetMidBody { len } => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nCache-Control: max-age=600\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&vec![b'r'; len / 2]).await;
+            let _ = stream.flush().await;
+            // SO_LINGER 0: close with a reset, as a crashing origin's kernel would.
+            let _ = stream.set_zero_linger();
+        }
+        Fault::Trickle { len, every } => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nCache-Control: max-age=600\r\n\r\n"
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for _ in 0..len {
+                tokio::time::sleep(every).await;
+                if stream.write_all(b"t").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 // === Client ===
 
 /// A response as the tests look at it.
@@ -420,6 +558,8 @@ pub struct Setup {
     pub token: bool,
     /// Extra files written next to the config (maintenance pages, ...).
     pub files: Vec<(String, String)>,
+    /// Extra command-line arguments for `onair run` (`--region hn`, ...).
+    pub args: Vec<String>,
 }
 
 impl Setup {
@@ -429,7 +569,13 @@ impl Setup {
             node_extra: String::new(),
             token: true,
             files: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     pub fn with_file(mut self, name: &str, contents: &str) -> Self {
@@ -478,7 +624,8 @@ impl Onair {
             let (http, admin, metrics) = (free_port(), free_port(), free_port());
             let config = Onair::config_text(&setup, dir.path(), http, admin, metrics);
             std::fs::write(&config_path, &config).unwrap();
-            let mut child = spawn(&config_path, &[]);
+            let args: Vec<&str> = setup.args.iter().map(String::as_str).collect();
+            let mut child = spawn(&config_path, &args);
             let http: SocketAddr = ([127, 0, 0, 1], http).into();
             let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
             if wait_ready(&mut child, admin, http, Duration::from_secs(20)).await {

@@ -8,6 +8,7 @@ mod common;
 
 mod admin;
 mod cache;
+mod chaos;
 mod config_check;
 mod failover;
 mod lifecycle;
