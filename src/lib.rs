@@ -4,7 +4,8 @@
 //! - [`config`]: the TOML file, its validation (every error with its key path).
 //! - [`snapshot`]: the runtime snapshot built from a config, swapped atomically on reload.
 //! - [`router`]: host -> site -> route -> pool.
-//! - [`origin`]: pools, tiers, regions, health.
+//! - [`origin`]: pools, tiers, regions, active and passive health, origin protection.
+//! - [`tls`]: certificates and keys from PEM files, checked before Pingora sees them.
 //! - [`cache`]: cache key, RFC 9111 cacheability, the memory tier, `Cache-Status`.
 //! - [`proxy`]: the `ProxyHttp` phases, which only dispatch to the modules above.
 //! - [`admin`]: the admin API. [`metrics`]: every Prometheus metric.
@@ -24,3 +25,4 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tls;

@@ -205,9 +205,24 @@ pub struct Pool {
     pub queue_timeout: Duration,
     /// Retries allowed as a share of the pool's requests (plus a small floor per second).
     pub retry_budget: f64,
+    /// Certificates (DER) that may sign the origins' certificates, from `ca_file`; None: the
+    /// system roots.
+    pub ca: Option<Vec<Vec<u8>>>,
+    /// The certificate chain and key onair presents to the origins (mTLS).
+    pub client_cert: Option<ClientCert>,
+    /// Speak HTTP/2 to the origins (ALPN h2, then http/1.1), many requests per connection.
+    pub h2: bool,
     pub health: Option<Health>,
     pub passive: Passive,
     pub origins: Vec<Origin>,
+}
+
+/// A client certificate for authenticated origin pulls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCert {
+    /// Leaf first, in DER.
+    pub chain: Vec<Vec<u8>>,
+    pub key: crate::tls::SecretKey,
 }
 
 /// Passive health: ejection of an origin on failures seen by live traffic.

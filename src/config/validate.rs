@@ -171,7 +171,7 @@ pub(super) fn validate(
     };
     let log = validate_log(log, base, &mut e);
     let cache = validate_cache(cache, base, &mut e);
-    let pools = validate_pools(pool, &mut e);
+    let pools = validate_pools(pool, base, &mut e);
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
     Config {
@@ -344,7 +344,7 @@ fn validate_log(log: RawLog, base: &Path, e: &mut Errors<'_>) -> Log {
     Log { access, level }
 }
 
-fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
+fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<Pool> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(pools.len());
     for (i, p) in pools.into_iter().enumerate() {
@@ -456,6 +456,53 @@ fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
             &p.queue_timeout,
             Duration::from_secs(1),
         );
+        let ca = p.ca_file.as_deref().and_then(|f| {
+            crate::tls::load_certs(&resolve(base, f))
+                .map_err(|why| e.push(format!("{at}.ca_file"), why))
+                .ok()
+        });
+        let client_cert = match (p.client_cert.as_deref(), p.client_key.as_deref()) {
+            (None, None) => None,
+            (Some(_), None) => {
+                e.push(format!("{at}.client_key"), "client_cert needs client_key");
+                None
+            }
+            (None, Some(_)) => {
+                e.push(format!("{at}.client_cert"), "client_key needs client_cert");
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let chain = crate::tls::load_certs(&resolve(base, cert))
+                    .map_err(|why| e.push(format!("{at}.client_cert"), why))
+                    .ok();
+                let key = crate::tls::load_key(&resolve(base, key))
+                    .map_err(|why| e.push(format!("{at}.client_key"), why))
+                    .ok();
+                match (chain, key) {
+                    (Some(chain), Some(key)) => {
+                        match crate::tls::check_pair(&chain, &key, std::time::SystemTime::now()) {
+                            Ok(()) => Some(ClientCert { chain, key }),
+                            Err(why) => {
+                                e.push(format!("{at}.client_cert"), format!("{cert}: {why}"));
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let h2 = p.h2.unwrap_or(false);
+        if !tls && (h2 || ca.is_some() || client_cert.is_some()) {
+            let key = if h2 {
+                "h2"
+            } else if ca.is_some() {
+                "ca_file"
+            } else {
+                "client_cert"
+            };
+            e.push(format!("{at}.{key}"), "needs tls = true");
+        }
         let defaults = Passive::default();
         let passive = match p.passive {
             None => defaults,
@@ -537,6 +584,9 @@ fn validate_pools(pools: Vec<RawPool>, e: &mut Errors<'_>) -> Vec<Pool> {
             ) as usize,
             queue: e.int_in(&format!("{at}.queue"), p.queue, 256, 0, 1_000_000) as usize,
             queue_timeout,
+            ca,
+            client_cert,
+            h2,
             retry_budget: match p.retry_budget {
                 None => 0.2,
                 Some(b) if (0.0..=1.0).contains(&b) => b,

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
 use pingora::lb::Backend;
-use pingora::prelude::HttpPeer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinSet;
@@ -407,12 +406,11 @@ fn build_check(pool: &Pool, health: &crate::config::Health) -> HttpHealthCheck {
         .or_else(|| pool.origins.first().map(|o| o.label.clone()))
         .unwrap_or_default();
     let mut check = HttpHealthCheck::new(&host, cfg.tls);
-    let sni = cfg
-        .sni
-        .clone()
-        .or_else(|| cfg.host.clone())
-        .unwrap_or_default();
-    let mut peer = HttpPeer::new("0.0.0.0:1", cfg.tls, sni);
+    // The same TLS settings as requests (CA, client certificate, SNI, ALPN): a probe must not
+    // pass where a request would fail verification. The address is replaced per probe.
+    let Some(mut peer) = pool.peer(0) else {
+        return check;
+    };
     peer.options.connection_timeout = Some(health.timeout);
     peer.options.total_connection_timeout = Some(health.timeout);
     peer.options.read_timeout = Some(health.timeout);

@@ -16,7 +16,15 @@ use std::time::Instant;
 use crate::config;
 use crate::metrics::{OriginSeries, METRICS};
 use health::{Change, HealthRegistry, OriginHealth};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use protect::{Limiter, RetryBudget};
+
+/// How long an idle pooled connection to an origin is kept for reuse.
+const UPSTREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Concurrent requests per HTTP/2 connection to an origin.
+const H2_STREAMS: usize = 100;
 
 /// One origin server of a pool, as the proxy sees it.
 #[derive(Debug)]
@@ -71,6 +79,10 @@ pub struct Pool {
     pub limiter: Arc<Limiter>,
     /// Retries allowed as a share of requests (shared across snapshots).
     pub budget: Arc<RetryBudget>,
+    /// `ca_file`'s certificates and the mTLS client certificate, built once per snapshot in
+    /// the form Pingora's peers take.
+    pub ca: Option<Arc<CaType>>,
+    pub client_cert: Option<Arc<CertKey>>,
 }
 
 impl Pool {
@@ -90,13 +102,57 @@ impl Pool {
             })
             .collect();
         let (limiter, budget) = registry.protection(config);
+        // The DER was parsed at config load (crate::tls), so these constructors cannot panic.
+        let ca = config.ca.as_ref().map(|certs| {
+            certs
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        let client_cert = config
+            .client_cert
+            .as_ref()
+            .map(|c| Arc::new(CertKey::new(c.chain.clone(), c.key.0.clone())));
         Pool {
             config: config.clone(),
             origins,
             cursor: AtomicUsize::new(0),
             limiter,
             budget,
+            ca,
+            client_cert,
         }
+    }
+
+    /// A peer for origin `index` with the pool's timeouts and TLS settings.
+    pub fn peer(&self, index: usize) -> Option<HttpPeer> {
+        let origin = self.origins.get(index)?;
+        let cfg = &self.config;
+        // Validation makes tls = true impossible without sni or host: an empty SNI would
+        // disable certificate verification in Pingora.
+        let sni = cfg
+            .sni
+            .clone()
+            .or_else(|| cfg.host.clone())
+            .unwrap_or_default();
+        let mut peer = HttpPeer::new(origin.addr, cfg.tls, sni);
+        peer.options.connection_timeout = Some(cfg.connect_timeout);
+        // Bounds TCP connect plus the TLS handshake, which connection_timeout alone does not.
+        peer.options.total_connection_timeout = Some(cfg.connect_timeout);
+        peer.options.read_timeout = Some(cfg.read_timeout);
+        peer.options.write_timeout = Some(cfg.read_timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        peer.options.ca = self.ca.clone();
+        peer.client_cert_key = self.client_cert.clone();
+        if cfg.h2 {
+            // Offer h2, accept http/1.1; many requests share one connection.
+            peer.options.set_http_version(2, 1);
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        Some(peer)
     }
 
     /// The pool's name.
@@ -190,6 +246,9 @@ mod tests {
             queue: 10,
             queue_timeout: Duration::from_secs(1),
             retry_budget: 0.2,
+            ca: None,
+            client_cert: None,
+            h2: false,
             health: None,
             passive: config::Passive::default(),
             origins: origins

@@ -15,7 +15,7 @@ pub mod hit;
 pub mod respond;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,9 +33,6 @@ use crate::origin::health::Seen;
 use crate::router::normalize_host;
 use crate::snapshot::Live;
 use ctx::RequestCtx;
-
-/// Idle upstream connections are kept this long for reuse.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// The edge proxy.
 pub struct Edge {
@@ -231,26 +228,13 @@ impl ProxyHttp for Edge {
         ctx.attempts += 1;
         ctx.attempt_started = Some(std::time::Instant::now());
         ctx.attempt_recorded = false;
-        let Some(origin) = pool.origins.get(index) else {
-            return Err(Error::explain(
+        match pool.peer(index) {
+            Some(peer) => Ok(Box::new(peer)),
+            None => Err(Error::explain(
                 ErrorType::InternalError,
                 "origin index out of range",
-            ));
-        };
-        let cfg = &pool.config;
-        let sni = cfg
-            .sni
-            .clone()
-            .or_else(|| cfg.host.clone())
-            .unwrap_or_default();
-        let mut peer = HttpPeer::new(origin.addr, cfg.tls, sni);
-        peer.options.connection_timeout = Some(cfg.connect_timeout);
-        // Bounds TCP connect plus the TLS handshake, which connection_timeout alone does not.
-        peer.options.total_connection_timeout = Some(cfg.connect_timeout);
-        peer.options.read_timeout = Some(cfg.read_timeout);
-        peer.options.write_timeout = Some(cfg.read_timeout);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-        Ok(Box::new(peer))
+            )),
+        }
     }
 
     async fn upstream_request_filter(

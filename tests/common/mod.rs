@@ -138,6 +138,38 @@ impl Origin {
         *self.state.behaviour.lock().unwrap() = b;
     }
 
+    /// Starts an origin that speaks TLS with `tls` (HTTP/2 when the client asks for it by ALPN,
+    /// else HTTP/1.1); `handshakes` counts completed TLS handshakes (connections).
+    pub async fn start_tls(
+        name: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> (Origin, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(OriginState {
+            name: name.to_owned(),
+            behaviour: Mutex::new(Behaviour::default()),
+            hits: AtomicUsize::new(0),
+            uploaded: AtomicU64::new(0),
+            last_headers: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        });
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve_tls(
+            listener,
+            state.clone(),
+            tokio_rustls::TlsAcceptor::from(tls),
+            handshakes.clone(),
+        ));
+        let origin = Origin {
+            addr,
+            state,
+            task: Mutex::new(Some(task)),
+        };
+        (origin, handshakes)
+    }
+
     /// The most requests this origin was answering at once.
     pub fn peak_concurrency(&self) -> usize {
         self.state.peak.load(Ordering::SeqCst)
@@ -223,6 +255,133 @@ async fn serve(listener: TcpListener, state: Arc<OriginState>) {
     }
 }
 
+async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<OriginState>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshakes: Arc<AtomicUsize>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (state, acceptor, handshakes) = (state.clone(), acceptor.clone(), handshakes.clone());
+        conns.spawn(async move {
+            // A client that does not trust us, or that we do not trust, ends here.
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            handshakes.fetch_add(1, Ordering::SeqCst);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let svc = service_fn(move |req| handle(req, state.clone()));
+            if h2 {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            }
+        });
+    }
+}
+
+/// A private CA for TLS tests, issuing server and client certificates.
+pub struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A certificate and its key, in PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate for `names` (DNS names), signed by this CA.
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        self.sign(params)
+    }
+
+    /// A certificate that expired yesterday.
+    pub fn issue_expired(&self, names: &[&str]) -> Issued {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: rcgen::CertificateParams) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        roots
+    }
+
+    /// A TLS server config presenting `cert`, offering h2 and http/1.1; with `client_ca`,
+    /// clients must present a certificate that CA signed (mTLS).
+    pub fn server_config(cert: &Issued, client_ca: Option<&Pki>) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain =
+            vec![
+                rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
+                    .unwrap(),
+            ];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca.roots()),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            ),
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
 /// Body type of the harness's origin answers and client requests.
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
@@ -261,6 +420,7 @@ async fn handle(
     }
     let path = req.uri().path().to_owned();
     seen.insert(":method".into(), req.method().to_string());
+    seen.insert(":version".into(), format!("{:?}", req.version()));
     seen.insert(":path".into(), req.uri().to_string());
     state.last_headers.lock().unwrap().push(seen);
     let b = state.behaviour.lock().unwrap().clone();

@@ -14,3 +14,4 @@ mod failover;
 mod lifecycle;
 mod proxying;
 mod reload;
+mod upstream_tls;
