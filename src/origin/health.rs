@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,22 @@ pub struct OriginHealth {
     /// The state requests read, without the lock.
     up: AtomicBool,
     state: Mutex<State>,
+    /// Attempts waiting for this origin's answer, and when it last answered anything (ms since
+    /// `born`): a hang shows as waiting attempts and no answers, well before the first read
+    /// timeout fires.
+    waiting: AtomicUsize,
+    answered_ms: AtomicU64,
+    born: Instant,
+}
+
+/// Held by an attempt while it waits for the origin's answer head.
+#[derive(Debug)]
+pub struct Waiting(Arc<OriginHealth>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl OriginHealth {
@@ -97,6 +113,9 @@ impl OriginHealth {
         // Origins start healthy: at startup and after adding an origin, traffic must flow
         // before the first probe has had a chance to run.
         OriginHealth {
+            waiting: AtomicUsize::new(0),
+            answered_ms: AtomicU64::new(0),
+            born: Instant::now(),
             up: AtomicBool::new(true),
             state: Mutex::new(State {
                 successes: 0,
@@ -121,6 +140,38 @@ impl OriginHealth {
     /// Whether requests should prefer this origin.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.born).as_millis() as u64
+    }
+
+    /// An attempt starts waiting for this origin's answer; dropping the guard ends the wait.
+    pub fn wait_for_answer(self: &Arc<Self>) -> Waiting {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            // The clock starts when someone starts waiting, not at the last answer of an idle
+            // origin.
+            self.answered_ms
+                .store(self.ms(Instant::now()), Ordering::Release);
+        }
+        Waiting(self.clone())
+    }
+
+    /// The origin answered (anything, even an error status or a refused connection).
+    pub fn answered(&self) {
+        self.answered_ms
+            .store(self.ms(Instant::now()), Ordering::Release);
+    }
+
+    /// Whether attempts have been waiting for this origin for `after` with no answer from it
+    /// meanwhile: a likely hang. New requests go elsewhere while it lasts (no ejection: the
+    /// first timeout does that).
+    pub fn stalled(&self, now: Instant, after: Duration) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+            && self
+                .ms(now)
+                .saturating_sub(self.answered_ms.load(Ordering::Acquire))
+                > after.as_millis() as u64
     }
 
     /// Sets the state directly (tests, the demo).
@@ -583,6 +634,25 @@ mod tests {
         h.traffic_at(Seen::Timeout, &p, 2, t);
         h.clear_probe_down();
         assert!(!h.is_up());
+    }
+
+    #[test]
+    fn waiting_with_no_answer_is_a_stall() {
+        let h = Arc::new(OriginHealth::new());
+        let after = Duration::from_secs(1);
+        let now = Instant::now();
+        assert!(
+            !h.stalled(now + Duration::from_secs(60), after),
+            "idle is not stalled"
+        );
+        let waiting = h.wait_for_answer();
+        assert!(!h.stalled(now + Duration::from_millis(500), after));
+        assert!(h.stalled(now + Duration::from_secs(2), after));
+        // Any answer from the origin resets the clock; nobody waiting, no stall.
+        h.answered();
+        assert!(!h.stalled(Instant::now() + Duration::from_millis(500), after));
+        drop(waiting);
+        assert!(!h.stalled(Instant::now() + Duration::from_secs(60), after));
     }
 
     #[test]

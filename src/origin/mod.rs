@@ -171,11 +171,13 @@ impl Pool {
 
     fn choose_at(&self, region: &str, tried: &[usize], now: Instant) -> Option<usize> {
         let mut lost_trials: Vec<usize> = Vec::new();
+        let stall = self.stall_after();
         loop {
             let picked = self.pick(region, |i, o| {
                 !tried.contains(&i)
                     && !lost_trials.contains(&i)
-                    && (o.health.is_up() || o.health.trial_ready(now))
+                    && ((o.health.is_up() && !o.health.stalled(now, stall))
+                        || o.health.trial_ready(now))
             });
             let Some(i) = picked else { break };
             let health = &self.origins[i].health;
@@ -185,7 +187,15 @@ impl Pool {
             // Another request took the trial between the two looks.
             lost_trials.push(i);
         }
-        self.pick(region, |i, _| !tried.contains(&i))
+        // Healthy but seemingly stalled origins next, then anything untried.
+        self.pick(region, |i, o| !tried.contains(&i) && o.health.is_up())
+            .or_else(|| self.pick(region, |i, _| !tried.contains(&i)))
+    }
+
+    /// How long attempts may wait on an origin that answers nothing before new requests avoid
+    /// it: a quarter of read_timeout, at most a second.
+    fn stall_after(&self) -> std::time::Duration {
+        (self.config.read_timeout / 4).min(std::time::Duration::from_secs(1))
     }
 
     /// The `rise` count that brings an ejected origin back (the active check's, else 2).

@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub cache_key: Option<pingora::cache::CacheKey>,
     /// The pool slot (max_inflight) this request holds from its first origin attempt on.
     pub permit: Option<crate::origin::protect::Permit>,
+    /// Held while the current attempt waits for the origin's answer head (hang detection).
+    pub waiting: Option<crate::origin::health::Waiting>,
     /// `(attempt, granted)`: the retry decision for that attempt, made once.
     pub retry_decision: Option<(usize, bool)>,
 }
@@ -72,6 +74,7 @@ impl RequestCtx {
             cache_outcome: None,
             cache_key: None,
             permit: None,
+            waiting: None,
             retry_decision: None,
         }
     }

@@ -225,6 +225,7 @@ impl ProxyHttp for Edge {
             METRICS.failover(pool.name());
         }
         ctx.tried.push(index);
+        ctx.waiting = pool.origins.get(index).map(|o| o.health.wait_for_answer());
         ctx.attempts += 1;
         ctx.attempt_started = Some(std::time::Instant::now());
         ctx.attempt_recorded = false;
@@ -551,6 +552,9 @@ fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
     };
     if let Some(origin) = pool.origins.get(index) {
         origin.metrics.attempt(outcome, started.elapsed());
+        if outcome != OriginOutcome::Timeout {
+            origin.health.answered();
+        }
         let seen = match outcome {
             OriginOutcome::Ok => Seen::Ok,
             OriginOutcome::Timeout => Seen::Timeout,
@@ -564,4 +568,5 @@ fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
         }
     }
     ctx.attempt_recorded = true;
+    ctx.waiting = None;
 }
