@@ -182,16 +182,28 @@ impl AdminApp {
                 json!({
                     "name": p.name(),
                     "healthy": p.any_up(),
+                    "inflight": p.limiter.inflight(),
+                    "max_inflight": p.config.max_inflight,
                     "origins": p.origins.iter().map(|o| json!({
                         "addr": o.label,
                         "region": o.region,
                         "tier": o.tier,
                         "weight": o.weight,
                         "up": o.health.is_up(),
+                        "state": o.health.describe(),
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
+        let memory = self.cache.memory;
+        let disk = self.cache.store.disk.as_ref().map(|d| {
+            let (objects, bytes) = d.usage();
+            json!({
+                "objects": objects,
+                "bytes": bytes,
+                "admissions_paused": d.admissions_paused(std::time::Instant::now()),
+            })
+        });
         json!({
             "node": cfg.node.id,
             "region": cfg.node.region,
@@ -199,6 +211,10 @@ impl AdminApp {
             "config_version": snap.version,
             "sites": cfg.sites.iter().map(|s| json!({"name": s.name, "hosts": s.hosts})).collect::<Vec<_>>(),
             "pools": pools,
+            "cache": {
+                "memory": {"objects": memory.objects(), "bytes": memory.size()},
+                "disk": disk,
+            },
         })
     }
 }

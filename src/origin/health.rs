@@ -289,6 +289,18 @@ impl OriginHealth {
         }
     }
 
+    /// The state in a word, for `GET /status`: `up`, `down` (by health check), `ejected` (by
+    /// live traffic, waiting out its time) or `trial` (ejected, open to one request at a time).
+    pub fn describe(&self) -> &'static str {
+        let s = self.lock();
+        match s.down {
+            None => "up",
+            Some(Down::Probe) => "down",
+            Some(Down::Traffic) if s.ejected_until.is_some_and(|t| t <= Instant::now()) => "trial",
+            Some(Down::Traffic) => "ejected",
+        }
+    }
+
     /// Whether an ejected origin may take a trial request now.
     pub fn trial_ready(&self, now: Instant) -> bool {
         let s = self.lock();

@@ -541,6 +541,9 @@ pub enum Fault {
     Garbage,
     /// Sends the head of a 200 with `Content-Length: len`, half the body, then resets.
     ResetMidBody { len: usize },
+    /// Sends the head of a cacheable 200 with `Content-Length: len` and half the body, then
+    /// nothing more, holding the connection open.
+    StallMidBody { len: usize },
     /// Sends the head of a cacheable 200 with `Content-Length: len`, then one byte per
     /// `every`.
     Trickle { len: usize, every: Duration },
@@ -616,6 +619,15 @@ async fn misbehave(mut stream: TcpStream, fault: Fault) {
             let _ = stream.flush().await;
             // SO_LINGER 0: close with a reset, as a crashing origin's kernel would.
             let _ = stream.set_zero_linger();
+        }
+        Fault::StallMidBody { len } => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nCache-Control: max-age=600\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&vec![b's'; len / 2]).await;
+            let _ = stream.flush().await;
+            let _ = stream.read(&mut buf).await;
         }
         Fault::Trickle { len, every } => {
             let head = format!(

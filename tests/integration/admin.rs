@@ -55,6 +55,11 @@ async fn token_guards_everything_but_probes() {
         origin.addr.to_string()
     );
     assert_eq!(status["pools"][0]["origins"][0]["up"], true);
+    assert_eq!(status["pools"][0]["origins"][0]["state"], "up");
+    assert_eq!(status["pools"][0]["inflight"], 0);
+    assert_eq!(status["pools"][0]["max_inflight"], 1024);
+    assert!(status["cache"]["memory"]["objects"].is_u64());
+    assert!(status["cache"]["disk"].is_null(), "no disk tier configured");
     assert_eq!(onair.admin("GET", "/nope").await.status, 404);
     assert_eq!(onair.admin("GET", "/reload").await.status, 405);
 }

@@ -78,6 +78,15 @@ async fn a_hung_origin_is_ejected_after_its_first_timeout() {
             .await,
         Some(0.0)
     );
+    let status: serde_json::Value =
+        serde_json::from_slice(&onair.admin("GET", "/status").await.body).unwrap();
+    let states: Vec<&str> = status["pools"][0]["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["ejected", "up"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +362,30 @@ health = {{ path = "/", interval = "200ms", timeout = "200ms", fall = 2, rise = 
         })
         .await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stalled_mid_stream_is_cut_and_not_cached() {
+    let stalled = RawOrigin::start(Fault::StallMidBody { len: 100_000 }).await;
+    let setup = Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n\
+         read_timeout = \"1s\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        stalled.addr
+    ));
+    let onair = Onair::start(setup).await;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = get(onair.http, "a", "/clip").await;
+        // Cut after read_timeout: the reader is not left hanging, and a cut answer never
+        // looks whole.
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        if let Ok(r) = &r {
+            assert!(r.body.len() < 100_000);
+        }
+    }
+    assert_eq!(stalled.connections(), 2, "the partial body was cached");
 }
