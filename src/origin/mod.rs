@@ -219,6 +219,12 @@ impl Pool {
         if total == 0 {
             return None;
         }
+        let mut only = chosen();
+        if let (Some((i, _)), None) = (only.next(), only.next()) {
+            // No choice to make: leave the cursor alone, or a retry's pick would shift the
+            // rotation and send every next request to the same origin first.
+            return Some(i);
+        }
         let mut n = (self.cursor.fetch_add(1, Ordering::Relaxed) as u64) % total;
         for (i, o) in chosen() {
             let w = u64::from(o.weight);

@@ -389,3 +389,99 @@ async fn a_body_stalled_mid_stream_is_cut_and_not_cached() {
     }
     assert_eq!(stalled.connections(), 2, "the partial body was cached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_tier_down_then_back_fails_over_and_back() {
+    let (p1, p2) = (Origin::start("p1").await, Origin::start("p2").await);
+    let backup = Origin::start("backup").await;
+    for o in [&p1, &p2, &backup] {
+        o.set(page(b"page"));
+    }
+    let setup = Setup::new(format!(
+        r#"
+[[site]]
+name = "s"
+hosts = ["*"]
+pool = "p"
+[[pool]]
+name = "p"
+connect_timeout = "500ms"
+health = {{ path = "/", interval = "200ms", timeout = "200ms", fall = 2, rise = 2 }}
+  [[pool.origin]]
+  addr = "{}"
+  [[pool.origin]]
+  addr = "{}"
+  [[pool.origin]]
+  addr = "{}"
+  tier = 1
+"#,
+        p1.addr, p2.addr, backup.addr
+    ));
+    let onair = Onair::start(setup).await;
+    let from = |r: &Resp| r.header("x-origin").unwrap_or("").to_owned();
+    // The whole primary tier goes: no failed request, the backup tier answers.
+    p1.kill();
+    p2.kill();
+    for i in 0..20 {
+        let r = get(onair.http, "a", &format!("/down/{i}")).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(from(&r), "backup");
+    }
+    // One primary comes back: after `rise` good checks, traffic fails back to tier 0.
+    p1.revive().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(onair.http, "a", "/back")
+                .await
+                .is_ok_and(|r| from(&r) == "p1")
+        })
+        .await
+    );
+    let hits = backup.proxied_hits();
+    for i in 0..10 {
+        let r = get(onair.http, "a", &format!("/after/{i}")).await.unwrap();
+        assert_eq!(from(&r), "p1");
+    }
+    assert_eq!(
+        backup.proxied_hits(),
+        hits,
+        "the backup serves only while tier 0 is down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_a_retry_storm() {
+    let dead = Origin::start("dead").await;
+    let good = Origin::start("good").await;
+    good.set(page(b"fine"));
+    dead.kill();
+    // No passive ejection and no retry share: only the floor of 10 retries per 10 s remains.
+    let onair = Onair::start(pair(
+        dead.addr,
+        good.addr,
+        "retry_budget = 0.0\npassive = { failures = 0 }",
+    ))
+    .await;
+    let mut failed = 0;
+    for i in 0..40 {
+        let r = get(onair.http, "a", &format!("/{i}")).await.unwrap();
+        if r.status != 200 {
+            assert_eq!(r.status, 503, "request {i}");
+            failed += 1;
+        }
+    }
+    // Requests that met the dead origin first: ten were retried on the good one, the rest
+    // were refused a retry and got the maintenance page.
+    let series =
+        |result: &str| format!("onair_origin_retries_total{{pool=\"p\",result=\"{result}\"}}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric(&series("over_budget")).await == Some(f64::from(failed))
+        })
+        .await,
+        "{failed} failed, {:?} over budget",
+        onair.metric(&series("over_budget")).await
+    );
+    assert_eq!(onair.metric(&series("allowed")).await, Some(10.0));
+    assert!(failed > 0);
+}
