@@ -98,6 +98,20 @@ struct OriginState {
     peak: AtomicUsize,
 }
 
+impl OriginState {
+    fn new(name: &str) -> Arc<OriginState> {
+        Arc::new(OriginState {
+            name: name.to_owned(),
+            behaviour: Mutex::new(Behaviour::default()),
+            hits: AtomicUsize::new(0),
+            uploaded: AtomicU64::new(0),
+            last_headers: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        })
+    }
+}
+
 /// A real HTTP/1.1 origin on 127.0.0.1.
 pub struct Origin {
     pub addr: SocketAddr,
@@ -116,15 +130,7 @@ impl Origin {
     pub async fn start_on(name: &str, ip: [u8; 4]) -> Origin {
         let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(OriginState {
-            name: name.to_owned(),
-            behaviour: Mutex::new(Behaviour::default()),
-            hits: AtomicUsize::new(0),
-            uploaded: AtomicU64::new(0),
-            last_headers: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-        });
+        let state = OriginState::new(name);
         let task = tokio::spawn(serve(listener, state.clone()));
         Origin {
             addr,
@@ -146,15 +152,7 @@ impl Origin {
     ) -> (Origin, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(OriginState {
-            name: name.to_owned(),
-            behaviour: Mutex::new(Behaviour::default()),
-            hits: AtomicUsize::new(0),
-            uploaded: AtomicU64::new(0),
-            last_headers: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-        });
+        let state = OriginState::new(name);
         let handshakes = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(serve_tls(
             listener,
@@ -694,6 +692,11 @@ pub async fn request(
         )
         .await
         .map_err(std::io::Error::other)?;
+    read_whole(resp).await
+}
+
+/// Reads a whole answer; an answer cut short is an error.
+pub async fn read_whole(resp: Response<Incoming>) -> std::io::Result<Resp> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp

@@ -152,11 +152,7 @@ async fn a_503_storm_on_one_origin_of_two_is_invisible_to_readers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_mid_body_aborts_the_answer_and_caches_nothing() {
     let resetting = RawOrigin::start(Fault::ResetMidBody { len: 200_000 }).await;
-    let setup = Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n\
-         read_timeout = \"2s\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        resetting.addr
-    ));
+    let setup = Setup::new(one_site(resetting.addr, "read_timeout = \"2s\"", ""));
     let onair = Onair::start(setup).await;
     for _ in 0..2 {
         let r = get(onair.http, "a", "/video.mp4").await;
@@ -177,10 +173,10 @@ async fn a_trickling_origin_is_cut_off_at_total_timeout() {
         every: Duration::from_millis(200),
     })
     .await;
-    let setup = Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n\
-         read_timeout = \"1s\"\ntotal_timeout = \"2s\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        trickle.addr
+    let setup = Setup::new(one_site(
+        trickle.addr,
+        "read_timeout = \"1s\"\ntotal_timeout = \"2s\"",
+        "",
     ));
     let onair = Onair::start(setup).await;
     let started = Instant::now();
@@ -209,10 +205,10 @@ async fn max_inflight_caps_a_miss_storm_at_the_origin() {
         delay: Duration::from_millis(200),
         ..page(b"slow page")
     });
-    let setup = Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n\
-         max_inflight = 8\nqueue = 300\nqueue_timeout = \"30s\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        origin.addr
+    let setup = Setup::new(one_site(
+        origin.addr,
+        "max_inflight = 8\nqueue = 300\nqueue_timeout = \"30s\"",
+        "",
     ));
     let onair = Onair::start(setup).await;
     let mut storm = tokio::task::JoinSet::new();
@@ -243,11 +239,7 @@ async fn max_inflight_caps_a_miss_storm_at_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_queue_readers_get_stale_or_503_and_the_origin_sees_nothing() {
     let origin = Origin::start("o").await;
-    let setup = Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n\
-         max_inflight = 1\nqueue = 0\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        origin.addr
-    ));
+    let setup = Setup::new(one_site(origin.addr, "max_inflight = 1\nqueue = 0", ""));
     let onair = Onair::start(setup).await;
     // A stored copy, already stale, allowed for stale-if-error.
     origin.set(Behaviour {
@@ -367,11 +359,7 @@ health = {{ path = "/", interval = "200ms", timeout = "200ms", fall = 2, rise = 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_stalled_mid_stream_is_cut_and_not_cached() {
     let stalled = RawOrigin::start(Fault::StallMidBody { len: 100_000 }).await;
-    let setup = Setup::new(format!(
-        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n\
-         read_timeout = \"1s\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
-        stalled.addr
-    ));
+    let setup = Setup::new(one_site(stalled.addr, "read_timeout = \"1s\"", ""));
     let onair = Onair::start(setup).await;
     for _ in 0..2 {
         let started = Instant::now();

@@ -220,19 +220,7 @@ async fn get_retrying_unanswered(addr: std::net::SocketAddr, path: &str) -> std:
             Err(e) if attempt == 0 && (e.is_incomplete_message() || e.is_canceled()) => continue,
             Err(e) => return Err(std::io::Error::other(e)),
         };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
-        return Ok(Resp {
-            status,
-            headers,
-            body,
-        });
+        return read_whole(resp).await;
     }
     Err(std::io::Error::other("closed twice before answering"))
 }
