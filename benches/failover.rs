@@ -152,8 +152,8 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| fault | requests in the {} s after it | before: p50 / p99 ms | after: p50 ms | p99 ms | max ms | waited > 500 ms | failed |",
-        (total - at).as_secs()
+        "| fault | requests in the {:.1} s after it | before: p50 / p99 ms | after: p50 ms | p99 ms | max ms | waited > 500 ms | failed |",
+        (total - at).as_secs_f64()
     );
     println!("|---|--:|--:|--:|--:|--:|--:|--:|");
     for (name, fault) in [
