@@ -7,6 +7,7 @@
 //! - [`origin`]: pools, tiers, regions, active and passive health, origin protection.
 //! - [`tls`]: certificates and keys from PEM files, checked before Pingora sees them.
 //! - [`cache`]: cache key, RFC 9111 cacheability, the memory tier, `Cache-Status`.
+//! - [`protect`]: client identity (trusted proxies, IPv6 /64) and per-client rate limits.
 //! - [`proxy`]: the `ProxyHttp` phases, which only dispatch to the modules above.
 //! - [`admin`]: the admin API. [`metrics`]: every Prometheus metric.
 //! - [`access_log`], [`logging`]: what onair tells operators.
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
+pub mod protect;
 pub mod proxy;
 pub mod router;
 pub mod server;

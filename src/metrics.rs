@@ -68,6 +68,7 @@ pub struct Metrics {
     cache_admissions_paused: IntGaugeVec,
     stale_served: IntCounterVec,
     coalesced: IntCounter,
+    rate_limited: IntCounterVec,
     purged: IntCounter,
 }
 
@@ -215,6 +216,12 @@ impl Metrics {
             ),
             coalesced,
             purged,
+            rate_limited: counter(
+                "onair_rate_limited_total",
+                "Requests answered 429 because their client was over a rate limit, by which \
+                 limit (node: protect.rate, route: a route's rate).",
+                &["reason"],
+            ),
         }
     }
 
@@ -248,6 +255,11 @@ impl Metrics {
     /// A stale copy was served; `reason` is `stale-while-revalidate` or `stale-if-error`.
     pub fn stale_served(&self, reason: &'static str) {
         self.stale_served.with_label_values(&[reason]).inc();
+    }
+
+    /// A request was refused by a rate limit (`node` or `route`).
+    pub fn rate_limited(&self, reason: &'static str) {
+        self.rate_limited.with_label_values(&[reason]).inc();
     }
 
     /// A request was answered by another request's fetch.

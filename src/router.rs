@@ -20,6 +20,9 @@ pub struct RouteTarget {
     pub query: config::QueryKey,
     /// Freshness for responses that carry none (None: not stored).
     pub default_ttl: Option<std::time::Duration>,
+    /// The route's own per-client limit: `(policy, limit)`, the policy numbering the route's
+    /// counters apart from the node-wide ones (policy 0) and from other routes'.
+    pub rate: Option<(u16, crate::protect::rate::Limit)>,
 }
 
 /// A site's routes, longest prefix first.
@@ -89,18 +92,28 @@ impl HostTable {
     }
 }
 
-/// Builds a site's route table; `pool_index` maps pool names (already validated) to indexes.
-pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> SiteRoutes {
+/// Builds a site's route table; `pool_index` maps pool names (already validated) to indexes;
+/// `policies` numbers the routes with a rate limit (shared by all sites of a snapshot).
+pub fn site_routes(
+    site: &config::Site,
+    pool_index: &dyn Fn(&str) -> usize,
+    policies: &mut u16,
+) -> SiteRoutes {
     let mut routes: Vec<(String, RouteTarget)> = site
         .routes
         .iter()
         .map(|r| {
             let pool = r.pool.as_deref().unwrap_or(&site.pool);
+            let rate = r.rate.map(|rate| {
+                *policies = policies.wrapping_add(1).max(1);
+                (*policies, rate.limit)
+            });
             let target = RouteTarget {
                 pool: pool_index(pool),
                 cache: r.cache,
                 query: r.query,
                 default_ttl: r.default_ttl,
+                rate,
             };
             (r.path.clone(), target)
         })
@@ -113,6 +126,7 @@ pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> S
             cache: true,
             query: config::QueryKey::Keep,
             default_ttl: None,
+            rate: None,
         },
     }
 }
@@ -162,6 +176,7 @@ mod tests {
                     cache: *pool != "api",
                     query: config::QueryKey::Keep,
                     default_ttl: None,
+                    rate: None,
                 })
                 .collect(),
         }
@@ -199,7 +214,7 @@ mod tests {
             "v2" => 2,
             _ => 3,
         };
-        let r = site_routes(&s, &index);
+        let r = site_routes(&s, &index, &mut 0);
         assert_eq!(r.pool_for("/"), 0);
         assert_eq!(r.pool_for("/api/x"), 1);
         assert_eq!(r.pool_for("/api/v2/x"), 2);

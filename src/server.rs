@@ -86,13 +86,17 @@ pub fn serve(
 
     let edge_cache = EdgeCache::new(&config.cache)
         .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
+    let limiter = Arc::new(crate::protect::rate::RateLimiter::default());
     server.add_service(background_service(
         "onair cache maintenance",
-        CacheMaintenance { cache: edge_cache },
+        CacheMaintenance {
+            cache: edge_cache,
+            limiter: limiter.clone(),
+        },
     ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Edge::new(live.clone(), edge_cache),
+        Edge::new(live.clone(), edge_cache, limiter),
         "onair edge",
     );
     for addr in &config.listen.http {
@@ -190,8 +194,11 @@ fn remove_pid_file(path: &Path) {
 }
 
 /// Runs the memory tier's deferred maintenance and publishes the cache gauges.
+/// Once a second: cache tier upkeep and gauges, and the rate limiter's sweep of clients that
+/// are back to a clean slate.
 struct CacheMaintenance {
     cache: EdgeCache,
+    limiter: Arc<crate::protect::rate::RateLimiter>,
 }
 
 #[async_trait]
@@ -202,6 +209,7 @@ impl BackgroundService for CacheMaintenance {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
+                    self.limiter.sweep(std::time::Instant::now());
                     let memory = self.cache.memory;
                     memory.maintain();
                     crate::metrics::METRICS.cache_tier("memory", memory.size(), memory.objects());

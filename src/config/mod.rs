@@ -73,8 +73,26 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub cache: Cache,
+    pub protect: Protect,
     pub sites: Vec<Site>,
     pub pools: Vec<Pool>,
+}
+
+/// `[protect]`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Protect {
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front of onair).
+    pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// Node-wide per-client limit; None: no limit.
+    pub rate: Option<RateLimit>,
+}
+
+/// `rate` + `burst`, as configured and as the limiter uses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+    pub limit: crate::protect::rate::Limit,
 }
 
 /// `[cache]`
@@ -171,6 +189,8 @@ pub struct Route {
     pub query: QueryKey,
     /// Freshness for responses that carry no freshness information (no heuristics otherwise).
     pub default_ttl: Option<Duration>,
+    /// A per-client limit for this route, on top of the node-wide one.
+    pub rate: Option<RateLimit>,
 }
 
 /// How a route's query string enters the cache key (the origin always gets it unchanged).

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub log: RawLog,
     pub cache: RawCache,
+    pub protect: RawProtect,
     pub site: Vec<RawSite>,
     pub pool: Vec<RawPool>,
 }
@@ -91,6 +92,17 @@ pub struct RawRoute {
     pub cache: Option<bool>,
     pub query: Option<String>,
     pub default_ttl: Option<String>,
+    pub rate: Option<String>,
+    pub burst: Option<i64>,
+}
+
+/// `[protect]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawProtect {
+    pub trusted_proxies: Option<Vec<String>>,
+    pub rate: Option<String>,
+    pub burst: Option<i64>,
 }
 
 /// `[[pool]]`

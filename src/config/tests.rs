@@ -384,7 +384,7 @@ fn unknown_top_level_key() {
 fn sections_of_later_versions_are_unknown_today() {
     for (section, body) in [
         ("tls", "[tls]\nredirect_http = true\n"),
-        ("protect", "[protect]\nrate = \"100/s\"\n"),
+        ("protect.max_body", "[protect]\nmax_body = \"16MiB\"\n"),
     ] {
         assert_only(&format!("{MINIMAL}\n{body}"), section, "unknown key");
     }
@@ -1375,4 +1375,28 @@ passive = {{ failures = 101, eject = \"0s\", max_eject = \"1s\" }}
     ] {
         assert!(has(&errs, path, needle), "{path}: {errs:#?}");
     }
+}
+
+#[test]
+fn protect_rates_and_trusted_proxies() {
+    let text = format!(
+        "{MINIMAL}\n[protect]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nrate = \"600/m\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.protect.trusted_proxies.len(), 2);
+    let rate = c.protect.rate.unwrap();
+    assert_eq!((rate.per_second, rate.burst), (10.0, 10), "burst defaults to a second's worth");
+    assert!(parse(MINIMAL).unwrap().protect.rate.is_none(), "no limit unless asked");
+    let bad = format!(
+        "{MINIMAL}\n[protect]\ntrusted_proxies = [\"10.0.0.0/33\"]\nrate = \"fast\"\n"
+    );
+    let errs = errors(&bad);
+    assert!(has(&errs, "protect.trusted_proxies[0]", "prefix length"), "{errs:#?}");
+    assert!(has(&errs, "protect.rate", "not a rate"), "{errs:#?}");
+    let errs = errors(&format!("{MINIMAL}\n[protect]\nburst = 5\n"));
+    assert!(has(&errs, "protect.burst", "needs protect.rate"), "{errs:#?}");
+    let errs = errors(&format!(
+        "{LISTEN}{PORTAL_POOL}\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\npool = \"portal\"\n  [[site.route]]\n  path = \"/api/\"\n  rate = \"20/s\"\n  burst = 0\n"
+    ));
+    assert!(has(&errs, "site[0].route[0].burst", "out of range"), "{errs:#?}");
 }

@@ -42,6 +42,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a request rate, `N/s` or `N/m` (N may have a fraction): requests per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let bad = || format!("{text:?} is not a rate like \"100/s\" or \"600/m\"");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let n: f64 = n.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(bad()),
+    };
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("{text:?}: the rate must be more than 0"));
+    }
+    Ok(n / per)
+}
+
 /// Parses a duration: one or more number+unit groups (`ms`, `s`, `m`, `h`, `d`), e.g. `1m30s`.
 /// `0` alone means zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -85,6 +101,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100/s"), Ok(100.0));
+        assert_eq!(parse_rate("600/m"), Ok(10.0));
+        assert_eq!(parse_rate(" 2.5 / s "), Ok(2.5));
+        for bad in ["100", "100/h", "x/s", "0/s", "-1/s", "/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -148,6 +148,7 @@ pub(super) fn validate(
         admin,
         log,
         cache,
+        protect,
         site,
         pool,
     } = raw;
@@ -174,15 +175,61 @@ pub(super) fn validate(
     let pools = validate_pools(pool, base, &mut e);
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
+    let protect = validate_protect(protect, &mut e);
     Config {
         node,
         listen,
         admin,
         log,
         cache,
+        protect,
         sites,
         pools,
     }
+}
+
+fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
+    let trusted_proxies = p
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            text.parse()
+                .map_err(|err| e.push(format!("protect.trusted_proxies[{i}]"), err))
+                .ok()
+        })
+        .collect();
+    Protect {
+        trusted_proxies,
+        rate: rate_limit(e, "protect", &p.rate, p.burst),
+    }
+}
+
+/// `rate` + `burst` under `at` (`protect` or a route). `burst` defaults to one second's worth
+/// of the rate (at least 1) and means nothing without `rate`.
+fn rate_limit(
+    e: &mut Errors<'_>,
+    at: &str,
+    rate: &Option<String>,
+    burst: Option<i64>,
+) -> Option<RateLimit> {
+    let Some(text) = rate else {
+        if burst.is_some() {
+            e.push(format!("{at}.burst"), format!("needs {at}.rate"));
+        }
+        return None;
+    };
+    let per_second = crate::config::units::parse_rate(text)
+        .map_err(|why| e.push(format!("{at}.rate"), why))
+        .ok()?;
+    let default_burst = per_second.ceil().clamp(1.0, 1_000_000.0) as i64;
+    let burst = e.int_in(&format!("{at}.burst"), burst, default_burst, 1, 1_000_000) as u32;
+    Some(RateLimit {
+        per_second,
+        burst,
+        limit: crate::protect::rate::Limit::new(per_second, burst),
+    })
 }
 
 fn validate_cache(c: RawCache, base: &Path, e: &mut Errors<'_>) -> Cache {
@@ -714,12 +761,14 @@ fn validate_sites(
                         Duration::ZERO,
                     )
                 });
+                let rate = rate_limit(e, &rat, &r.rate, r.burst);
                 Route {
                     path,
                     pool: r.pool,
                     cache: r.cache.unwrap_or(true),
                     query,
                     default_ttl: default_ttl.filter(|d| !d.is_zero()),
+                    rate,
                 }
             })
             .collect();

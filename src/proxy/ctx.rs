@@ -13,7 +13,10 @@ pub struct RequestCtx {
     /// Loaded once: a reload during this request does not change its rules.
     pub snapshot: Arc<Snapshot>,
     pub request_id: String,
+    /// The client: the peer, or the address a trusted proxy forwarded (see `protect::client`).
     pub client_ip: Option<IpAddr>,
+    /// The socket's peer.
+    pub peer_ip: Option<IpAddr>,
     /// Normalized request host (lowercase, no port).
     pub host: String,
     /// Index into `snapshot.sites`.
@@ -58,6 +61,7 @@ impl RequestCtx {
             snapshot,
             request_id: String::new(),
             client_ip: None,
+            peer_ip: None,
             host: String::new(),
             site: None,
             pool: None,

@@ -74,11 +74,13 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers.get(http::header::HOST).cloned(),
     };
-    if let Some(ip) = ctx.client_ip {
+    if let Some(peer) = ctx.peer_ip {
+        // Each hop appends the address it got the request from (as nginx and CDNs do): the
+        // origin trusts only the entries its own proxies added, from the right.
         if let Some(v) = append_list(
             &req.headers,
             HeaderName::from_static("x-forwarded-for"),
-            &ip.to_string(),
+            &peer.to_string(),
         ) {
             req.insert_header("X-Forwarded-For", v)?;
         }

@@ -15,7 +15,7 @@ pub mod hit;
 pub mod respond;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,7 +30,11 @@ use crate::access_log;
 use crate::cache::{self, EdgeCache};
 use crate::metrics::{OriginOutcome, METRICS};
 use crate::origin::health::Seen;
-use crate::router::normalize_host;
+use crate::protect::{
+    self,
+    rate::{RateLimiter, Verdict},
+};
+use crate::router::{normalize_host, RouteTarget};
 use crate::snapshot::Live;
 use ctx::RequestCtx;
 
@@ -38,11 +42,16 @@ use ctx::RequestCtx;
 pub struct Edge {
     live: Arc<Live>,
     cache: EdgeCache,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Edge {
-    pub fn new(live: Arc<Live>, cache: EdgeCache) -> Self {
-        Edge { live, cache }
+    pub fn new(live: Arc<Live>, cache: EdgeCache, limiter: Arc<RateLimiter>) -> Self {
+        Edge {
+            live,
+            cache,
+            limiter,
+        }
     }
 }
 
@@ -57,10 +66,23 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req);
-        ctx.client_ip = session
+        ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.client_ip = ctx.peer_ip.map(|peer| {
+            let forwarded = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>();
+            protect::client::client_ip(
+                peer,
+                forwarded.into_iter(),
+                &ctx.snapshot.config.protect.trusted_proxies,
+            )
+        });
         if headers::is_loop(req, &ctx.snapshot.via) {
             respond::text(
                 session,
@@ -102,6 +124,19 @@ impl ProxyHttp for Edge {
                 "site index out of range",
             ));
         };
+        if let Some(verdict) = self.over_rate(ctx, &route) {
+            let retry_after = verdict.as_secs().max(1).to_string();
+            respond::send(
+                session,
+                ctx,
+                429,
+                "text/plain; charset=utf-8",
+                bytes::Bytes::from_static(b"too many requests: slow down\n"),
+                &[("Retry-After", &retry_after)],
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
         ctx.query_key = route.query;
@@ -452,6 +487,27 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// Counts the request against the client's limits (node-wide, then the route's); when it is
+    /// over one, how long until it may try again.
+    fn over_rate(&self, ctx: &RequestCtx, route: &RouteTarget) -> Option<Duration> {
+        let client = protect::client::limit_key(ctx.client_ip?);
+        let now = std::time::Instant::now();
+        let node = ctx
+            .snapshot
+            .config
+            .protect
+            .rate
+            .map(|r| (0u16, r.limit, "node"));
+        let route = route.rate.map(|(policy, limit)| (policy, limit, "route"));
+        for (policy, limit, reason) in node.into_iter().chain(route) {
+            if let Verdict::Deny { retry_after } = self.limiter.check(policy, client, &limit, now) {
+                METRICS.rate_limited(reason);
+                return Some(retry_after);
+            }
+        }
+        None
+    }
+
     /// The request's cache key (see `cache::key`).
     fn cache_key(&self, session: &Session, ctx: &RequestCtx) -> CacheKey {
         let uri = &session.req_header().uri;

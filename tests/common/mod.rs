@@ -663,6 +663,28 @@ impl Resp {
     }
 }
 
+/// GET `path` from `addr`, sent from the loopback address `from`, with extra headers.
+pub async fn get_from(
+    addr: SocketAddr,
+    from: [u8; 4],
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
+    let mut sender = connect_from(addr, from).await?;
+    let mut req = Request::get(path).header("Host", "a");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(
+            req.body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                .unwrap(),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+    read_whole(resp).await
+}
+
 /// GET `path` from `addr` with a Host header.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<Resp> {
     request(addr, "GET", host, path, &[], Bytes::new()).await
@@ -773,7 +795,17 @@ pub fn one_site(origin: SocketAddr, pool_extra: &str, origin_extra: &str) -> Str
 pub async fn connect(
     addr: SocketAddr,
 ) -> std::io::Result<hyper::client::conn::http1::SendRequest<BoxBody>> {
-    let stream = TcpStream::connect(addr).await?;
+    connect_from(addr, [127, 0, 0, 1]).await
+}
+
+/// As [`connect`], from another loopback address (127.0.0.x): a second "client".
+pub async fn connect_from(
+    addr: SocketAddr,
+    from: [u8; 4],
+) -> std::io::Result<hyper::client::conn::http1::SendRequest<BoxBody>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let stream = socket.connect(addr).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;

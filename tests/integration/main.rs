@@ -12,6 +12,7 @@ mod chaos;
 mod config_check;
 mod failover;
 mod lifecycle;
+mod protect;
 mod proxying;
 mod reload;
 mod upstream_tls;
