@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Clients tracked at most (over all shards). At about 80 bytes per entry (measured, see
-/// docs/benchmarks.md) this bounds the table near 80 MB even under a flood from a million
-/// addresses.
+/// Clients tracked at most (over all shards). At about 100 bytes per entry (measured by
+/// `benches/protect.rs`, see docs/benchmarks.md) this bounds the table near 100 MiB even under a
+/// flood from a million addresses.
 pub const MAX_CLIENTS: usize = 1 << 20;
 const SHARDS: usize = 64;
 
