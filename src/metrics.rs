@@ -69,6 +69,7 @@ pub struct Metrics {
     stale_served: IntCounterVec,
     coalesced: IntCounter,
     rate_limited: IntCounterVec,
+    refused: IntCounterVec,
     purged: IntCounter,
 }
 
@@ -216,6 +217,13 @@ impl Metrics {
             ),
             coalesced,
             purged,
+            refused: counter(
+                "onair_requests_refused_total",
+                "Requests refused before any cache or origin work, by reason: method (405), uri \
+                 (414), header_size or header_count (431), body (413), smuggling or \
+                 content_length (400).",
+                &["reason"],
+            ),
             rate_limited: counter(
                 "onair_rate_limited_total",
                 "Requests answered 429 because their client was over a rate limit, by which \
@@ -255,6 +263,11 @@ impl Metrics {
     /// A stale copy was served; `reason` is `stale-while-revalidate` or `stale-if-error`.
     pub fn stale_served(&self, reason: &'static str) {
         self.stale_served.with_label_values(&[reason]).inc();
+    }
+
+    /// A request was refused by request hygiene (see `protect::hygiene`).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     /// A request was refused by a rate limit (`node` or `route`).

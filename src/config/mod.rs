@@ -79,12 +79,31 @@ pub struct Config {
 }
 
 /// `[protect]`
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Protect {
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front of onair).
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// Node-wide per-client limit; None: no limit.
     pub rate: Option<RateLimit>,
+    /// Request limits (see `protect::hygiene`): the whole head in bytes, its field count, the
+    /// URI, and the body.
+    pub max_header: u64,
+    pub max_headers: usize,
+    pub max_uri: u64,
+    pub max_body: u64,
+}
+
+impl Default for Protect {
+    fn default() -> Self {
+        Protect {
+            trusted_proxies: Vec::new(),
+            rate: None,
+            max_header: 32 << 10,
+            max_headers: 100,
+            max_uri: 8 << 10,
+            max_body: 16 << 20,
+        }
+    }
 }
 
 /// `rate` + `burst`, as configured and as the limiter uses them.

@@ -103,6 +103,10 @@ pub struct RawProtect {
     pub trusted_proxies: Option<Vec<String>>,
     pub rate: Option<String>,
     pub burst: Option<i64>,
+    pub max_header: Option<String>,
+    pub max_headers: Option<i64>,
+    pub max_uri: Option<String>,
+    pub max_body: Option<String>,
 }
 
 /// `[[pool]]`

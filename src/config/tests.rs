@@ -384,7 +384,7 @@ fn unknown_top_level_key() {
 fn sections_of_later_versions_are_unknown_today() {
     for (section, body) in [
         ("tls", "[tls]\nredirect_http = true\n"),
-        ("protect.max_body", "[protect]\nmax_body = \"16MiB\"\n"),
+        ("protect.deny", "[protect]\ndeny = [\"203.0.113.0/24\"]\n"),
     ] {
         assert_only(&format!("{MINIMAL}\n{body}"), section, "unknown key");
     }
@@ -1385,18 +1385,33 @@ fn protect_rates_and_trusted_proxies() {
     let c = parse(&text).unwrap();
     assert_eq!(c.protect.trusted_proxies.len(), 2);
     let rate = c.protect.rate.unwrap();
-    assert_eq!((rate.per_second, rate.burst), (10.0, 10), "burst defaults to a second's worth");
-    assert!(parse(MINIMAL).unwrap().protect.rate.is_none(), "no limit unless asked");
-    let bad = format!(
-        "{MINIMAL}\n[protect]\ntrusted_proxies = [\"10.0.0.0/33\"]\nrate = \"fast\"\n"
+    assert_eq!(
+        (rate.per_second, rate.burst),
+        (10.0, 10),
+        "burst defaults to a second's worth"
     );
+    assert!(
+        parse(MINIMAL).unwrap().protect.rate.is_none(),
+        "no limit unless asked"
+    );
+    let bad =
+        format!("{MINIMAL}\n[protect]\ntrusted_proxies = [\"10.0.0.0/33\"]\nrate = \"fast\"\n");
     let errs = errors(&bad);
-    assert!(has(&errs, "protect.trusted_proxies[0]", "prefix length"), "{errs:#?}");
+    assert!(
+        has(&errs, "protect.trusted_proxies[0]", "prefix length"),
+        "{errs:#?}"
+    );
     assert!(has(&errs, "protect.rate", "not a rate"), "{errs:#?}");
     let errs = errors(&format!("{MINIMAL}\n[protect]\nburst = 5\n"));
-    assert!(has(&errs, "protect.burst", "needs protect.rate"), "{errs:#?}");
+    assert!(
+        has(&errs, "protect.burst", "needs protect.rate"),
+        "{errs:#?}"
+    );
     let errs = errors(&format!(
         "{LISTEN}{PORTAL_POOL}\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\npool = \"portal\"\n  [[site.route]]\n  path = \"/api/\"\n  rate = \"20/s\"\n  burst = 0\n"
     ));
-    assert!(has(&errs, "site[0].route[0].burst", "out of range"), "{errs:#?}");
+    assert!(
+        has(&errs, "site[0].route[0].burst", "out of range"),
+        "{errs:#?}"
+    );
 }

@@ -200,9 +200,32 @@ fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
                 .ok()
         })
         .collect();
+    let d = Protect::default();
+    let max_header = e.size("protect.max_header", &p.max_header, d.max_header);
+    let max_uri = e.size("protect.max_uri", &p.max_uri, d.max_uri);
+    // Pingora reads at most 1 MiB of head and 256 fields; larger limits would never apply.
+    if !(1024..=1 << 20).contains(&max_header) {
+        e.push("protect.max_header", "must be between 1KiB and 1MiB");
+    }
+    if !(256..=max_header).contains(&max_uri) {
+        e.push(
+            "protect.max_uri",
+            "must be between 256 bytes and protect.max_header",
+        );
+    }
     Protect {
         trusted_proxies,
         rate: rate_limit(e, "protect", &p.rate, p.burst),
+        max_header,
+        max_headers: e.int_in(
+            "protect.max_headers",
+            p.max_headers,
+            d.max_headers as i64,
+            8,
+            256,
+        ) as usize,
+        max_uri,
+        max_body: e.size("protect.max_body", &p.max_body, d.max_body),
     }
 }
 

@@ -6,4 +6,5 @@
 //! `Retry-After` before any cache or origin work.
 
 pub mod client;
+pub mod hygiene;
 pub mod rate;

@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub permit: Option<crate::origin::protect::Permit>,
     /// Held while the current attempt waits for the origin's answer head (hang detection).
     pub waiting: Option<crate::origin::health::Waiting>,
+    /// Request body bytes received so far (for `protect.max_body`).
+    pub body_bytes: u64,
     /// `(attempt, granted)`: the retry decision for that attempt, made once.
     pub retry_decision: Option<(usize, bool)>,
 }
@@ -80,6 +82,7 @@ impl RequestCtx {
             permit: None,
             waiting: None,
             retry_decision: None,
+            body_bytes: 0,
         }
     }
 

@@ -38,6 +38,9 @@ use crate::router::{normalize_host, RouteTarget};
 use crate::snapshot::Live;
 use ctx::RequestCtx;
 
+/// A request body that grew past `protect.max_body` while streaming.
+const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("request body too large");
+
 /// The edge proxy.
 pub struct Edge {
     live: Arc<Live>,
@@ -83,6 +86,36 @@ impl ProxyHttp for Edge {
                 &ctx.snapshot.config.protect.trusted_proxies,
             )
         });
+        let refusal = protect::hygiene::check(req, &ctx.snapshot.config.protect).or_else(|| {
+            // Both framings sent: Pingora has already dropped Content-Length (and keep-alive),
+            // which is safe; a request that ambiguous is refused all the same.
+            let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+            let raw_cl = chunked
+                && session.as_downstream().as_http1().is_some_and(|h1| {
+                    protect::hygiene::raw_has_content_length(&h1.get_headers_raw_bytes())
+                });
+            raw_cl.then_some(protect::hygiene::Refusal {
+                status: 400,
+                reason: "smuggling",
+                close: true,
+            })
+        });
+        if let Some(refusal) = refusal {
+            METRICS.refused(refusal.reason);
+            if refusal.close {
+                // Its framing cannot be trusted: nothing after it on this connection can be.
+                session.set_keepalive(None);
+            }
+            let text = match refusal.status {
+                405 => "method not allowed\n",
+                413 => "request body too large\n",
+                414 => "URI too long\n",
+                431 => "request header fields too large\n",
+                _ => "bad request\n",
+            };
+            respond::text(session, ctx, refusal.status, text).await?;
+            return Ok(true);
+        }
         if headers::is_loop(req, &ctx.snapshot.via) {
             respond::text(
                 session,
@@ -319,6 +352,27 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Content-Length was checked with the head; a chunked body is counted as it comes.
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > ctx.snapshot.config.protect.max_body {
+                METRICS.refused("body");
+                return Err(Error::explain(
+                    BODY_TOO_LARGE,
+                    "request body over protect.max_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -421,6 +475,10 @@ impl ProxyHttp for Edge {
             // Headers are out: all we can do is cut the connection so the client sees an
             // incomplete answer rather than a silently truncated one.
             0
+        } else if *e.etype() == BODY_TOO_LARGE {
+            respond::text(session, ctx, 413, "request body too large\n")
+                .await
+                .unwrap_or(0)
         } else if *e.esource() == ErrorSource::Downstream {
             match e.etype() {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,

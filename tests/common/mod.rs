@@ -663,6 +663,26 @@ impl Resp {
     }
 }
 
+/// Writes `bytes` on a fresh connection and returns everything read until the server closes it
+/// or `wait` passes: for requests no well-behaved client library would send.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// GET `path` from `addr`, sent from the loopback address `from`, with extra headers.
 pub async fn get_from(
     addr: SocketAddr,

@@ -169,10 +169,10 @@ async fn forwarding_headers_both_ways() {
 async fn large_bodies_stream_with_flat_memory() {
     const SIZE: u64 = 1 << 30;
     let origin = Origin::start("o").await;
-    let onair = Onair::start(Setup::new(one_site(
-        origin.addr,
-        "read_timeout = \"60s\"",
-        "",
+    // Uploads of this size need a larger protect.max_body than the 16 MiB default.
+    let onair = Onair::start(Setup::new(format!(
+        "[protect]\nmax_body = \"2GiB\"\n{}",
+        one_site(origin.addr, "read_timeout = \"60s\"", "")
     )))
     .await;
     // Warm up so the baseline includes the runtime's steady state.
