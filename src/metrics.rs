@@ -70,6 +70,7 @@ pub struct Metrics {
     coalesced: IntCounter,
     rate_limited: IntCounterVec,
     refused: IntCounterVec,
+    connections_denied: IntCounter,
     purged: IntCounter,
 }
 
@@ -217,6 +218,10 @@ impl Metrics {
             ),
             coalesced,
             purged,
+            connections_denied: plain_counter(
+                "onair_connections_denied_total",
+                "Connections closed at accept because their address is in protect.deny.",
+            ),
             refused: counter(
                 "onair_requests_refused_total",
                 "Requests refused before any cache or origin work, by reason: method (405), uri \
@@ -263,6 +268,11 @@ impl Metrics {
     /// A stale copy was served; `reason` is `stale-while-revalidate` or `stale-if-error`.
     pub fn stale_served(&self, reason: &'static str) {
         self.stale_served.with_label_values(&[reason]).inc();
+    }
+
+    /// A connection was closed at accept by `protect.deny`.
+    pub fn connection_denied(&self) {
+        self.connections_denied.inc();
     }
 
     /// A request was refused by request hygiene (see `protect::hygiene`).

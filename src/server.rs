@@ -102,6 +102,11 @@ pub fn serve(
     for addr in &config.listen.http {
         proxy.add_tcp(&addr.to_string());
     }
+    // protect.deny at accept (the `connection_filter` feature makes this real; without it the
+    // call would silently do nothing).
+    proxy.set_connection_filter(Arc::new(crate::protect::acl::AcceptFilter::new(
+        live.clone(),
+    )));
     server.add_service(proxy);
 
     if let Some(addr) = config.listen.admin {

@@ -83,6 +83,9 @@ pub struct Config {
 pub struct Protect {
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front of onair).
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// Refused ranges, and exceptions to them (see `protect::acl`).
+    pub deny: Vec<crate::cidr::Cidr>,
+    pub allow: Vec<crate::cidr::Cidr>,
     /// Node-wide per-client limit; None: no limit.
     pub rate: Option<RateLimit>,
     /// Request limits (see `protect::hygiene`): the whole head in bytes, its field count, the
@@ -97,6 +100,8 @@ impl Default for Protect {
     fn default() -> Self {
         Protect {
             trusted_proxies: Vec::new(),
+            deny: Vec::new(),
+            allow: Vec::new(),
             rate: None,
             max_header: 32 << 10,
             max_headers: 100,

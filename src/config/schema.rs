@@ -101,6 +101,8 @@ pub struct RawRoute {
 #[serde(default)]
 pub struct RawProtect {
     pub trusted_proxies: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
     pub rate: Option<String>,
     pub burst: Option<i64>,
     pub max_header: Option<String>,

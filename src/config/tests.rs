@@ -384,7 +384,10 @@ fn unknown_top_level_key() {
 fn sections_of_later_versions_are_unknown_today() {
     for (section, body) in [
         ("tls", "[tls]\nredirect_http = true\n"),
-        ("protect.deny", "[protect]\ndeny = [\"203.0.113.0/24\"]\n"),
+        (
+            "protect.max_connections_per_ip",
+            "[protect]\nmax_connections_per_ip = 256\n",
+        ),
     ] {
         assert_only(&format!("{MINIMAL}\n{body}"), section, "unknown key");
     }

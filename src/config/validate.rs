@@ -189,17 +189,20 @@ pub(super) fn validate(
 }
 
 fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
-    let trusted_proxies = p
-        .trusted_proxies
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, text)| {
-            text.parse()
-                .map_err(|err| e.push(format!("protect.trusted_proxies[{i}]"), err))
-                .ok()
-        })
-        .collect();
+    let mut ranges = |key: &str, list: Option<Vec<String>>| -> Vec<crate::cidr::Cidr> {
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                text.parse()
+                    .map_err(|err| e.push(format!("protect.{key}[{i}]"), err))
+                    .ok()
+            })
+            .collect()
+    };
+    let trusted_proxies = ranges("trusted_proxies", p.trusted_proxies);
+    let deny = ranges("deny", p.deny);
+    let allow = ranges("allow", p.allow);
     let d = Protect::default();
     let max_header = e.size("protect.max_header", &p.max_header, d.max_header);
     let max_uri = e.size("protect.max_uri", &p.max_uri, d.max_uri);
@@ -215,6 +218,8 @@ fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
     }
     Protect {
         trusted_proxies,
+        deny,
+        allow,
         rate: rate_limit(e, "protect", &p.rate, p.burst),
         max_header,
         max_headers: e.int_in(

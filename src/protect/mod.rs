@@ -5,6 +5,7 @@
 //! /64), counted on every request, cache hits included: a client over its rate gets 429 with
 //! `Retry-After` before any cache or origin work.
 
+pub mod acl;
 pub mod client;
 pub mod hygiene;
 pub mod rate;

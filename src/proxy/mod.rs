@@ -100,6 +100,14 @@ impl ProxyHttp for Edge {
                 close: true,
             })
         });
+        // Behind a trusted proxy the accept saw the proxy, not the client: deny it here.
+        if ctx.client_ip.is_some_and(|ip| {
+            Some(ip) != ctx.peer_ip && protect::acl::denied(ip, &ctx.snapshot.config.protect)
+        }) {
+            METRICS.refused("denied");
+            respond::text(session, ctx, 403, "forbidden\n").await?;
+            return Ok(true);
+        }
         if let Some(refusal) = refusal {
             METRICS.refused(refusal.reason);
             if refusal.close {

@@ -216,3 +216,71 @@ async fn oversized_and_ambiguous_requests_never_reach_the_origin() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_addresses_are_dropped_at_accept_and_reloads_apply() {
+    let origin = Origin::start("o").await;
+    let setup = |deny: &str| {
+        limited(
+            &origin,
+            &format!(
+                "trusted_proxies = [\"127.0.0.1/32\"]\ndeny = [{deny}]\nallow = [\"127.0.0.3/32\"]"
+            ),
+            "",
+        )
+    };
+    let onair = Onair::start(setup(
+        "\"127.0.0.2/32\", \"127.0.0.3/32\", \"198.51.100.0/24\"",
+    ))
+    .await;
+    // Denied: the connection is closed before a byte of HTTP.
+    assert!(get_from(onair.http, [127, 0, 0, 2], "/", &[])
+        .await
+        .is_err());
+    // Allowed carves an exception out of a denied range; others are untouched.
+    assert_eq!(
+        get_from(onair.http, [127, 0, 0, 3], "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get_from(onair.http, [127, 0, 0, 4], "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // Behind the trusted proxy, a denied client is refused per request.
+    let r = get_from(
+        onair.http,
+        [127, 0, 0, 1],
+        "/",
+        &[("X-Forwarded-For", "198.51.100.20")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(origin.proxied_hits(), 2, "only the two allowed requests");
+    assert!(
+        onair
+            .metric("onair_connections_denied_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The list follows reloads.
+    onair.rewrite(&setup("\"127.0.0.4/32\""));
+    assert_eq!(onair.admin("POST", "/reload").await.status, 200);
+    assert_eq!(
+        get_from(onair.http, [127, 0, 0, 2], "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(get_from(onair.http, [127, 0, 0, 4], "/", &[])
+        .await
+        .is_err());
+}
