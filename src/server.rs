@@ -102,6 +102,13 @@ pub fn serve(
     for addr in &config.listen.http {
         proxy.add_tcp(&addr.to_string());
     }
+    // Requests per client connection (fixed at start: Pingora reads it when a connection opens).
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        // Pingora counts reuses after the first request.
+        options.keepalive_request_limit = Some(config.protect.keepalive_requests.saturating_sub(1));
+        app.server_options = Some(options);
+    }
     // protect.deny at accept (the `connection_filter` feature makes this real; without it the
     // call would silently do nothing).
     proxy.set_connection_filter(Arc::new(crate::protect::acl::AcceptFilter::new(

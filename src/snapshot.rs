@@ -199,6 +199,9 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.log.access != new.log.access || old.log.level != new.log.level {
         ignored.push("log");
     }
+    if old.protect.keepalive_requests != new.protect.keepalive_requests {
+        ignored.push("protect.keepalive_requests");
+    }
     if !ignored.is_empty() {
         tracing::warn!(
             keys = ?ignored,

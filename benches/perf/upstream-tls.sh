@@ -59,6 +59,9 @@ grace_period = "1s"
 state_dir = "$DIR/state-$1"
 [listen]
 http = ["127.0.0.1:$2"]
+[protect]
+keepalive_timeout = "120s"
+keepalive_requests = 1000000
 [log]
 access = "off"
 level = "warn"

@@ -94,6 +94,9 @@ pub struct Protect {
     pub max_headers: usize,
     pub max_uri: u64,
     pub max_body: u64,
+    /// How long an idle keep-alive connection stays open, and how many requests one carries.
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
 }
 
 impl Default for Protect {
@@ -107,6 +110,8 @@ impl Default for Protect {
             max_headers: 100,
             max_uri: 8 << 10,
             max_body: 16 << 20,
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
         }
     }
 }

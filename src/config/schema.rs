@@ -109,6 +109,8 @@ pub struct RawProtect {
     pub max_headers: Option<i64>,
     pub max_uri: Option<String>,
     pub max_body: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub keepalive_requests: Option<i64>,
 }
 
 /// `[[pool]]`

@@ -231,6 +231,24 @@ fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
         ) as usize,
         max_uri,
         max_body: e.size("protect.max_body", &p.max_body, d.max_body),
+        keepalive_timeout: {
+            let t = e.duration(
+                "protect.keepalive_timeout",
+                &p.keepalive_timeout,
+                d.keepalive_timeout,
+            );
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) {
+                e.push("protect.keepalive_timeout", "must be between 1s and 1h");
+            }
+            t
+        },
+        keepalive_requests: e.int_in(
+            "protect.keepalive_requests",
+            p.keepalive_requests,
+            i64::from(d.keepalive_requests),
+            1,
+            1_000_000,
+        ) as u32,
     }
 }
 

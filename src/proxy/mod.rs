@@ -86,6 +86,18 @@ impl ProxyHttp for Edge {
                 &ctx.snapshot.config.protect.trusted_proxies,
             )
         });
+        // Idle keep-alive time (unless the client asked to close, which stays so).
+        if session.get_keepalive().is_some() {
+            let idle = ctx
+                .snapshot
+                .config
+                .protect
+                .keepalive_timeout
+                .as_secs()
+                .max(1);
+            session.set_keepalive(Some(idle));
+        }
+        let req = session.req_header();
         let refusal = protect::hygiene::check(req, &ctx.snapshot.config.protect).or_else(|| {
             // Both framings sent: Pingora has already dropped Content-Length (and keep-alive),
             // which is safe; a request that ambiguous is refused all the same.

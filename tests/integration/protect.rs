@@ -284,3 +284,60 @@ async fn denied_addresses_are_dropped_at_accept_and_reloads_apply() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_connections_are_bounded_in_time_and_requests() {
+    use http_body_util::BodyExt;
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(limited(
+        &origin,
+        "keepalive_timeout = \"1s\"\nkeepalive_requests = 3",
+        "",
+    ))
+    .await;
+    let send = |sender: &mut hyper::client::conn::http1::SendRequest<BoxBody>| {
+        let req = hyper::Request::get("/")
+            .header("Host", "a")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap();
+        sender.send_request(req)
+    };
+    // Three requests per connection, then the server says close.
+    let mut sender = connect(onair.http).await.unwrap();
+    for i in 0..3 {
+        let r = read_whole(send(&mut sender).await.unwrap()).await.unwrap();
+        assert_eq!(r.status, 200);
+        let close = r.header("connection") == Some("close");
+        assert_eq!(close, i == 2, "request {i}: {:?}", r.header("connection"));
+    }
+    // An idle connection is closed after keepalive_timeout.
+    let mut stream = tokio::net::TcpStream::connect(onair.http).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
