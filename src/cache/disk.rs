@@ -18,7 +18,7 @@
 //!   at start; lookups go straight to the file named by the key, so they work before the scan
 //!   ends and across processes sharing the directory.
 //! - Capacity: least recently used objects are removed past `cache.disk`. A write error abandons
-//!   that fill; a full filesystem (ENOSPC, EDQUOT, EFBIG) also pauses admissions for
+//!   that fill; a full filesystem (ENOSPC, EDQUOT) also pauses admissions for
 //!   [`FULL_PAUSE`], so that a full disk costs no temp-file churn per request. Serving goes on.
 //! - Publishing (rename + index) happens under the cache's [`PurgeFence`]: a purge recorded after
 //!   a fill or rewrite started refuses its publish.
@@ -319,11 +319,12 @@ impl DiskStore {
         tags: Vec<String>,
     ) -> Result<DiskWrite> {
         let (internal, header) = meta.serialize()?;
-        self.begin_serialized(key, &internal, &header, target, tags)
+        self.begin_serialized(key, &internal, &header, target, tags, None)
     }
 
-    /// Starts a fill from metadata already serialized (`CacheMeta::serialize`). Blocking.
-    /// Refused at once while admissions are paused (a full filesystem).
+    /// Starts a fill from metadata already serialized (`CacheMeta::serialize`), under `ticket`
+    /// (taken when the fill started; None: now). Blocking. Refused at once while admissions are
+    /// paused (a full filesystem).
     pub fn begin_serialized(
         &self,
         key: HashBinary,
@@ -331,6 +332,7 @@ impl DiskStore {
         header: &[u8],
         target: String,
         tags: Vec<String>,
+        ticket: Option<Ticket>,
     ) -> Result<DiskWrite> {
         if self.admissions_paused(Instant::now()) {
             return Error::e_explain(
@@ -346,6 +348,7 @@ impl DiskStore {
         let file = File::create(&tmp)
             .map_err(|e| self.write_failed(e, "cannot create a cache temp file"))?;
         let tags_joined = tags.join("\n");
+        let ticket = ticket.unwrap_or_else(|| self.fence.open());
         let mut section =
             Vec::with_capacity(internal.len() + header.len() + target.len() + tags_joined.len());
         section.extend_from_slice(internal);
@@ -374,7 +377,7 @@ impl DiskStore {
             tags,
             sealed: false,
             done: false,
-            ticket: Some(self.fence.open()),
+            ticket: Some(ticket),
         };
         w.write(&[0u8; HEAD_LEN])
             .and_then(|_| w.write(&section))
@@ -410,8 +413,9 @@ impl DiskStore {
 
     /// Turns a write error into the fill's error; a full filesystem also pauses admissions.
     fn write_failed(&self, e: std::io::Error, context: &'static str) -> Box<Error> {
-        use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
-        if matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge) {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        // (EFBIG is about one file, not the filesystem: it abandons that fill only.)
+        if matches!(e.kind(), StorageFull | QuotaExceeded) {
             self.pause_admissions(Instant::now());
         }
         Error::because(ErrorType::InternalError, context, e)
@@ -481,7 +485,8 @@ impl DiskStore {
 
     fn publish_now(&self, w: &mut DiskWrite, target: &str, tags: &[String]) -> Result<()> {
         let path = self.path_of(&w.key);
-        fs::rename(&w.tmp, &path).map_err(io_err("cannot publish a cache file"))?;
+        fs::rename(&w.tmp, &path)
+            .map_err(|e| self.write_failed(e, "cannot publish a cache file"))?;
         w.done = true;
         let size = HEAD_LEN as u64 + w.meta_len + w.body_len;
         self.lock()

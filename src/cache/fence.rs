@@ -6,7 +6,9 @@
 //! content fetched (or copied) before the purge, and a correction the newsroom purged would stay
 //! on air for a whole TTL.
 //!
-//! Every fill or rewrite holds a [`Ticket`] taken when it starts. A purge is recorded here before
+//! Every fill or rewrite holds a [`Ticket`] taken when it starts (a fill starts when the
+//! origin's answer head arrives: a purge landing between sending the request and that moment
+//! is not fenced, a window of one origin response time). A purge is recorded here before
 //! it touches any tier, and a publish checks, under the fence's lock, whether a purge recorded
 //! after its ticket matches it; if one does, the publish is refused (the client still gets its
 //! response, it is just not stored). Purges are kept only while a ticket older than them is open,
@@ -114,6 +116,19 @@ impl PurgeFence {
     #[cfg(test)]
     fn kept(&self) -> usize {
         self.lock().recent.len()
+    }
+}
+
+impl Ticket {
+    /// Another ticket of the same age, for a second tier of the same fill: both are refused by
+    /// exactly the same purges.
+    pub fn also(&self) -> Ticket {
+        let mut state = self.fence.lock();
+        *state.open.entry(self.epoch).or_default() += 1;
+        Ticket {
+            fence: self.fence.clone(),
+            epoch: self.epoch,
+        }
     }
 }
 

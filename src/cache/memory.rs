@@ -282,6 +282,16 @@ impl MemoryStore {
 
     /// Starts a fill of `key`; it becomes visible when [`MemoryFill::publish`] runs.
     pub fn fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> MemoryFill {
+        self.fill_with(key, meta, self.ticket())
+    }
+
+    /// As [`MemoryStore::fill`], under a ticket taken by the caller (shared with other tiers).
+    pub fn fill_with(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        ticket: Ticket,
+    ) -> MemoryFill {
         MemoryFill {
             store: self,
             key: key.combined_bin(),
@@ -289,7 +299,7 @@ impl MemoryStore {
             body: BytesMut::new(),
             target: target_of_key(key.primary_key()).unwrap_or_default(),
             tags: tags_of(meta.response_header()),
-            ticket: self.ticket(),
+            ticket,
         }
     }
 

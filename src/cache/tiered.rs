@@ -136,7 +136,9 @@ impl Storage for TieredStore {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let _ = trace;
-        let memory = Some(self.memory.fill(key, meta));
+        // One age for both tiers' parts of this fill: a purge refuses both or neither.
+        let ticket = self.fence.open();
+        let memory = Some(self.memory.fill_with(key, meta, ticket.also()));
         let disk = match &self.disk {
             None => None,
             Some(store) => {
@@ -146,7 +148,7 @@ impl Storage for TieredStore {
                 let tags = tags_of(meta.response_header());
                 let (internal, header) = meta.serialize()?;
                 let begun = tokio::task::spawn_blocking(move || {
-                    store.begin_serialized(hash, &internal, &header, target, tags)
+                    store.begin_serialized(hash, &internal, &header, target, tags, Some(ticket))
                 })
                 .await
                 .map_err(blocking_failed)?;

@@ -245,7 +245,8 @@ pub struct Pool {
     pub read_timeout: Duration,
     /// Origins one request may try before it gives up (connect failures and retryable errors).
     pub max_attempts: usize,
-    /// Longest one origin attempt may take, connect to last body byte.
+    /// Longest one origin attempt may take, connect to last body byte (not for upgraded
+    /// connections).
     pub total_timeout: Duration,
     /// Requests in flight to this pool at most (origin protection).
     pub max_inflight: usize,

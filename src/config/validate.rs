@@ -542,7 +542,7 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
         let total_timeout = e.duration(
             &format!("{at}.total_timeout"),
             &p.total_timeout,
-            Duration::from_secs(60),
+            Duration::from_secs(300),
         );
         let queue_timeout = e.duration(
             &format!("{at}.queue_timeout"),

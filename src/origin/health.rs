@@ -148,12 +148,14 @@ impl OriginHealth {
 
     /// An attempt starts waiting for this origin's answer; dropping the guard ends the wait.
     pub fn wait_for_answer(self: &Arc<Self>) -> Waiting {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
-            // The clock starts when someone starts waiting, not at the last answer of an idle
-            // origin.
+        // The clock starts when someone starts waiting, not at the last answer of an idle
+        // origin; it is set before the count goes up, so no reader sees a waiter with an old
+        // clock.
+        if self.waiting.load(Ordering::Acquire) == 0 {
             self.answered_ms
                 .store(self.ms(Instant::now()), Ordering::Release);
         }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
         Waiting(self.clone())
     }
 
@@ -244,16 +246,35 @@ impl OriginHealth {
         None
     }
 
-    /// Records what live traffic saw.
-    pub fn record_traffic(&self, seen: Seen, passive: &Passive, rise: u32) -> Option<Change> {
-        self.traffic_at(seen, passive, rise, Instant::now())
+    /// Records what live traffic saw; `trial` says whether the request held the trial slot of
+    /// an ejected origin.
+    pub fn record_traffic(
+        &self,
+        seen: Seen,
+        passive: &Passive,
+        rise: u32,
+        trial: bool,
+    ) -> Option<Change> {
+        self.traffic_at(seen, passive, rise, trial, Instant::now())
     }
 
-    fn traffic_at(&self, seen: Seen, passive: &Passive, rise: u32, now: Instant) -> Option<Change> {
+    fn traffic_at(
+        &self,
+        seen: Seen,
+        passive: &Passive,
+        rise: u32,
+        trial: bool,
+        now: Instant,
+    ) -> Option<Change> {
         if passive.failures == 0 {
             return None;
         }
         let mut s = self.lock();
+        if s.down == Some(Down::Traffic) && !trial {
+            // Requests already in flight at the ejection, or sent as a last resort, say nothing
+            // new: only the trial decides, so one incident is one ejection.
+            return None;
+        }
         match (s.down, seen) {
             (None, Seen::Ok) => {
                 s.traffic_failures = 0;
@@ -545,13 +566,13 @@ mod tests {
         let h = OriginHealth::new();
         let p = passive();
         let t = Instant::now();
-        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
-        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
-        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, t), None, "not in a row");
-        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
-        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, t), None);
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, true, t), None);
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, true, t), None);
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, true, t), None, "not in a row");
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, true, t), None);
+        assert_eq!(h.traffic_at(Seen::Failure, &p, 2, true, t), None);
         assert_eq!(
-            h.traffic_at(Seen::Failure, &p, 2, t),
+            h.traffic_at(Seen::Failure, &p, 2, true, t),
             Some(Change::Ejected {
                 for_: Duration::from_secs(10)
             })
@@ -560,7 +581,7 @@ mod tests {
         // A timeout is enough on its own.
         let h = OriginHealth::new();
         assert!(matches!(
-            h.traffic_at(Seen::Timeout, &p, 2, t),
+            h.traffic_at(Seen::Timeout, &p, 2, true, t),
             Some(Change::Ejected { .. })
         ));
         // failures = 0: passive health off.
@@ -569,7 +590,7 @@ mod tests {
             failures: 0,
             ..passive()
         };
-        assert_eq!(h.traffic_at(Seen::Timeout, &off, 2, t), None);
+        assert_eq!(h.traffic_at(Seen::Timeout, &off, 2, true, t), None);
         assert!(h.is_up());
     }
 
@@ -579,7 +600,7 @@ mod tests {
         let p = passive();
         let t = Instant::now();
         let lost = Duration::from_secs(30);
-        h.traffic_at(Seen::Timeout, &p, 2, t);
+        h.traffic_at(Seen::Timeout, &p, 2, true, t);
         // Ejected for 10 s: no trial before.
         assert!(!h.trial_ready(t + Duration::from_secs(9)));
         let t1 = t + Duration::from_secs(10);
@@ -588,7 +609,7 @@ mod tests {
         assert!(!h.begin_trial(t1, lost), "one trial at a time");
         // The trial fails: ejected again, twice as long.
         assert_eq!(
-            h.traffic_at(Seen::Failure, &p, 2, t1),
+            h.traffic_at(Seen::Failure, &p, 2, true, t1),
             Some(Change::Ejected {
                 for_: Duration::from_secs(20)
             })
@@ -599,17 +620,36 @@ mod tests {
         for _ in 0..5 {
             now += Duration::from_secs(120);
             assert!(h.begin_trial(now, lost));
-            h.traffic_at(Seen::Failure, &p, 2, now);
+            h.traffic_at(Seen::Failure, &p, 2, true, now);
         }
         assert!(!h.trial_ready(now + Duration::from_secs(59)));
         now += Duration::from_secs(60);
         // Two good trials (rise = 2) bring it back; the second may go at once.
         assert!(h.begin_trial(now, lost));
-        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, now), None);
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, true, now), None);
         assert!(!h.is_up());
         assert!(h.begin_trial(now, lost));
-        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, now), Some(Change::Up));
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, true, now), Some(Change::Up));
         assert!(h.is_up());
+    }
+
+    #[test]
+    fn only_the_trial_speaks_while_ejected() {
+        let h = OriginHealth::new();
+        let p = passive();
+        let t = Instant::now();
+        assert!(matches!(
+            h.traffic_at(Seen::Timeout, &p, 2, false, t),
+            Some(Change::Ejected { .. })
+        ));
+        // Fifty requests that were already waiting time out too: still one ejection of 10 s.
+        for _ in 0..50 {
+            assert_eq!(h.traffic_at(Seen::Timeout, &p, 2, false, t), None);
+        }
+        assert!(h.trial_ready(t + Duration::from_secs(10)));
+        // A late success of a non-trial request does not open a second trial or count to rise.
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 1, false, t), None);
+        assert!(!h.is_up());
     }
 
     #[test]
@@ -617,7 +657,7 @@ mod tests {
         let h = OriginHealth::new();
         let p = passive();
         let t = Instant::now();
-        h.traffic_at(Seen::Timeout, &p, 2, t);
+        h.traffic_at(Seen::Timeout, &p, 2, true, t);
         let t1 = t + Duration::from_secs(10);
         assert!(h.begin_trial(t1, Duration::from_secs(5)));
         assert!(!h.begin_trial(t1 + Duration::from_secs(4), Duration::from_secs(5)));
@@ -629,7 +669,7 @@ mod tests {
         let h = OriginHealth::new();
         let p = passive();
         let t = Instant::now();
-        h.traffic_at(Seen::Timeout, &p, 2, t);
+        h.traffic_at(Seen::Timeout, &p, 2, true, t);
         // One green probe does not undo an ejection; rise (2) of them do.
         assert_eq!(h.record_probe(true, 2, 2, t), None);
         assert!(!h.is_up());
@@ -638,12 +678,12 @@ mod tests {
         h.record_probe(false, 2, 2, t);
         h.record_probe(false, 2, 2, t);
         assert!(!h.is_up());
-        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, t), None);
+        assert_eq!(h.traffic_at(Seen::Ok, &p, 2, true, t), None);
         assert!(!h.trial_ready(t + Duration::from_secs(3600)));
         // A registry rebuild for a pool without checks clears a probe verdict, not an ejection.
         h.clear_probe_down();
         assert!(h.is_up());
-        h.traffic_at(Seen::Timeout, &p, 2, t);
+        h.traffic_at(Seen::Timeout, &p, 2, true, t);
         h.clear_probe_down();
         assert!(!h.is_up());
     }

@@ -166,10 +166,16 @@ impl Pool {
     /// none is left, the untried unhealthy ones are offered in the same order, because a health
     /// check can be wrong and a real attempt beats a certain maintenance page.
     pub fn choose(&self, region: &str, tried: &[usize]) -> Option<usize> {
+        self.choose_trial(region, tried).map(|(i, _)| i)
+    }
+
+    /// As [`Pool::choose`], also saying whether the request holds the trial slot of an ejected
+    /// origin (its result then decides the origin's fate).
+    pub fn choose_trial(&self, region: &str, tried: &[usize]) -> Option<(usize, bool)> {
         self.choose_at(region, tried, Instant::now())
     }
 
-    fn choose_at(&self, region: &str, tried: &[usize], now: Instant) -> Option<usize> {
+    fn choose_at(&self, region: &str, tried: &[usize], now: Instant) -> Option<(usize, bool)> {
         let mut lost_trials: Vec<usize> = Vec::new();
         let stall = self.stall_after();
         loop {
@@ -181,8 +187,11 @@ impl Pool {
             });
             let Some(i) = picked else { break };
             let health = &self.origins[i].health;
-            if health.is_up() || health.begin_trial(now, self.config.total_timeout) {
-                return Some(i);
+            if health.is_up() {
+                return Some((i, false));
+            }
+            if health.begin_trial(now, self.config.total_timeout) {
+                return Some((i, true));
             }
             // Another request took the trial between the two looks.
             lost_trials.push(i);
@@ -190,6 +199,7 @@ impl Pool {
         // Healthy but seemingly stalled origins next, then anything untried.
         self.pick(region, |i, o| !tried.contains(&i) && o.health.is_up())
             .or_else(|| self.pick(region, |i, _| !tried.contains(&i)))
+            .map(|i| (i, false))
     }
 
     /// How long attempts may wait on an origin that answers nothing before new requests avoid
@@ -320,17 +330,17 @@ mod tests {
         };
         p.origins[0]
             .health
-            .record_traffic(health::Seen::Failure, &passive, 1);
+            .record_traffic(health::Seen::Failure, &passive, 1, false);
         let later = Instant::now() + Duration::from_secs(11);
         // Still ejected: the backup answers.
         assert_eq!(p.choose("", &[]), Some(1));
         // The primary's ejection is over: this request is its trial, the next goes to the
         // backup while the trial is out.
-        assert_eq!(p.choose_at("", &[], later), Some(0));
-        assert_eq!(p.choose_at("", &[], later), Some(1));
+        assert_eq!(p.choose_at("", &[], later), Some((0, true)));
+        assert_eq!(p.choose_at("", &[], later), Some((1, false)));
         p.origins[0]
             .health
-            .record_traffic(health::Seen::Ok, &passive, 1);
+            .record_traffic(health::Seen::Ok, &passive, 1, true);
         assert_eq!(p.choose("", &[]), Some(0));
     }
 

@@ -95,8 +95,11 @@ impl Limiter {
 
     /// A slot now, or after waiting in the queue up to `wait`.
     pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Permit, Rejected> {
-        if let Some(permit) = self.try_take() {
-            return Ok(permit);
+        // Newcomers do not jump the queue: while anyone waits, a freed slot is theirs.
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            if let Some(permit) = self.try_take() {
+                return Ok(permit);
+            }
         }
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _leave = Leave(&self.waiting);

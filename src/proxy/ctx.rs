@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub cache_key: Option<pingora::cache::CacheKey>,
     /// The pool slot (max_inflight) this request holds from its first origin attempt on.
     pub permit: Option<crate::origin::protect::Permit>,
+    /// Whether the current attempt is the trial of an ejected origin.
+    pub trial: bool,
     /// Held while the current attempt waits for the origin's answer head (hang detection).
     pub waiting: Option<crate::origin::health::Waiting>,
     /// Request body bytes received so far (for `protect.max_body`).
@@ -81,6 +83,7 @@ impl RequestCtx {
             cache_key: None,
             permit: None,
             waiting: None,
+            trial: false,
             retry_decision: None,
             body_bytes: 0,
         }

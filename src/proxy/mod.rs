@@ -261,7 +261,7 @@ impl ProxyHttp for Edge {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
         // The windows themselves (origin directives, operator grants, must-revalidate) were
@@ -270,13 +270,25 @@ impl ProxyHttp for Edge {
             // stale-while-revalidate: always, within the stored window.
             None => true,
             // stale-if-error: origin failures only, never a client's own error.
-            Some(e) => *e.esource() == ErrorSource::Upstream,
+            Some(e) => {
+                let upstream = *e.esource() == ErrorSource::Upstream;
+                if upstream {
+                    // A 5xx answered from a stale copy never reaches upstream_response_filter:
+                    // count the attempt here, so passive health sees it (no-op if counted).
+                    let outcome = match e.etype() {
+                        ErrorType::HTTPStatus(_) => OriginOutcome::Status5xx,
+                        _ => outcome_of(e),
+                    };
+                    record_attempt(ctx, outcome);
+                }
+                upstream
+            }
         }
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(pool) = ctx.pool.clone() else {
@@ -304,7 +316,7 @@ impl ProxyHttp for Edge {
             pool.budget.request(std::time::Instant::now());
         }
         let region = ctx.snapshot.config.node.region.as_str();
-        let Some(index) = pool.choose(region, &ctx.tried) else {
+        let Some((index, trial)) = pool.choose_trial(region, &ctx.tried) else {
             return Err(
                 Error::explain(ErrorType::ConnectNoRoute, "no origin left to try").into_up(),
             );
@@ -313,7 +325,24 @@ impl ProxyHttp for Edge {
             METRICS.failover(pool.name());
         }
         ctx.tried.push(index);
-        ctx.waiting = pool.origins.get(index).map(|o| o.health.wait_for_answer());
+        ctx.trial = trial;
+        // Counted per attempt: a retry replays the body through request_body_filter.
+        ctx.body_bytes = 0;
+        // Hang detection watches answers to requests without a body: an upload may take long
+        // before the origin can answer, and that is not a stall.
+        let has_body = session
+            .req_header()
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+            || session
+                .req_header()
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING);
+        ctx.waiting = if has_body {
+            None
+        } else {
+            pool.origins.get(index).map(|o| o.health.wait_for_answer())
+        };
         ctx.attempts += 1;
         ctx.attempt_started = Some(std::time::Instant::now());
         ctx.attempt_recorded = false;
@@ -395,15 +424,22 @@ impl ProxyHttp for Edge {
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         // read_timeout bounds each read; this bounds the whole answer, so an origin trickling
         // a byte a second cannot hold a reader (and a connection) for ever. The error cuts the
         // client's response and the partial body is not cached.
+        if end_of_stream {
+            // The origin is done: its slot under max_inflight is free even while the answer
+            // still drains to a slow reader.
+            ctx.permit = None;
+        }
         let over = match (&ctx.pool, ctx.attempt_started) {
+            // An upgraded connection (WebSocket) lives as long as its two ends want.
+            _ if session.was_upgraded() => false,
             (Some(pool), Some(started)) => started.elapsed() > pool.config.total_timeout,
             _ => false,
         };
@@ -432,6 +468,14 @@ impl ProxyHttp for Edge {
             _ => None,
         };
         ctx.cache_outcome = Some(outcome);
+        if !matches!(
+            outcome,
+            cache::status::Outcome::Miss { .. } | cache::status::Outcome::Bypass
+        ) {
+            // Answered from a stored copy (hit, stale, revalidated): the origin, if it was
+            // asked at all, is done; the slot must not wait for this body to reach the reader.
+            ctx.permit = None;
+        }
         resp.append_header(
             "Cache-Status",
             outcome.header(&ctx.snapshot.config.node.id, ttl),
@@ -694,9 +738,10 @@ fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
             OriginOutcome::Timeout => Seen::Timeout,
             OriginOutcome::Error | OriginOutcome::Status5xx => Seen::Failure,
         };
-        if let Some(change) = origin
-            .health
-            .record_traffic(seen, &pool.config.passive, pool.rise())
+        if let Some(change) =
+            origin
+                .health
+                .record_traffic(seen, &pool.config.passive, pool.rise(), ctx.trial)
         {
             origin.report(pool.name(), change, outcome.label());
         }
