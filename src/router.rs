@@ -20,9 +20,11 @@ pub struct RouteTarget {
     pub query: config::QueryKey,
     /// Freshness for responses that carry none (None: not stored).
     pub default_ttl: Option<std::time::Duration>,
-    /// The route's own per-client limit: `(policy, limit)`, the policy numbering the route's
-    /// counters apart from the node-wide ones (policy 0) and from other routes'.
-    pub rate: Option<(u16, crate::protect::rate::Limit)>,
+    /// The route's own per-client limit: `(policy, limit)`, the policy keeping the route's
+    /// counters apart from the node-wide ones (policy 0) and from other routes'. It is a hash of
+    /// the site and the route's path, so a reload that adds or reorders routes keeps each
+    /// route's counters.
+    pub rate: Option<(u64, crate::protect::rate::Limit)>,
 }
 
 /// A site's routes, longest prefix first.
@@ -92,22 +94,16 @@ impl HostTable {
     }
 }
 
-/// Builds a site's route table; `pool_index` maps pool names (already validated) to indexes;
-/// `policies` numbers the routes with a rate limit (shared by all sites of a snapshot).
-pub fn site_routes(
-    site: &config::Site,
-    pool_index: &dyn Fn(&str) -> usize,
-    policies: &mut u16,
-) -> SiteRoutes {
+/// Builds a site's route table; `pool_index` maps pool names (already validated) to indexes.
+pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> SiteRoutes {
     let mut routes: Vec<(String, RouteTarget)> = site
         .routes
         .iter()
         .map(|r| {
             let pool = r.pool.as_deref().unwrap_or(&site.pool);
-            let rate = r.rate.map(|rate| {
-                *policies = policies.wrapping_add(1).max(1);
-                (*policies, rate.limit)
-            });
+            let rate = r
+                .rate
+                .map(|rate| (rate_policy(&site.name, &r.path), rate.limit));
             let target = RouteTarget {
                 pool: pool_index(pool),
                 cache: r.cache,
@@ -129,6 +125,16 @@ pub fn site_routes(
             rate: None,
         },
     }
+}
+
+/// The rate-limit policy of a route: a stable, non-zero hash of its site and path.
+fn rate_policy(site: &str, path: &str) -> u64 {
+    // FNV-1a: stable across processes and versions (the std hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in site.bytes().chain([0u8]).chain(path.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// Lowercases a Host/authority value and drops the port and a trailing dot, so that
@@ -214,7 +220,7 @@ mod tests {
             "v2" => 2,
             _ => 3,
         };
-        let r = site_routes(&s, &index, &mut 0);
+        let r = site_routes(&s, &index);
         assert_eq!(r.pool_for("/"), 0);
         assert_eq!(r.pool_for("/api/x"), 1);
         assert_eq!(r.pool_for("/api/v2/x"), 2);

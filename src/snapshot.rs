@@ -52,14 +52,13 @@ impl Snapshot {
             .map(|p| Arc::new(Pool::new(p, registry)))
             .collect();
         let index = |name: &str| pools.iter().position(|p| p.name() == name).unwrap_or(0);
-        let mut policies = 0u16;
         let sites = config
             .sites
             .iter()
             .map(|s| SiteRuntime {
                 name: s.name.clone(),
                 metrics: METRICS.site_series(&s.name),
-                routes: router::site_routes(s, &index, &mut policies),
+                routes: router::site_routes(s, &index),
                 maintenance_page: s.maintenance_page.clone().unwrap_or_else(|| {
                     Bytes::from_static(crate::proxy::respond::BUILTIN_MAINTENANCE)
                 }),

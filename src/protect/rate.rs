@@ -50,7 +50,7 @@ pub enum Verdict {
 
 /// The table of clients, sharded so that concurrent requests rarely share a lock.
 pub struct RateLimiter {
-    shards: Vec<Mutex<HashMap<(u16, u128), u64>>>,
+    shards: Vec<Mutex<HashMap<(u64, u128), u64>>>,
     epoch: Instant,
     per_shard: usize,
 }
@@ -70,9 +70,9 @@ impl RateLimiter {
         }
     }
 
-    fn shard(&self, key: &(u16, u128)) -> std::sync::MutexGuard<'_, HashMap<(u16, u128), u64>> {
-        let mixed = (key.1 as u64 ^ (key.1 >> 64) as u64 ^ u64::from(key.0))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn shard(&self, key: &(u64, u128)) -> std::sync::MutexGuard<'_, HashMap<(u64, u128), u64>> {
+        let mixed =
+            (key.1 as u64 ^ (key.1 >> 64) as u64 ^ key.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let shard = &self.shards[(mixed >> 58) as usize % SHARDS];
         match shard.lock() {
             Ok(g) => g,
@@ -86,7 +86,7 @@ impl RateLimiter {
 
     /// Counts one request of `client` under `policy` (0: the node-wide limit, others: a
     /// route's), if `limit` allows it.
-    pub fn check(&self, policy: u16, client: u128, limit: &Limit, now: Instant) -> Verdict {
+    pub fn check(&self, policy: u64, client: u128, limit: &Limit, now: Instant) -> Verdict {
         let t = self.ns(now);
         let key = (policy, client);
         let mut shard = self.shard(&key);

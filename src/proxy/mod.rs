@@ -619,7 +619,7 @@ impl Edge {
             .config
             .protect
             .rate
-            .map(|r| (0u16, r.limit, "node"));
+            .map(|r| (0u64, r.limit, "node"));
         let route = route.rate.map(|(policy, limit)| (policy, limit, "route"));
         for (policy, limit, reason) in node.into_iter().chain(route) {
             if let Verdict::Deny { retry_after } = self.limiter.check(policy, client, &limit, now) {
