@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, Behaviour, Onair, Origin, Setup};
+use common::{get, site_pool, Behaviour, Onair, Origin, Setup};
 
 /// One request as the client saw it.
 struct Sample {
@@ -32,23 +32,10 @@ enum Fault {
 }
 
 fn setup(a: &Origin, b: &Origin) -> Setup {
-    Setup::new(format!(
-        r#"
-[[site]]
-name = "s"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-connect_timeout = "1s"
-read_timeout = "2s"
-health = {{ path = "/", interval = "1s", timeout = "500ms", fall = 2, rise = 2 }}
-  [[pool.origin]]
-  addr = "{}"
-  [[pool.origin]]
-  addr = "{}"
-"#,
-        a.addr, b.addr
+    Setup::new(site_pool(
+        "connect_timeout = \"1s\"\nread_timeout = \"2s\"\n\
+         health = { path = \"/\", interval = \"1s\", timeout = \"500ms\", fall = 2, rise = 2 }",
+        &[(a.addr, ""), (b.addr, "")],
     ))
 }
 

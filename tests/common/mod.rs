@@ -811,6 +811,20 @@ pub fn one_site(origin: SocketAddr, pool_extra: &str, origin_extra: &str) -> Str
     )
 }
 
+/// One catch-all site `s` on a pool `p` with `pool_keys` and these origins, each with its own
+/// extra keys (`region = "hn"`, `tier = 1`, ...).
+pub fn site_pool(pool_keys: &str, origins: &[(SocketAddr, &str)]) -> String {
+    let mut text = format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[[pool]]\nname = \"p\"\n{pool_keys}\n"
+    );
+    for (addr, extra) in origins {
+        text.push_str(&format!(
+            "  [[pool.origin]]\n  addr = \"{addr}\"\n  {extra}\n"
+        ));
+    }
+    text
+}
+
 /// Connects an HTTP/1.1 client to `addr`; the connection task runs in the background.
 pub async fn connect(
     addr: SocketAddr,

@@ -10,22 +10,9 @@ use crate::common::*;
 /// One pool of two tier-0 origins (no active checks: passive health alone must cope), short
 /// timeouts so that the tests run quickly.
 fn pair(first: std::net::SocketAddr, second: std::net::SocketAddr, extra: &str) -> Setup {
-    Setup::new(format!(
-        r#"
-[[site]]
-name = "s"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-connect_timeout = "500ms"
-read_timeout = "500ms"
-{extra}
-  [[pool.origin]]
-  addr = "{first}"
-  [[pool.origin]]
-  addr = "{second}"
-"#
+    Setup::new(site_pool(
+        &format!("connect_timeout = \"500ms\"\nread_timeout = \"500ms\"\n{extra}"),
+        &[(first, ""), (second, "")],
     ))
 }
 
@@ -293,27 +280,14 @@ async fn three_regions_one_config_a_node_loses_its_local_region() {
     for o in [&hn, &sg, &fra] {
         o.set(page(b"page"));
     }
-    let fleet = format!(
-        r#"
-[[site]]
-name = "s"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-connect_timeout = "500ms"
-health = {{ path = "/", interval = "200ms", timeout = "200ms", fall = 2, rise = 2 }}
-  [[pool.origin]]
-  addr = "{}"
-  region = "hn"
-  [[pool.origin]]
-  addr = "{}"
-  region = "sg"
-  [[pool.origin]]
-  addr = "{}"
-  region = "fra"
-"#,
-        hn.addr, sg.addr, fra.addr
+    let fleet = site_pool(
+        "connect_timeout = \"500ms\"\n\
+         health = { path = \"/\", interval = \"200ms\", timeout = \"200ms\", fall = 2, rise = 2 }",
+        &[
+            (hn.addr, "region = \"hn\""),
+            (sg.addr, "region = \"sg\""),
+            (fra.addr, "region = \"fra\""),
+        ],
     );
     let node_hn = Onair::start(Setup::new(fleet.clone()).with_args(&["--region", "hn"])).await;
     let node_sg = Onair::start(Setup::new(fleet).with_args(&["--region", "sg"])).await;
@@ -385,25 +359,10 @@ async fn a_whole_tier_down_then_back_fails_over_and_back() {
     for o in [&p1, &p2, &backup] {
         o.set(page(b"page"));
     }
-    let setup = Setup::new(format!(
-        r#"
-[[site]]
-name = "s"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-connect_timeout = "500ms"
-health = {{ path = "/", interval = "200ms", timeout = "200ms", fall = 2, rise = 2 }}
-  [[pool.origin]]
-  addr = "{}"
-  [[pool.origin]]
-  addr = "{}"
-  [[pool.origin]]
-  addr = "{}"
-  tier = 1
-"#,
-        p1.addr, p2.addr, backup.addr
+    let setup = Setup::new(site_pool(
+        "connect_timeout = \"500ms\"\n\
+         health = { path = \"/\", interval = \"200ms\", timeout = \"200ms\", fall = 2, rise = 2 }",
+        &[(p1.addr, ""), (p2.addr, ""), (backup.addr, "tier = 1")],
     ));
     let onair = Onair::start(setup).await;
     let from = |r: &Resp| r.header("x-origin").unwrap_or("").to_owned();
