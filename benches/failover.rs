@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, site_pool, Behaviour, Onair, Origin, Setup};
+use common::{connect, read_whole, site_pool, Behaviour, Onair, Origin, Setup};
 
 /// One request as the client saw it.
 struct Sample {
@@ -57,14 +57,17 @@ async fn run(fault: Fault, total: Duration, at: Duration) -> Vec<Sample> {
         let (samples, http) = (samples.clone(), onair.http);
         clients.spawn(async move {
             let mut n = 0u64;
+            // One keep-alive connection per client, opened again only after an error (a new
+            // connection per request would run the machine out of ephemeral ports).
+            let mut conn = None;
             while t0.elapsed() < total {
                 let started = t0.elapsed();
-                let r = get(http, "a", &format!("/p/{c}/{n}")).await;
+                let ok = send(&mut conn, http, &format!("/p/{c}/{n}")).await;
                 n += 1;
                 samples.lock().unwrap().push(Sample {
                     started,
                     took: t0.elapsed() - started,
-                    ok: r.is_ok_and(|r| r.status == 200),
+                    ok,
                 });
             }
         });
@@ -83,6 +86,40 @@ async fn run(fault: Fault, total: Duration, at: Duration) -> Vec<Sample> {
         .ok()
         .map(|m| m.into_inner().unwrap())
         .unwrap_or_default()
+}
+
+/// One GET on the client's connection (opened if needed); true for a whole 200.
+async fn send(
+    conn: &mut Option<hyper::client::conn::http1::SendRequest<common::BoxBody>>,
+    http: std::net::SocketAddr,
+    path: &str,
+) -> bool {
+    use http_body_util::BodyExt;
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = connect(http).await.ok();
+    }
+    let Some(sender) = conn.as_mut() else {
+        return false;
+    };
+    if sender.ready().await.is_err() {
+        *conn = None;
+        return false;
+    }
+    let req = hyper::Request::get(path)
+        .header("Host", "a")
+        .body(
+            http_body_util::Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap();
+    match sender.send_request(req).await {
+        Ok(resp) => read_whole(resp).await.is_ok_and(|r| r.status == 200),
+        Err(_) => {
+            *conn = None;
+            false
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
