@@ -73,19 +73,25 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.client_ip = ctx.peer_ip.map(|peer| {
-            let forwarded = req
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>();
-            protect::client::client_ip(
-                peer,
-                forwarded.into_iter(),
-                &ctx.snapshot.config.protect.trusted_proxies,
-            )
-        });
+        let trusted = &ctx.snapshot.config.protect.trusted_proxies;
+        ctx.client_ip = match ctx.peer_ip {
+            // The usual case, an edge facing readers directly: nothing to parse.
+            Some(peer) if trusted.is_empty() => Some(peer),
+            Some(peer) => {
+                let forwarded = req
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>();
+                Some(protect::client::client_ip(
+                    peer,
+                    forwarded.into_iter(),
+                    trusted,
+                ))
+            }
+            None => None,
+        };
         // Idle keep-alive time (unless the client asked to close, which stays so).
         if session.get_keepalive().is_some() {
             let idle = ctx
