@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use crate::cidr::Cidr;
+use crate::config::Protect;
 
 /// The client address of a request from `peer` carrying these `X-Forwarded-For` values.
 pub fn client_ip<'a>(
@@ -32,6 +33,20 @@ pub fn client_ip<'a>(
         }
     }
     client
+}
+
+/// The client of a request from `peer`: [`client_ip`] over the request's `X-Forwarded-For`
+/// lines, or the peer itself when no proxy is trusted (the usual edge: nothing to parse).
+pub fn identify(peer: IpAddr, req: &pingora::http::RequestHeader, protect: &Protect) -> IpAddr {
+    if protect.trusted_proxies.is_empty() {
+        return peer;
+    }
+    let forwarded = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    client_ip(peer, forwarded, &protect.trusted_proxies)
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port or in brackets.

@@ -31,6 +31,20 @@ const fn refuse(status: u16, reason: &'static str, close: bool) -> Option<Refusa
     })
 }
 
+impl Refusal {
+    /// The short text answer that goes with the status.
+    pub fn text(&self) -> &'static str {
+        match self.status {
+            403 => "forbidden\n",
+            405 => "method not allowed\n",
+            413 => "request body too large\n",
+            414 => "URI too long\n",
+            431 => "request header fields too large\n",
+            _ => "bad request\n",
+        }
+    }
+}
+
 /// The methods a site behind onair can be asked for; `PURGE` is onair's own.
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PURGE",

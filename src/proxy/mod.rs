@@ -67,81 +67,29 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let req = session.req_header();
-        ctx.request_id = headers::request_id(req);
+        ctx.request_id = headers::request_id(session.req_header());
+        let protect = &ctx.snapshot.config.protect;
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let trusted = &ctx.snapshot.config.protect.trusted_proxies;
-        ctx.client_ip = match ctx.peer_ip {
-            // The usual case, an edge facing readers directly: nothing to parse.
-            Some(peer) if trusted.is_empty() => Some(peer),
-            Some(peer) => {
-                let forwarded = req
-                    .headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect::<Vec<_>>();
-                Some(protect::client::client_ip(
-                    peer,
-                    forwarded.into_iter(),
-                    trusted,
-                ))
-            }
-            None => None,
-        };
+        ctx.client_ip = ctx
+            .peer_ip
+            .map(|peer| protect::client::identify(peer, session.req_header(), protect));
         // Idle keep-alive time (unless the client asked to close, which stays so).
         if session.get_keepalive().is_some() {
-            let idle = ctx
-                .snapshot
-                .config
-                .protect
-                .keepalive_timeout
-                .as_secs()
-                .max(1);
-            session.set_keepalive(Some(idle));
+            session.set_keepalive(Some(protect.keepalive_timeout.as_secs().max(1)));
         }
-        let req = session.req_header();
-        let refusal = protect::hygiene::check(req, &ctx.snapshot.config.protect).or_else(|| {
-            // Both framings sent: Pingora has already dropped Content-Length (and keep-alive),
-            // which is safe; a request that ambiguous is refused all the same.
-            let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-            let raw_cl = chunked
-                && session.as_downstream().as_http1().is_some_and(|h1| {
-                    protect::hygiene::raw_has_content_length(&h1.get_headers_raw_bytes())
-                });
-            raw_cl.then_some(protect::hygiene::Refusal {
-                status: 400,
-                reason: "smuggling",
-                close: true,
-            })
-        });
-        // Behind a trusted proxy the accept saw the proxy, not the client: deny it here.
-        if ctx.client_ip.is_some_and(|ip| {
-            Some(ip) != ctx.peer_ip && protect::acl::denied(ip, &ctx.snapshot.config.protect)
-        }) {
-            METRICS.refused("denied");
-            respond::text(session, ctx, 403, "forbidden\n").await?;
-            return Ok(true);
-        }
-        if let Some(refusal) = refusal {
+        if let Some(refusal) = protect::screen(session, ctx.client_ip, ctx.peer_ip, protect) {
             METRICS.refused(refusal.reason);
             if refusal.close {
                 // Its framing cannot be trusted: nothing after it on this connection can be.
                 session.set_keepalive(None);
             }
-            let text = match refusal.status {
-                405 => "method not allowed\n",
-                413 => "request body too large\n",
-                414 => "URI too long\n",
-                431 => "request header fields too large\n",
-                _ => "bad request\n",
-            };
-            respond::text(session, ctx, refusal.status, text).await?;
+            respond::text(session, ctx, refusal.status, refusal.text()).await?;
             return Ok(true);
         }
+        let req = session.req_header();
         if headers::is_loop(req, &ctx.snapshot.via) {
             respond::text(
                 session,
