@@ -77,6 +77,15 @@ struct State {
     up_since: Instant,
 }
 
+impl State {
+    /// Ejected by traffic, its time served, and no trial out (or the last one lost).
+    fn trial_open(&self, now: Instant) -> bool {
+        self.down == Some(Down::Traffic)
+            && self.ejected_until.is_some_and(|t| t <= now)
+            && self.trial_until.is_none_or(|t| t <= now)
+    }
+}
+
 /// Up/down state of one origin: active probes and live traffic (passive health) both feed it.
 ///
 /// - Probes: down after `fall` failures in a row, up after `rise` successes.
@@ -324,19 +333,14 @@ impl OriginHealth {
 
     /// Whether an ejected origin may take a trial request now.
     pub fn trial_ready(&self, now: Instant) -> bool {
-        let s = self.lock();
-        s.down == Some(Down::Traffic)
-            && s.ejected_until.is_some_and(|t| t <= now)
-            && s.trial_until.is_none_or(|t| t <= now)
+        self.lock().trial_open(now)
     }
 
     /// Claims the trial slot; false when another request has just taken it. A trial whose
     /// outcome never comes back (the client left) frees the slot after `lost_after`.
     pub fn begin_trial(&self, now: Instant, lost_after: Duration) -> bool {
         let mut s = self.lock();
-        let ready = s.down == Some(Down::Traffic)
-            && s.ejected_until.is_some_and(|t| t <= now)
-            && s.trial_until.is_none_or(|t| t <= now);
+        let ready = s.trial_open(now);
         if ready {
             s.trial_until = Some(now + lost_after);
         }

@@ -57,12 +57,7 @@ async fn graceful_upgrade_loses_no_request() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // The new process waits on the upgrade socket; SIGQUIT makes the old one hand over.
-    let new = Reaped(spawn(&old.config_path, &["-u"]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    old.signal("QUIT");
-    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
-    assert!(exited, "the old process did not exit after handing over");
+    let new = hand_over(&mut old).await;
     let before = ok.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::SeqCst);
@@ -141,11 +136,7 @@ async fn graceful_upgrade_shares_the_disk_cache() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let new = Reaped(spawn(&old.config_path, &["-u"]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    old.signal("QUIT");
-    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
-    assert!(exited, "the old process did not exit after handing over");
+    let new = hand_over(&mut old).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -197,6 +188,18 @@ async fn graceful_upgrade_shares_the_disk_cache() {
         }
     }
     assert!(served >= 20, "only {served} pages came back from disk");
+}
+
+/// Starts a new process with `-u` and has `old` hand its listeners over (SIGQUIT); returns
+/// the new process once the old one has exited.
+async fn hand_over(old: &mut Onair) -> Reaped {
+    // The new process waits on the upgrade socket; SIGQUIT makes the old one hand over.
+    let new = Reaped(spawn(&old.config_path, &["-u"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
+    assert!(exited, "the old process did not exit after handing over");
+    new
 }
 
 /// GET, retried once when the connection closes or resets before any response byte, as HTTP clients
