@@ -309,6 +309,8 @@ async fn keepalive_connections_are_bounded_in_time_and_requests() {
     // Three requests per connection, then the server says close.
     let mut sender = connect(onair.http).await.unwrap();
     for i in 0..3 {
+        // The client's connection takes a moment to be idle again after an answer.
+        sender.ready().await.unwrap();
         let r = read_whole(send(&mut sender).await.unwrap()).await.unwrap();
         assert_eq!(r.status, 200);
         let close = r.header("connection") == Some("close");
