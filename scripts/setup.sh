@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine with Rust lacks to build and test onair:
-# cmake (Pingora builds zlib-ng with it), a C compiler (ring, zstd), and promtool (the
-# metrics test runs `promtool check metrics`). Idempotent: installs only what is missing.
+# cmake (Pingora builds zlib-ng with it), a C compiler (ring, zstd), promtool (the metrics
+# test runs `promtool check metrics`) and node (a test runs the challenge page's script).
+# Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The attack-mode test runs the challenge page's JavaScript.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -70,7 +70,11 @@ pub struct Metrics {
     coalesced: IntCounter,
     rate_limited: IntCounterVec,
     refused: IntCounterVec,
-    connections_denied: IntCounter,
+    connections_denied: IntCounterVec,
+    connections_open: IntGauge,
+    slow_clients: IntCounterVec,
+    attack_mode: IntGauge,
+    challenges: IntCounterVec,
     purged: IntCounter,
 }
 
@@ -103,6 +107,11 @@ impl Metrics {
             let c = IntCounter::new(name, help).expect("valid counter");
             r.register(Box::new(c.clone())).expect("registered once");
             c
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
         };
         let origin_up = gauge(
             "onair_origin_up",
@@ -218,9 +227,34 @@ impl Metrics {
             ),
             coalesced,
             purged,
-            connections_denied: plain_counter(
+            connections_denied: counter(
                 "onair_connections_denied_total",
-                "Connections closed at accept because their address is in protect.deny.",
+                "Connections closed at accept, by reason: deny (the address is in \
+                 protect.deny), per_ip (its address already has max_connections_per_ip open), \
+                 proxy_protocol (a PROXY protocol listener got no valid header).",
+                &["reason"],
+            ),
+            connections_open: plain_gauge(
+                "onair_connections_open",
+                "Client connections open on the public listeners.",
+            ),
+            slow_clients: counter(
+                "onair_slow_clients_total",
+                "Client connections cut for being too slow, by reason: header (the request \
+                 head took longer than protect.header_timeout), upload (a request body fell \
+                 below protect.min_upload_rate).",
+                &["reason"],
+            ),
+            attack_mode: plain_gauge(
+                "onair_attack_mode",
+                "1 while attack mode is on (clients without clearance get the challenge), 0 \
+                 while it is off.",
+            ),
+            challenges: counter(
+                "onair_challenges_total",
+                "Attack-mode challenges, by result: issued (a challenge page was sent), passed \
+                 (a solution earned a clearance cookie), failed (a wrong or stale solution).",
+                &["result"],
             ),
             refused: counter(
                 "onair_requests_refused_total",
@@ -270,9 +304,30 @@ impl Metrics {
         self.stale_served.with_label_values(&[reason]).inc();
     }
 
-    /// A connection was closed at accept by `protect.deny`.
-    pub fn connection_denied(&self) {
-        self.connections_denied.inc();
+    /// A connection was closed at accept; `reason` is `deny`, `per_ip` or `proxy_protocol`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_denied.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts an open client connection until the guard is dropped.
+    pub fn connection_open(&self) -> GaugeGuard {
+        self.connections_open.inc();
+        GaugeGuard(self.connections_open.clone())
+    }
+
+    /// A client connection was cut for slowness (`header` or `upload`).
+    pub fn slow_client(&self, reason: &'static str) {
+        self.slow_clients.with_label_values(&[reason]).inc();
+    }
+
+    /// Whether attack mode is on.
+    pub fn attack_mode(&self, on: bool) {
+        self.attack_mode.set(i64::from(on));
+    }
+
+    /// A challenge was `issued`, `passed` or `failed`.
+    pub fn challenge(&self, result: &'static str) {
+        self.challenges.with_label_values(&[result]).inc();
     }
 
     /// A request was refused by request hygiene (see `protect::hygiene`).
@@ -391,6 +446,16 @@ pub fn status_class(status: u16) -> &'static str {
 
 /// Values of the `cache` label (see `cache::status::Outcome::label`).
 const CACHE_LABELS: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
+
+/// Holds a gauge one higher while it lives (an open connection).
+#[derive(Debug)]
+pub struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// Pre-resolved `onair_requests_total` / `onair_request_duration_seconds` series of a site.
 #[derive(Debug)]

@@ -92,22 +92,26 @@ pub fn serve(
         CacheMaintenance {
             cache: edge_cache,
             limiter: limiter.clone(),
+            live: live.clone(),
         },
     ));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Edge::new(live.clone(), edge_cache, limiter),
-        "onair edge",
+    );
+    // Requests per client connection (fixed at start: Pingora reads it when a connection opens).
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // Pingora counts reuses after the first request.
+    options.keepalive_request_limit = Some(config.protect.keepalive_requests.saturating_sub(1));
+    app.server_options = Some(options);
+    // The gate sees each client connection from accept to close (connection caps, the
+    // whole-head deadline, the upload rate), then hands it to the proxy.
+    let mut proxy = Service::new(
+        "onair edge".to_owned(),
+        crate::protect::conn::Gate::new(app, live.clone()),
     );
     for addr in &config.listen.http {
         proxy.add_tcp(&addr.to_string());
-    }
-    // Requests per client connection (fixed at start: Pingora reads it when a connection opens).
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        // Pingora counts reuses after the first request.
-        options.keepalive_request_limit = Some(config.protect.keepalive_requests.saturating_sub(1));
-        app.server_options = Some(options);
     }
     // protect.deny at accept (the `connection_filter` feature makes this real; without it the
     // call would silently do nothing).
@@ -205,12 +209,12 @@ fn remove_pid_file(path: &Path) {
     }
 }
 
-/// Runs the memory tier's deferred maintenance and publishes the cache gauges.
-/// Once a second: cache tier upkeep and gauges, and the rate limiter's sweep of clients that
-/// are back to a clean slate.
+/// Once a second: cache tier upkeep and gauges, the rate limiter's sweep of clients that are
+/// back to a clean slate, and attack mode's measurement of the request rate.
 struct CacheMaintenance {
     cache: EdgeCache,
     limiter: Arc<crate::protect::rate::RateLimiter>,
+    live: Arc<Live>,
 }
 
 #[async_trait]
@@ -222,6 +226,13 @@ impl BackgroundService for CacheMaintenance {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
                     self.limiter.sweep(std::time::Instant::now());
+                    let snapshot = self.live.current();
+                    let saturated = snapshot.pools.iter().any(|p| p.limiter.queued() > 0);
+                    self.live.attack().tick(
+                        &snapshot.config.protect.attack,
+                        std::time::Instant::now(),
+                        saturated,
+                    );
                     let memory = self.cache.memory;
                     memory.maintain();
                     crate::metrics::METRICS.cache_tier("memory", memory.size(), memory.objects());

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub hosts: HostTable,
     pub sites: Vec<SiteRuntime>,
     pub pools: Vec<Arc<Pool>>,
+    /// Signs and checks attack-mode challenges and clearance cookies.
+    pub signer: crate::protect::challenge::Signer,
     /// Series for requests that matched no site.
     pub unrouted: SiteSeries,
 }
@@ -70,6 +72,7 @@ impl Snapshot {
             hosts: HostTable::new(&config.sites),
             sites,
             pools,
+            signer: crate::protect::challenge::Signer::new(config.protect.attack.key.as_ref()),
             unrouted: METRICS.site_series("-"),
             config,
         }
@@ -82,6 +85,8 @@ pub struct Live {
     source: Option<PathBuf>,
     overrides: Overrides,
     registry: HealthRegistry,
+    /// Attack mode, which outlives snapshots (an admin override, the measured rate).
+    attack: crate::protect::attack::AttackState,
     /// Serializes reloads so two concurrent ones cannot interleave build and swap.
     reload_lock: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
@@ -95,7 +100,14 @@ impl Live {
         publish_origin_gauges(None, &snapshot);
         METRICS.initial_config(1);
         let (changed, _) = watch::channel(1);
+        let attack = crate::protect::attack::AttackState::default();
+        attack.tick(
+            &snapshot.config.protect.attack,
+            std::time::Instant::now(),
+            false,
+        );
         Arc::new(Live {
+            attack,
             current: ArcSwap::from_pointee(snapshot),
             source,
             overrides,
@@ -103,6 +115,11 @@ impl Live {
             reload_lock: tokio::sync::Mutex::new(()),
             changed,
         })
+    }
+
+    /// The node's attack-mode state.
+    pub fn attack(&self) -> &crate::protect::attack::AttackState {
+        &self.attack
     }
 
     /// The snapshot in use now.

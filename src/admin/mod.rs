@@ -1,6 +1,5 @@
 //! The admin API on `listen.admin`: health and readiness probes for orchestrators, status for
-//! operators, and the operations that change state (reload; purge and attack mode come with the
-//! cache and protection).
+//! operators, and the operations that change state: reload, purge and attack mode.
 //!
 //! Every call but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`, compared in
 //! constant time. Without `admin.token_file` only the two probes answer. A wrong or missing
@@ -17,6 +16,8 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::purge::PurgeRequest;
 use crate::cache::EdgeCache;
+use crate::config::{Attack, AttackMode};
+use crate::protect::attack::AttackState;
 use crate::snapshot::Live;
 
 /// Largest admin request body read (a purge of many URLs fits easily).
@@ -97,7 +98,8 @@ impl AdminApp {
                         ),
                     },
                     (&Method::POST, "/purge") => self.purge(body).await,
-                    (_, "/status" | "/reload" | "/purge") => (
+                    (&Method::POST, "/attack-mode") => self.attack_mode(body),
+                    (_, "/status" | "/reload" | "/purge" | "/attack-mode") => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({"error": "method not allowed"}),
                     ),
@@ -172,6 +174,27 @@ impl AdminApp {
         }
     }
 
+    /// `POST /attack-mode`: `{"mode": "on" | "off" | "auto"}`. Overrides the file's mode
+    /// until the next call or a restart.
+    fn attack_mode(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
+        let mode = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("mode")?.as_str().and_then(AttackMode::parse));
+        let Some(mode) = mode else {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "expected {\"mode\": \"on\" | \"off\" | \"auto\"}"}),
+            );
+        };
+        let snap = self.live.current();
+        let attack = self.live.attack();
+        attack.set(mode, &snap.config.protect.attack, std::time::Instant::now());
+        (
+            StatusCode::OK,
+            attack_json(attack, &snap.config.protect.attack),
+        )
+    }
+
     fn status(&self) -> serde_json::Value {
         let snap = self.live.current();
         let cfg = &snap.config;
@@ -215,8 +238,20 @@ impl AdminApp {
                 "memory": {"objects": memory.objects(), "bytes": memory.size()},
                 "disk": disk,
             },
+            "attack": attack_json(self.live.attack(), &cfg.protect.attack),
         })
     }
+}
+
+/// Attack mode as `/status` and `/attack-mode` show it.
+fn attack_json(state: &AttackState, config: &Attack) -> serde_json::Value {
+    let r = state.report(config);
+    json!({
+        "mode": r.mode.as_str(),
+        "active": r.active,
+        "set_by": if r.overridden { "admin" } else { "config" },
+        "rps": r.rps,
+    })
 }
 
 #[async_trait]

@@ -15,6 +15,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,6 +98,84 @@ pub struct Protect {
     /// How long an idle keep-alive connection stays open, and how many requests one carries.
     pub keepalive_timeout: Duration,
     pub keepalive_requests: u32,
+    /// Open connections per client address (IPv6 per /64); 0: no cap (see `protect::conn`).
+    pub max_connections_per_ip: u32,
+    /// The whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// A request body may fall this far behind `min_upload_rate` (bytes/s; 0: no minimum).
+    pub body_timeout: Duration,
+    pub min_upload_rate: u64,
+    pub attack: Attack,
+}
+
+/// `[protect.attack]` (see `protect::attack` and `protect::challenge`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attack {
+    pub mode: AttackMode,
+    /// `auto`: the node-wide request rate that turns attack mode on.
+    pub trigger_rps: u64,
+    /// `auto`: how long the rate must stay below the trigger before attack mode turns off.
+    pub cooldown: Duration,
+    /// `pow`: uncleared clients get the proof-of-work page; off: their misses get 503.
+    pub challenge: bool,
+    /// Leading zero bits the proof of work needs.
+    pub difficulty: u8,
+    /// How long a clearance cookie is good for.
+    pub clearance: Duration,
+    /// The fleet-wide key that signs challenges and cookies; None: a key of this process
+    /// (cookies then hold only on this node and until it restarts).
+    pub key: Option<AttackKey>,
+}
+
+impl Default for Attack {
+    fn default() -> Self {
+        Attack {
+            mode: AttackMode::Off,
+            trigger_rps: 5000,
+            cooldown: Duration::from_secs(300),
+            challenge: true,
+            difficulty: 16,
+            clearance: Duration::from_secs(3600),
+            key: None,
+        }
+    }
+}
+
+/// `protect.attack.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackMode {
+    Off,
+    On,
+    Auto,
+}
+
+impl AttackMode {
+    pub fn parse(text: &str) -> Option<AttackMode> {
+        match text {
+            "off" => Some(AttackMode::Off),
+            "on" => Some(AttackMode::On),
+            "auto" => Some(AttackMode::Auto),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttackMode::Off => "off",
+            AttackMode::On => "on",
+            AttackMode::Auto => "auto",
+        }
+    }
+}
+
+/// The bytes of `protect.attack.key_file`; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AttackKey(pub Arc<[u8]>);
+
+impl fmt::Debug for AttackKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AttackKey(<redacted>)")
+    }
 }
 
 impl Default for Protect {
@@ -112,6 +191,11 @@ impl Default for Protect {
             max_body: 16 << 20,
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
+            max_connections_per_ip: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            min_upload_rate: 500,
+            attack: Attack::default(),
         }
     }
 }

@@ -111,6 +111,24 @@ pub struct RawProtect {
     pub max_body: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub keepalive_requests: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub min_upload_rate: Option<String>,
+    pub attack: RawAttack,
+}
+
+/// `[protect.attack]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAttack {
+    pub mode: Option<String>,
+    pub trigger_rps: Option<i64>,
+    pub cooldown: Option<String>,
+    pub challenge: Option<String>,
+    pub difficulty: Option<i64>,
+    pub clearance: Option<String>,
+    pub key_file: Option<String>,
 }
 
 /// `[[pool]]`

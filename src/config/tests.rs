@@ -382,15 +382,11 @@ fn unknown_top_level_key() {
 
 #[test]
 fn sections_of_later_versions_are_unknown_today() {
-    for (section, body) in [
-        ("tls", "[tls]\nredirect_http = true\n"),
-        (
-            "protect.max_connections_per_ip",
-            "[protect]\nmax_connections_per_ip = 256\n",
-        ),
-    ] {
-        assert_only(&format!("{MINIMAL}\n{body}"), section, "unknown key");
-    }
+    assert_only(
+        &format!("{MINIMAL}\n[tls]\nredirect_http = true\n"),
+        "tls",
+        "unknown key",
+    );
 }
 
 #[test]
@@ -1417,4 +1413,53 @@ fn protect_rates_and_trusted_proxies() {
         has(&errs, "site[0].route[0].burst", "out of range"),
         "{errs:#?}"
     );
+}
+
+#[test]
+fn protect_connection_limits_and_attack_mode() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.protect.max_connections_per_ip, 256);
+    assert_eq!(c.protect.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.protect.attack.mode, AttackMode::Off);
+    assert!(c.protect.attack.key.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.key"), "too short").unwrap();
+    std::fs::write(dir.path().join("good.key"), format!("{}\n", "k".repeat(64))).unwrap();
+    let text = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[protect]\nmax_connections_per_ip = 0\nheader_timeout = \"5s\"\n\
+             body_timeout = \"30s\"\nmin_upload_rate = \"1KiB\"\n[protect.attack]\n{extra}"
+        )
+    };
+    let c = parse_in(
+        &text("mode = \"auto\"\ntrigger_rps = 900\ncooldown = \"2m\"\nkey_file = \"good.key\"\n"),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(c.protect.max_connections_per_ip, 0);
+    assert_eq!(c.protect.min_upload_rate, 1024);
+    assert_eq!(c.protect.attack.mode, AttackMode::Auto);
+    assert_eq!(c.protect.attack.trigger_rps, 900);
+    assert_eq!(c.protect.attack.key.unwrap().0.len(), 64, "trimmed");
+    let errs = match parse_in(
+        &text("mode = \"panic\"\nchallenge = \"captcha\"\ndifficulty = 40\nkey_file = \"short.key\"\n"),
+        dir.path(),
+    ) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.0,
+    };
+    for (path, needle) in [
+        ("protect.attack.mode", "must be"),
+        ("protect.attack.challenge", "must be"),
+        ("protect.attack.difficulty", "out of range"),
+        ("protect.attack.key_file", "at least 32"),
+    ] {
+        assert!(has(&errs, path, needle), "{path}: {errs:#?}");
+    }
+    let errs = errors(&format!("{MINIMAL}\n[protect]\nheader_timeout = \"0s\"\n"));
+    assert!(has(&errs, "protect.header_timeout", "between"), "{errs:#?}");
+    let errs = errors(&format!(
+        "{MINIMAL}\n[protect.attack]\nkey_file = \"/nonexistent/k\"\n"
+    ));
+    assert!(has(&errs, "protect.attack.key_file", ""), "{errs:#?}");
 }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +39,21 @@ impl Errors<'_> {
                 default
             }),
         }
+    }
+
+    /// A duration that must lie within `lo..=hi`.
+    fn duration_in(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+        (lo, hi): (Duration, Duration),
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if !(lo..=hi).contains(&d) {
+            self.push(path, format!("must be between {lo:?} and {hi:?}"));
+        }
+        d
     }
 
     fn size(&mut self, path: &str, value: &Option<String>, default: u64) -> u64 {
@@ -175,7 +191,7 @@ pub(super) fn validate(
     let pools = validate_pools(pool, base, &mut e);
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
-    let protect = validate_protect(protect, &mut e);
+    let protect = validate_protect(protect, base, &mut e);
     Config {
         node,
         listen,
@@ -188,7 +204,7 @@ pub(super) fn validate(
     }
 }
 
-fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
+fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
     let mut ranges = |key: &str, list: Option<Vec<String>>| -> Vec<crate::cidr::Cidr> {
         list.unwrap_or_default()
             .iter()
@@ -249,6 +265,95 @@ fn validate_protect(p: RawProtect, e: &mut Errors<'_>) -> Protect {
             1,
             1_000_000,
         ) as u32,
+        max_connections_per_ip: e.int_in(
+            "protect.max_connections_per_ip",
+            p.max_connections_per_ip,
+            i64::from(d.max_connections_per_ip),
+            0,
+            1_000_000,
+        ) as u32,
+        header_timeout: e.duration_in(
+            "protect.header_timeout",
+            &p.header_timeout,
+            d.header_timeout,
+            (Duration::from_secs(1), Duration::from_secs(300)),
+        ),
+        body_timeout: e.duration_in(
+            "protect.body_timeout",
+            &p.body_timeout,
+            d.body_timeout,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        ),
+        min_upload_rate: e.size(
+            "protect.min_upload_rate",
+            &p.min_upload_rate,
+            d.min_upload_rate,
+        ),
+        attack: validate_attack(p.attack, base, e),
+    }
+}
+
+fn validate_attack(a: RawAttack, base: &Path, e: &mut Errors<'_>) -> Attack {
+    let d = Attack::default();
+    let mode = match a.mode.as_deref() {
+        None => d.mode,
+        Some(text) => AttackMode::parse(text).unwrap_or_else(|| {
+            e.push("protect.attack.mode", "must be \"off\", \"on\" or \"auto\"");
+            d.mode
+        }),
+    };
+    let challenge = match a.challenge.as_deref() {
+        None | Some("pow") => true,
+        Some("off") => false,
+        Some(_) => {
+            e.push("protect.attack.challenge", "must be \"pow\" or \"off\"");
+            d.challenge
+        }
+    };
+    let key = a.key_file.and_then(|f| {
+        let bytes = e.file("protect.attack.key_file", base, &f, 4096)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let key = text.trim().as_bytes();
+        if key.len() < 32 {
+            e.push(
+                "protect.attack.key_file",
+                "the key must be at least 32 characters (it signs clearance cookies; e.g. \
+                 `openssl rand -hex 32`)",
+            );
+            return None;
+        }
+        Some(AttackKey(Arc::from(key)))
+    });
+    Attack {
+        mode,
+        trigger_rps: e.int_in(
+            "protect.attack.trigger_rps",
+            a.trigger_rps,
+            d.trigger_rps as i64,
+            1,
+            100_000_000,
+        ) as u64,
+        cooldown: e.duration_in(
+            "protect.attack.cooldown",
+            &a.cooldown,
+            d.cooldown,
+            (Duration::from_secs(1), Duration::from_secs(86_400)),
+        ),
+        challenge,
+        difficulty: e.int_in(
+            "protect.attack.difficulty",
+            a.difficulty,
+            i64::from(d.difficulty),
+            1,
+            28,
+        ) as u8,
+        clearance: e.duration_in(
+            "protect.attack.clearance",
+            &a.clearance,
+            d.clearance,
+            (Duration::from_secs(60), Duration::from_secs(7 * 86_400)),
+        ),
+        key,
     }
 }
 

@@ -121,6 +121,11 @@ impl Limiter {
         }
     }
 
+    /// Requests waiting for a slot now: the pool is saturated.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// Requests holding a slot now.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)

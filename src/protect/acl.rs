@@ -44,7 +44,7 @@ impl ConnectionFilter for AcceptFilter {
         let Some(addr) = addr else { return true };
         let refused = denied(addr.ip(), &self.live.current().config.protect);
         if refused {
-            METRICS.connection_denied();
+            METRICS.connection_refused("deny");
         }
         !refused
     }

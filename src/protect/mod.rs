@@ -6,7 +6,10 @@
 //! `Retry-After` before any cache or origin work.
 
 pub mod acl;
+pub mod attack;
+pub mod challenge;
 pub mod client;
+pub mod conn;
 pub mod hygiene;
 pub mod rate;
 

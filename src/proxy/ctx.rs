@@ -54,6 +54,9 @@ pub struct RequestCtx {
     pub waiting: Option<crate::origin::health::Waiting>,
     /// Request body bytes received so far (for `protect.max_body`).
     pub body_bytes: u64,
+    /// Attack mode is on and this client has no clearance: it may have cache hits, but
+    /// anything that would reach an origin gets the challenge instead.
+    pub uncleared: bool,
     /// `(attempt, granted)`: the retry decision for that attempt, made once.
     pub retry_decision: Option<(usize, bool)>,
 }
@@ -86,6 +89,7 @@ impl RequestCtx {
             trial: false,
             retry_decision: None,
             body_bytes: 0,
+            uncleared: false,
         }
     }
 

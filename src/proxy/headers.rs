@@ -33,6 +33,15 @@ pub fn request_id(req: &RequestHeader) -> String {
     id
 }
 
+/// Whether a request body follows the head: chunked, or a non-zero Content-Length.
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// The request's host as the client sent it: the URI authority (HTTP/2, absolute-form) or
 /// the Host header.
 pub fn raw_host(req: &RequestHeader) -> Option<&str> {

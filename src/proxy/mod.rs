@@ -9,6 +9,7 @@
 //! `logging` (metrics, access log). On failure: `fail_to_connect` / `error_while_proxy` decide
 //! whether to try the next origin, and `fail_to_proxy` answers with the maintenance page.
 
+pub mod challenge;
 pub mod ctx;
 pub mod headers;
 pub mod hit;
@@ -67,6 +68,9 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(watch) = protect::conn::watch(session) {
+            watch.head_done(headers::has_body(session.req_header()));
+        }
         ctx.request_id = headers::request_id(session.req_header());
         let protect = &ctx.snapshot.config.protect;
         ctx.peer_ip = session
@@ -89,6 +93,7 @@ impl ProxyHttp for Edge {
             respond::text(session, ctx, refusal.status, refusal.text()).await?;
             return Ok(true);
         }
+        self.live.attack().observe(&protect.attack);
         let req = session.req_header();
         if headers::is_loop(req, &ctx.snapshot.via) {
             respond::text(
@@ -144,6 +149,12 @@ impl ProxyHttp for Edge {
             .await?;
             return Ok(true);
         }
+        if session.req_header().uri.path() == protect::challenge::PATH {
+            challenge::answer(session, ctx).await?;
+            return Ok(true);
+        }
+        ctx.uncleared = self.live.attack().active() && !challenge::cleared(session, ctx);
+        let req = session.req_header();
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
         ctx.query_key = route.query;
@@ -161,6 +172,19 @@ impl ProxyHttp for Edge {
             return Ok(served);
         }
         Ok(false)
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        // Attack mode: what is cached is served to everyone; the origins see only the cleared.
+        if ctx.uncleared {
+            challenge::refuse(session, ctx).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -357,11 +381,16 @@ impl ProxyHttp for Edge {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            if let Some(watch) = protect::conn::watch(session) {
+                watch.body_done();
+            }
+        }
         // Content-Length was checked with the head; a chunked body is counted as it comes.
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
@@ -515,6 +544,13 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // An unread body is drained next, still on the upload clock; otherwise the connection
+        // goes idle until the next head.
+        if session.is_body_done() {
+            if let Some(watch) = protect::conn::watch(session) {
+                watch.request_done();
+            }
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

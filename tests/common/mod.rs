@@ -847,6 +847,32 @@ pub async fn connect_from(
     Ok(sender)
 }
 
+/// A raw TCP connection from a loopback address (127.0.0.x).
+pub async fn tcp_from(addr: SocketAddr, from: [u8; 4]) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(addr).await
+}
+
+/// Reads until the peer closes (or resets) the connection; how long that took, or None if it
+/// stayed open for `limit`.
+pub async fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
 /// The path of the built binary.
 pub fn onair_bin() -> &'static str {
     env!("CARGO_BIN_EXE_onair")
@@ -965,6 +991,24 @@ impl Onair {
             path,
             &[("Authorization", &auth)],
             Bytes::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// An authorized admin POST with a JSON body.
+    pub async fn admin_post(&self, path: &str, json: &str) -> Resp {
+        let auth = format!("Bearer {}", self.token);
+        request(
+            self.admin,
+            "POST",
+            "admin",
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Bytes::from(json.to_owned()),
         )
         .await
         .unwrap()

@@ -7,6 +7,7 @@
 mod common;
 
 mod admin;
+mod attack;
 mod cache;
 mod chaos;
 mod config_check;

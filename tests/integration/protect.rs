@@ -265,7 +265,7 @@ async fn denied_addresses_are_dropped_at_accept_and_reloads_apply() {
     assert_eq!(origin.proxied_hits(), 2, "only the two allowed requests");
     assert!(
         onair
-            .metric("onair_connections_denied_total")
+            .metric("onair_connections_denied_total{reason=\"deny\"}")
             .await
             .unwrap_or(0.0)
             >= 1.0
@@ -341,5 +341,178 @@ async fn keepalive_connections_are_bounded_in_time_and_requests() {
     assert!(
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
         "closed after {idle:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_header_timeout_from_accept() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(limited(&origin, "header_timeout = \"1s\"", "")).await;
+    // One header byte every 100 ms keeps every single read well inside any per-read timeout.
+    let mut stream = tcp_from(onair.http, [127, 0, 0, 1]).await.unwrap();
+    let started = std::time::Instant::now();
+    let head =
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut cut_at = None;
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut_at = match cut_at {
+        Some(t) => t,
+        None => {
+            time_to_close(&mut stream, Duration::from_secs(5)).await;
+            started.elapsed()
+        }
+    };
+    assert!(
+        cut_at >= Duration::from_millis(900) && cut_at < Duration::from_millis(2500),
+        "cut after {cut_at:?}"
+    );
+    // A connection that sends nothing at all is cut on the same clock.
+    let mut silent = tcp_from(onair.http, [127, 0, 0, 1]).await.unwrap();
+    let closed = time_to_close(&mut silent, Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(900)),
+        "{closed:?}"
+    );
+    assert_eq!(origin.proxied_hits(), 0);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair
+                .metric("onair_slow_clients_total{reason=\"header\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 2.0
+        })
+        .await
+    );
+    // A normal client on a fresh connection is served.
+    assert_eq!(
+        get_from(onair.http, [127, 0, 0, 1], "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_are_capped_and_others_are_served() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(limited(
+        &origin,
+        "max_connections_per_ip = 100\nheader_timeout = \"30s\"",
+        "",
+    ))
+    .await;
+    // 300 idle connections from one address: the first 100 are held open, the rest closed at
+    // once.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tcp_from(onair.http, [127, 0, 0, 2]).await.unwrap());
+    }
+    let mut closed = 0;
+    for stream in idle.iter_mut() {
+        if time_to_close(stream, Duration::from_millis(20))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 200, "connections over the cap are closed");
+    // Another client is served within a second, on several fresh connections.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = get_from(onair.http, [127, 0, 0, 1], "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // The capped address itself gets nothing more until it closes some.
+    assert!(get_from(onair.http, [127, 0, 0, 2], "/", &[])
+        .await
+        .is_err());
+    idle.truncate(50);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get_from(onair.http, [127, 0, 0, 2], "/", &[])
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await,
+        "closing connections frees their slots"
+    );
+    assert!(
+        onair
+            .metric("onair_connections_denied_total{reason=\"per_ip\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 200.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_below_the_minimum_rate_is_cut() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(limited(
+        &origin,
+        "min_upload_rate = \"1KiB\"\nbody_timeout = \"1s\"",
+        "",
+    ))
+    .await;
+    let mut stream = tcp_from(onair.http, [127, 0, 0, 1]).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    // 20 bytes every 100 ms is 200 B/s, a fifth of the minimum: allowed waiting is 1 s plus
+    // 1 s per KiB received, so the cut comes after about 1.25 s.
+    let started = std::time::Instant::now();
+    let mut cut_at = None;
+    for _ in 0..100 {
+        if stream.write_all(&[b'a'; 20]).await.is_err() {
+            cut_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut_at = cut_at.unwrap_or_else(|| started.elapsed());
+    assert!(
+        cut_at >= Duration::from_secs(1) && cut_at < Duration::from_secs(4),
+        "cut after {cut_at:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair
+                .metric("onair_slow_clients_total{reason=\"upload\"}")
+                .await
+                == Some(1.0)
+        })
+        .await
+    );
+    // A fast upload of the same size goes through.
+    let body = vec![b'a'; 100_000];
+    let mut fast = tcp_from(onair.http, [127, 0, 0, 1]).await.unwrap();
+    fast.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    fast.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    use tokio::io::AsyncReadExt;
+    fast.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
     );
 }

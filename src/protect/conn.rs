@@ -1,0 +1,709 @@
+//! The connection gate: the limits Pingora's HTTP session cannot enforce by itself, applied
+//! around the client's socket.
+//!
+//! Pingora's HTTP/1 reader times out each read, not the request head as a whole, and it has no
+//! callback when a connection closes. So the public listeners run [`Gate`] in front of the proxy:
+//! it sees every connection from accept to close, which makes it the place to
+//! - count open connections per client address (`max_connections_per_ip`; idle and slow ones
+//!   count, which is what a slowloris attack relies on);
+//! - give the whole request head one deadline (`header_timeout`), from accept for the first
+//!   request and from its first byte for later ones;
+//! - require a minimum upload rate for request bodies (`min_upload_rate`, after `body_timeout`
+//!   of grace), counting only the time onair waited on the client, never the time the origin
+//!   held the upload back.
+//!
+//! The proxy tells the stream which part of a request it is in through [`Watch`]: the head is
+//! parsed (`head_done`), the body is in (`body_done`), the answer is finished (`request_done`).
+//! HTTP/2 connections are counted but not clocked: their frames are not HTTP/1 heads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::Protect;
+use crate::metrics::METRICS;
+use crate::snapshot::Live;
+
+/// Where the current request of a connection is, as the proxy last said.
+const HEAD: u8 = 0;
+const BODY: u8 = 1;
+const RESPONDING: u8 = 2;
+const IDLE: u8 = 3;
+
+/// The proxy's side of a connection's clocks: shared between the stream and the requests on it.
+#[derive(Debug)]
+pub struct Watch {
+    phase: AtomicU8,
+    /// Bumped for each request head, so a new body starts a new upload clock even when the
+    /// stream never saw the phases in between (a pipelined request).
+    requests: AtomicU32,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            phase: AtomicU8::new(HEAD),
+            requests: AtomicU32::new(0),
+        }
+    }
+
+    /// The request head has been parsed; `body` when a request body follows.
+    pub fn head_done(&self, body: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let phase = if body { BODY } else { RESPONDING };
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    /// The request body has been read to its end.
+    pub fn body_done(&self) {
+        self.phase.store(RESPONDING, Ordering::Relaxed);
+    }
+
+    /// The answer is finished; the connection waits for the next request (keep-alive idle time
+    /// is Pingora's `keepalive_timeout`, not ours).
+    pub fn request_done(&self) {
+        self.phase.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+/// The watch of the connection a request arrived on, when it came through the gate over
+/// HTTP/1.
+pub fn watch(session: &Session) -> Option<&Watch> {
+    let stream = session.as_downstream().stream()?;
+    let guarded = stream.as_any().downcast_ref::<Guarded<Stream>>()?;
+    Some(&guarded.watch)
+}
+
+/// The clocks of one connection, fixed when it opens (a reload applies to new connections).
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// None: the head is not clocked (HTTP/2).
+    pub header_timeout: Option<Duration>,
+    pub body_timeout: Duration,
+    /// Bytes per second; 0: no minimum.
+    pub min_upload_rate: u64,
+}
+
+impl Clocks {
+    pub fn from_config(protect: &Protect) -> Clocks {
+        Clocks {
+            header_timeout: Some(protect.header_timeout),
+            body_timeout: protect.body_timeout,
+            min_upload_rate: protect.min_upload_rate,
+        }
+    }
+
+    fn unclocked() -> Clocks {
+        Clocks {
+            header_timeout: None,
+            body_timeout: Duration::ZERO,
+            min_upload_rate: 0,
+        }
+    }
+}
+
+/// Why a connection was cut; the metric label.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Header,
+    Upload,
+}
+
+impl Cut {
+    fn error(self) -> io::Error {
+        let text = match self {
+            Cut::Header => "request head not complete within protect.header_timeout",
+            Cut::Upload => "request body slower than protect.min_upload_rate",
+        };
+        io::Error::new(io::ErrorKind::TimedOut, text)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Cut::Header => "header",
+            Cut::Upload => "upload",
+        }
+    }
+}
+
+/// A client stream under the gate's clocks. Everything but reading is passed straight through.
+pub struct Guarded<S> {
+    inner: S,
+    watch: Watch,
+    clocks: Clocks,
+    /// When the current head started: accept for the first request, the first wait after its
+    /// first byte for later ones (set lazily, so a head read in one go costs no clock read).
+    head_since: Option<Instant>,
+    /// The upload clock of the current body: time spent waiting on the client, bytes received.
+    upload: Upload,
+    timer: Option<Pin<Box<Sleep>>>,
+    cut: Option<Cut>,
+    /// The client's address as a PROXY protocol header gave it, replacing the socket's.
+    socket_digest: Option<Arc<SocketDigest>>,
+}
+
+#[derive(Debug, Default)]
+struct Upload {
+    request: u32,
+    waited: Duration,
+    received: u64,
+    pending_since: Option<Instant>,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, clocks: Clocks) -> Guarded<S> {
+        Guarded {
+            inner,
+            watch: Watch::new(),
+            clocks,
+            head_since: Some(Instant::now()),
+            upload: Upload::default(),
+            timer: None,
+            cut: None,
+            socket_digest: None,
+        }
+    }
+
+    /// Replaces the socket's peer address (what Pingora and the proxy see as the client).
+    pub fn with_socket_digest(mut self, digest: Arc<SocketDigest>) -> Guarded<S> {
+        self.socket_digest = Some(digest);
+        self
+    }
+
+    /// The proxy's handle on this connection's phases.
+    pub fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
+    fn phase(&self) -> u8 {
+        self.watch.phase.load(Ordering::Relaxed)
+    }
+
+    /// Bytes arrived.
+    fn on_bytes(&mut self, n: usize) {
+        match self.phase() {
+            IDLE if n > 0 => {
+                self.watch.phase.store(HEAD, Ordering::Relaxed);
+                self.head_since = None;
+            }
+            BODY if self.clocks.min_upload_rate > 0 => {
+                self.sync_upload();
+                if let Some(since) = self.upload.pending_since.take() {
+                    self.upload.waited += since.elapsed();
+                }
+                self.upload.received += n as u64;
+            }
+            _ => {}
+        }
+    }
+
+    /// A new request's body starts a new upload clock.
+    fn sync_upload(&mut self) {
+        let request = self.watch.requests.load(Ordering::Relaxed);
+        if self.upload.request != request {
+            self.upload = Upload {
+                request,
+                ..Upload::default()
+            };
+        }
+    }
+
+    /// The moment the current wait for the client must end, if one applies.
+    fn deadline(&mut self) -> Option<(Instant, Cut)> {
+        match self.phase() {
+            HEAD => {
+                let timeout = self.clocks.header_timeout?;
+                let since = *self.head_since.get_or_insert_with(Instant::now);
+                Some((since + timeout, Cut::Header))
+            }
+            BODY if self.clocks.min_upload_rate > 0 => {
+                self.sync_upload();
+                let since = *self.upload.pending_since.get_or_insert_with(Instant::now);
+                let earned = Duration::from_secs_f64(
+                    self.upload.received as f64 / self.clocks.min_upload_rate as f64,
+                );
+                let allowed = self.clocks.body_timeout + earned;
+                Some((
+                    since + allowed.saturating_sub(self.upload.waited),
+                    Cut::Upload,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits for the client until `at`; past it, the read fails and Pingora closes the
+    /// connection.
+    fn wait_until(&mut self, cx: &mut Context<'_>, at: Instant, cut: Cut) -> Poll<io::Result<()>> {
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.cut = Some(cut);
+                METRICS.slow_client(cut.label());
+                tracing::debug!(reason = cut.label(), "client connection cut");
+                Poll::Ready(Err(cut.error()))
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(cut) = this.cut {
+            return Poll::Ready(Err(cut.error()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.on_bytes(buf.filled().len() - before);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.deadline() {
+                None => Poll::Pending,
+                Some((at, cut)) => this.wait_until(cx, at, cut),
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<S> std::fmt::Debug for Guarded<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("phase", &self.phase())
+            .field("clocks", &self.clocks)
+            .finish_non_exhaustive()
+    }
+}
+
+// Pingora's view of the connection: all of it is the inner stream's, except the peer address
+// a PROXY protocol header replaced.
+#[async_trait]
+impl Shutdown for Guarded<Stream> {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded<Stream> {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded<Stream> {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded<Stream> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded<Stream> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded<Stream> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.socket_digest
+            .clone()
+            .or_else(|| self.inner.get_socket_digest())
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded<Stream> {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// Open connections per client address (IPv6 per /64), for `max_connections_per_ip`.
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    shards: [Mutex<HashMap<u128, u32>>; 16],
+}
+
+/// One open connection in the table; closing it (dropping this) gives the slot back.
+#[derive(Debug)]
+pub struct Slot {
+    table: Arc<ConnTable>,
+    key: u128,
+}
+
+impl ConnTable {
+    fn shard(&self, key: u128) -> &Mutex<HashMap<u128, u32>> {
+        // The low bits vary most for IPv4 (mapped into the low 32 bits); the /64 prefix for
+        // IPv6 has its variety in the high half.
+        let mix = (key as u64) ^ ((key >> 64) as u64);
+        &self.shards[(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize]
+    }
+
+    /// Takes a slot for a connection from `ip`, unless it already has `max` open.
+    pub fn open(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<Slot> {
+        let key = super::client::limit_key(ip);
+        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let count = shard.entry(key).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            table: self.clone(),
+            key,
+        })
+    }
+
+    /// Open connections counted for `ip`.
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        let key = super::client::limit_key(ip);
+        let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        shard.get(&key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut shard = self
+            .table
+            .shard(self.key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = shard.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                // Entries live only while connections do: the table is bounded by open sockets.
+                shard.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The public listeners' application: the gate, then the proxy.
+pub struct Gate<A> {
+    app: Arc<A>,
+    live: Arc<Live>,
+    table: Arc<ConnTable>,
+}
+
+impl<A> Gate<A> {
+    pub fn new(app: A, live: Arc<Live>) -> Gate<A> {
+        Gate {
+            app: Arc::new(app),
+            live,
+            table: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let snapshot = self.live.current();
+        let protect = &snapshot.config.protect;
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Load balancers carry many clients on their connections, and allow-listed monitoring
+        // is trusted: neither is capped.
+        let capped =
+            protect.max_connections_per_ip > 0 && peer.is_some_and(|ip| !exempt(ip, protect));
+        let _slot = match peer {
+            Some(ip) if capped => match self.table.open(ip, protect.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    METRICS.connection_refused("per_ip");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let _open = METRICS.connection_open();
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let clocks = if h2 {
+            Clocks::unclocked()
+        } else {
+            Clocks::from_config(protect)
+        };
+        drop(snapshot);
+        let mut stream: Stream = Box::new(Guarded::new(stream, clocks));
+        // Pingora's HTTP app keeps a connection for its whole keep-alive life and hands back
+        // nothing; loop anyway in case it ever returns a stream for reuse.
+        while let Some(reused) = self.app.process_new(stream, shutdown).await {
+            stream = reused;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// Peers the connection cap does not apply to.
+fn exempt(ip: IpAddr, protect: &Protect) -> bool {
+    protect.trusted_proxies.iter().any(|c| c.contains(ip))
+        || protect.allow.iter().any(|c| c.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn clocks() -> Clocks {
+        Clocks {
+            header_timeout: Some(Duration::from_secs(10)),
+            body_timeout: Duration::from_secs(5),
+            min_upload_rate: 100,
+        }
+    }
+
+    /// Reads from the guarded side until it errors or `limit` passes (paused time).
+    async fn read_until_cut(g: &mut Guarded<tokio::io::DuplexStream>) -> io::Result<usize> {
+        let mut buf = [0u8; 64];
+        let mut total = 0;
+        loop {
+            let n = g.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_is_cut_at_the_deadline_from_accept() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(server, clocks());
+        let start = Instant::now();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                if client.write_all(b"X").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            client
+        });
+        let err = read_until_cut(&mut g).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parsed_head_stops_the_clock_and_idle_waits_are_free() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(server, clocks());
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(g.read(&mut buf).await.unwrap(), 18);
+        g.watch().head_done(false);
+        g.watch().request_done();
+        // Idle for a minute: the keep-alive timeout is Pingora's, not the head clock.
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            client.write_all(b"GET /2").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+            client
+        });
+        let start = Instant::now();
+        assert_eq!(g.read(&mut buf).await.unwrap(), 6);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        // The second head's clock starts with its first byte: 9 s later is still in time.
+        assert_eq!(g.read(&mut buf).await.unwrap(), 13);
+        assert_eq!(start.elapsed(), Duration::from_secs(69));
+        let _client = writer.await.unwrap();
+        // And it runs out 10 s after that first byte.
+        let err = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(70));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_below_the_minimum_rate_is_cut_after_its_grace() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(server, clocks());
+        g.watch().head_done(true);
+        // 10 bytes every 2 s is 5 B/s, under 100 B/s: allowed waiting is 5 s + 0.1 s per
+        // 10 bytes, so the cut comes after about 3 sends.
+        let sender = tokio::spawn(async move {
+            loop {
+                if client.write_all(&[b'a'; 10]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+        let start = Instant::now();
+        let err = read_until_cut(&mut g).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = start.elapsed();
+        assert!(
+            took > Duration::from_secs(5) && took < Duration::from_secs(8),
+            "{took:?}"
+        );
+        sender.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_at_the_rate_is_never_cut_and_backpressure_is_not_counted() {
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let mut g = Guarded::new(server, clocks());
+        g.watch().head_done(true);
+        let sender = tokio::spawn(async move {
+            // 200 B/s for 30 s: twice the minimum.
+            for _ in 0..30 {
+                client.write_all(&[b'a'; 200]).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            client
+        });
+        let mut buf = [0u8; 256];
+        let mut got = 0;
+        while got < 6000 {
+            got += g.read(&mut buf).await.unwrap();
+            if got == 1000 {
+                // The origin holds the upload back for a minute: not the client's fault.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+        let _client = sender.await.unwrap();
+        g.watch().body_done();
+        // The body is in: waiting for the answer is not an upload.
+        let start = Instant::now();
+        let waited = tokio::time::timeout(Duration::from_secs(120), g.read(&mut buf)).await;
+        assert!(waited.is_err(), "still waiting, not cut");
+        assert_eq!(start.elapsed(), Duration::from_secs(120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unclocked_connections_wait_forever() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut g = Guarded::new(server, Clocks::unclocked());
+        let mut buf = [0u8; 8];
+        let waited = tokio::time::timeout(Duration::from_secs(3600), g.read(&mut buf)).await;
+        assert!(waited.is_err());
+    }
+
+    #[test]
+    fn the_table_caps_each_address_and_forgets_closed_ones() {
+        let table = Arc::new(ConnTable::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let b_neighbour: IpAddr = "2001:db8::2".parse().unwrap();
+        let slots: Vec<Slot> = (0..3).filter_map(|_| table.open(a, 3)).collect();
+        assert_eq!(slots.len(), 3);
+        assert!(table.open(a, 3).is_none());
+        let _b = table.open(b, 1).unwrap();
+        assert!(table.open(b_neighbour, 1).is_none(), "one /64, one count");
+        drop(slots);
+        assert_eq!(table.count(a), 0);
+        assert!(table
+            .shard(super::super::client::limit_key(a))
+            .lock()
+            .unwrap()
+            .is_empty());
+        assert!(table.open(a, 3).is_some());
+    }
+}

@@ -1,0 +1,129 @@
+//! Attack mode in the request path: who is cleared, the challenge page, and answers to it
+//! (the rules and the crypto are in `protect::challenge`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::ctx::RequestCtx;
+use super::respond;
+use crate::metrics::METRICS;
+use crate::protect::challenge::{self, Answer};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// Whether this request may reach an origin while attack mode is on: allow-listed ranges
+/// (monitoring, verified crawlers), a valid clearance cookie, or no client address at all
+/// (Pingora's own background revalidations).
+pub fn cleared(session: &Session, ctx: &RequestCtx) -> bool {
+    let Some(ip) = ctx.client_ip else {
+        return true;
+    };
+    let protect = &ctx.snapshot.config.protect;
+    if protect.allow.iter().any(|c| c.contains(ip)) {
+        return true;
+    }
+    let cookies = session
+        .req_header()
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes());
+    ctx.snapshot.signer.cleared(cookies, ip, unix_now())
+}
+
+/// The answer to an uncleared request that would have gone to an origin: the challenge page,
+/// or with `challenge = "off"` a 503 (the node serves what it has cached, nothing more).
+pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let attack = &ctx.snapshot.config.protect.attack;
+    if !attack.challenge {
+        respond::send(
+            session,
+            ctx,
+            503,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"the site is under heavy load and serves cached pages only\n"),
+            &[("Retry-After", "30")],
+        )
+        .await?;
+        return Ok(());
+    }
+    let back = session
+        .req_header()
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    page(session, ctx, &back).await
+}
+
+async fn page(session: &mut Session, ctx: &mut RequestCtx, back: &str) -> Result<()> {
+    let Some(ip) = ctx.client_ip else {
+        return respond::text(session, ctx, 403, "no client address\n")
+            .await
+            .map(drop);
+    };
+    let bits = ctx.snapshot.config.protect.attack.difficulty;
+    let token = ctx.snapshot.signer.challenge(ip, bits, unix_now());
+    let body = challenge::page(&token, bits, back);
+    METRICS.challenge("issued");
+    respond::send(
+        session,
+        ctx,
+        403,
+        "text/html; charset=utf-8",
+        body,
+        &[("X-Robots-Tag", "noindex")],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A request to `challenge::PATH`: a correct answer earns the clearance cookie and goes back
+/// to the page it came from; anything else gets a new challenge.
+pub async fn answer(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let answer = Answer::parse(session.req_header().uri.query().unwrap_or(""));
+    let Some(ip) = ctx.client_ip else {
+        return respond::text(session, ctx, 403, "no client address\n")
+            .await
+            .map(drop);
+    };
+    let now = unix_now();
+    match ctx
+        .snapshot
+        .signer
+        .check(&answer.challenge, &answer.answer, ip, now)
+    {
+        Ok(()) => {
+            METRICS.challenge("passed");
+            let lifetime = ctx.snapshot.config.protect.attack.clearance.as_secs();
+            let value = ctx.snapshot.signer.clearance(ip, now + lifetime);
+            let cookie = format!(
+                "{}={value}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Lax",
+                challenge::COOKIE
+            );
+            respond::send(
+                session,
+                ctx,
+                303,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"cleared\n"),
+                &[("Location", &answer.return_to), ("Set-Cookie", &cookie)],
+            )
+            .await?;
+            Ok(())
+        }
+        Err(why) => {
+            METRICS.challenge("failed");
+            tracing::debug!(?why, "challenge answer refused");
+            page(session, ctx, &answer.return_to).await
+        }
+    }
+}
