@@ -72,6 +72,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     connections_denied: IntCounterVec,
     connections_open: IntGauge,
+    requests_in_progress: IntGauge,
     slow_clients: IntCounterVec,
     attack_mode: IntGauge,
     challenges: IntCounterVec,
@@ -181,9 +182,9 @@ impl Metrics {
             ),
             rejected: counter(
                 "onair_origin_rejected_total",
-                "Requests not sent to a pool because it was at max_inflight: the queue was \
-                 full (queue_full) or the wait ran out (queue_timeout). They got a stale copy or \
-                 503.",
+                "Requests not sent to a pool: it was at max_inflight and the queue was full \
+                 (queue_full) or the wait ran out (queue_timeout), or the node was over \
+                 protect.shed_at (shed). They got a stale copy or 503.",
                 &["pool", "reason"],
             ),
             retries: counter(
@@ -233,6 +234,11 @@ impl Metrics {
                  protect.deny), per_ip (its address already has max_connections_per_ip open), \
                  proxy_protocol (a PROXY protocol listener got no valid header).",
                 &["reason"],
+            ),
+            requests_in_progress: plain_gauge(
+                "onair_requests_in_progress",
+                "Client requests in progress on the node (sampled each second); over \
+                 protect.shed_at, cache misses are shed.",
             ),
             connections_open: plain_gauge(
                 "onair_connections_open",
@@ -318,6 +324,12 @@ impl Metrics {
     /// A client connection was cut for slowness (`header` or `upload`).
     pub fn slow_client(&self, reason: &'static str) {
         self.slow_clients.with_label_values(&[reason]).inc();
+    }
+
+    /// Publishes the node's requests in progress.
+    pub fn in_progress(&self, n: usize) {
+        self.requests_in_progress
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Whether attack mode is on.

@@ -226,6 +226,7 @@ impl BackgroundService for CacheMaintenance {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
                     self.limiter.sweep(std::time::Instant::now());
+                    crate::metrics::METRICS.in_progress(crate::protect::shed::in_progress());
                     let snapshot = self.live.current();
                     let saturated = snapshot.pools.iter().any(|p| p.limiter.queued() > 0);
                     self.live.attack().tick(

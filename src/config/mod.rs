@@ -105,6 +105,8 @@ pub struct Protect {
     /// A request body may fall this far behind `min_upload_rate` (bytes/s; 0: no minimum).
     pub body_timeout: Duration,
     pub min_upload_rate: u64,
+    /// Requests in progress on the node above which misses are shed; 0: never.
+    pub shed_at: usize,
     pub attack: Attack,
 }
 
@@ -195,6 +197,7 @@ impl Default for Protect {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(20),
             min_upload_rate: 500,
+            shed_at: 0,
             attack: Attack::default(),
         }
     }

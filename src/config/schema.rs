@@ -115,6 +115,7 @@ pub struct RawProtect {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub min_upload_rate: Option<String>,
+    pub shed_at: Option<i64>,
     pub attack: RawAttack,
 }
 

@@ -289,6 +289,7 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
             &p.min_upload_rate,
             d.min_upload_rate,
         ),
+        shed_at: e.int_in("protect.shed_at", p.shed_at, 0, 0, 10_000_000) as usize,
         attack: validate_attack(p.attack, base, e),
     }
 }

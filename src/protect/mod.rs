@@ -12,6 +12,7 @@ pub mod client;
 pub mod conn;
 pub mod hygiene;
 pub mod rate;
+pub mod shed;
 
 use std::net::IpAddr;
 

@@ -57,6 +57,8 @@ pub struct RequestCtx {
     /// Attack mode is on and this client has no clearance: it may have cache hits, but
     /// anything that would reach an origin gets the challenge instead.
     pub uncleared: bool,
+    /// Counts this request in the node's load (`protect::shed`) while the context lives.
+    pub in_progress: Option<crate::protect::shed::InProgress>,
     /// `(attempt, granted)`: the retry decision for that attempt, made once.
     pub retry_decision: Option<(usize, bool)>,
 }
@@ -90,6 +92,7 @@ impl RequestCtx {
             retry_decision: None,
             body_bytes: 0,
             uncleared: false,
+            in_progress: None,
         }
     }
 

@@ -68,6 +68,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.in_progress = Some(protect::shed::enter());
         if let Some(watch) = protect::conn::watch(session) {
             watch.head_done(headers::has_body(session.req_header()));
         }
@@ -276,15 +277,24 @@ impl ProxyHttp for Edge {
             ));
         };
         if ctx.permit.is_none() {
-            // Origin protection: a slot under max_inflight for the whole request, across its
-            // attempts. Refused requests get a stale copy if there is one, else 503.
-            match pool.limiter.acquire(pool.config.queue_timeout).await {
+            // Load shedding, then origin protection: a slot under max_inflight for the whole
+            // request, across its attempts. Refused requests get a stale copy if there is one,
+            // else 503.
+            let permit = if protect::shed::overloaded(ctx.snapshot.config.protect.shed_at) {
+                Err("shed")
+            } else {
+                pool.limiter
+                    .acquire(pool.config.queue_timeout)
+                    .await
+                    .map_err(|rejected| rejected.label())
+            };
+            match permit {
                 Ok(permit) => ctx.permit = Some(permit),
-                Err(rejected) => {
-                    METRICS.rejected(pool.name(), rejected.label());
+                Err(reason) => {
+                    METRICS.rejected(pool.name(), reason);
                     let mut e = Error::explain(
                         ErrorType::Custom("origin busy"),
-                        "pool at max_inflight: no slot for this request",
+                        "node overloaded or pool at max_inflight: no slot for this request",
                     )
                     .into_up();
                     e.set_retry(false);
@@ -308,15 +318,7 @@ impl ProxyHttp for Edge {
         ctx.body_bytes = 0;
         // Hang detection watches answers to requests without a body: an upload may take long
         // before the origin can answer, and that is not a stall.
-        let has_body = session
-            .req_header()
-            .headers
-            .contains_key(http::header::CONTENT_LENGTH)
-            || session
-                .req_header()
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING);
-        ctx.waiting = if has_body {
+        ctx.waiting = if headers::has_body(session.req_header()) {
             None
         } else {
             pool.origins.get(index).map(|o| o.health.wait_for_answer())

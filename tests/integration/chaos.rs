@@ -271,6 +271,70 @@ async fn beyond_the_queue_readers_get_stale_or_503_and_the_origin_sees_nothing()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_serves_hits_and_sheds_misses() {
+    let origin = Origin::start("o").await;
+    let setup = Setup::new(format!(
+        "[protect]\nshed_at = 3\n{}",
+        one_site(origin.addr, "", "")
+    ));
+    let onair = Onair::start(setup).await;
+    origin.set(Behaviour {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        body: Bytes::from_static(b"fresh copy"),
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/hit").await.unwrap();
+    origin.set(Behaviour {
+        headers: vec![(
+            "Cache-Control".into(),
+            "max-age=0, stale-if-error=600".into(),
+        )],
+        body: Bytes::from_static(b"stored copy"),
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/stored").await.unwrap();
+    // Three misses held at the origin: the node is at shed_at.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    origin.set(Behaviour {
+        gate: Some(gate.clone()),
+        ..page(b"slow")
+    });
+    let http = onair.http;
+    let slow: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(async move { get(http, "a", &format!("/slow/{i}")).await.unwrap() }))
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || async { origin.hits() == 5 }).await);
+    // Hits go on; a miss with a stored copy gets it, one without gets 503; the origin sees
+    // neither.
+    let r = get(onair.http, "a", "/hit").await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "fresh copy"));
+    let r = get(onair.http, "a", "/stored").await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "stored copy"));
+    assert!(r.header("cache-status").unwrap().contains("stale"));
+    let r = get(onair.http, "a", "/new").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(origin.hits(), 5, "nothing shed reached the origin");
+    gate.add_permits(100);
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, 200);
+    }
+    // Back under the mark, misses go through.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(http, "a", "/new").await.is_ok_and(|r| r.status == 200)
+        })
+        .await
+    );
+    assert_eq!(
+        onair
+            .metric("onair_origin_rejected_total{pool=\"p\",reason=\"shed\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_regions_one_config_a_node_loses_its_local_region() {
     // One origin per region on its own loopback address; every node runs the same config and
     // is told its region on the command line.
