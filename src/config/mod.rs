@@ -107,6 +107,8 @@ pub struct Protect {
     pub min_upload_rate: u64,
     /// Requests in progress on the node above which misses are shed; 0: never.
     pub shed_at: usize,
+    /// A client that takes none of an answer's bytes for this long is cut (slow reads).
+    pub send_timeout: Duration,
     pub attack: Attack,
 }
 
@@ -198,6 +200,7 @@ impl Default for Protect {
             body_timeout: Duration::from_secs(20),
             min_upload_rate: 500,
             shed_at: 0,
+            send_timeout: Duration::from_secs(30),
             attack: Attack::default(),
         }
     }

@@ -116,6 +116,7 @@ pub struct RawProtect {
     pub body_timeout: Option<String>,
     pub min_upload_rate: Option<String>,
     pub shed_at: Option<i64>,
+    pub send_timeout: Option<String>,
     pub attack: RawAttack,
 }
 

@@ -290,6 +290,12 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
             d.min_upload_rate,
         ),
         shed_at: e.int_in("protect.shed_at", p.shed_at, 0, 0, 10_000_000) as usize,
+        send_timeout: e.duration_in(
+            "protect.send_timeout",
+            &p.send_timeout,
+            d.send_timeout,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        ),
         attack: validate_attack(p.attack, base, e),
     }
 }

@@ -81,6 +81,8 @@ impl ProxyHttp for Edge {
         ctx.client_ip = ctx
             .peer_ip
             .map(|peer| protect::client::identify(peer, session.req_header(), protect));
+        // Slow readers: a write the client takes nothing of for send_timeout cuts it.
+        session.set_write_timeout(Some(protect.send_timeout));
         // Idle keep-alive time (unless the client asked to close, which stays so).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(protect.keepalive_timeout.as_secs().max(1)));

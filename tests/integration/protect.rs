@@ -516,3 +516,34 @@ async fn an_upload_below_the_minimum_rate_is_cut() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_at_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start("o").await;
+    let total: u64 = 64 << 20;
+    origin.set(Behaviour {
+        stream_bytes: Some(total),
+        headers: vec![("Cache-Control".into(), "no-store".into())],
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(limited(&origin, "send_timeout = \"1s\"", "")).await;
+    let mut stream = tcp_from(onair.http, [127, 0, 0, 1]).await.unwrap();
+    stream
+        .write_all(b"GET /video HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A slow-read attacker: takes nothing more for a while (the socket buffers fill up).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = n as u64;
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k as u64,
+        }
+    }
+    assert!(got < total, "the whole answer was written: {got}");
+}
