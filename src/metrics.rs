@@ -231,8 +231,9 @@ impl Metrics {
             connections_denied: counter(
                 "onair_connections_denied_total",
                 "Connections closed at accept, by reason: deny (the address is in \
-                 protect.deny), per_ip (its address already has max_connections_per_ip open), \
-                 proxy_protocol (a PROXY protocol listener got no valid header).",
+                 protect.deny), rate (the address is over protect.rate right now), per_ip (its \
+                 address already has max_connections_per_ip open), proxy_protocol (a PROXY \
+                 protocol listener got no valid header).",
                 &["reason"],
             ),
             requests_in_progress: plain_gauge(
@@ -310,7 +311,8 @@ impl Metrics {
         self.stale_served.with_label_values(&[reason]).inc();
     }
 
-    /// A connection was closed at accept; `reason` is `deny`, `per_ip` or `proxy_protocol`.
+    /// A connection was closed at accept; `reason` is `deny`, `rate`, `per_ip` or
+    /// `proxy_protocol`.
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_denied.with_label_values(&[reason]).inc();
     }

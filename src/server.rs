@@ -97,7 +97,7 @@ pub fn serve(
     ));
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
-        Edge::new(live.clone(), edge_cache, limiter),
+        Edge::new(live.clone(), edge_cache, limiter.clone()),
     );
     // Requests per client connection (fixed at start: Pingora reads it when a connection opens).
     let mut options = pingora::apps::HttpServerOptions::default();
@@ -108,15 +108,21 @@ pub fn serve(
     // whole-head deadline, the upload rate), then hands it to the proxy.
     let mut proxy = Service::new(
         "onair edge".to_owned(),
-        crate::protect::conn::Gate::new(app, live.clone()),
+        crate::protect::conn::Gate::new(app, live.clone(), config.listen.proxy_protocol.clone()),
     );
-    for addr in &config.listen.http {
+    for addr in config
+        .listen
+        .http
+        .iter()
+        .chain(&config.listen.proxy_protocol)
+    {
         proxy.add_tcp(&addr.to_string());
     }
     // protect.deny at accept (the `connection_filter` feature makes this real; without it the
     // call would silently do nothing).
     proxy.set_connection_filter(Arc::new(crate::protect::acl::AcceptFilter::new(
         live.clone(),
+        limiter.clone(),
     )));
     server.add_service(proxy);
 

@@ -99,10 +99,16 @@ for t in off on; do
 done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $2; f=1} END {if (!f) print 0}'; }
-freeze_all_but() { for t in off on; do if [ "$t" = "$1" ]; then kill -CONT "${PID[$t]}"; else kill -STOP "${PID[$t]}"; fi; done; }
+freeze_all_but() {  # (its own loop variable: bash would otherwise change the caller's $t)
+  local x
+  for x in off on; do
+    if [ "$x" = "$1" ]; then kill -CONT "${PID[$x]}"; else kill -STOP "${PID[$x]}"; fi
+  done
+}
 
 run() {  # SCENARIO TARGET ROUND
-  local s=$1 t=$2 r=$3 port=${PORT[$t]}
+  local s=$1 t=$2 r=$3
+  local port=${PORT[$t]}
   freeze_all_but "$t"
   sleep 0.5
   local cpu0 lim0 flood_pid=""

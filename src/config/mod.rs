@@ -249,6 +249,9 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct Listen {
     pub http: Vec<SocketAddr>,
+    /// Plain HTTP listeners behind an L4 balancer: each connection starts with a PROXY
+    /// protocol header (see `protect::proxy_protocol`).
+    pub proxy_protocol: Vec<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }

@@ -37,6 +37,7 @@ pub struct RawNode {
 #[serde(default)]
 pub struct RawListen {
     pub http: Vec<String>,
+    pub proxy_protocol: Vec<String>,
     pub https: Vec<String>,
     pub metrics: Option<String>,
     pub admin: Option<String>,

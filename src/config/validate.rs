@@ -502,13 +502,19 @@ fn validate_listen(listen: RawListen, e: &mut Errors<'_>) -> Listen {
         .enumerate()
         .filter_map(|(i, a)| check(e, format!("listen.http[{i}]"), a))
         .collect();
+    let proxy_protocol: Vec<SocketAddr> = listen
+        .proxy_protocol
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| check(e, format!("listen.proxy_protocol[{i}]"), a))
+        .collect();
     if !listen.https.is_empty() {
         e.push(
             "listen.https",
             "HTTPS listeners need [tls] support, which this version of onair does not have yet",
         );
     }
-    if listen.http.is_empty() && listen.https.is_empty() {
+    if listen.http.is_empty() && listen.https.is_empty() && listen.proxy_protocol.is_empty() {
         e.push("listen.http", "at least one listener is required");
     }
     let metrics = listen
@@ -521,6 +527,7 @@ fn validate_listen(listen: RawListen, e: &mut Errors<'_>) -> Listen {
         .and_then(|a| check(e, "listen.admin".into(), a));
     Listen {
         http,
+        proxy_protocol,
         metrics,
         admin,
     }

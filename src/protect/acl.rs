@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::listeners::ConnectionFilter;
 
+use super::rate::RateLimiter;
 use crate::config::Protect;
 use crate::metrics::METRICS;
 use crate::snapshot::Live;
@@ -21,14 +22,17 @@ pub fn denied(ip: IpAddr, protect: &Protect) -> bool {
     protect.deny.iter().any(|c| c.contains(ip)) && !protect.allow.iter().any(|c| c.contains(ip))
 }
 
-/// The accept-time check, reading the lists of the live config (they follow reloads).
+/// The accept-time check, reading the lists of the live config (they follow reloads). A
+/// client over the node-wide rate is refused here too, while it stays over: its requests would
+/// only get 429, and an accept and a close cost far less than parsing and answering them.
 pub struct AcceptFilter {
     live: Arc<Live>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl AcceptFilter {
-    pub fn new(live: Arc<Live>) -> AcceptFilter {
-        AcceptFilter { live }
+    pub fn new(live: Arc<Live>, limiter: Arc<RateLimiter>) -> AcceptFilter {
+        AcceptFilter { live, limiter }
     }
 }
 
@@ -42,11 +46,23 @@ impl std::fmt::Debug for AcceptFilter {
 impl ConnectionFilter for AcceptFilter {
     async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
         let Some(addr) = addr else { return true };
-        let refused = denied(addr.ip(), &self.live.current().config.protect);
-        if refused {
+        let ip = addr.ip();
+        let snapshot = self.live.current();
+        let protect = &snapshot.config.protect;
+        if denied(ip, protect) {
             METRICS.connection_refused("deny");
+            return false;
         }
-        !refused
+        // A balancer's connections carry other clients: never refused for one of them.
+        let over_rate = protect.rate.is_some()
+            && !protect.trusted_proxies.iter().any(|c| c.contains(ip))
+            && self
+                .limiter
+                .told_off(super::client::limit_key(ip), std::time::Instant::now());
+        if over_rate {
+            METRICS.connection_refused("rate");
+        }
+        !over_rate
     }
 }
 

@@ -478,14 +478,62 @@ pub struct Gate<A> {
     app: Arc<A>,
     live: Arc<Live>,
     table: Arc<ConnTable>,
+    /// Listeners whose connections start with a PROXY protocol header.
+    proxied: Vec<std::net::SocketAddr>,
 }
 
 impl<A> Gate<A> {
-    pub fn new(app: A, live: Arc<Live>) -> Gate<A> {
+    pub fn new(app: A, live: Arc<Live>, proxied: Vec<std::net::SocketAddr>) -> Gate<A> {
         Gate {
             app: Arc::new(app),
             live,
             table: Arc::default(),
+            proxied,
+        }
+    }
+
+    /// Whether `stream` arrived on a PROXY protocol listener (an unspecified listener address
+    /// matches any local address on its port).
+    fn expects_header(&self, stream: &Stream) -> bool {
+        if self.proxied.is_empty() {
+            return false;
+        }
+        let Some(local) = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+        else {
+            return false;
+        };
+        self.proxied
+            .iter()
+            .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+    }
+}
+
+/// The stream and its client after a PROXY protocol header (if the listener expects one);
+/// None: the connection is to be closed.
+async fn take_proxy_header(
+    stream: Stream,
+    protect: &Protect,
+) -> Option<(Stream, Option<Arc<SocketDigest>>)> {
+    let local = stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().cloned());
+    let id = stream.id();
+    match super::proxy_protocol::accept(stream, protect.header_timeout).await {
+        Ok((stream, super::proxy_protocol::Source::Client(addr))) => {
+            let digest = SocketDigest::from_raw_fd(id);
+            let _ = digest
+                .peer_addr
+                .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(addr)));
+            let _ = digest.local_addr.set(local);
+            Some((stream, Some(Arc::new(digest))))
+        }
+        Ok((stream, super::proxy_protocol::Source::Local)) => Some((stream, None)),
+        Err(why) => {
+            METRICS.connection_refused("proxy_protocol");
+            tracing::debug!(why, "connection closed: PROXY protocol");
+            None
         }
     }
 }
@@ -499,9 +547,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
     ) -> Option<Stream> {
         let snapshot = self.live.current();
         let protect = &snapshot.config.protect;
-        let peer = stream
-            .get_socket_digest()
+        let (stream, client_digest) = if self.expects_header(&stream) {
+            take_proxy_header(stream, protect).await?
+        } else {
+            (stream, None)
+        };
+        let socket = stream.get_socket_digest();
+        let peer = client_digest
+            .as_ref()
+            .or(socket.as_ref())
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // The accept filter saw only the balancer: the client behind it is checked here.
+        if client_digest.is_some() && peer.is_some_and(|ip| super::acl::denied(ip, protect)) {
+            METRICS.connection_refused("deny");
+            return None;
+        }
         // Load balancers carry many clients on their connections, and allow-listed monitoring
         // is trusted: neither is capped.
         let capped =
@@ -524,7 +584,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
             Clocks::from_config(protect)
         };
         drop(snapshot);
-        let mut stream: Stream = Box::new(Guarded::new(stream, clocks));
+        let mut guarded = Guarded::new(stream, clocks);
+        if let Some(digest) = client_digest {
+            guarded = guarded.with_socket_digest(digest);
+        }
+        let mut stream: Stream = Box::new(guarded);
         // Pingora's HTTP app keeps a connection for its whole keep-alive life and hands back
         // nothing; loop anyway in case it ever returns a stream for reuse.
         while let Some(reused) = self.app.process_new(stream, shutdown).await {

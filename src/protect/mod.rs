@@ -11,6 +11,7 @@ pub mod challenge;
 pub mod client;
 pub mod conn;
 pub mod hygiene;
+pub mod proxy_protocol;
 pub mod rate;
 pub mod shed;
 

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// flood from a million addresses.
 pub const MAX_CLIENTS: usize = 1 << 20;
 const SHARDS: usize = 64;
+/// The policy of the node-wide limit (routes have their own ids, never 0).
+pub const NODE: u64 = 0;
+/// Table entries of clients told off by the node-wide limit: until when.
+const TOLD: u64 = u64::MAX;
 
 /// One rate: `per_second` with `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +97,15 @@ impl RateLimiter {
         let tat = shard.get(&key).copied().unwrap_or(t).max(t);
         let allowed_from = tat.saturating_sub(limit.tolerance_ns);
         if t < allowed_from {
+            if policy == NODE {
+                // Told to slow down: until its allowance is back, the accept refuses it.
+                drop(shard);
+                let told = (TOLD, client);
+                let mut shard = self.shard(&told);
+                if shard.len() < self.per_shard || shard.contains_key(&told) {
+                    shard.insert(told, allowed_from);
+                }
+            }
             return Verdict::Deny {
                 retry_after: Duration::from_nanos(allowed_from - t),
             };
@@ -107,6 +120,16 @@ impl RateLimiter {
         }
         shard.insert(key, tat + limit.interval_ns);
         Verdict::Allow
+    }
+
+    /// Whether `client` got a 429 from the node-wide limit and is still over it (the
+    /// accept-time check). A client that merely used up its burst is not refused: it first
+    /// hears 429 with Retry-After.
+    pub fn told_off(&self, client: u128, now: Instant) -> bool {
+        let told = (TOLD, client);
+        self.shard(&told)
+            .get(&told)
+            .is_some_and(|&until| self.ns(now) < until)
     }
 
     /// Forgets every client whose next request would be allowed as if it were new.
@@ -167,6 +190,28 @@ mod tests {
         // Quiet again for the burst's worth of time: the whole burst is back.
         let later = t0 + Duration::from_secs(20);
         assert_eq!(allowed(&l, &limit, later, 20), 5);
+    }
+
+    #[test]
+    fn only_a_client_told_off_by_the_node_limit_is_refused_at_accept() {
+        let l = RateLimiter::default();
+        let limit = Limit::new(10.0, 2);
+        let t0 = Instant::now();
+        assert_eq!(l.check(NODE, 7, &limit, t0), Verdict::Allow);
+        assert_eq!(l.check(NODE, 7, &limit, t0), Verdict::Allow);
+        assert!(!l.told_off(7, t0), "a used-up burst alone is not refused");
+        assert!(matches!(l.check(NODE, 7, &limit, t0), Verdict::Deny { .. }));
+        assert!(l.told_off(7, t0));
+        assert!(!l.told_off(8, t0));
+        // Back under the rate a tenth of a second later (the time one request earns).
+        assert!(!l.told_off(7, t0 + Duration::from_millis(100)));
+        // A route's 429 does not close the door on the whole node.
+        assert_eq!(l.check(42, 9, &limit, t0), Verdict::Allow);
+        assert_eq!(l.check(42, 9, &limit, t0), Verdict::Allow);
+        assert!(matches!(l.check(42, 9, &limit, t0), Verdict::Deny { .. }));
+        assert!(!l.told_off(9, t0));
+        l.sweep(t0 + Duration::from_secs(1));
+        assert!(l.is_empty(), "told-off entries are swept like the rest");
     }
 
     #[test]

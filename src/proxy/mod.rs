@@ -141,6 +141,12 @@ impl ProxyHttp for Edge {
         };
         if let Some(verdict) = self.over_rate(ctx, &route) {
             let retry_after = verdict.as_secs().max(1).to_string();
+            // A client on its own connection is let go: while it stays over the rate, the
+            // accept refuses it (protect::acl), which costs far less than more 429s. A
+            // balancer's connection carries others and stays open.
+            if ctx.client_ip == ctx.peer_ip {
+                session.set_keepalive(None);
+            }
             respond::send(
                 session,
                 ctx,
@@ -613,7 +619,7 @@ impl Edge {
             .config
             .protect
             .rate
-            .map(|r| (0u64, r.limit, "node"));
+            .map(|r| (protect::rate::NODE, r.limit, "node"));
         let route = route.rate.map(|(policy, limit)| (policy, limit, "route"));
         for (policy, limit, reason) in node.into_iter().chain(route) {
             if let Verdict::Deny { retry_after } = self.limiter.check(policy, client, &limit, now) {

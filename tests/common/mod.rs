@@ -777,6 +777,8 @@ pub struct Setup {
     pub files: Vec<(String, String)>,
     /// Extra command-line arguments for `onair run` (`--region hn`, ...).
     pub args: Vec<String>,
+    /// Extra `[listen]` keys.
+    pub listen_extra: String,
 }
 
 impl Setup {
@@ -787,7 +789,13 @@ impl Setup {
             token: true,
             files: Vec::new(),
             args: Vec::new(),
+            listen_extra: String::new(),
         }
+    }
+
+    pub fn with_listen(mut self, keys: &str) -> Self {
+        self.listen_extra = keys.to_owned();
+        self
     }
 
     pub fn with_args(mut self, args: &[&str]) -> Self {
@@ -923,10 +931,11 @@ impl Onair {
         };
         format!(
             "[node]\nid = \"edge-test\"\nthreads = 1\ngrace_period = \"1s\"\nstate_dir = \"{state}\"\n{extra}\n\
-             [listen]\nhttp = [\"127.0.0.1:{http}\"]\nadmin = \"127.0.0.1:{admin}\"\nmetrics = \"127.0.0.1:{metrics}\"\n\
+             [listen]\nhttp = [\"127.0.0.1:{http}\"]\nadmin = \"127.0.0.1:{admin}\"\nmetrics = \"127.0.0.1:{metrics}\"\n{listen}\n\
              {token}\n[log]\naccess = \"access.log\"\nlevel = \"info\"\n\n{body}\n",
             state = dir.join("state").display(),
             extra = setup.node_extra,
+            listen = setup.listen_extra,
             body = setup.body,
         )
     }

@@ -23,11 +23,11 @@ async fn statuses(
     let mut out = Vec::new();
     for _ in 0..n {
         let headers: Vec<(&str, &str)> = xff.map(|v| ("X-Forwarded-For", v)).into_iter().collect();
+        // 0: the connection was refused at accept.
         out.push(
             get_from(onair.http, from, path, &headers)
                 .await
-                .unwrap()
-                .status,
+                .map_or(0, |r| r.status),
         );
     }
     out
@@ -39,8 +39,8 @@ async fn over_its_rate_a_client_gets_429_and_others_are_unaffected() {
     // 1 per minute with a burst of 3: a fast client gets exactly 3 through (a slow machine
     // cannot let a fourth in by taking a second over the six requests).
     let onair = Onair::start(limited(&origin, "rate = \"1/m\"\nburst = 3", "")).await;
-    let first = statuses(&onair, [127, 0, 0, 1], "/", 6, None).await;
-    assert_eq!(first, [200, 200, 200, 429, 429, 429]);
+    let first = statuses(&onair, [127, 0, 0, 1], "/", 3, None).await;
+    assert_eq!(first, [200, 200, 200]);
     let r = get_from(onair.http, [127, 0, 0, 1], "/", &[])
         .await
         .unwrap();
@@ -48,6 +48,12 @@ async fn over_its_rate_a_client_gets_429_and_others_are_unaffected() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("connection"), Some("close"));
+    // While it stays over, its new connections are refused at accept.
+    assert_eq!(
+        statuses(&onair, [127, 0, 0, 1], "/", 3, None).await,
+        [0, 0, 0]
+    );
     // Another client has its own allowance.
     assert_eq!(
         statuses(&onair, [127, 0, 0, 2], "/", 3, None).await,
@@ -60,7 +66,11 @@ async fn over_its_rate_a_client_gets_429_and_others_are_unaffected() {
             onair
                 .metric("onair_rate_limited_total{reason=\"node\"}")
                 .await
-                == Some(4.0)
+                == Some(1.0)
+                && onair
+                    .metric("onair_connections_denied_total{reason=\"rate\"}")
+                    .await
+                    == Some(3.0)
         })
         .await
     );
@@ -130,7 +140,7 @@ async fn behind_a_trusted_proxy_clients_are_told_apart_by_x_forwarded_for() {
     );
     assert_eq!(
         statuses(&onair, [127, 0, 0, 3], "/", 1, Some("198.51.100.78")).await,
-        [429],
+        [0],
         "a new forged address does not buy a new allowance"
     );
     // The origin sees the chain with the hop onair got the request from appended.
@@ -546,4 +556,74 @@ async fn a_client_that_stops_reading_is_cut_at_send_timeout() {
         }
     }
     assert!(got < total, "the whole answer was written: {got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_l4_balancer_the_proxy_protocol_header_names_the_client() {
+    let origin = Origin::start("o").await;
+    let port = free_port();
+    let onair = Onair::start(
+        limited(
+            &origin,
+            "deny = [\"198.51.100.66/32\"]\nrate = \"1/m\"\nburst = 2",
+            "",
+        )
+        .with_listen(&format!("proxy_protocol = [\"127.0.0.1:{port}\"]")),
+    )
+    .await;
+    let balancer: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let v1 = |client: &str| {
+        [
+            format!("PROXY TCP4 {client} 203.0.113.1 40000 80\r\n").as_bytes(),
+            get,
+        ]
+        .concat()
+    };
+    let wait = Duration::from_secs(2);
+    // Limits count the client the header names, not the balancer.
+    for expect in ["200", "200", "429"] {
+        let answer = raw_exchange(balancer, &v1("198.51.100.7"), wait).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expect}")),
+            "{answer}"
+        );
+    }
+    // v2, another client: its own allowance.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 8, 203, 0, 113, 1, 0x9c, 0x40, 0, 80]);
+    v2.extend_from_slice(get);
+    let answer = raw_exchange(balancer, &v2, wait).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A denied client behind the balancer, and a connection without a header, get nothing.
+    assert_eq!(raw_exchange(balancer, &v1("198.51.100.66"), wait).await, "");
+    assert_eq!(raw_exchange(balancer, get, wait).await, "");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let logged: Vec<String> = onair
+                .access_log()
+                .iter()
+                .filter_map(|e| e["client_ip"].as_str().map(str::to_owned))
+                .collect();
+            logged.iter().any(|ip| ip == "198.51.100.7")
+                && logged.iter().any(|ip| ip == "198.51.100.8")
+        })
+        .await,
+        "the access log names the clients"
+    );
+    assert_eq!(
+        onair
+            .metric("onair_connections_denied_total{reason=\"proxy_protocol\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(origin.proxied_hits(), 3);
+    // The plain listener is unchanged.
+    assert_eq!(
+        get_from(onair.http, [127, 0, 0, 1], "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }
