@@ -249,7 +249,8 @@ impl Metrics {
                 "onair_slow_clients_total",
                 "Client connections cut for being too slow, by reason: header (the request \
                  head took longer than protect.header_timeout), upload (a request body fell \
-                 below protect.min_upload_rate).",
+                 below protect.min_upload_rate), send (the client took no bytes of an answer \
+                 for protect.send_timeout).",
                 &["reason"],
             ),
             attack_mode: plain_gauge(

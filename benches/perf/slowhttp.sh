@@ -5,6 +5,7 @@
 # second. onair runs with its default protections except header_timeout/body_timeout/
 # send_timeout shortened to 5 s so a run is short.
 #   benches/perf/slowhttp.sh               # needs slowhttptest, nginx, python3, curl
+#   SLOW_ATTACKS="slow-read" SLOW_SECONDS=20 benches/perf/slowhttp.sh   # one attack
 # Prints, per attack, slowhttptest's last status line (connections pending / connected /
 # closed; "service available") and the reader's success rate and p99. Results:
 # target/perf/slowhttp-<timestamp>/.
@@ -81,7 +82,7 @@ attack() {  # NAME SLOWHTTPTEST-ARGS...
   taskset -c 0 python3 benches/perf/reader.py --from 127.0.0.2 --to 127.0.0.1:8391 \
     --path /1k.bin --rate 20 --seconds "$SECS" > "$OUT/reader-$name.json" &
   local reader=$!
-  slowhttptest -l "$SECS" -o "$OUT/$name" -g "$@" > "$OUT/$name.log" 2>&1 || true
+  taskset -c 0 slowhttptest -l "$SECS" -o "$OUT/$name" -g "$@" > "$OUT/$name.log" 2>&1 || true
   wait "$reader"
   # slowhttptest's own summary (its probe comes from the attacking address, which the
   # per-address connection cap refuses once the attack holds max_connections_per_ip).
@@ -92,7 +93,9 @@ attack() {  # NAME SLOWHTTPTEST-ARGS...
     | grep -E '^onair_(slow_clients_total|connections_denied_total)' | tee -a "$OUT/summary.txt"
 }
 # 1000 connections each; -H slow headers, -B slow body, -X slow read.
-attack slow-headers -c 1000 -H -i 4 -r 200 -t GET -u http://127.0.0.1:8391/1k.bin -x 24 -p 3
-attack slow-body -c 1000 -B -i 4 -r 200 -s 8192 -t POST -u http://127.0.0.1:8391/upload -x 10 -p 3
-attack slow-read -c 1000 -X -r 200 -w 512 -y 1024 -n 5 -z 32 -u http://127.0.0.1:8391/big.bin -p 3
+ATTACKS="${SLOW_ATTACKS:-slow-headers slow-body slow-read}"
+want() { [[ " $ATTACKS " == *" $1 "* ]]; }
+want slow-headers && attack slow-headers -c 1000 -H -i 4 -r 200 -t GET -u http://127.0.0.1:8391/1k.bin -x 24 -p 3
+want slow-body && attack slow-body -c 1000 -B -i 4 -r 200 -s 8192 -t POST -u http://127.0.0.1:8391/upload -x 10 -p 3
+want slow-read && attack slow-read -c 1000 -X -r 200 -w 512 -y 1024 -n 5 -z 32 -u http://127.0.0.1:8391/big.bin -p 3
 echo "results: $OUT" >&2

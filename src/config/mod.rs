@@ -109,6 +109,10 @@ pub struct Protect {
     pub shed_at: usize,
     /// A client that takes none of an answer's bytes for this long is cut (slow reads).
     pub send_timeout: Duration,
+    /// How long a 429 is held back (0: answered at once).
+    pub tarpit: Duration,
+    /// SO_SNDBUF of client sockets in bytes (the kernel doubles it); 0: kernel autotuning.
+    pub send_buffer: usize,
     pub attack: Attack,
 }
 
@@ -201,6 +205,8 @@ impl Default for Protect {
             min_upload_rate: 500,
             shed_at: 0,
             send_timeout: Duration::from_secs(30),
+            tarpit: Duration::from_secs(1),
+            send_buffer: 512 << 10,
             attack: Attack::default(),
         }
     }

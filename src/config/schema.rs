@@ -118,6 +118,8 @@ pub struct RawProtect {
     pub min_upload_rate: Option<String>,
     pub shed_at: Option<i64>,
     pub send_timeout: Option<String>,
+    pub tarpit: Option<String>,
+    pub send_buffer: Option<String>,
     pub attack: RawAttack,
 }
 

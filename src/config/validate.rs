@@ -296,6 +296,22 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
             d.send_timeout,
             (Duration::from_secs(1), Duration::from_secs(3600)),
         ),
+        tarpit: e.duration_in(
+            "protect.tarpit",
+            &p.tarpit,
+            d.tarpit,
+            (Duration::ZERO, Duration::from_secs(60)),
+        ),
+        send_buffer: {
+            let b = e.size("protect.send_buffer", &p.send_buffer, d.send_buffer as u64);
+            if b != 0 && !(16 << 10..=64 << 20).contains(&b) {
+                e.push(
+                    "protect.send_buffer",
+                    "must be 0 or between 16KiB and 64MiB",
+                );
+            }
+            b as usize
+        },
         attack: validate_attack(p.attack, base, e),
     }
 }

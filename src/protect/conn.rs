@@ -102,6 +102,9 @@ pub struct Clocks {
     pub body_timeout: Duration,
     /// Bytes per second; 0: no minimum.
     pub min_upload_rate: u64,
+    /// How long a write may wait for the client to take bytes; None: forever (HTTP/2, whose
+    /// sessions have Pingora's write timeout).
+    pub send_timeout: Option<Duration>,
 }
 
 impl Clocks {
@@ -110,6 +113,7 @@ impl Clocks {
             header_timeout: Some(protect.header_timeout),
             body_timeout: protect.body_timeout,
             min_upload_rate: protect.min_upload_rate,
+            send_timeout: Some(protect.send_timeout),
         }
     }
 
@@ -118,6 +122,7 @@ impl Clocks {
             header_timeout: None,
             body_timeout: Duration::ZERO,
             min_upload_rate: 0,
+            send_timeout: None,
         }
     }
 }
@@ -127,6 +132,7 @@ impl Clocks {
 enum Cut {
     Header,
     Upload,
+    Send,
 }
 
 impl Cut {
@@ -134,6 +140,7 @@ impl Cut {
         let text = match self {
             Cut::Header => "request head not complete within protect.header_timeout",
             Cut::Upload => "request body slower than protect.min_upload_rate",
+            Cut::Send => "client took no bytes of the answer within protect.send_timeout",
         };
         io::Error::new(io::ErrorKind::TimedOut, text)
     }
@@ -142,6 +149,7 @@ impl Cut {
         match self {
             Cut::Header => "header",
             Cut::Upload => "upload",
+            Cut::Send => "send",
         }
     }
 }
@@ -157,6 +165,9 @@ pub struct Guarded<S> {
     /// The upload clock of the current body: time spent waiting on the client, bytes received.
     upload: Upload,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Since when a write has waited for the client to take bytes.
+    write_since: Option<Instant>,
+    write_timer: Option<Pin<Box<Sleep>>>,
     cut: Option<Cut>,
     /// The client's address as a PROXY protocol header gave it, replacing the socket's.
     socket_digest: Option<Arc<SocketDigest>>,
@@ -179,6 +190,8 @@ impl<S> Guarded<S> {
             head_since: Some(Instant::now()),
             upload: Upload::default(),
             timer: None,
+            write_since: None,
+            write_timer: None,
             cut: None,
             socket_digest: None,
         }
@@ -255,25 +268,64 @@ impl<S> Guarded<S> {
     /// Waits for the client until `at`; past it, the read fails and Pingora closes the
     /// connection.
     fn wait_until(&mut self, cx: &mut Context<'_>, at: Instant, cut: Cut) -> Poll<io::Result<()>> {
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if timer.deadline() != at {
-                    timer.as_mut().reset(at);
-                }
-                timer
-            }
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
-        };
-        match timer.as_mut().poll(cx) {
+        match poll_timer(&mut self.timer, cx, at) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                self.cut = Some(cut);
-                METRICS.slow_client(cut.label());
-                tracing::debug!(reason = cut.label(), "client connection cut");
-                Poll::Ready(Err(cut.error()))
+            Poll::Ready(()) => Poll::Ready(Err(self.cut_now(cut))),
+        }
+    }
+
+    /// Cuts the connection: every later read or write fails, and Pingora closes it.
+    fn cut_now(&mut self, cut: Cut) -> io::Error {
+        self.cut = Some(cut);
+        METRICS.slow_client(cut.label());
+        tracing::debug!(reason = cut.label(), "client connection cut");
+        cut.error()
+    }
+
+    /// A write under the send clock: a write that waits for the client longer than
+    /// `send_timeout` cuts the connection; any progress restarts the clock.
+    fn clocked_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        S: Unpin,
+    {
+        if let Some(cut) = self.cut {
+            return Poll::Ready(Err(cut.error()));
+        }
+        match write(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(result) => {
+                self.write_since = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let Some(limit) = self.clocks.send_timeout else {
+                    return Poll::Pending;
+                };
+                let since = *self.write_since.get_or_insert_with(Instant::now);
+                match poll_timer(&mut self.write_timer, cx, since + limit) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => Poll::Ready(Err(self.cut_now(Cut::Send))),
+                }
             }
         }
     }
+}
+
+/// Polls a lazily made timer set to `at`.
+fn poll_timer(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+    let timer = match timer {
+        Some(timer) => {
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            timer
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
+    };
+    timer.as_mut().poll(cx)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
@@ -307,11 +359,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.clocked_write(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.clocked_write(cx, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -323,7 +375,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.clocked_write(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -583,6 +635,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
         } else {
             Clocks::from_config(protect)
         };
+        if protect.send_buffer > 0 {
+            // Bounds what a slow reader pins in kernel memory: with autotuning, each could hold
+            // megabytes of unsent answer, also for a while after it is cut.
+            let _ = pingora::protocols::l4::ext::set_snd_buf(stream.id(), protect.send_buffer);
+        }
         drop(snapshot);
         let mut guarded = Guarded::new(stream, clocks);
         if let Some(digest) = client_digest {
@@ -618,6 +675,7 @@ mod tests {
             header_timeout: Some(Duration::from_secs(10)),
             body_timeout: Duration::from_secs(5),
             min_upload_rate: 100,
+            send_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -739,6 +797,34 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_secs(120), g.read(&mut buf)).await;
         assert!(waited.is_err(), "still waiting, not cut");
         assert_eq!(start.elapsed(), Duration::from_secs(120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_cut_at_send_timeout_and_progress_resets_it() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut g = Guarded::new(server, clocks());
+        // A reader taking 16 bytes every 20 s: slow, but never 30 s without progress.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                if client.read(&mut buf).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let start = Instant::now();
+        let err = loop {
+            if let Err(e) = g.write_all(&[b'x'; 16]).await {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Five reads at 20 s intervals kept it going; after the last, 30 s of nothing.
+        assert_eq!(start.elapsed(), Duration::from_secs(130));
+        let _client = reader.await.unwrap();
+        assert!(g.write(b"more").await.is_err(), "a cut stream stays cut");
     }
 
     #[tokio::test(start_paused = true)]

@@ -81,8 +81,11 @@ impl ProxyHttp for Edge {
         ctx.client_ip = ctx
             .peer_ip
             .map(|peer| protect::client::identify(peer, session.req_header(), protect));
-        // Slow readers: a write the client takes nothing of for send_timeout cuts it.
-        session.set_write_timeout(Some(protect.send_timeout));
+        // Slow readers: the gate's send clock cuts HTTP/1 connections (and resets them); other
+        // sessions get Pingora's per-write timeout.
+        if protect::conn::watch(session).is_none() {
+            session.set_write_timeout(Some(protect.send_timeout));
+        }
         // Idle keep-alive time (unless the client asked to close, which stays so).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(protect.keepalive_timeout.as_secs().max(1)));
@@ -140,12 +143,15 @@ impl ProxyHttp for Edge {
             ));
         };
         if let Some(verdict) = self.over_rate(ctx, &route) {
-            let retry_after = verdict.as_secs().max(1).to_string();
-            // A client on its own connection is let go: while it stays over the rate, the
-            // accept refuses it (protect::acl), which costs far less than more 429s. A
-            // balancer's connection carries others and stays open.
-            if ctx.client_ip == ctx.peer_ip {
-                session.set_keepalive(None);
+            let retry_after = verdict.as_secs_f64().ceil().max(1.0).to_string();
+            // Tarpit: the 429 comes after a pause, so a flooder that waits for its answers
+            // (most do) is slowed to its own concurrency per tarpit; its new connections are
+            // refused at accept meanwhile (protect::acl). A ±25 % jitter keeps a flooder's
+            // connections from coming back all at once.
+            let tarpit = ctx.snapshot.config.protect.tarpit;
+            if !tarpit.is_zero() {
+                let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25);
+                tokio::time::sleep(tarpit.mul_f64(jitter)).await;
             }
             respond::send(
                 session,
