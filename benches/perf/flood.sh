@@ -13,6 +13,7 @@
 # Results: target/perf/flood-<timestamp>/summary.md and results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/perf/lib.sh
 ROUNDS="${FLOOD_ROUNDS:-3}"
 SECS="${FLOOD_SECONDS:-10}"
 RATE_LIMIT="${FLOOD_RATE:-200/s}"
@@ -25,28 +26,7 @@ cargo build --locked --release --bin onair
 rm -rf "$DIR" && mkdir -p "$DIR"/{htdocs,tmp,logs} "$OUT"
 head -c 1024 /dev/urandom > "$DIR/htdocs/1k.bin"
 echo ok > "$DIR/htdocs/index.html"
-cat > "$DIR/origin.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $DIR/origin.pid;
-error_log $DIR/logs/origin.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $DIR/tmp/body;
-    proxy_temp_path $DIR/tmp/proxy;
-    fastcgi_temp_path $DIR/tmp/fastcgi;
-    uwsgi_temp_path $DIR/tmp/uwsgi;
-    scgi_temp_path $DIR/tmp/scgi;
-    server {
-        listen 127.0.0.1:8380;
-        root $DIR/htdocs;
-        location / { add_header Cache-Control "public, max-age=3600"; }
-    }
-}
-CONF
+static_origin "$DIR/origin.conf" "$DIR" 8380
 cat > "$DIR/bust.lua" <<'LUA'
 -- Every request a different URL: a cache-busting flood aimed at the origin.
 math.randomseed(os.time())

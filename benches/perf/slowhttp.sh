@@ -11,6 +11,7 @@
 # target/perf/slowhttp-<timestamp>/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/perf/lib.sh
 SECS="${SLOW_SECONDS:-30}"
 DIR=/dev/shm/onair-perf-slow
 OUT="target/perf/slowhttp-$(date +%Y%m%d-%H%M%S)"
@@ -22,27 +23,7 @@ cargo build --locked --release --bin onair
 rm -rf "$DIR" && mkdir -p "$DIR"/{htdocs,tmp,logs} "$OUT"
 head -c 1024 /dev/urandom > "$DIR/htdocs/1k.bin"
 head -c $((4 << 20)) /dev/urandom > "$DIR/htdocs/big.bin"
-cat > "$DIR/origin.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $DIR/origin.pid;
-error_log $DIR/logs/origin.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $DIR/tmp/body;
-    proxy_temp_path $DIR/tmp/proxy;
-    fastcgi_temp_path $DIR/tmp/fastcgi;
-    uwsgi_temp_path $DIR/tmp/uwsgi;
-    scgi_temp_path $DIR/tmp/scgi;
-    server {
-        listen 127.0.0.1:8390;
-        root $DIR/htdocs;
-        location / { add_header Cache-Control "public, max-age=3600"; }
-        location /upload { return 200 "ok\n"; }
-    }
-}
-CONF
+static_origin "$DIR/origin.conf" "$DIR" 8390 'location /upload { return 200 "ok\n"; }'
 cat > "$DIR/onair.toml" <<CONF
 [node]
 id = "edge-slow"

@@ -9,6 +9,7 @@
 # Results: target/perf/<timestamp>/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/perf/lib.sh
 HARNESS="${ONAIR_PERF_HARNESS:-../shared/perf}"
 DIR=/dev/shm/onair-perf-tls
 rm -rf "$DIR" && mkdir -p "$DIR"/{tmp,logs}
@@ -21,35 +22,19 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=origin
 printf 'subjectAltName=DNS:origin.perf\n' > "$DIR/ext.cnf"
 openssl x509 -req -in "$DIR/origin.csr" -CA "$DIR/ca.pem" -CAkey "$DIR/ca.key" -CAcreateserial \
   -days 2 -extfile "$DIR/ext.cnf" -out "$DIR/origin.pem" 2>/dev/null
-cat > "$DIR/front.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $DIR/front.pid;
-error_log $DIR/logs/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $DIR/tmp/body;
-    proxy_temp_path $DIR/tmp/proxy;
-    fastcgi_temp_path $DIR/tmp/fastcgi;
-    uwsgi_temp_path $DIR/tmp/uwsgi;
-    scgi_temp_path $DIR/tmp/scgi;
+nginx_conf "$DIR/front.conf" "$DIR" "
     upstream origin { server 127.0.0.1:8300; keepalive 512; }
     server {
         listen 127.0.0.1:8360;
         listen 127.0.0.1:8361 ssl;
         ssl_certificate $DIR/origin.pem;
         ssl_certificate_key $DIR/origin.key;
-        keepalive_requests 1000000;
-        keepalive_timeout 120s;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-CONF
+    }"
 candidate() {  # candidate NAME PORT UPSTREAM_PORT TLS_KEYS
   cat > "$DIR/$1.toml" <<CONF
 [node]

@@ -127,11 +127,20 @@ Try, in another terminal:
      Bring them back (the primary takes over again after 2 good health checks):
        curl -X POST http://127.0.0.1:9092/primary/start
        curl -X POST http://127.0.0.1:9092/backup/start
-  5. What the edge sees:
+  5. Under attack: switch attack mode on. Cached pages are still served to everyone, but a
+     request that would reach an origin gets the challenge page (403) instead; a browser
+     solves it in well under a second and comes back with a clearance cookie:
+       curl -X POST -H 'Authorization: Bearer {token}' \
+            -d '{{"mode": "on"}}' http://127.0.0.1:9091/attack-mode
+       curl -s http://127.0.0.1:8080/news/chua-tung-xem | head -5
+       open http://127.0.0.1:8080/news/chua-tung-xem in a browser, then switch it off again:
+       curl -X POST -H 'Authorization: Bearer {token}' \
+            -d '{{"mode": "off"}}' http://127.0.0.1:9091/attack-mode
+  6. What the edge sees:
        curl -s http://127.0.0.1:9090/metrics | grep ^onair_
        curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:9091/status
        tail -f {log}
-  6. Edit {dir}/onair.toml and reload without a restart:
+  7. Edit {dir}/onair.toml and reload without a restart:
        curl -X POST -H 'Authorization: Bearer {token}' http://127.0.0.1:9091/reload
 
 Ctrl-C stops everything.

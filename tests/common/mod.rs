@@ -855,6 +855,14 @@ pub async fn connect_from(
     Ok(sender)
 }
 
+/// A bodiless GET for a hyper client connection (Host `a`).
+pub fn get_request(path: &str) -> hyper::Request<BoxBody> {
+    hyper::Request::get(path)
+        .header("Host", "a")
+        .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+        .unwrap()
+}
+
 /// A raw TCP connection from a loopback address (127.0.0.x).
 pub async fn tcp_from(addr: SocketAddr, from: [u8; 4]) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -1029,6 +1037,14 @@ impl Onair {
             .await
             .unwrap()
             .text()
+    }
+
+    /// Waits up to 5 s for a metric sample (0 when absent) to satisfy `ok`.
+    pub async fn metric_becomes(&self, series: &str, ok: impl Fn(f64) -> bool) -> bool {
+        eventually(Duration::from_secs(5), || async {
+            ok(self.metric(series).await.unwrap_or(0.0))
+        })
+        .await
     }
 
     /// A metric sample's value, matched by its full name with labels as rendered.

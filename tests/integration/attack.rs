@@ -233,13 +233,9 @@ async fn attack_mode_challenges_uncleared_misses_and_clears_solvers_on_every_nod
         .await;
     assert_eq!(bad.status, 400);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            onair
-                .metric("onair_challenges_total{result=\"passed\"}")
-                .await
-                == Some(1.0)
-        })
-        .await
+        onair
+            .metric_becomes("onair_challenges_total{result=\"passed\"}", |v| v == 1.0)
+            .await
     );
 }
 
@@ -281,6 +277,23 @@ async fn the_pages_own_javascript_solves_the_challenge() {
     let cookie = cookie_of(&solved);
     let r = get_as(&onair, [127, 0, 0, 1], "/live?x=1", Some(&cookie)).await;
     assert_eq!(r.status, 200);
+
+    // Without JavaScript: the meta-refresh URL, accepted once its wait is over.
+    let page = get_as(&onair, [127, 0, 0, 1], "/live?x=2", None).await;
+    let text = page.text();
+    let refresh = text
+        .split("url=")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(text.contains("content=\"5;url="), "{text}");
+    let early = get_as(&onair, [127, 0, 0, 1], &refresh, None).await;
+    assert_eq!(early.status, 403, "too early: a new challenge");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waited = get_as(&onair, [127, 0, 0, 1], &refresh, None).await;
+    assert_eq!(waited.status, 303, "{}", waited.text());
+    assert_eq!(waited.header("location"), Some("/live?x=2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +310,6 @@ async fn auto_mode_turns_on_under_a_flood_and_off_after_the_cooldown() {
         200
     );
     // A flood of hits on one keep-alive connection until the node notices.
-    use http_body_util::BodyExt;
     let started = std::time::Instant::now();
     let mut flooded = false;
     while !flooded && started.elapsed() < Duration::from_secs(10) {
@@ -305,15 +317,7 @@ async fn auto_mode_turns_on_under_a_flood_and_off_after_the_cooldown() {
         let mut sender = connect(onair.http).await.unwrap();
         for _ in 0..100 {
             sender.ready().await.unwrap();
-            let req = hyper::Request::get("/hot")
-                .header("Host", "a")
-                .body(
-                    http_body_util::Full::new(bytes::Bytes::new())
-                        .map_err(|e| match e {})
-                        .boxed(),
-                )
-                .unwrap();
-            let r = read_whole(sender.send_request(req).await.unwrap())
+            let r = read_whole(sender.send_request(get_request("/hot")).await.unwrap())
                 .await
                 .unwrap();
             assert_eq!(r.status, 200, "hits are served throughout");
@@ -329,10 +333,9 @@ async fn auto_mode_turns_on_under_a_flood_and_off_after_the_cooldown() {
     assert_eq!(origin.proxied_hits(), before);
     // Quiet: off after the cooldown, and misses reach the origin again.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            onair.metric("onair_attack_mode").await == Some(0.0)
-        })
-        .await
+        onair
+            .metric_becomes("onair_attack_mode", |v| v == 0.0)
+            .await
     );
     assert_eq!(
         get_as(&onair, [127, 0, 0, 1], "/miss", None).await.status,

@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
-
 use crate::common::*;
 
 fn site(origin: &Origin) -> Setup {
@@ -210,15 +208,7 @@ async fn hand_over(old: &mut Onair) -> Reaped {
 async fn get_retrying_unanswered(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Resp> {
     for attempt in 0..2 {
         let mut sender = connect(addr).await?;
-        let req = hyper::Request::get(path)
-            .header("Host", "a")
-            .body(
-                http_body_util::Full::new(bytes::Bytes::new())
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
-            .unwrap();
-        let resp = match sender.send_request(req).await {
+        let resp = match sender.send_request(get_request(path)).await {
             Ok(resp) => resp,
             // Closed or reset before any byte of an answer (a reset when the request bytes
             // were already in the closed socket's buffer).

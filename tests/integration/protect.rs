@@ -66,17 +66,15 @@ async fn over_its_rate_a_client_gets_429_and_others_are_unaffected() {
     // The origin saw only what was let through.
     assert_eq!(origin.proxied_hits(), 6);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            onair
-                .metric("onair_rate_limited_total{reason=\"node\"}")
-                .await
-                == Some(1.0)
-                && onair
-                    .metric("onair_connections_denied_total{reason=\"rate\"}")
-                    .await
-                    == Some(3.0)
-        })
-        .await
+        onair
+            .metric_becomes("onair_rate_limited_total{reason=\"node\"}", |v| v == 1.0)
+            .await
+    );
+    assert!(
+        onair
+            .metric_becomes("onair_connections_denied_total{reason=\"rate\"}", |v| v
+                == 3.0)
+            .await
     );
 }
 
@@ -301,7 +299,6 @@ async fn denied_addresses_are_dropped_at_accept_and_reloads_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_connections_are_bounded_in_time_and_requests() {
-    use http_body_util::BodyExt;
     let origin = Origin::start("o").await;
     let onair = Onair::start(limited(
         &origin,
@@ -309,23 +306,14 @@ async fn keepalive_connections_are_bounded_in_time_and_requests() {
         "",
     ))
     .await;
-    let send = |sender: &mut hyper::client::conn::http1::SendRequest<BoxBody>| {
-        let req = hyper::Request::get("/")
-            .header("Host", "a")
-            .body(
-                http_body_util::Full::new(bytes::Bytes::new())
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
-            .unwrap();
-        sender.send_request(req)
-    };
     // Three requests per connection, then the server says close.
     let mut sender = connect(onair.http).await.unwrap();
     for i in 0..3 {
         // The client's connection takes a moment to be idle again after an answer.
         sender.ready().await.unwrap();
-        let r = read_whole(send(&mut sender).await.unwrap()).await.unwrap();
+        let r = read_whole(sender.send_request(get_request("/")).await.unwrap())
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         let close = r.header("connection") == Some("close");
         assert_eq!(close, i == 2, "request {i}: {:?}", r.header("connection"));
@@ -396,14 +384,9 @@ async fn a_trickled_head_is_cut_at_header_timeout_from_accept() {
     );
     assert_eq!(origin.proxied_hits(), 0);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            onair
-                .metric("onair_slow_clients_total{reason=\"header\"}")
-                .await
-                .unwrap_or(0.0)
-                >= 2.0
-        })
-        .await
+        onair
+            .metric_becomes("onair_slow_clients_total{reason=\"header\"}", |v| v >= 2.0)
+            .await
     );
     // A normal client on a fresh connection is served.
     assert_eq!(
@@ -504,13 +487,9 @@ async fn an_upload_below_the_minimum_rate_is_cut() {
         "cut after {cut_at:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            onair
-                .metric("onair_slow_clients_total{reason=\"upload\"}")
-                .await
-                == Some(1.0)
-        })
-        .await
+        onair
+            .metric_becomes("onair_slow_clients_total{reason=\"upload\"}", |v| v == 1.0)
+            .await
     );
     // A fast upload of the same size goes through.
     let body = vec![b'a'; 100_000];

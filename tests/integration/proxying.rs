@@ -208,15 +208,11 @@ async fn large_bodies_stream_with_flat_memory() {
 async fn download(addr: std::net::SocketAddr, path: &str) -> u64 {
     use http_body_util::BodyExt;
     let mut sender = connect(addr).await.unwrap();
-    let req = hyper::Request::get(path)
-        .header("Host", "a")
-        .body(
-            http_body_util::Empty::<Bytes>::new()
-                .map_err(|e| match e {})
-                .boxed(),
-        )
-        .unwrap();
-    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let mut body = sender
+        .send_request(get_request(path))
+        .await
+        .unwrap()
+        .into_body();
     let mut n = 0u64;
     while let Some(frame) = body.frame().await {
         if let Some(d) = frame.unwrap().data_ref() {
