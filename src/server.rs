@@ -108,7 +108,12 @@ pub fn serve(
     // whole-head deadline, the upload rate), then hands it to the proxy.
     let mut proxy = Service::new(
         "onair edge".to_owned(),
-        crate::protect::conn::Gate::new(app, live.clone(), config.listen.proxy_protocol.clone()),
+        crate::protect::conn::Gate::new(
+            app,
+            live.clone(),
+            config.listen.proxy_protocol.clone(),
+            limiter.clone(),
+        ),
     );
     for addr in config
         .listen

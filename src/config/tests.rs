@@ -1456,6 +1456,14 @@ fn protect_connection_limits_and_attack_mode() {
     ] {
         assert!(has(&errs, path, needle), "{path}: {errs:#?}");
     }
+    let errs = errors(&MINIMAL.replace(
+        "[listen]\n",
+        "[listen]\nproxy_protocol = [\"127.0.0.1:8081\"]\n",
+    ));
+    assert!(
+        has(&errs, "listen.proxy_protocol", "trusted_proxies"),
+        "{errs:#?}"
+    );
     let errs = errors(&format!("{MINIMAL}\n[protect]\nheader_timeout = \"0s\"\n"));
     assert!(has(&errs, "protect.header_timeout", "between"), "{errs:#?}");
     let errs = errors(&format!(

@@ -192,6 +192,13 @@ pub(super) fn validate(
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
     let protect = validate_protect(protect, base, &mut e);
+    if !listen.proxy_protocol.is_empty() && protect.trusted_proxies.is_empty() {
+        e.push(
+            "listen.proxy_protocol",
+            "needs protect.trusted_proxies: the load balancers' addresses, the only peers whose \
+             PROXY header is believed",
+        );
+    }
     Config {
         node,
         listen,
@@ -368,7 +375,9 @@ fn validate_attack(a: RawAttack, base: &Path, e: &mut Errors<'_>) -> Attack {
             a.difficulty,
             i64::from(d.difficulty),
             1,
-            28,
+            // 22 bits is about four million hashes: seconds on a laptop, up to a minute on a
+            // slow phone. More could outlast the challenge's five minutes.
+            22,
         ) as u8,
         clearance: e.duration_in(
             "protect.attack.clearance",

@@ -132,7 +132,7 @@ Try, in another terminal:
      solves it in well under a second and comes back with a clearance cookie:
        curl -X POST -H 'Authorization: Bearer {token}' \
             -d '{{"mode": "on"}}' http://127.0.0.1:9091/attack-mode
-       curl -s http://127.0.0.1:8080/news/chua-tung-xem | head -5
+       curl -s -H 'Accept: text/html' http://127.0.0.1:8080/news/chua-tung-xem | head -5
        open http://127.0.0.1:8080/news/chua-tung-xem in a browser, then switch it off again:
        curl -X POST -H 'Authorization: Bearer {token}' \
             -d '{{"mode": "off"}}' http://127.0.0.1:9091/attack-mode

@@ -2,10 +2,10 @@
 //!
 //! The mode comes from `protect.attack.mode`, or from `POST /attack-mode`, which overrides the
 //! file until the next call or restart. `auto` turns attack mode on when the node-wide request
-//! rate reaches `trigger_rps` or a pool's origin protection has requests queued (the origins
-//! are saturating), and off again once neither has been true for `cooldown`. The rate is
-//! measured once a second by the maintenance task; requests only bump a counter, and only in
-//! `auto`.
+//! rate reaches `trigger_rps` or a pool's origin protection has had requests queued for
+//! [`SATURATED_TICKS`] measurements in a row (the origins are saturating, not just busy for a
+//! moment), and off again once neither has been true for `cooldown`. The rate is measured once
+//! a second by the maintenance task; requests only bump a counter, and only in `auto`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,6 +18,8 @@ use crate::metrics::METRICS;
 #[derive(Debug, Default)]
 pub struct AttackState {
     active: AtomicBool,
+    /// Whether the mode in force (the admin's or the file's) is `auto`: requests are counted.
+    auto: AtomicBool,
     requests: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -31,7 +33,12 @@ struct Inner {
     calm_since: Option<Instant>,
     /// The last measured rate, for `/status`.
     rps: u64,
+    /// Measurements in a row that found a pool's queue in use.
+    saturated_ticks: u32,
 }
+
+/// Measurements in a row with origins saturated before `auto` turns attack mode on.
+pub const SATURATED_TICKS: u32 = 3;
 
 /// What `/status` shows.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,9 +59,9 @@ impl AttackState {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Counts a request toward the node-wide rate (`auto` only).
-    pub fn observe(&self, config: &Attack) {
-        if config.mode == AttackMode::Auto {
+    /// Counts a request toward the node-wide rate (only while the mode in force is `auto`).
+    pub fn observe(&self) {
+        if self.auto.load(Ordering::Relaxed) {
             self.requests.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -82,8 +89,14 @@ impl AttackState {
     /// pool has requests waiting for an origin slot.
     pub fn tick(&self, config: &Attack, now: Instant, saturated: bool) {
         let count = self.requests.load(Ordering::Relaxed);
-        let was = self.active();
+        // The whole decision under the lock, so a tick cannot undo an admin's `set`.
         let mut inner = self.lock();
+        let was = self.active();
+        if saturated {
+            inner.saturated_ticks = inner.saturated_ticks.saturating_add(1);
+        } else {
+            inner.saturated_ticks = 0;
+        }
         if let Some((at, before)) = inner.last {
             let secs = now.saturating_duration_since(at).as_secs_f64();
             if secs >= 0.5 {
@@ -93,11 +106,13 @@ impl AttackState {
         } else {
             inner.last = Some((now, count));
         }
-        let on = match inner.overridden.unwrap_or(config.mode) {
+        let mode = inner.overridden.unwrap_or(config.mode);
+        self.auto.store(mode == AttackMode::Auto, Ordering::Relaxed);
+        let on = match mode {
             AttackMode::Off => false,
             AttackMode::On => true,
             AttackMode::Auto => {
-                if inner.rps >= config.trigger_rps || saturated {
+                if inner.rps >= config.trigger_rps || inner.saturated_ticks >= SATURATED_TICKS {
                     inner.calm_since = None;
                     true
                 } else if was {
@@ -109,9 +124,9 @@ impl AttackState {
             }
         };
         let rps = inner.rps;
+        self.active.store(on, Ordering::Relaxed);
         drop(inner);
         if on != was {
-            self.active.store(on, Ordering::Relaxed);
             if on {
                 tracing::warn!(
                     rps,
@@ -158,7 +173,7 @@ mod tests {
         let config = auto();
         let t0 = Instant::now();
         state.tick(&config, t0, false);
-        let flood = |n| (0..n).for_each(|_| state.observe(&config));
+        let flood = |n| (0..n).for_each(|_| state.observe());
         flood(50);
         state.tick(&config, t0 + PERIOD, false);
         assert!(!state.active(), "50/s is under the trigger");
@@ -181,11 +196,11 @@ mod tests {
         let config = auto();
         let t0 = Instant::now();
         state.tick(&config, t0, false);
-        (0..200).for_each(|_| state.observe(&config));
+        (0..200).for_each(|_| state.observe());
         for s in 1..=8 {
             state.tick(&config, t0 + PERIOD * s, false);
         }
-        (0..200).for_each(|_| state.observe(&config));
+        (0..200).for_each(|_| state.observe());
         state.tick(&config, t0 + PERIOD * 9, false);
         // Calm again from 10 s: on through 19 s, off at 20 s.
         for s in 10..=19 {
@@ -200,12 +215,38 @@ mod tests {
     }
 
     #[test]
-    fn saturated_origins_turn_it_on_without_a_flood() {
+    fn origins_saturated_for_three_measurements_turn_it_on_without_a_flood() {
         let state = AttackState::default();
         let config = auto();
         let t0 = Instant::now();
         state.tick(&config, t0, true);
+        state.tick(&config, t0 + PERIOD, false);
+        state.tick(&config, t0 + PERIOD * 2, true);
+        state.tick(&config, t0 + PERIOD * 3, true);
+        assert!(!state.active(), "a queue now and then is just a busy pool");
+        state.tick(&config, t0 + PERIOD * 4, true);
         assert!(state.active());
+    }
+
+    #[test]
+    fn an_admin_auto_counts_requests_even_when_the_file_says_off() {
+        let state = AttackState::default();
+        let off = Attack {
+            mode: AttackMode::Off,
+            ..auto()
+        };
+        let t0 = Instant::now();
+        state.tick(&off, t0, false);
+        state.observe();
+        assert_eq!(
+            state.requests.load(Ordering::Relaxed),
+            0,
+            "off: not counted"
+        );
+        state.set(AttackMode::Auto, &off, t0);
+        (0..150).for_each(|_| state.observe());
+        state.tick(&off, t0 + PERIOD, false);
+        assert!(state.active(), "150/s over the trigger of 100");
     }
 
     #[test]
@@ -219,7 +260,7 @@ mod tests {
         assert!(state.active(), "no flood needed");
         assert_eq!(state.mode(&config), AttackMode::On);
         state.set(AttackMode::Off, &config, t0 + PERIOD * 2);
-        (0..1000).for_each(|_| state.observe(&config));
+        (0..1000).for_each(|_| state.observe());
         state.tick(&config, t0 + PERIOD * 3, true);
         assert!(!state.active(), "off stays off");
         let off = Attack {

@@ -32,6 +32,16 @@ pub const COOKIE: &str = "onair_clearance";
 pub const NOJS_WAIT: u64 = 5;
 /// Seconds a challenge stays answerable.
 const CHALLENGE_TTL: u64 = 300;
+/// The longest clearance a no-JavaScript answer earns: waiting costs a bot nothing but time,
+/// so that path clears for less long than the proof of work.
+pub const NOJS_CLEARANCE: u64 = 600;
+
+/// How a challenge was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Solved {
+    Work,
+    Waited,
+}
 
 /// Signs and checks challenges and cookies with one key.
 pub struct Signer {
@@ -91,7 +101,13 @@ impl Signer {
     }
 
     /// Checks an answer to a challenge: `answer` is the proof-of-work counter, or `wait`.
-    pub fn check(&self, token: &str, answer: &str, client: IpAddr, now: u64) -> Result<(), Failed> {
+    pub fn check(
+        &self,
+        token: &str,
+        answer: &str,
+        client: IpAddr,
+        now: u64,
+    ) -> Result<Solved, Failed> {
         let mut parts = token.split('.');
         let (Some(issued), Some(bits), Some(nonce), Some(mac), None) = (
             parts.next(),
@@ -112,7 +128,7 @@ impl Signer {
         }
         if answer == "wait" {
             return if now >= issued.saturating_add(NOJS_WAIT) {
-                Ok(())
+                Ok(Solved::Waited)
             } else {
                 Err(Failed::TooEarly)
             };
@@ -125,7 +141,7 @@ impl Signer {
             format!("{token}:{answer}").as_bytes(),
         );
         if leading_zero_bits(hash.as_ref()) >= bits {
-            Ok(())
+            Ok(Solved::Work)
         } else {
             Err(Failed::NotSolved)
         }
@@ -444,9 +460,12 @@ mod tests {
         let client = ip("198.51.100.7");
         let c = s.challenge(client, 12, 1000);
         let n = solve(&c, 12).to_string();
-        assert_eq!(s.check(&c, &n, client, 1010), Ok(()));
+        assert_eq!(s.check(&c, &n, client, 1010), Ok(Solved::Work));
         // A neighbour in the same /24 shares the clearance block; another block does not.
-        assert_eq!(s.check(&c, &n, ip("198.51.100.200"), 1010), Ok(()));
+        assert_eq!(
+            s.check(&c, &n, ip("198.51.100.200"), 1010),
+            Ok(Solved::Work)
+        );
         assert_eq!(
             s.check(&c, &n, ip("198.51.101.7"), 1010),
             Err(Failed::Forged)
@@ -473,12 +492,12 @@ mod tests {
             Err(Failed::NotSolved)
         );
         assert_eq!(s.check(&c, "wait", client, 1004), Err(Failed::TooEarly));
-        assert_eq!(s.check(&c, "wait", client, 1005), Ok(()));
+        assert_eq!(s.check(&c, "wait", client, 1005), Ok(Solved::Waited));
         assert_eq!(s.check(&c, "12a", client, 1005), Err(Failed::Malformed));
         assert_eq!(s.check("junk", "1", client, 1005), Err(Failed::Malformed));
         assert_eq!(
             s.check(&c, &n.to_string(), ip("2001:db8:1:2:ffff::1"), 1001),
-            Ok(()),
+            Ok(Solved::Work),
             "same /64"
         );
     }

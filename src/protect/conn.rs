@@ -54,6 +54,9 @@ const IDLE: u8 = 3;
 #[derive(Debug)]
 pub struct Watch {
     phase: AtomicU8,
+    /// The body follows only once the origin says 100 Continue: its upload clock starts with
+    /// its first byte, not with the head.
+    await_first_byte: std::sync::atomic::AtomicBool,
     /// Bumped for each request head, so a new body starts a new upload clock even when the
     /// stream never saw the phases in between (a pipelined request).
     requests: AtomicU32,
@@ -63,13 +66,17 @@ impl Watch {
     fn new() -> Watch {
         Watch {
             phase: AtomicU8::new(HEAD),
+            await_first_byte: std::sync::atomic::AtomicBool::new(false),
             requests: AtomicU32::new(0),
         }
     }
 
-    /// The request head has been parsed; `body` when a request body follows.
-    pub fn head_done(&self, body: bool) {
+    /// The request head has been parsed; `body` when a request body follows, `expect_continue`
+    /// when the client waits for 100 Continue before sending it.
+    pub fn head_done(&self, body: bool, expect_continue: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.await_first_byte
+            .store(expect_continue, Ordering::Relaxed);
         let phase = if body { BODY } else { RESPONDING };
         self.phase.store(phase, Ordering::Relaxed);
     }
@@ -197,6 +204,12 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// Starts the first head's clock at `accepted` (before a PROXY protocol header was read).
+    pub fn accepted_at(mut self, accepted: Instant) -> Guarded<S> {
+        self.head_since = Some(accepted);
+        self
+    }
+
     /// Replaces the socket's peer address (what Pingora and the proxy see as the client).
     pub fn with_socket_digest(mut self, digest: Arc<SocketDigest>) -> Guarded<S> {
         self.socket_digest = Some(digest);
@@ -251,6 +264,10 @@ impl<S> Guarded<S> {
             }
             BODY if self.clocks.min_upload_rate > 0 => {
                 self.sync_upload();
+                if self.upload.received == 0 && self.watch.await_first_byte.load(Ordering::Relaxed)
+                {
+                    return None;
+                }
                 let since = *self.upload.pending_since.get_or_insert_with(Instant::now);
                 let earned = Duration::from_secs_f64(
                     self.upload.received as f64 / self.clocks.min_upload_rate as f64,
@@ -532,15 +549,23 @@ pub struct Gate<A> {
     table: Arc<ConnTable>,
     /// Listeners whose connections start with a PROXY protocol header.
     proxied: Vec<std::net::SocketAddr>,
+    /// The node rate limiter, for clients a PROXY header names (the accept saw the balancer).
+    limiter: Arc<super::rate::RateLimiter>,
 }
 
 impl<A> Gate<A> {
-    pub fn new(app: A, live: Arc<Live>, proxied: Vec<std::net::SocketAddr>) -> Gate<A> {
+    pub fn new(
+        app: A,
+        live: Arc<Live>,
+        proxied: Vec<std::net::SocketAddr>,
+        limiter: Arc<super::rate::RateLimiter>,
+    ) -> Gate<A> {
         Gate {
             app: Arc::new(app),
             live,
             table: Arc::default(),
             proxied,
+            limiter,
         }
     }
 
@@ -563,16 +588,27 @@ impl<A> Gate<A> {
 }
 
 /// The stream and its client after a PROXY protocol header (if the listener expects one);
-/// None: the connection is to be closed.
+/// None: the connection is to be closed. Only a trusted proxy may say who the client is:
+/// from anyone else the header would be a forged address.
 async fn take_proxy_header(
     stream: Stream,
     protect: &Protect,
+    deadline: Instant,
 ) -> Option<(Stream, Option<Arc<SocketDigest>>)> {
-    let local = stream
-        .get_socket_digest()
-        .and_then(|d| d.local_addr().cloned());
+    let digest = stream.get_socket_digest();
+    let from_balancer = digest
+        .as_ref()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .is_some_and(|ip| protect.trusted_proxies.iter().any(|c| c.contains(ip)));
+    if !from_balancer {
+        METRICS.connection_refused("proxy_protocol");
+        tracing::debug!("PROXY protocol listener: the peer is not in protect.trusted_proxies");
+        return None;
+    }
+    let local = digest.and_then(|d| d.local_addr().cloned());
     let id = stream.id();
-    match super::proxy_protocol::accept(stream, protect.header_timeout).await {
+    let limit = deadline.saturating_duration_since(Instant::now());
+    match super::proxy_protocol::accept(stream, limit).await {
         Ok((stream, super::proxy_protocol::Source::Client(addr))) => {
             let digest = SocketDigest::from_raw_fd(id);
             let _ = digest
@@ -597,10 +633,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let accepted = Instant::now();
         let snapshot = self.live.current();
         let protect = &snapshot.config.protect;
         let (stream, client_digest) = if self.expects_header(&stream) {
-            take_proxy_header(stream, protect).await?
+            take_proxy_header(stream, protect, accepted + protect.header_timeout).await?
         } else {
             (stream, None)
         };
@@ -610,9 +647,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
             .or(socket.as_ref())
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // The accept filter saw only the balancer: the client behind it is checked here.
-        if client_digest.is_some() && peer.is_some_and(|ip| super::acl::denied(ip, protect)) {
-            METRICS.connection_refused("deny");
-            return None;
+        if let (Some(_), Some(ip)) = (&client_digest, peer) {
+            if super::acl::denied(ip, protect) {
+                METRICS.connection_refused("deny");
+                return None;
+            }
+            let told_off = protect.rate.is_some()
+                && self
+                    .limiter
+                    .told_off(super::client::limit_key(ip), std::time::Instant::now());
+            if told_off {
+                METRICS.connection_refused("rate");
+                return None;
+            }
         }
         // Load balancers carry many clients on their connections, and allow-listed monitoring
         // is trusted: neither is capped.
@@ -641,7 +688,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
             let _ = pingora::protocols::l4::ext::set_snd_buf(stream.id(), protect.send_buffer);
         }
         drop(snapshot);
-        let mut guarded = Guarded::new(stream, clocks);
+        let mut guarded = Guarded::new(stream, clocks).accepted_at(accepted);
         if let Some(digest) = client_digest {
             guarded = guarded.with_socket_digest(digest);
         }
@@ -719,7 +766,7 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(g.read(&mut buf).await.unwrap(), 18);
-        g.watch().head_done(false);
+        g.watch().head_done(false, false);
         g.watch().request_done();
         // Idle for a minute: the keep-alive timeout is Pingora's, not the head clock.
         let writer = tokio::spawn(async move {
@@ -746,7 +793,7 @@ mod tests {
     async fn an_upload_below_the_minimum_rate_is_cut_after_its_grace() {
         let (mut client, server) = tokio::io::duplex(1024);
         let mut g = Guarded::new(server, clocks());
-        g.watch().head_done(true);
+        g.watch().head_done(true, false);
         // 10 bytes every 2 s is 5 B/s, under 100 B/s: allowed waiting is 5 s + 0.1 s per
         // 10 bytes, so the cut comes after about 3 sends.
         let sender = tokio::spawn(async move {
@@ -772,7 +819,7 @@ mod tests {
     async fn an_upload_at_the_rate_is_never_cut_and_backpressure_is_not_counted() {
         let (mut client, server) = tokio::io::duplex(64 << 10);
         let mut g = Guarded::new(server, clocks());
-        g.watch().head_done(true);
+        g.watch().head_done(true, false);
         let sender = tokio::spawn(async move {
             // 200 B/s for 30 s: twice the minimum.
             for _ in 0..30 {
@@ -825,6 +872,27 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(130));
         let _client = reader.await.unwrap();
         assert!(g.write(b"more").await.is_err(), "a cut stream stays cut");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_100_continue_the_upload_clock_starts_at_the_first_byte() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(server, clocks());
+        g.watch().head_done(true, true);
+        // The origin takes a minute to say 100 Continue; then the body comes at once.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            client.write_all(&[b'a'; 500]).await.unwrap();
+            client
+        });
+        let mut buf = [0u8; 1024];
+        assert_eq!(g.read(&mut buf).await.unwrap(), 500);
+        let _client = sender.await.unwrap();
+        // From the first byte on, the clock runs: 5 s grace + 5 s earned by 500 bytes.
+        let start = Instant::now();
+        let err = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,8 +20,8 @@ fn unix_now() -> u64 {
 }
 
 /// Whether this request may reach an origin while attack mode is on: allow-listed ranges
-/// (monitoring, verified crawlers), a valid clearance cookie, or no client address at all
-/// (Pingora's own background revalidations).
+/// (monitoring, verified crawlers) or a valid clearance cookie. (Pingora's background
+/// revalidations never get here: the proxy treats them as cleared.)
 pub fn cleared(session: &Session, ctx: &RequestCtx) -> bool {
     let Some(ip) = ctx.client_ip else {
         return true;
@@ -39,17 +39,19 @@ pub fn cleared(session: &Session, ctx: &RequestCtx) -> bool {
     ctx.snapshot.signer.cleared(cookies, ip, unix_now())
 }
 
-/// The answer to an uncleared request that would have gone to an origin: the challenge page,
-/// or with `challenge = "off"` a 503 (the node serves what it has cached, nothing more).
+/// The answer to an uncleared request that would have gone to an origin: the challenge page
+/// for a page a browser navigates to; 503 + Retry-After for anything else (an API call, a feed,
+/// a script's fetch: none of them could show the page or solve it), and for everything with
+/// `challenge = "off"` (the node then serves what it has cached, nothing more).
 pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let attack = &ctx.snapshot.config.protect.attack;
-    if !attack.challenge {
+    if !attack.challenge || !navigation(session.req_header()) {
         respond::send(
             session,
             ctx,
             503,
             "text/plain; charset=utf-8",
-            Bytes::from_static(b"the site is under heavy load and serves cached pages only\n"),
+            Bytes::from_static(b"the site is under heavy load: open it in a browser to continue\n"),
             &[("Retry-After", "30")],
         )
         .await?;
@@ -62,6 +64,21 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         .map_or("/", |p| p.as_str())
         .to_owned();
     page(session, ctx, &back).await
+}
+
+/// Whether the request is a browser loading a page (which can show and solve the challenge):
+/// `Sec-Fetch-Mode: navigate`, or without that header (older browsers), one that accepts HTML.
+fn navigation(req: &pingora::http::RequestHeader) -> bool {
+    let header = |name| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    match header("sec-fetch-mode") {
+        Some(mode) => mode == "navigate",
+        None => header("accept").is_some_and(|a| a.contains("text/html")),
+    }
 }
 
 async fn page(session: &mut Session, ctx: &mut RequestCtx, back: &str) -> Result<()> {
@@ -101,9 +118,12 @@ pub async fn answer(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         .signer
         .check(&answer.challenge, &answer.answer, ip, now)
     {
-        Ok(()) => {
+        Ok(how) => {
             METRICS.challenge("passed");
-            let lifetime = ctx.snapshot.config.protect.attack.clearance.as_secs();
+            let mut lifetime = ctx.snapshot.config.protect.attack.clearance.as_secs();
+            if how == challenge::Solved::Waited {
+                lifetime = lifetime.min(challenge::NOJS_CLEARANCE);
+            }
             let value = ctx.snapshot.signer.clearance(ip, now + lifetime);
             let cookie = format!(
                 "{}={value}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Lax",

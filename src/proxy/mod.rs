@@ -68,9 +68,17 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.in_progress = Some(protect::shed::enter());
+        // Pingora's own background revalidation (stale-while-revalidate) runs through here as
+        // a copy of the reader's request: it is not the reader, and must not be limited,
+        // tarpitted or challenged as one.
+        let background = session.subrequest_ctx.is_some();
         if let Some(watch) = protect::conn::watch(session) {
-            watch.head_done(headers::has_body(session.req_header()));
+            let req = session.req_header();
+            let expect_continue = req
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            watch.head_done(headers::has_body(req), expect_continue);
         }
         ctx.request_id = headers::request_id(session.req_header());
         let protect = &ctx.snapshot.config.protect;
@@ -81,8 +89,8 @@ impl ProxyHttp for Edge {
         ctx.client_ip = ctx
             .peer_ip
             .map(|peer| protect::client::identify(peer, session.req_header(), protect));
-        // Slow readers: the gate's send clock cuts HTTP/1 connections (and resets them); other
-        // sessions get Pingora's per-write timeout.
+        // Slow readers: the gate's send clock cuts HTTP/1 connections; other sessions get
+        // Pingora's per-write timeout.
         if protect::conn::watch(session).is_none() {
             session.set_write_timeout(Some(protect.send_timeout));
         }
@@ -99,7 +107,9 @@ impl ProxyHttp for Edge {
             respond::text(session, ctx, refusal.status, refusal.text()).await?;
             return Ok(true);
         }
-        self.live.attack().observe(&protect.attack);
+        if !background {
+            self.live.attack().observe();
+        }
         let req = session.req_header();
         if headers::is_loop(req, &ctx.snapshot.via) {
             respond::text(
@@ -142,12 +152,12 @@ impl ProxyHttp for Edge {
                 "site index out of range",
             ));
         };
-        if let Some(verdict) = self.over_rate(ctx, &route) {
+        if let Some(verdict) = self.over_rate(ctx, &route).filter(|_| !background) {
             let retry_after = verdict.as_secs_f64().ceil().max(1.0).to_string();
             // Tarpit: the 429 comes after a pause, so a flooder that waits for its answers
-            // (most do) is slowed to its own concurrency per tarpit; its new connections are
-            // refused at accept meanwhile (protect::acl). A ±25 % jitter keeps a flooder's
-            // connections from coming back all at once.
+            // (most do) is slowed to its own concurrency per tarpit; until it is back under
+            // the rate, its new connections are refused at accept (protect::acl). A ±25 %
+            // jitter keeps a flooder's connections from coming back all at once.
             let tarpit = ctx.snapshot.config.protect.tarpit;
             if !tarpit.is_zero() {
                 let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25);
@@ -168,7 +178,10 @@ impl ProxyHttp for Edge {
             challenge::answer(session, ctx).await?;
             return Ok(true);
         }
-        ctx.uncleared = self.live.attack().active() && !challenge::cleared(session, ctx);
+        ctx.uncleared =
+            !background && self.live.attack().active() && !challenge::cleared(session, ctx);
+        // Counted for load shedding from here: past the refusals (a tarpitted 429 is no load).
+        ctx.in_progress = Some(protect::shed::enter());
         let req = session.req_header();
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
@@ -364,6 +377,10 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A WebSocket can stay open for hours; it is not load waiting to be answered.
+            ctx.in_progress = None;
+        }
         for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
             let path = cache::key::keyed_target(&path, ctx.query_key);
             let key = cache::key::cache_key("http", &ctx.host, ctx.port, &path);
@@ -472,8 +489,10 @@ impl ProxyHttp for Edge {
             cache::status::Outcome::Miss { .. } | cache::status::Outcome::Bypass
         ) {
             // Answered from a stored copy (hit, stale, revalidated): the origin, if it was
-            // asked at all, is done; the slot must not wait for this body to reach the reader.
+            // asked at all, is done; the slot must not wait for this body to reach the reader,
+            // nor does a slow download of it count as load.
             ctx.permit = None;
+            ctx.in_progress = None;
         }
         resp.append_header(
             "Cache-Status",
@@ -560,12 +579,13 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        // An unread body is drained next, still on the upload clock; otherwise the connection
-        // goes idle until the next head.
-        if session.is_body_done() {
-            if let Some(watch) = protect::conn::watch(session) {
-                watch.request_done();
-            }
+        // A body left unread (the request was answered without it: a refusal, the challenge)
+        // would be drained next under no clock of ours: close the connection instead, as
+        // nginx does for a refused request's body. Otherwise it waits for the next head.
+        if !session.is_body_done() {
+            session.set_keepalive(None);
+        } else if let Some(watch) = protect::conn::watch(session) {
+            watch.request_done();
         }
         let status = session
             .response_written()

@@ -27,8 +27,10 @@ fn cacheable() -> Behaviour {
     }
 }
 
+/// A browser loading a page (the challenge page is for those).
 async fn get_as(onair: &Onair, from: [u8; 4], path: &str, cookie: Option<&str>) -> Resp {
-    let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    let mut headers = vec![("Accept", "text/html,*/*;q=0.8")];
+    headers.extend(cookie.map(|c| ("Cookie", c)));
     get_from(onair.http, from, path, &headers).await.unwrap()
 }
 
@@ -121,6 +123,17 @@ async fn attack_mode_challenges_uncleared_misses_and_clears_solvers_on_every_nod
     assert_eq!(page.status, 403);
     assert_eq!(page.header("cache-control"), Some("no-store"));
     assert!(page.text().contains("role=\"status\""));
+    // A script's fetch could not show the page: 503 + Retry-After instead.
+    let api = get_from(
+        onair.http,
+        [127, 0, 0, 1],
+        "/api/live",
+        &[("Sec-Fetch-Mode", "cors"), ("Accept", "application/json")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.status, 503);
+    assert!(api.header("retry-after").is_some());
     assert_eq!(
         origin.proxied_hits(),
         before,
@@ -294,6 +307,10 @@ async fn the_pages_own_javascript_solves_the_challenge() {
     let waited = get_as(&onair, [127, 0, 0, 1], &refresh, None).await;
     assert_eq!(waited.status, 303, "{}", waited.text());
     assert_eq!(waited.header("location"), Some("/live?x=2"));
+    assert!(
+        waited.header("set-cookie").unwrap().contains("Max-Age=600"),
+        "a no-JavaScript clearance is short"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,4 +362,67 @@ async fn auto_mode_turns_on_under_a_flood_and_off_after_the_cooldown() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["attack"]["mode"], "auto", "{status}");
     assert_eq!(status["attack"]["set_by"], "config", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_page_read_by_an_uncleared_reader_still_refreshes() {
+    let origin = Origin::start("o").await;
+    origin.set(Behaviour {
+        headers: vec![(
+            "Cache-Control".into(),
+            "max-age=1, stale-while-revalidate=60".into(),
+        )],
+        ..Behaviour::default()
+    });
+    let onair = Onair::start(setup(&origin, "mode = \"on\"")).await;
+    // Stored by a reader the allow list clears.
+    assert_eq!(
+        get_as(&onair, [127, 0, 2, 1], "/live", None).await.status,
+        200
+    );
+    let before = origin.proxied_hits();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An uncleared reader gets the stale copy, and the node's own background refresh is not
+    // mistaken for that reader: it reaches the origin.
+    let r = get_as(&onair, [127, 0, 0, 1], "/live", None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("cache-status")
+            .unwrap()
+            .contains("stale-while-revalidate"),
+        "{:?}",
+        r.header("cache-status")
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            origin.proxied_hits() == before + 1
+        })
+        .await,
+        "the page was refreshed"
+    );
+    assert!(
+        onair
+            .metric_becomes("onair_challenges_total{result=\"issued\"}", |v| v == 0.0)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_without_reading_its_body_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(setup(&origin, "mode = \"on\"")).await;
+    let mut stream = tcp_from(onair.http, [127, 0, 0, 1]).await.unwrap();
+    stream
+        .write_all(
+            b"POST /comment HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nContent-Length: 3\r\n\r\na=1",
+        )
+        .await
+        .unwrap();
+    // The challenge answers it; the unread body is not left for a drain under no clock.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 403"));
+    assert_eq!(origin.proxied_hits(), 0);
 }

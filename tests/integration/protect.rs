@@ -548,7 +548,8 @@ async fn behind_an_l4_balancer_the_proxy_protocol_header_names_the_client() {
     let onair = Onair::start(
         limited(
             &origin,
-            "deny = [\"198.51.100.66/32\"]\nrate = \"1/m\"\nburst = 2",
+            "trusted_proxies = [\"127.0.0.1/32\"]\ndeny = [\"198.51.100.66/32\"]\n\
+             rate = \"1/m\"\nburst = 2\ntarpit = \"0s\"",
             "",
         )
         .with_listen(&format!("proxy_protocol = [\"127.0.0.1:{port}\"]")),
@@ -578,9 +579,20 @@ async fn behind_an_l4_balancer_the_proxy_protocol_header_names_the_client() {
     v2.extend_from_slice(get);
     let answer = raw_exchange(balancer, &v2, wait).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    // A denied client behind the balancer, and a connection without a header, get nothing.
+    // A denied client behind the balancer, one told off by the rate limit, and a connection
+    // without a header get nothing.
     assert_eq!(raw_exchange(balancer, &v1("198.51.100.66"), wait).await, "");
+    assert_eq!(raw_exchange(balancer, &v1("198.51.100.7"), wait).await, "");
     assert_eq!(raw_exchange(balancer, get, wait).await, "");
+    // A header from a peer that is not a trusted balancer is a forgery: closed.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut forger = tcp_from(balancer, [127, 0, 0, 2]).await.unwrap();
+        let _ = forger.write_all(&v1("203.0.113.200")).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(wait, forger.read_to_end(&mut answer)).await;
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
     assert!(
         eventually(Duration::from_secs(5), || async {
             let logged: Vec<String> = onair
@@ -598,7 +610,7 @@ async fn behind_an_l4_balancer_the_proxy_protocol_header_names_the_client() {
         onair
             .metric("onair_connections_denied_total{reason=\"proxy_protocol\"}")
             .await,
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(origin.proxied_hits(), 3);
     // The plain listener is unchanged.
