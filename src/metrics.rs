@@ -324,7 +324,7 @@ impl Metrics {
         GaugeGuard(self.connections_open.clone())
     }
 
-    /// A client connection was cut for slowness (`header` or `upload`).
+    /// A client connection was cut for slowness (`header`, `upload` or `send`).
     pub fn slow_client(&self, reason: &'static str) {
         self.slow_clients.with_label_values(&[reason]).inc();
     }
