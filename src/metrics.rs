@@ -75,6 +75,8 @@ pub struct Metrics {
     requests_in_progress: IntGauge,
     slow_clients: IntCounterVec,
     attack_mode: IntGauge,
+    tls_cert_expiry: IntGaugeVec,
+    tls_handshake_failures: IntCounterVec,
     challenges: IntCounterVec,
     purged: IntCounter,
 }
@@ -253,6 +255,17 @@ impl Metrics {
                  for protect.send_timeout).",
                 &["reason"],
             ),
+            tls_cert_expiry: gauge(
+                "onair_tls_cert_expiry_seconds",
+                "When each served certificate expires, in UNIX seconds, by its first DNS name \
+                 (alert on onair_tls_cert_expiry_seconds - time() < 14 days).",
+                &["name"],
+            ),
+            tls_handshake_failures: counter(
+                "onair_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason: no_certificate (nothing to serve).",
+                &["reason"],
+            ),
             attack_mode: plain_gauge(
                 "onair_attack_mode",
                 "1 while attack mode is on (clients without clearance get the challenge), 0 \
@@ -333,6 +346,23 @@ impl Metrics {
     pub fn in_progress(&self, n: usize) {
         self.requests_in_progress
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes the served certificates' expiry (the set replaces the previous one).
+    pub fn tls_certs<'a>(&self, certs: impl Iterator<Item = (&'a str, i64)>) {
+        self.tls_cert_expiry.reset();
+        for (name, not_after) in certs {
+            self.tls_cert_expiry
+                .with_label_values(&[name])
+                .set(not_after);
+        }
+    }
+
+    /// A TLS handshake failed.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Whether attack mode is on.

@@ -23,6 +23,13 @@ use crate::origin::health::HealthChecker;
 use crate::proxy::Edge;
 use crate::snapshot::Live;
 
+/// The HTTPS listeners need no per-handshake callback; Pingora's resolver-based settings are
+/// only reachable through this constructor.
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
+
 /// Seconds the runtimes get to stop after the grace period; the drain itself is the grace
 /// period, this only bounds the final teardown.
 const TEARDOWN_SECONDS: u64 = 2;
@@ -122,6 +129,15 @@ pub fn serve(
         .chain(&config.listen.proxy_protocol)
     {
         proxy.add_tcp(&addr.to_string());
+    }
+    for addr in &config.listen.https {
+        // rustls with TLS 1.2 and 1.3 only (Pingora's fixed set), ALPN h2 then http/1.1, and
+        // the certificate chosen per handshake from the live snapshot (reloads apply).
+        let mut tls = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))
+            .map_err(|e| StartError::Io(format!("listen.https: {e}")))?;
+        tls.set_cert_resolver(Arc::new(crate::tls::store::SniResolver::new(live.clone())));
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
     }
     // protect.deny at accept (the `connection_filter` feature makes this real; without it the
     // call would silently do nothing).

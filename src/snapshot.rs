@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub hosts: HostTable,
     pub sites: Vec<SiteRuntime>,
     pub pools: Vec<Arc<Pool>>,
+    /// The certificates the HTTPS listeners serve (see `tls::store`).
+    pub certs: Vec<crate::tls::store::Served>,
     /// Signs and checks attack-mode challenges and clearance cookies.
     pub signer: crate::protect::challenge::Signer,
     /// Series for requests that matched no site.
@@ -73,6 +75,14 @@ impl Snapshot {
             sites,
             pools,
             signer: crate::protect::challenge::Signer::new(config.protect.attack.key.as_ref()),
+            certs: {
+                let certs = crate::tls::store::build(&config.tls.certs);
+                METRICS.tls_certs(certs.iter().map(|c| {
+                    let name = c.names.first().unwrap_or(&c.label);
+                    (name.as_str(), c.not_after)
+                }));
+                certs
+            },
             unrouted: METRICS.site_series("-"),
             config,
         }

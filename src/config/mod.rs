@@ -75,8 +75,33 @@ pub struct Config {
     pub log: Log,
     pub cache: Cache,
     pub protect: Protect,
+    pub tls: Tls,
     pub sites: Vec<Site>,
     pub pools: Vec<Pool>,
+}
+
+/// `[tls]`: the HTTPS side of the edge.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tls {
+    /// Plain-HTTP requests for hosts a certificate covers get 301/308 to https.
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value for HTTPS answers; None: not sent.
+    pub hsts: Option<String>,
+    /// In order: the first is served to clients without SNI.
+    pub certs: Vec<TlsCert>,
+}
+
+/// One `[[tls.cert]]`, loaded and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCert {
+    pub cert: PathBuf,
+    /// DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    pub key: crate::tls::SecretKey,
+    /// subjectAltName DNS names, lowercase.
+    pub names: Vec<String>,
+    /// UNIX seconds.
+    pub not_after: i64,
 }
 
 /// `[protect]`
@@ -255,6 +280,7 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct Listen {
     pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
     /// Plain HTTP listeners behind an L4 balancer: each connection starts with a PROXY
     /// protocol header (see `protect::proxy_protocol`).
     pub proxy_protocol: Vec<SocketAddr>,

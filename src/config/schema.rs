@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub cache: RawCache,
     pub protect: RawProtect,
+    pub tls: RawTls,
     pub site: Vec<RawSite>,
     pub pool: Vec<RawPool>,
 }
@@ -95,6 +96,23 @@ pub struct RawRoute {
     pub default_ttl: Option<String>,
     pub rate: Option<String>,
     pub burst: Option<i64>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawTls {
+    pub redirect_http: Option<bool>,
+    pub hsts: Option<String>,
+    pub cert: Vec<RawTlsCert>,
+}
+
+/// `[[tls.cert]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawTlsCert {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `[protect]`

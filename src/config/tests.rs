@@ -381,15 +381,6 @@ fn unknown_top_level_key() {
 }
 
 #[test]
-fn sections_of_later_versions_are_unknown_today() {
-    assert_only(
-        &format!("{MINIMAL}\n[tls]\nredirect_http = true\n"),
-        "tls",
-        "unknown key",
-    );
-}
-
-#[test]
 fn route_query_modes() {
     let text = |mode: &str| {
         format!(
@@ -1114,11 +1105,11 @@ maintenance_page = \"big.html\"
 // === Listeners ===
 
 #[test]
-fn https_listener_is_not_supported_yet() {
+fn https_listener_needs_a_certificate() {
     let text = format!(
         "[listen]\nhttp = [\"0.0.0.0:80\"]\nhttps = [\"0.0.0.0:443\"]\n{PORTAL_SITE}{PORTAL_POOL}"
     );
-    assert_only(&text, "listen.https", "[tls]");
+    assert_only(&text, "listen.https", "[[tls.cert]]");
 }
 
 #[test]
@@ -1470,4 +1461,72 @@ fn protect_connection_limits_and_attack_mode() {
         "{MINIMAL}\n[protect.attack]\nkey_file = \"/nonexistent/k\"\n"
     ));
     assert!(has(&errs, "protect.attack.key_file", ""), "{errs:#?}");
+}
+
+#[test]
+fn tls_certificates_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = rcgen::generate_simple_self_signed(vec!["portal.test".into()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["other.test".into()]).unwrap();
+    let mut old = rcgen::CertificateParams::new(vec!["old.test".to_owned()]).unwrap();
+    old.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    old.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let old_key = rcgen::KeyPair::generate().unwrap();
+    let old_cert = old.self_signed(&old_key).unwrap();
+    for (name, text) in [
+        ("a.pem", a.cert.pem()),
+        ("a.key", a.key_pair.serialize_pem()),
+        ("b.key", b.key_pair.serialize_pem()),
+        ("old.pem", old_cert.pem()),
+        ("old.key", old_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let with = |https: bool, certs: &str| {
+        let listen = if https {
+            "[listen]\nhttps = [\"127.0.0.1:8443\"]\n"
+        } else {
+            "[listen]\n"
+        };
+        MINIMAL.replace("[listen]\n", listen) + "\n[tls]\nhsts = \"max-age=600\"\n" + certs
+    };
+    let good = "[[tls.cert]]\ncert = \"a.pem\"\nkey = \"a.key\"\n";
+    let c = parse_in(&with(true, good), dir.path()).unwrap();
+    assert_eq!(c.tls.certs[0].names, ["portal.test"]);
+    assert_eq!(c.tls.hsts.as_deref(), Some("max-age=600"));
+    assert!(!c.tls.redirect_http, "off unless asked");
+    let errs = |text: String| match parse_in(&text, dir.path()) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.0,
+    };
+    let e = errs(with(true, ""));
+    assert!(has(&e, "listen.https", "tls.cert"), "{e:#?}");
+    let e = errs(with(
+        true,
+        "[[tls.cert]]\ncert = \"a.pem\"\nkey = \"b.key\"\n",
+    ));
+    assert!(
+        has(
+            &e,
+            "tls.cert[0].cert",
+            "a.pem: the private key does not match"
+        ),
+        "{e:#?}"
+    );
+    let e = errs(with(
+        true,
+        "[[tls.cert]]\ncert = \"old.pem\"\nkey = \"old.key\"\n",
+    ));
+    assert!(
+        has(&e, "tls.cert[0].cert", "old.pem: the certificate expired"),
+        "{e:#?}"
+    );
+    let e = errs(with(
+        true,
+        "[[tls.cert]]\ncert = \"missing.pem\"\nkey = \"a.key\"\n",
+    ));
+    assert!(has(&e, "tls.cert[0].cert", "missing.pem"), "{e:#?}");
+    let e = errs(with(false, "[[tls.cert]]\ncert = \"a.pem\"\n").replace("max-age=600", "1 year"));
+    assert!(has(&e, "tls.cert[0]", "needs both"), "{e:#?}");
+    assert!(has(&e, "tls.hsts", "max-age"), "{e:#?}");
 }

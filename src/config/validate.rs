@@ -165,6 +165,7 @@ pub(super) fn validate(
         log,
         cache,
         protect,
+        tls,
         site,
         pool,
     } = raw;
@@ -192,6 +193,13 @@ pub(super) fn validate(
     let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let sites = validate_sites(site, base, &pool_names, &mut e);
     let protect = validate_protect(protect, base, &mut e);
+    let tls = validate_tls(tls, base, &mut e);
+    if !listen.https.is_empty() && tls.certs.is_empty() {
+        e.push(
+            "listen.https",
+            "HTTPS listeners need at least one [[tls.cert]]",
+        );
+    }
     if !listen.proxy_protocol.is_empty() && protect.trusted_proxies.is_empty() {
         e.push(
             "listen.proxy_protocol",
@@ -206,6 +214,7 @@ pub(super) fn validate(
         log,
         cache,
         protect,
+        tls,
         sites,
         pools,
     }
@@ -320,6 +329,69 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
             b as usize
         },
         attack: validate_attack(p.attack, base, e),
+    }
+}
+
+fn validate_tls(t: RawTls, base: &Path, e: &mut Errors<'_>) -> Tls {
+    let now = std::time::SystemTime::now();
+    let certs = t
+        .cert
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let at = format!("tls.cert[{i}]");
+            let (Some(cert), Some(key)) = (c.cert.as_deref(), c.key.as_deref()) else {
+                e.push(at, "needs both cert and key");
+                return None;
+            };
+            let cert_path = resolve(base, cert);
+            let chain = crate::tls::load_certs(&cert_path)
+                .map_err(|why| e.push(format!("{at}.cert"), why))
+                .ok();
+            let key = crate::tls::load_key(&resolve(base, key))
+                .map_err(|why| e.push(format!("{at}.key"), why))
+                .ok();
+            let (chain, key) = (chain?, key?);
+            if let Err(why) = crate::tls::check_pair(&chain, &key, now) {
+                e.push(format!("{at}.cert"), format!("{cert}: {why}"));
+                return None;
+            }
+            let leaf = chain.first()?;
+            match crate::tls::names_and_expiry(leaf) {
+                Ok((names, _)) if names.is_empty() => {
+                    e.push(
+                        format!("{at}.cert"),
+                        format!("{cert}: no DNS name in subjectAltName to match SNI against"),
+                    );
+                    None
+                }
+                Ok((names, not_after)) => Some(TlsCert {
+                    cert: cert_path,
+                    chain,
+                    key,
+                    names,
+                    not_after,
+                }),
+                Err(why) => {
+                    e.push(format!("{at}.cert"), format!("{cert}: {why}"));
+                    None
+                }
+            }
+        })
+        .collect();
+    let hsts = t.hsts.filter(|h| !h.is_empty());
+    if let Some(h) = &hsts {
+        if !h.starts_with("max-age=") || http::HeaderValue::from_str(h).is_err() {
+            e.push(
+                "tls.hsts",
+                "must be a Strict-Transport-Security value: \"max-age=N; ...\"",
+            );
+        }
+    }
+    Tls {
+        redirect_http: t.redirect_http.unwrap_or(false),
+        hsts,
+        certs,
     }
 }
 
@@ -533,12 +605,12 @@ fn validate_listen(listen: RawListen, e: &mut Errors<'_>) -> Listen {
         .enumerate()
         .filter_map(|(i, a)| check(e, format!("listen.proxy_protocol[{i}]"), a))
         .collect();
-    if !listen.https.is_empty() {
-        e.push(
-            "listen.https",
-            "HTTPS listeners need [tls] support, which this version of onair does not have yet",
-        );
-    }
+    let https: Vec<SocketAddr> = listen
+        .https
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| check(e, format!("listen.https[{i}]"), a))
+        .collect();
     if listen.http.is_empty() && listen.https.is_empty() && listen.proxy_protocol.is_empty() {
         e.push("listen.http", "at least one listener is required");
     }
@@ -552,6 +624,7 @@ fn validate_listen(listen: RawListen, e: &mut Errors<'_>) -> Listen {
         .and_then(|a| check(e, "listen.admin".into(), a));
     Listen {
         http,
+        https,
         proxy_protocol,
         metrics,
         admin,

@@ -57,6 +57,8 @@ pub struct RequestCtx {
     /// Attack mode is on and this client has no clearance: it may have cache hits, but
     /// anything that would reach an origin gets the challenge instead.
     pub uncleared: bool,
+    /// The client came over TLS (an HTTPS listener).
+    pub tls: bool,
     /// Counts this request in the node's load (`protect::shed`) while the context lives.
     pub in_progress: Option<crate::protect::shed::InProgress>,
     /// `(attempt, granted)`: the retry decision for that attempt, made once.
@@ -92,7 +94,17 @@ impl RequestCtx {
             retry_decision: None,
             body_bytes: 0,
             uncleared: false,
+            tls: false,
             in_progress: None,
+        }
+    }
+
+    /// The scheme the client used: part of the cache key and of X-Forwarded-Proto.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
         }
     }
 

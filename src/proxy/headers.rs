@@ -171,6 +171,11 @@ pub fn to_client(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         resp.insert_header("Via", v)?;
     }
     resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    if ctx.tls {
+        if let Some(hsts) = &ctx.snapshot.config.tls.hsts {
+            resp.insert_header("Strict-Transport-Security", hsts.as_str())?;
+        }
+    }
     Ok(())
 }
 

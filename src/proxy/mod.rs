@@ -81,6 +81,7 @@ impl ProxyHttp for Edge {
             watch.head_done(headers::has_body(req), expect_continue);
         }
         ctx.request_id = headers::request_id(session.req_header());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let protect = &ctx.snapshot.config.protect;
         ctx.peer_ip = session
             .client_addr()
@@ -139,6 +140,24 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         ctx.site = Some(site);
+        if let Some(location) = https_redirect(session, ctx) {
+            let status = if matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
+                301
+            } else {
+                // 308 keeps the method and body, which a 301 lets clients turn into a GET.
+                308
+            };
+            respond::send(
+                session,
+                ctx,
+                status,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"this site is served over HTTPS\n"),
+                &[("Location", &location)],
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.port = headers::raw_host(session.req_header()).and_then(cache::key::port_of);
         let req = session.req_header();
         let Some(route) = ctx
@@ -368,7 +387,7 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        headers::to_origin(upstream, ctx, "http")
+        headers::to_origin(upstream, ctx, ctx.scheme())
     }
 
     async fn upstream_response_filter(
@@ -383,7 +402,7 @@ impl ProxyHttp for Edge {
         }
         for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
             let path = cache::key::keyed_target(&path, ctx.query_key);
-            let key = cache::key::cache_key("http", &ctx.host, ctx.port, &path);
+            let key = cache::key::cache_key(ctx.scheme(), &ctx.host, ctx.port, &path);
             self.cache.invalidate(&key).await;
         }
         if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -661,7 +680,7 @@ impl Edge {
         let uri = &session.req_header().uri;
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let path = cache::key::keyed_target(path, ctx.query_key);
-        cache::key::cache_key("http", &ctx.host, ctx.port, &path)
+        cache::key::cache_key(ctx.scheme(), &ctx.host, ctx.port, &path)
     }
 
     /// The PURGE method: drops the cached copies (all variants) of the request's URL, for
@@ -703,6 +722,31 @@ impl Edge {
 }
 
 /// Whether the pool allows another attempt and has an origin left to try.
+/// Where a plain-HTTP request should go instead, with `tls.redirect_http`: the https URL, for
+/// hosts a served certificate covers, except ACME http-01 challenges (a certificate authority
+/// checks those over plain HTTP, also to renew the certificate).
+fn https_redirect(session: &Session, ctx: &RequestCtx) -> Option<String> {
+    let config = &ctx.snapshot.config;
+    let https = config.listen.https.first()?;
+    let path = session
+        .req_header()
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    let wanted = !ctx.tls
+        && config.tls.redirect_http
+        && !path.starts_with("/.well-known/acme-challenge/")
+        && crate::tls::store::covers(&ctx.snapshot.certs, &ctx.host);
+    if !wanted {
+        return None;
+    }
+    let port = match https.port() {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    Some(format!("https://{}{port}{path}", ctx.host))
+}
+
 fn may_try_again(ctx: &RequestCtx) -> bool {
     let Some(pool) = &ctx.pool else { return false };
     ctx.attempts < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()

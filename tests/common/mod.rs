@@ -348,6 +348,18 @@ impl Pki {
         roots
     }
 
+    /// A TLS client config trusting this CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
     /// A TLS server config presenting `cert`, offering h2 and http/1.1; with `client_ca`,
     /// clients must present a certificate that CA signed (mTLS).
     pub fn server_config(cert: &Issued, client_ca: Option<&Pki>) -> Arc<rustls::ServerConfig> {

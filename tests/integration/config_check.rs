@@ -150,6 +150,9 @@ fn reference_config_documents_every_key() {
         "[[site.route]]",
         "[[pool]]",
         "[[pool.origin]]",
+        "[tls]",
+        "[protect]",
+        "[protect.attack]",
     ] {
         assert!(
             text.contains(section),
@@ -200,6 +203,37 @@ fn reference_config_documents_every_key() {
         "addr",
         "tier",
         "weight", // [[pool.origin]]
+        "proxy_protocol",
+        "redirect_http",
+        "hsts",
+        "cert",
+        "key", // [listen], [tls]
+        "trusted_proxies",
+        "deny",
+        "allow",
+        "rate",
+        "burst",
+        "max_header",
+        "max_headers",
+        "max_uri",
+        "max_body",
+        "keepalive_timeout",
+        "keepalive_requests",
+        "max_connections_per_ip",
+        "header_timeout",
+        "body_timeout",
+        "min_upload_rate",
+        "send_timeout",
+        "send_buffer",
+        "tarpit",
+        "shed_at", // [protect]
+        "mode",
+        "trigger_rps",
+        "cooldown",
+        "challenge",
+        "difficulty",
+        "clearance",
+        "key_file", // [protect.attack]
     ] {
         assert!(
             documented(key),

@@ -16,4 +16,5 @@ mod lifecycle;
 mod protect;
 mod proxying;
 mod reload;
+mod tls_edge;
 mod upstream_tls;

@@ -1,4 +1,5 @@
-//! Certificates and private keys from PEM files, checked before Pingora sees them.
+//! Certificates and private keys from PEM files, checked before Pingora sees them; `store`
+//! serves them on the HTTPS listeners.
 //!
 //! Pingora's `CertKey` and `WrappedX509` panic on DER they cannot parse, and its rustls
 //! connector unwraps the key conversion, so every certificate and key is parsed here first, at
@@ -9,6 +10,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use rustls::pki_types::PrivateKeyDer;
+
+pub mod store;
 
 /// A private key in DER, kept out of `Debug` output (configs are logged).
 #[derive(Clone, PartialEq, Eq)]
@@ -86,6 +89,30 @@ pub fn check_pair(certs: &[Vec<u8>], key: &SecretKey, now: SystemTime) -> Result
     certified
         .keys_match()
         .map_err(|_| "the private key does not match the certificate".to_owned())
+}
+
+/// The DNS names (subjectAltName, lowercase) and the end of validity (UNIX seconds) of a
+/// certificate.
+pub fn names_and_expiry(leaf: &[u8]) -> Result<(Vec<String>, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+    let names = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("its subjectAltName cannot be parsed: {e}"))?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((names, cert.validity().not_after.timestamp()))
 }
 
 #[cfg(test)]

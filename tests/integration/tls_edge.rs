@@ -1,0 +1,294 @@
+//! The TLS edge: certificates chosen by SNI (exact, wildcard, the first without SNI), HTTP/1.1
+//! and HTTP/2 over TLS through to an origin, HSTS, X-Forwarded-Proto, and the plain-HTTP
+//! redirect. Certificates come from a private CA made in the test.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::common::*;
+
+struct Edge {
+    onair: Onair,
+    origin: Origin,
+    https: std::net::SocketAddr,
+    pki: Pki,
+}
+
+/// onair with three certificates (the first is the default) and an HTTPS listener.
+async fn edge(tls_extra: &str) -> Edge {
+    let pki = Pki::new("onair test CA");
+    let origin = Origin::start("o").await;
+    let port = free_port();
+    let mut setup = Setup::new(format!(
+        "[tls]\n{tls_extra}\n\
+         [[tls.cert]]\ncert = \"portal.pem\"\nkey = \"portal.key\"\n\
+         [[tls.cert]]\ncert = \"news.pem\"\nkey = \"news.key\"\n\
+         [[tls.cert]]\ncert = \"live.pem\"\nkey = \"live.key\"\n{}",
+        one_site(origin.addr, "", "")
+    ))
+    .with_listen(&format!("https = [\"127.0.0.1:{port}\"]"));
+    for (name, names) in [
+        ("portal", &["portal.test", "www.portal.test"][..]),
+        ("news", &["*.news.test"][..]),
+        ("live", &["live.news.test"][..]),
+    ] {
+        let issued = pki.issue(names);
+        setup = setup
+            .with_file(&format!("{name}.pem"), &issued.cert_pem)
+            .with_file(&format!("{name}.key"), &issued.key_pem);
+    }
+    let onair = Onair::start(setup).await;
+    Edge {
+        onair,
+        origin,
+        https: ([127, 0, 0, 1], port).into(),
+        pki,
+    }
+}
+
+async fn tls_connect(
+    edge: &Edge,
+    name: &str,
+    sni: bool,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut config = (*edge.pki.client_config(alpn)).clone();
+    config.enable_sni = sni;
+    let tcp = TcpStream::connect(edge.https).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+}
+
+/// The DNS names of the certificate the server presented.
+fn presented(tls: &TlsStream<TcpStream>) -> Vec<String> {
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| {
+            n.to_string()
+                .trim_start_matches("DNSName(")
+                .trim_end_matches(')')
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn get_h1(tls: TlsStream<TcpStream>, host: &str, path: &str) -> Resp {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("Host", host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    read_whole(sender.send_request(req).await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_exact_then_wildcard_then_the_first() {
+    let edge = edge("").await;
+    for (name, expect) in [
+        ("portal.test", "portal.test"),
+        ("www.portal.test", "portal.test"),
+        ("live.news.test", "live.news.test"),
+        ("sport.news.test", "*.news.test"),
+    ] {
+        let tls = tls_connect(&edge, name, true, &[b"http/1.1"])
+            .await
+            .unwrap();
+        assert!(
+            presented(&tls).iter().any(|n| n.contains(expect)),
+            "{name}: {:?}",
+            presented(&tls)
+        );
+    }
+    // Without SNI: the first certificate (which the client then checks for portal.test).
+    let tls = tls_connect(&edge, "portal.test", false, &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert!(presented(&tls).iter().any(|n| n.contains("portal.test")));
+    // A name nothing covers also gets the first, which the client rightly refuses.
+    assert!(tls_connect(&edge, "other.test", true, &[b"http/1.1"])
+        .await
+        .is_err());
+    // TLS 1.2 and 1.3 both work.
+    let (_, session) = tls.get_ref();
+    assert!(matches!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3 | rustls::ProtocolVersion::TLSv1_2)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_requests_reach_the_origin_over_http1_and_http2_with_hsts() {
+    let edge = edge("hsts = \"max-age=63072000\"").await;
+    let tls = tls_connect(&edge, "portal.test", true, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let r = get_h1(tls, "portal.test", "/page").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=63072000")
+    );
+    let seen = edge.origin.last_proxied().unwrap();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+
+    // HTTP/2, negotiated by ALPN, several streams on one connection.
+    let tls = tls_connect(&edge, "portal.test", true, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let req = hyper::Request::get(format!("https://portal.test/h2/{i}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let hsts = resp.headers().get("strict-transport-security").cloned();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, hsts, body)
+        }));
+    }
+    for s in streams {
+        let (status, hsts, body) = s.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(hsts.is_some());
+        assert_eq!(&body[..], b"hello");
+    }
+    // Plain HTTP answers carry no HSTS (it means nothing there).
+    let r = get(edge.onair.http, "portal.test", "/page").await.unwrap();
+    assert!(r.header("strict-transport-security").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_is_redirected_for_tls_sites_except_acme_challenges() {
+    let edge = edge("redirect_http = true").await;
+    let port = edge.https.port();
+    let r = get(edge.onair.http, "www.portal.test", "/news/1?x=2")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("https://www.portal.test:{port}/news/1?x=2")
+    );
+    let r = request(
+        edge.onair.http,
+        "POST",
+        "portal.test",
+        "/comment",
+        &[],
+        Bytes::from_static(b"a=1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 308, "the method and body are kept");
+    // ACME http-01 and hosts no certificate covers are served over plain HTTP.
+    let r = get(
+        edge.onair.http,
+        "portal.test",
+        "/.well-known/acme-challenge/token",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = get(edge.onair.http, "uncovered.test", "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(edge.origin.proxied_hits(), 2);
+}
+
+/// The leaf certificate a connection got, in DER.
+fn leaf(tls: &TlsStream<TcpStream>) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_changes_nothing() {
+    let edge = edge("").await;
+    let before = tls_connect(&edge, "portal.test", true, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let old_leaf = leaf(&before);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(before))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get_on =
+        |sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>| {
+            let req = hyper::Request::get("/kept")
+                .header("Host", "portal.test")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            sender.send_request(req)
+        };
+    assert_eq!(get_on(&mut sender).await.unwrap().status(), 200);
+
+    // Renewed files, then a reload.
+    let renewed = edge.pki.issue(&["portal.test", "www.portal.test"]);
+    let dir = edge.onair.dir.path();
+    std::fs::write(dir.join("portal.pem"), &renewed.cert_pem).unwrap();
+    std::fs::write(dir.join("portal.key"), &renewed.key_pem).unwrap();
+    assert_eq!(edge.onair.admin("POST", "/reload").await.status, 200);
+    let after = tls_connect(&edge, "portal.test", true, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let new_leaf = leaf(&after);
+    assert_ne!(
+        new_leaf, old_leaf,
+        "new handshakes get the renewed certificate"
+    );
+    // The connection opened before the reload goes on.
+    sender.ready().await.unwrap();
+    assert_eq!(get_on(&mut sender).await.unwrap().status(), 200);
+
+    // A broken file: the reload fails, names the file, and the renewed certificate stays.
+    std::fs::write(
+        dir.join("portal.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let r = edge.onair.admin("POST", "/reload").await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("portal.pem"), "{}", r.text());
+    let still = tls_connect(&edge, "portal.test", true, &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(leaf(&still), new_leaf);
+    assert!(
+        edge.onair
+            .metric_becomes("onair_config_reloads_total{result=\"error\"}", |v| v == 1.0)
+            .await
+    );
+    // The expiry of every served certificate is exported.
+    let metrics = edge.onair.metrics_text().await;
+    assert!(
+        metrics.contains("onair_tls_cert_expiry_seconds{name=\"*.news.test\"}"),
+        "{metrics}"
+    );
+}
