@@ -30,6 +30,11 @@ pub struct Entry<'a> {
     pub origin: Option<&'a str>,
     pub attempts: usize,
     pub cache: &'a str,
+    /// The HTTP version the client spoke: "1.0", "1.1" or "2" (over TLS, what ALPN agreed).
+    pub http: &'static str,
+    /// The TLS version of an HTTPS request, absent for plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     /// Why the request failed (also set when the status was already sent and the body was
     /// cut short), absent on success.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,29 @@ struct NoCallbacks;
 #[async_trait]
 impl pingora::listeners::TlsAccept for NoCallbacks {}
 
+/// How often the served certificate files are checked for changes.
+const CERT_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What identifies the served certificate and key files' contents: path, size, mtime.
+fn cert_files(
+    live: &Live,
+) -> std::collections::BTreeSet<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let snapshot = live.current();
+    snapshot
+        .config
+        .tls
+        .certs
+        .iter()
+        .flat_map(|c| [c.cert.clone(), c.key_path.clone()])
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect()
+}
+
 /// Seconds the runtimes get to stop after the grace period; the drain itself is the grace
 /// period, this only bounds the final teardown.
 const TEARDOWN_SECONDS: u64 = 2;
@@ -293,6 +316,8 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        let mut watch = tokio::time::interval(CERT_WATCH);
+        let mut seen = cert_files(&self.live);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -303,6 +328,18 @@ impl BackgroundService for Reloader {
                     tracing::info!("SIGHUP: reloading the config");
                     // Errors are logged and counted inside reload; nothing changes on failure.
                     let _ = self.live.reload().await;
+                    seen = cert_files(&self.live);
+                }
+                _ = watch.tick() => {
+                    // Renewed certificates (certbot, cert-manager) take effect without a
+                    // signal: a change to any served file reloads the config. A broken file
+                    // fails that reload once; the next change tries again.
+                    let now = cert_files(&self.live);
+                    if now != seen {
+                        tracing::info!("a TLS certificate file changed: reloading the config");
+                        let _ = self.live.reload().await;
+                        seen = cert_files(&self.live);
+                    }
                 }
             }
         }

@@ -77,6 +77,7 @@ impl Snapshot {
             signer: crate::protect::challenge::Signer::new(config.protect.attack.key.as_ref()),
             certs: {
                 let certs = crate::tls::store::build(&config.tls.certs);
+                crate::tls::store::warn_expiring(&certs, std::time::SystemTime::now());
                 METRICS.tls_certs(certs.iter().map(|c| {
                     let name = c.names.first().unwrap_or(&c.label);
                     (name.as_str(), c.not_after)

@@ -95,6 +95,7 @@ pub struct Tls {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsCert {
     pub cert: PathBuf,
+    pub key_path: PathBuf,
     /// DER, leaf first.
     pub chain: Vec<Vec<u8>>,
     pub key: crate::tls::SecretKey,

@@ -348,7 +348,8 @@ fn validate_tls(t: RawTls, base: &Path, e: &mut Errors<'_>) -> Tls {
             let chain = crate::tls::load_certs(&cert_path)
                 .map_err(|why| e.push(format!("{at}.cert"), why))
                 .ok();
-            let key = crate::tls::load_key(&resolve(base, key))
+            let key_path = resolve(base, key);
+            let key = crate::tls::load_key(&key_path)
                 .map_err(|why| e.push(format!("{at}.key"), why))
                 .ok();
             let (chain, key) = (chain?, key?);
@@ -367,6 +368,7 @@ fn validate_tls(t: RawTls, base: &Path, e: &mut Errors<'_>) -> Tls {
                 }
                 Ok((names, not_after)) => Some(TlsCert {
                     cert: cert_path,
+                    key_path,
                     chain,
                     key,
                     names,

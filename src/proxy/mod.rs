@@ -648,6 +648,15 @@ impl ProxyHttp for Edge {
             origin,
             attempts: ctx.attempts,
             cache,
+            http: match req.version {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            },
+            tls: session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map(|t| t.version.to_string()),
             error: e.map(|e| format!("{}: {}", e.source_str(), e.etype().as_str())),
         });
     }

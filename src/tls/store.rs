@@ -65,6 +65,19 @@ pub fn build(certs: &[TlsCert]) -> Vec<Served> {
         .collect()
 }
 
+/// Logs a warning for each certificate within 14 days of its end (at start and each reload;
+/// the expiry metric is what alerts should watch).
+pub fn warn_expiring(served: &[Served], now: std::time::SystemTime) {
+    const SOON: i64 = 14 * 86_400;
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for s in served.iter().filter(|s| s.not_after - now < SOON) {
+        let days = (s.not_after - now) / 86_400;
+        tracing::warn!(cert = %s.label, names = ?s.names, days, "TLS certificate expires within 14 days");
+    }
+}
+
 /// The certificate for `sni`: an exact name, else a wildcard covering it (one label deep),
 /// else the first certificate (clients without SNI, or names nothing covers).
 pub fn pick<'a>(served: &'a [Served], sni: Option<&str>) -> Option<&'a Served> {

@@ -184,6 +184,29 @@ async fn https_requests_reach_the_origin_over_http1_and_http2_with_hsts() {
     // Plain HTTP answers carry no HSTS (it means nothing there).
     let r = get(edge.onair.http, "portal.test", "/page").await.unwrap();
     assert!(r.header("strict-transport-security").is_none());
+    // The access log says which HTTP and TLS versions each request used.
+    let logged = |path: &'static str| {
+        let log = &edge.onair;
+        async move {
+            log.access_log()
+                .into_iter()
+                .find(|e| e["path"] == path)
+                .map(|e| (e["http"].clone(), e["tls"].clone()))
+        }
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            logged("/page").await.is_some() && logged("/h2/0").await.is_some()
+        })
+        .await
+    );
+    let (http, tls) = logged("/h2/0").await.unwrap();
+    assert_eq!(http, "2");
+    assert!(
+        tls.as_str()
+            .is_some_and(|v| v.contains('3') || v.contains('2')),
+        "{tls}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,9 +305,21 @@ async fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_changes
     assert_eq!(leaf(&still), new_leaf);
     assert!(
         edge.onair
-            .metric_becomes("onair_config_reloads_total{result=\"error\"}", |v| v == 1.0)
+            .metric_becomes("onair_config_reloads_total{result=\"error\"}", |v| v >= 1.0)
             .await
     );
+    // A renewal written to disk is picked up without a signal or admin call.
+    let renewed_again = edge.pki.issue(&["portal.test", "www.portal.test"]);
+    std::fs::write(dir.join("portal.key"), &renewed_again.key_pem).unwrap();
+    std::fs::write(dir.join("portal.pem"), &renewed_again.cert_pem).unwrap();
+    let picked_up = eventually(std::time::Duration::from_secs(10), || async {
+        match tls_connect(&edge, "portal.test", true, &[b"http/1.1"]).await {
+            Ok(tls) => leaf(&tls) != new_leaf,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(picked_up, "the changed files were not reloaded");
     // The expiry of every served certificate is exported.
     let metrics = edge.onair.metrics_text().await;
     assert!(
