@@ -263,7 +263,9 @@ impl Metrics {
             ),
             tls_handshake_failures: counter(
                 "onair_tls_handshake_failures_total",
-                "TLS handshakes that failed, by reason: no_certificate (nothing to serve).",
+                "TLS handshakes that failed, by reason: protocol (no common version or cipher, \
+                 e.g. TLS 1.1), no_certificate, client_alert (the client gave up, often over our \
+                 certificate), closed, timeout (not done within protect.header_timeout), other.",
                 &["reason"],
             ),
             attack_mode: plain_gauge(

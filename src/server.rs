@@ -23,13 +23,6 @@ use crate::origin::health::HealthChecker;
 use crate::proxy::Edge;
 use crate::snapshot::Live;
 
-/// The HTTPS listeners need no per-handshake callback; Pingora's resolver-based settings are
-/// only reachable through this constructor.
-struct NoCallbacks;
-
-#[async_trait]
-impl pingora::listeners::TlsAccept for NoCallbacks {}
-
 /// How often the served certificate files are checked for changes.
 const CERT_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -133,7 +126,23 @@ pub fn serve(
     let mut options = pingora::apps::HttpServerOptions::default();
     // Pingora counts reuses after the first request.
     options.keepalive_request_limit = Some(config.protect.keepalive_requests.saturating_sub(1));
+    // An HTTP/2 connection with no stream open is closed after the keep-alive time, as an idle
+    // HTTP/1 one is (Pingora's default keeps it forever).
+    options.h2_idle_timeout = Some(config.protect.keepalive_timeout);
     app.server_options = Some(options);
+    // HTTP/2 limits: Pingora's defaults (100 concurrent streams, 64 KiB of headers, 32 bad
+    // streams per connection), with the header list capped at protect.max_header like HTTP/1.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(u32::try_from(config.protect.max_header).unwrap_or(u32::MAX));
+    app.h2_options = Some(h2);
+    let tls = if config.listen.https.is_empty() {
+        None
+    } else {
+        Some(
+            crate::tls::store::server_config(live.clone())
+                .map_err(|e| StartError::Io(format!("listen.https: {e}")))?,
+        )
+    };
     // The gate sees each client connection from accept to close (connection caps, the
     // whole-head deadline, the upload rate), then hands it to the proxy.
     let mut proxy = Service::new(
@@ -141,7 +150,11 @@ pub fn serve(
         crate::protect::conn::Gate::new(
             app,
             live.clone(),
-            config.listen.proxy_protocol.clone(),
+            crate::protect::conn::GateListeners {
+                proxied: config.listen.proxy_protocol.clone(),
+                https: config.listen.https.clone(),
+                tls,
+            },
             limiter.clone(),
         ),
     );
@@ -153,14 +166,10 @@ pub fn serve(
     {
         proxy.add_tcp(&addr.to_string());
     }
+    // HTTPS listeners accept TCP; the gate does the TLS handshake (tls::store::server_config:
+    // the certificate per handshake from the live snapshot, so reloads apply).
     for addr in &config.listen.https {
-        // rustls with TLS 1.2 and 1.3 only (Pingora's fixed set), ALPN h2 then http/1.1, and
-        // the certificate chosen per handshake from the live snapshot (reloads apply).
-        let mut tls = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))
-            .map_err(|e| StartError::Io(format!("listen.https: {e}")))?;
-        tls.set_cert_resolver(Arc::new(crate::tls::store::SniResolver::new(live.clone())));
-        tls.enable_h2();
-        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        proxy.add_tcp(&addr.to_string());
     }
     // protect.deny at accept (the `connection_filter` feature makes this real; without it the
     // call would silently do nothing).

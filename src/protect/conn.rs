@@ -551,40 +551,60 @@ pub struct Gate<A> {
     proxied: Vec<std::net::SocketAddr>,
     /// The node rate limiter, for clients a PROXY header names (the accept saw the balancer).
     limiter: Arc<super::rate::RateLimiter>,
+    /// HTTPS listeners and the TLS acceptor for them: the gate does the handshake itself, after
+    /// the connection cap and under the head deadline.
+    https: Vec<std::net::SocketAddr>,
+    acceptor: Option<pingora::listeners::tls::Acceptor>,
+}
+
+/// What the gate is configured with besides the proxy.
+pub struct GateListeners {
+    pub proxied: Vec<std::net::SocketAddr>,
+    pub https: Vec<std::net::SocketAddr>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<A> Gate<A> {
     pub fn new(
         app: A,
         live: Arc<Live>,
-        proxied: Vec<std::net::SocketAddr>,
+        listeners: GateListeners,
         limiter: Arc<super::rate::RateLimiter>,
     ) -> Gate<A> {
         Gate {
             app: Arc::new(app),
             live,
             table: Arc::default(),
-            proxied,
+            proxied: listeners.proxied,
             limiter,
+            https: listeners.https,
+            acceptor: listeners
+                .tls
+                .map(pingora::listeners::tls::Acceptor::from_server_config),
         }
     }
 
-    /// Whether `stream` arrived on a PROXY protocol listener (an unspecified listener address
-    /// matches any local address on its port).
+    /// Whether `stream` arrived on a PROXY protocol listener.
     fn expects_header(&self, stream: &Stream) -> bool {
-        if self.proxied.is_empty() {
-            return false;
-        }
-        let Some(local) = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
-        else {
-            return false;
-        };
-        self.proxied
-            .iter()
-            .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+        on_listener(stream, &self.proxied)
     }
+}
+
+/// Whether `stream` arrived on one of `listeners` (an unspecified listener address matches any
+/// local address on its port).
+fn on_listener(stream: &Stream, listeners: &[std::net::SocketAddr]) -> bool {
+    if listeners.is_empty() {
+        return false;
+    }
+    let Some(local) = stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+    else {
+        return false;
+    };
+    listeners
+        .iter()
+        .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
 }
 
 /// The stream and its client after a PROXY protocol header (if the listener expects one);
@@ -676,6 +696,31 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
             _ => None,
         };
         let _open = METRICS.connection_open();
+        let deadline = accepted + protect.header_timeout;
+        let stream: Stream = match &self.acceptor {
+            Some(acceptor) if on_listener(&stream, &self.https) => {
+                // The handshake reads through an unclocked wrapper that carries the PROXY
+                // header's client address (the TLS stream asks it for the socket digest).
+                let mut raw = Guarded::new(stream, Clocks::unclocked());
+                if let Some(digest) = &client_digest {
+                    raw = raw.with_socket_digest(digest.clone());
+                }
+                match tokio::time::timeout_at(deadline, acceptor.tls_handshake(raw)).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => {
+                        let reason = crate::tls::store::failure_reason(&e.to_string());
+                        METRICS.tls_handshake_failed(reason);
+                        tracing::debug!(reason, "TLS handshake failed: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        METRICS.tls_handshake_failed("timeout");
+                        return None;
+                    }
+                }
+            }
+            _ => stream,
+        };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let clocks = if h2 {
             Clocks::unclocked()

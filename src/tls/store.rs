@@ -127,11 +127,49 @@ impl fmt::Debug for SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snapshot = self.live.current();
-        let chosen = pick(&snapshot.certs, hello.server_name());
-        if chosen.is_none() {
-            crate::metrics::METRICS.tls_handshake_failed("no_certificate");
-        }
-        chosen.map(|s| s.key.clone())
+        pick(&snapshot.certs, hello.server_name()).map(|s| s.key.clone())
+    }
+}
+
+/// TLS sessions remembered for resumption by session ID (tickets need no memory here).
+const SESSION_CACHE: usize = 20_000;
+
+/// The rustls configuration of the HTTPS listeners. onair makes it rather than Pingora's
+/// `TlsSettings`, which offers no way to set the server's cipher preference, the session cache
+/// or tickets:
+/// - TLS 1.3 and 1.2 only, ring's cipher suites (all AEAD with forward secrecy), the server's
+///   order (strongest first) rather than whatever the client lists first;
+/// - ALPN h2, then http/1.1;
+/// - resumption by ticket (keys rotate every 6 hours, per process) and by session ID;
+/// - the certificate chosen per handshake by [`SniResolver`].
+pub fn server_config(live: Arc<Live>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver::new(live)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// The reason label of a failed handshake (a bounded set for the metric).
+pub fn failure_reason(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("incompatible") || e.contains("version") {
+        "protocol"
+    } else if e.contains("alert") {
+        "client_alert"
+    } else if e.contains("certificate") {
+        "no_certificate"
+    } else if e.contains("eof") || e.contains("reset") || e.contains("closed") {
+        "closed"
+    } else {
+        "other"
     }
 }
 

@@ -126,6 +126,16 @@ async fn sni_picks_the_certificate_exact_then_wildcard_then_the_first() {
     assert!(tls_connect(&edge, "other.test", true, &[b"http/1.1"])
         .await
         .is_err());
+    assert!(
+        edge.onair
+            .metric_becomes(
+                "onair_tls_handshake_failures_total{reason=\"client_alert\"}",
+                |v| v >= 1.0
+            )
+            .await,
+        "{}",
+        edge.onair.metrics_text().await
+    );
     // TLS 1.2 and 1.3 both work.
     let (_, session) = tls.get_ref();
     assert!(matches!(
@@ -325,5 +335,67 @@ async fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_changes
     assert!(
         metrics.contains("onair_tls_cert_expiry_seconds{name=\"*.news.test\"}"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_and_tls_below_1_2_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let edge = edge("").await;
+    // One client config, so its session cache carries the ticket from one connection to the
+    // next.
+    let config = edge.pki.client_config(&[b"http/1.1"]);
+    let connect = || async {
+        let tcp = TcpStream::connect(edge.https).await.unwrap();
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(ServerName::try_from("portal.test").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    let first = connect().await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // A request reads the session tickets the server sends after the handshake.
+    assert_eq!(get_h1(first, "portal.test", "/").await.status, 200);
+    let second = connect().await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+
+    // A TLS 1.1 ClientHello (no supported_versions extension) gets an alert, not a ServerHello.
+    let mut hello = vec![0x01, 0x00, 0x00, 0x00, 0x03, 0x02];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
+    hello.extend_from_slice(&[0x01, 0x00]); // no compression
+    let body_len = (hello.len() - 4) as u32;
+    hello[1..4].copy_from_slice(&body_len.to_be_bytes()[1..]);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hello);
+    let mut tcp = TcpStream::connect(edge.https).await.unwrap();
+    tcp.write_all(&record).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tcp.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        answer.first().is_none_or(|&b| b == 0x15),
+        "expected an alert or nothing, got {answer:02x?}"
+    );
+    assert!(
+        edge.onair
+            .metric_becomes(
+                "onair_tls_handshake_failures_total{reason=\"protocol\"}",
+                |v| v >= 1.0
+            )
+            .await,
+        "{}",
+        edge.onair.metrics_text().await
     );
 }
