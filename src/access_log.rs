@@ -35,6 +35,9 @@ pub struct Entry<'a> {
     /// The TLS version of an HTTPS request, absent for plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
+    /// The protocol ALPN agreed on an HTTPS connection ("h2" or "http/1.1").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<&'static str>,
     /// Why the request failed (also set when the status was already sent and the body was
     /// cut short), absent on success.
     #[serde(skip_serializing_if = "Option::is_none")]

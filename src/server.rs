@@ -326,6 +326,10 @@ impl BackgroundService for Reloader {
             }
         };
         let mut watch = tokio::time::interval(CERT_WATCH);
+        // Certificates nearing their end are also logged twice a day, not only at reloads.
+        let twice_a_day = std::time::Duration::from_secs(12 * 3600);
+        let mut expiry =
+            tokio::time::interval_at(tokio::time::Instant::now() + twice_a_day, twice_a_day);
         let mut seen = cert_files(&self.live);
         loop {
             tokio::select! {
@@ -338,6 +342,12 @@ impl BackgroundService for Reloader {
                     // Errors are logged and counted inside reload; nothing changes on failure.
                     let _ = self.live.reload().await;
                     seen = cert_files(&self.live);
+                }
+                _ = expiry.tick() => {
+                    crate::tls::store::warn_expiring(
+                        &self.live.current().certs,
+                        std::time::SystemTime::now(),
+                    );
                 }
                 _ = watch.tick() => {
                     // Renewed certificates (certbot, cert-manager) take effect without a

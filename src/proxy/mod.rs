@@ -657,6 +657,12 @@ impl ProxyHttp for Edge {
                 .digest()
                 .and_then(|d| d.ssl_digest.as_ref())
                 .map(|t| t.version.to_string()),
+            // The listeners offer h2 and http/1.1: HTTP/2 over TLS is what ALPN agreed.
+            alpn: ctx.tls.then_some(if req.version == http::Version::HTTP_2 {
+                "h2"
+            } else {
+                "http/1.1"
+            }),
             error: e.map(|e| format!("{}: {}", e.source_str(), e.etype().as_str())),
         });
     }

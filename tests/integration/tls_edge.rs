@@ -201,7 +201,7 @@ async fn https_requests_reach_the_origin_over_http1_and_http2_with_hsts() {
             log.access_log()
                 .into_iter()
                 .find(|e| e["path"] == path)
-                .map(|e| (e["http"].clone(), e["tls"].clone()))
+                .map(|e| (e["http"].clone(), e["tls"].clone(), e["alpn"].clone()))
         }
     };
     assert!(
@@ -210,8 +210,9 @@ async fn https_requests_reach_the_origin_over_http1_and_http2_with_hsts() {
         })
         .await
     );
-    let (http, tls) = logged("/h2/0").await.unwrap();
+    let (http, tls, alpn) = logged("/h2/0").await.unwrap();
     assert_eq!(http, "2");
+    assert_eq!(alpn, "h2");
     assert!(
         tls.as_str()
             .is_some_and(|v| v.contains('3') || v.contains('2')),
@@ -398,4 +399,41 @@ async fn sessions_resume_and_tls_below_1_2_is_refused() {
         "{}",
         edge.onair.metrics_text().await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_http_answers_are_cached_apart() {
+    let edge = edge("").await;
+    edge.origin.set(Behaviour {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        ..Behaviour::default()
+    });
+    let over_tls = |path: &'static str| {
+        let edge = &edge;
+        async move {
+            let tls = tls_connect(edge, "portal.test", true, &[b"http/1.1"])
+                .await
+                .unwrap();
+            get_h1(tls, "portal.test", path).await
+        }
+    };
+    assert!(over_tls("/a")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("miss"));
+    assert!(over_tls("/a")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    // The same URL over plain HTTP is another object (an origin may answer it differently,
+    // e.g. with a redirect to https that must never be served over TLS).
+    let plain = get(edge.onair.http, "portal.test", "/a").await.unwrap();
+    assert!(
+        plain.header("cache-status").unwrap().contains("miss"),
+        "{:?}",
+        plain.header("cache-status")
+    );
+    assert_eq!(edge.origin.proxied_hits(), 2);
 }
