@@ -331,6 +331,7 @@ impl BackgroundService for Reloader {
         let mut expiry =
             tokio::time::interval_at(tokio::time::Instant::now() + twice_a_day, twice_a_day);
         let mut seen = cert_files(&self.live);
+        let mut pending = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -340,8 +341,10 @@ impl BackgroundService for Reloader {
                     }
                     tracing::info!("SIGHUP: reloading the config");
                     // Errors are logged and counted inside reload; nothing changes on failure.
-                    let _ = self.live.reload().await;
+                    // The files as they were before the reload read them: a write that lands
+                    // during it is still a change.
                     seen = cert_files(&self.live);
+                    let _ = self.live.reload().await;
                 }
                 _ = expiry.tick() => {
                     crate::tls::store::warn_expiring(
@@ -353,11 +356,19 @@ impl BackgroundService for Reloader {
                     // Renewed certificates (certbot, cert-manager) take effect without a
                     // signal: a change to any served file reloads the config. A broken file
                     // fails that reload once; the next change tries again.
+                    // A change is acted on once the files have stayed the same for a whole
+                    // tick, so a key and certificate written one after the other (or a file
+                    // still being written) are read together.
                     let now = cert_files(&self.live);
-                    if now != seen {
+                    if now == seen {
+                        pending = None;
+                    } else if pending.as_ref() == Some(&now) {
                         tracing::info!("a TLS certificate file changed: reloading the config");
                         let _ = self.live.reload().await;
-                        seen = cert_files(&self.live);
+                        seen = now;
+                        pending = None;
+                    } else {
+                        pending = Some(now);
                     }
                 }
             }

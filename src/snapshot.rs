@@ -209,6 +209,8 @@ fn publish_origin_gauges(old: Option<&Snapshot>, new: &Snapshot) {
 fn warn_restart_only_changes(old: &Config, new: &Config) {
     let mut ignored = Vec::new();
     if old.listen.http != new.listen.http
+        || old.listen.https != new.listen.https
+        || old.listen.proxy_protocol != new.listen.proxy_protocol
         || old.listen.metrics != new.listen.metrics
         || old.listen.admin != new.listen.admin
     {

@@ -383,7 +383,11 @@ fn validate_tls(t: RawTls, base: &Path, e: &mut Errors<'_>) -> Tls {
         .collect();
     let hsts = t.hsts.filter(|h| !h.is_empty());
     if let Some(h) = &hsts {
-        if !h.starts_with("max-age=") || http::HeaderValue::from_str(h).is_err() {
+        let max_age = h
+            .strip_prefix("max-age=")
+            .map(|rest| rest.split(';').next().unwrap_or("").trim());
+        let valid = max_age.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !valid || http::HeaderValue::from_str(h).is_err() {
             e.push(
                 "tls.hsts",
                 "must be a Strict-Transport-Security value: \"max-age=N; ...\"",

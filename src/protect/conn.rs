@@ -112,6 +112,10 @@ pub struct Clocks {
     /// How long a write may wait for the client to take bytes; None: forever (HTTP/2, whose
     /// sessions have Pingora's write timeout).
     pub send_timeout: Option<Duration>,
+    /// HTTP/2: the head clock runs only until this many bytes have come (the connection
+    /// preface and the first SETTINGS frame); after that the connection is unclocked, since its
+    /// frames are not HTTP/1 heads the proxy could report on.
+    pub until_bytes: Option<u64>,
 }
 
 impl Clocks {
@@ -121,6 +125,16 @@ impl Clocks {
             body_timeout: protect.body_timeout,
             min_upload_rate: protect.min_upload_rate,
             send_timeout: Some(protect.send_timeout),
+            until_bytes: None,
+        }
+    }
+
+    /// An HTTP/2 connection: `header_timeout` for its preface, nothing after.
+    pub fn h2(protect: &Protect) -> Clocks {
+        Clocks {
+            header_timeout: Some(protect.header_timeout),
+            until_bytes: Some(H2_PREFACE_AND_SETTINGS),
+            ..Clocks::unclocked()
         }
     }
 
@@ -130,9 +144,13 @@ impl Clocks {
             body_timeout: Duration::ZERO,
             min_upload_rate: 0,
             send_timeout: None,
+            until_bytes: None,
         }
     }
 }
+
+/// The HTTP/2 client preface (24 bytes) and a SETTINGS frame header (9).
+const H2_PREFACE_AND_SETTINGS: u64 = 33;
 
 /// Why a connection was cut; the metric label.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +245,14 @@ impl<S> Guarded<S> {
 
     /// Bytes arrived.
     fn on_bytes(&mut self, n: usize) {
+        if let Some(left) = self.clocks.until_bytes {
+            let left = left.saturating_sub(n as u64);
+            self.clocks.until_bytes = Some(left);
+            if left == 0 {
+                self.clocks = Clocks::unclocked();
+            }
+            return;
+        }
         match self.phase() {
             IDLE if n > 0 => {
                 self.watch.phase.store(HEAD, Ordering::Relaxed);
@@ -723,7 +749,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let clocks = if h2 {
-            Clocks::unclocked()
+            Clocks::h2(protect)
         } else {
             Clocks::from_config(protect)
         };
@@ -768,6 +794,7 @@ mod tests {
             body_timeout: Duration::from_secs(5),
             min_upload_rate: 100,
             send_timeout: Some(Duration::from_secs(30)),
+            until_bytes: None,
         }
     }
 
@@ -938,6 +965,31 @@ mod tests {
         let err = g.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_gets_the_head_clock_for_its_preface_only() {
+        let protect = Protect {
+            header_timeout: Duration::from_secs(10),
+            ..Protect::default()
+        };
+        // Silent after the handshake: cut at header_timeout.
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut silent = Guarded::new(server, Clocks::h2(&protect));
+        let mut buf = [0u8; 64];
+        let start = Instant::now();
+        assert!(silent.read(&mut buf).await.is_err());
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // The preface and SETTINGS in time: then idle as long as it likes.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut live = Guarded::new(server, Clocks::h2(&protect));
+        client.write_all(&[0u8; 33]).await.unwrap();
+        let mut got = 0;
+        while got < 33 {
+            got += live.read(&mut buf).await.unwrap();
+        }
+        let waited = tokio::time::timeout(Duration::from_secs(3600), live.read(&mut buf)).await;
+        assert!(waited.is_err(), "not cut after the preface");
     }
 
     #[tokio::test(start_paused = true)]

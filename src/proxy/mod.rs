@@ -47,14 +47,19 @@ pub struct Edge {
     live: Arc<Live>,
     cache: EdgeCache,
     limiter: Arc<RateLimiter>,
+    /// The port of the first HTTPS listener bound at start (listeners do not reload), for the
+    /// plain-HTTP redirect; None: no HTTPS, no redirect.
+    https_port: Option<u16>,
 }
 
 impl Edge {
     pub fn new(live: Arc<Live>, cache: EdgeCache, limiter: Arc<RateLimiter>) -> Self {
+        let https_port = live.current().config.listen.https.first().map(|a| a.port());
         Edge {
             live,
             cache,
             limiter,
+            https_port,
         }
     }
 }
@@ -140,7 +145,7 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         ctx.site = Some(site);
-        if let Some(location) = https_redirect(session, ctx) {
+        if let Some(location) = https_redirect(session, ctx, self.https_port) {
             let status = if matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
                 301
             } else {
@@ -402,8 +407,11 @@ impl ProxyHttp for Edge {
         }
         for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
             let path = cache::key::keyed_target(&path, ctx.query_key);
-            let key = cache::key::cache_key(ctx.scheme(), &ctx.host, ctx.port, &path);
-            self.cache.invalidate(&key).await;
+            // Both schemes hold a copy of the URL; a change through either stales both.
+            for scheme in ["http", "https"] {
+                let key = cache::key::cache_key(scheme, &ctx.host, ctx.port, &path);
+                self.cache.invalidate(&key).await;
+            }
         }
         if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             let outcome = if resp.status.is_server_error() {
@@ -723,7 +731,9 @@ impl Edge {
         let req = session.req_header();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = cache::key::keyed_target(path, ctx.query_key);
-        let target = cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != 80), &path);
+        let default_port = if ctx.tls { 443 } else { 80 };
+        let target =
+            cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != default_port), &path);
         let soft = req
             .headers
             .get("soft-purge")
@@ -736,32 +746,30 @@ impl Edge {
     }
 }
 
-/// Whether the pool allows another attempt and has an origin left to try.
 /// Where a plain-HTTP request should go instead, with `tls.redirect_http`: the https URL, for
 /// hosts a served certificate covers, except ACME http-01 challenges (a certificate authority
 /// checks those over plain HTTP, also to renew the certificate).
-fn https_redirect(session: &Session, ctx: &RequestCtx) -> Option<String> {
-    let config = &ctx.snapshot.config;
-    let https = config.listen.https.first()?;
-    let path = session
-        .req_header()
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+fn https_redirect(session: &Session, ctx: &RequestCtx, https_port: Option<u16>) -> Option<String> {
+    let https_port = https_port?;
+    let req = session.req_header();
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // PURGE is an operator's call for this very URL, not a reader to send elsewhere.
     let wanted = !ctx.tls
-        && config.tls.redirect_http
+        && ctx.snapshot.config.tls.redirect_http
+        && req.method.as_str() != "PURGE"
         && !path.starts_with("/.well-known/acme-challenge/")
         && crate::tls::store::covers(&ctx.snapshot.certs, &ctx.host);
     if !wanted {
         return None;
     }
-    let port = match https.port() {
+    let port = match https_port {
         443 => String::new(),
         p => format!(":{p}"),
     };
     Some(format!("https://{}{port}{path}", ctx.host))
 }
 
+/// Whether the pool allows another attempt and has an origin left to try.
 fn may_try_again(ctx: &RequestCtx) -> bool {
     let Some(pool) = &ctx.pool else { return false };
     ctx.attempts < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()

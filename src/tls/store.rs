@@ -74,7 +74,11 @@ pub fn warn_expiring(served: &[Served], now: std::time::SystemTime) {
         .map_or(0, |d| d.as_secs() as i64);
     for s in served.iter().filter(|s| s.not_after - now < SOON) {
         let days = (s.not_after - now) / 86_400;
-        tracing::warn!(cert = %s.label, names = ?s.names, days, "TLS certificate expires within 14 days");
+        if s.not_after <= now {
+            tracing::error!(cert = %s.label, names = ?s.names, "TLS certificate has expired");
+        } else {
+            tracing::warn!(cert = %s.label, names = ?s.names, days, "TLS certificate expires within 14 days");
+        }
     }
 }
 
@@ -131,7 +135,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// TLS sessions remembered for resumption by session ID (tickets need no memory here).
+/// TLS sessions remembered for resumption: TLS 1.2 session IDs and TLS 1.3 tickets alike take
+/// an entry (rustls sends two tickets per TLS 1.3 handshake).
 const SESSION_CACHE: usize = 20_000;
 
 /// The rustls configuration of the HTTPS listeners. onair makes it rather than Pingora's
