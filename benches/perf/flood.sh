@@ -35,31 +35,13 @@ request = function()
 end
 LUA
 onair_config() {  # NAME PORT METRICS PROTECT
-  cat > "$DIR/$1.toml" <<CONF
-[node]
-id = "edge-flood"
-threads = 1
-grace_period = "1s"
-state_dir = "$DIR/state-$1"
-[listen]
-http = ["127.0.0.1:$2"]
-metrics = "127.0.0.1:$3"
-[log]
-access = "off"
-[cache]
-memory = "256MiB"
+  onair_conf "$DIR/$1.toml" "$DIR/state-$1" 8380 \
+    "http = [\"127.0.0.1:$2\"]
+metrics = \"127.0.0.1:$3\"" "[cache]
+memory = \"256MiB\"
 [protect]
 keepalive_requests = 1000000
-$4
-[[site]]
-name = "portal"
-hosts = ["*"]
-pool = "origin"
-[[pool]]
-name = "origin"
-  [[pool.origin]]
-  addr = "127.0.0.1:8380"
-CONF
+$4"
 }
 onair_config off 8370 8372 ""
 onair_config on 8371 8373 "rate = \"$RATE_LIMIT\""

@@ -33,3 +33,29 @@ static_origin() {
         ${4:-}
     }"
 }
+
+# onair_conf FILE STATE_DIR ORIGIN_PORT LISTEN_KEYS [SECTIONS]: a one-worker onair config, no
+# access log, one catch-all site on one origin at 127.0.0.1:ORIGIN_PORT. LISTEN_KEYS go under
+# [listen]; SECTIONS (e.g. [protect], [tls]) go before the site.
+onair_conf() {
+  cat > "$1" <<CONF
+[node]
+id = "edge-perf"
+threads = 1
+grace_period = "1s"
+state_dir = "$2"
+[listen]
+$4
+[log]
+access = "off"
+${5:-}
+[[site]]
+name = "portal"
+hosts = ["*"]
+pool = "origin"
+[[pool]]
+name = "origin"
+  [[pool.origin]]
+  addr = "127.0.0.1:$3"
+CONF
+}

@@ -24,30 +24,12 @@ rm -rf "$DIR" && mkdir -p "$DIR"/{htdocs,tmp,logs} "$OUT"
 head -c 1024 /dev/urandom > "$DIR/htdocs/1k.bin"
 head -c $((4 << 20)) /dev/urandom > "$DIR/htdocs/big.bin"
 static_origin "$DIR/origin.conf" "$DIR" 8390 'location /upload { return 200 "ok\n"; }'
-cat > "$DIR/onair.toml" <<CONF
-[node]
-id = "edge-slow"
-threads = 1
-grace_period = "1s"
-state_dir = "$DIR/state"
-[listen]
-http = ["127.0.0.1:8391"]
-metrics = "127.0.0.1:8392"
-[log]
-access = "off"
-[protect]
+onair_conf "$DIR/onair.toml" "$DIR/state" 8390 \
+  'http = ["127.0.0.1:8391"]
+metrics = "127.0.0.1:8392"' '[protect]
 header_timeout = "5s"
 body_timeout = "5s"
-send_timeout = "5s"
-[[site]]
-name = "portal"
-hosts = ["*"]
-pool = "origin"
-[[pool]]
-name = "origin"
-  [[pool.origin]]
-  addr = "127.0.0.1:8390"
-CONF
+send_timeout = "5s"'
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
 trap cleanup EXIT

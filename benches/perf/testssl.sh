@@ -27,32 +27,14 @@ printf 'subjectAltName=DNS:portal.test\nbasicConstraints=CA:FALSE\nkeyUsage=digi
 openssl x509 -req -in "$DIR/portal.csr" -CA "$DIR/ca.pem" -CAkey "$DIR/ca.key" \
   -CAcreateserial -days 365 -extfile "$DIR/ext.cnf" -out "$DIR/portal.pem" 2>/dev/null
 static_origin "$DIR/origin.conf" "$DIR" 8395
-cat > "$DIR/onair.toml" <<CONF
-[node]
-id = "edge-audit"
-threads = 1
-grace_period = "1s"
-state_dir = "$DIR/state"
-[listen]
-http = ["127.0.0.1:8396"]
-https = ["127.0.0.1:8443"]
-[log]
-access = "off"
-[tls]
-hsts = "max-age=63072000"
+onair_conf "$DIR/onair.toml" "$DIR/state" 8395 \
+  'http = ["127.0.0.1:8396"]
+https = ["127.0.0.1:8443"]' "[tls]
+hsts = \"max-age=63072000\"
 redirect_http = true
 [[tls.cert]]
-cert = "$DIR/portal.pem"
-key = "$DIR/portal.key"
-[[site]]
-name = "portal"
-hosts = ["*"]
-pool = "origin"
-[[pool]]
-name = "origin"
-  [[pool.origin]]
-  addr = "127.0.0.1:8395"
-CONF
+cert = \"$DIR/portal.pem\"
+key = \"$DIR/portal.key\""
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
 trap cleanup EXIT

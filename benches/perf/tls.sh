@@ -39,31 +39,13 @@ nginx_conf "$DIR/edge.conf" "$DIR" "
             proxy_set_header Connection \\\"\\\";
         }
     }"
-cat > "$DIR/onair.toml" <<CONF
-[node]
-id = "edge-perf"
-threads = 1
-grace_period = "1s"
-state_dir = "$DIR/state"
-[listen]
-http = ["127.0.0.1:8398"]
-https = ["127.0.0.1:8446"]
-[log]
-access = "off"
-[protect]
+onair_conf "$DIR/onair.toml" "$DIR/state" 8397 \
+  'http = ["127.0.0.1:8398"]
+https = ["127.0.0.1:8446"]' "[protect]
 keepalive_requests = 1000000
 [[tls.cert]]
-cert = "$DIR/portal.pem"
-key = "$DIR/portal.key"
-[[site]]
-name = "portal"
-hosts = ["*"]
-pool = "origin"
-[[pool]]
-name = "origin"
-  [[pool.origin]]
-  addr = "127.0.0.1:8397"
-CONF
+cert = \"$DIR/portal.pem\"
+key = \"$DIR/portal.key\""
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
 trap cleanup EXIT
