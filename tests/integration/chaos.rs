@@ -16,6 +16,20 @@ fn pair(first: std::net::SocketAddr, second: std::net::SocketAddr, extra: &str) 
     ))
 }
 
+/// Stores `/stored` ("stored copy"), already stale but allowed for stale-if-error: what a
+/// refused miss falls back on.
+async fn store_stale_copy(origin: &Origin, onair: &Onair) {
+    origin.set(Behaviour {
+        headers: vec![(
+            "Cache-Control".into(),
+            "max-age=0, stale-if-error=600".into(),
+        )],
+        body: Bytes::from_static(b"stored copy"),
+        ..Behaviour::default()
+    });
+    get(onair.http, "a", "/stored").await.unwrap();
+}
+
 fn page(body: &'static [u8]) -> Behaviour {
     Behaviour {
         headers: vec![("Cache-Control".into(), "no-store".into())],
@@ -228,16 +242,7 @@ async fn beyond_the_queue_readers_get_stale_or_503_and_the_origin_sees_nothing()
     let origin = Origin::start("o").await;
     let setup = Setup::new(one_site(origin.addr, "max_inflight = 1\nqueue = 0", ""));
     let onair = Onair::start(setup).await;
-    // A stored copy, already stale, allowed for stale-if-error.
-    origin.set(Behaviour {
-        headers: vec![(
-            "Cache-Control".into(),
-            "max-age=0, stale-if-error=600".into(),
-        )],
-        body: Bytes::from_static(b"stored copy"),
-        ..Behaviour::default()
-    });
-    get(onair.http, "a", "/stored").await.unwrap();
+    store_stale_copy(&origin, &onair).await;
     // Occupy the only slot with a slow request.
     origin.set(Behaviour {
         delay: Duration::from_millis(1500),
@@ -284,15 +289,7 @@ async fn an_overloaded_node_serves_hits_and_sheds_misses() {
         ..Behaviour::default()
     });
     get(onair.http, "a", "/hit").await.unwrap();
-    origin.set(Behaviour {
-        headers: vec![(
-            "Cache-Control".into(),
-            "max-age=0, stale-if-error=600".into(),
-        )],
-        body: Bytes::from_static(b"stored copy"),
-        ..Behaviour::default()
-    });
-    get(onair.http, "a", "/stored").await.unwrap();
+    store_stale_copy(&origin, &onair).await;
     // Three misses held at the origin: the node is at shed_at.
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     origin.set(Behaviour {
