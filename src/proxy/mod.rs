@@ -77,14 +77,20 @@ impl ProxyHttp for Edge {
         // a copy of the reader's request: it is not the reader, and must not be limited,
         // tarpitted or challenged as one.
         let background = session.subrequest_ctx.is_some();
-        if let Some(watch) = protect::conn::watch(session) {
-            let req = session.req_header();
-            let expect_continue = req
-                .headers
-                .get(http::header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            watch.head_done(headers::has_body(req), expect_continue);
-        }
+        let gated = match protect::conn::watch(session) {
+            Some(watch) => {
+                let req = session.req_header();
+                let body = headers::has_body(req);
+                let expect_continue = body
+                    && req
+                        .headers
+                        .get(http::header::EXPECT)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                watch.head_done(body, expect_continue);
+                true
+            }
+            None => false,
+        };
         ctx.request_id = headers::request_id(session.req_header());
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let protect = &ctx.snapshot.config.protect;
@@ -97,7 +103,7 @@ impl ProxyHttp for Edge {
             .map(|peer| protect::client::identify(peer, session.req_header(), protect));
         // Slow readers: the gate's send clock cuts HTTP/1 connections; other sessions get
         // Pingora's per-write timeout.
-        if protect::conn::watch(session).is_none() {
+        if !gated {
             session.set_write_timeout(Some(protect.send_timeout));
         }
         // Idle keep-alive time (unless the client asked to close, which stays so).

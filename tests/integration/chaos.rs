@@ -471,6 +471,7 @@ async fn the_retry_budget_stops_a_retry_storm() {
     ))
     .await;
     let mut failed = 0;
+    let started = Instant::now();
     for i in 0..40 {
         let r = get(onair.http, "a", &format!("/{i}")).await.unwrap();
         if r.status != 200 {
@@ -490,6 +491,13 @@ async fn the_retry_budget_stops_a_retry_storm() {
         "{failed} failed, {:?} over budget",
         onair.metric(&series("over_budget")).await
     );
-    assert_eq!(onair.metric(&series("allowed")).await, Some(10.0));
+    // Ten per 10 s window: exactly ten when the 40 requests fit in one window (they take well
+    // under a second alone), ten more per window a loaded test machine made them span.
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    let allowed = onair.metric(&series("allowed")).await.unwrap_or(0.0);
+    assert!(
+        allowed >= 10.0 && allowed <= 10.0 * windows as f64,
+        "{allowed} retries allowed over {windows} window(s)"
+    );
     assert!(failed > 0);
 }
