@@ -1132,12 +1132,46 @@ pub async fn wait_ready(
             .ok()
             .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
             .is_some_and(|v| v["pid"] == pid);
-        if admin_ok && TcpStream::connect(http).await.is_ok() {
+        // The same for the HTTP port: it must be this process's listening socket. (Its admin
+        // port may answer before a failed bind of the HTTP port ends it, while another test's
+        // process holds that port.)
+        if admin_ok && listens_on(pid, http.port()) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Whether process `pid` has a TCP socket listening on `port` (from /proc: the listening
+/// sockets of the namespace, matched by inode against the process's descriptors).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // local_address ends with :PORT (hex); state 0A is LISTEN; field 9 the inode.
+                    (f.len() > 9 && f[1].ends_with(&wanted) && f[3] == "0A")
+                        .then(|| format!("socket:[{}]", f[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .any(|link| inodes.iter().any(|i| link.to_string_lossy() == *i))
+        })
+        .unwrap_or(false)
 }
 
 /// A process killed when the test ends, also when it ends by a failed assertion: a panicking
