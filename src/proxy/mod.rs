@@ -152,21 +152,7 @@ impl ProxyHttp for Edge {
         };
         ctx.site = Some(site);
         if let Some(location) = https_redirect(session, ctx, self.https_port) {
-            let status = if matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
-                301
-            } else {
-                // 308 keeps the method and body, which a 301 lets clients turn into a GET.
-                308
-            };
-            respond::send(
-                session,
-                ctx,
-                status,
-                "text/plain; charset=utf-8",
-                Bytes::from_static(b"this site is served over HTTPS\n"),
-                &[("Location", &location)],
-            )
-            .await?;
+            respond::to_https(session, ctx, &location).await?;
             return Ok(true);
         }
         ctx.port = headers::raw_host(session.req_header()).and_then(cache::key::port_of);
@@ -182,26 +168,8 @@ impl ProxyHttp for Edge {
                 "site index out of range",
             ));
         };
-        if let Some(verdict) = self.over_rate(ctx, &route).filter(|_| !background) {
-            let retry_after = verdict.as_secs_f64().ceil().max(1.0).to_string();
-            // Tarpit: the 429 comes after a pause, so a flooder that waits for its answers
-            // (most do) is slowed to its own concurrency per tarpit; until it is back under
-            // the rate, its new connections are refused at accept (protect::acl). A ±25 %
-            // jitter keeps a flooder's connections from coming back all at once.
-            let tarpit = ctx.snapshot.config.protect.tarpit;
-            if !tarpit.is_zero() {
-                let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25);
-                tokio::time::sleep(tarpit.mul_f64(jitter)).await;
-            }
-            respond::send(
-                session,
-                ctx,
-                429,
-                "text/plain; charset=utf-8",
-                bytes::Bytes::from_static(b"too many requests: slow down\n"),
-                &[("Retry-After", &retry_after)],
-            )
-            .await?;
+        if let Some(retry_after) = self.over_rate(ctx, &route).filter(|_| !background) {
+            respond::too_many_requests(session, ctx, retry_after).await?;
             return Ok(true);
         }
         if session.req_header().uri.path() == protect::challenge::PATH {

@@ -1,4 +1,5 @@
-//! Answers onair writes itself: the maintenance page, unknown hosts, loops, bad requests.
+//! Answers onair writes itself: the maintenance page, unknown hosts, loops, bad requests,
+//! rate-limit refusals (after the tarpit) and the redirect to HTTPS.
 //!
 //! Every local answer carries `Cache-Control: no-store` (it must never be cached anywhere as
 //! if it were the site's content), `X-Request-Id` and `Via`, so a reader's report can be traced.
@@ -53,6 +54,51 @@ pub async fn send(
     }
     ctx.local_status = Some(status);
     Ok(status)
+}
+
+/// 429 for a client over a rate limit, after the tarpit: the pause slows a flooder that waits
+/// for its answers (most do) to its own concurrency per tarpit; until it is back under the
+/// rate, its new connections are refused at accept (protect::acl). A ±25 % jitter keeps a
+/// flooder's connections from coming back all at once.
+pub async fn too_many_requests(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    retry_after: std::time::Duration,
+) -> Result<u16> {
+    let tarpit = ctx.snapshot.config.protect.tarpit;
+    if !tarpit.is_zero() {
+        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25);
+        tokio::time::sleep(tarpit.mul_f64(jitter)).await;
+    }
+    let retry_after = retry_after.as_secs_f64().ceil().max(1.0).to_string();
+    send(
+        session,
+        ctx,
+        429,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"too many requests: slow down\n"),
+        &[("Retry-After", &retry_after)],
+    )
+    .await
+}
+
+/// The redirect of a plain-HTTP request to `location` (its https URL): 301 for GET and HEAD,
+/// 308 otherwise, which keeps the method and body that a 301 lets clients turn into a GET.
+pub async fn to_https(session: &mut Session, ctx: &mut RequestCtx, location: &str) -> Result<u16> {
+    let status = if matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
+        301
+    } else {
+        308
+    };
+    send(
+        session,
+        ctx,
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"this site is served over HTTPS\n"),
+        &[("Location", location)],
+    )
+    .await
 }
 
 /// A short plain-text answer.
