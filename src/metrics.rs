@@ -64,6 +64,8 @@ pub struct Metrics {
     config_version: IntGauge,
     cache_size: IntGaugeVec,
     cache_objects: IntGaugeVec,
+    cache_index_bytes: IntGaugeVec,
+    cache_temp_bytes: IntGaugeVec,
     cache_evictions: IntCounterVec,
     cache_admissions_paused: IntGaugeVec,
     stale_served: IntCounterVec,
@@ -211,6 +213,18 @@ impl Metrics {
                 "Objects held by each cache tier.",
                 &["tier"],
             ),
+            cache_index_bytes: gauge(
+                "onair_cache_index_bytes",
+                "Approximate memory held by a cache tier's index (disk: targets, tags, LRU \
+                 order); bounded, past the bound the least recently used objects go.",
+                &["tier"],
+            ),
+            cache_temp_bytes: gauge(
+                "onair_cache_temp_bytes",
+                "Bytes in a cache tier's temp files (fills in progress, and leftovers of another \
+                 process); counted against the tier's capacity.",
+                &["tier"],
+            ),
             cache_evictions: counter(
                 "onair_cache_evictions_total",
                 "Objects evicted from each cache tier to stay within its capacity (an object \
@@ -308,6 +322,16 @@ impl Metrics {
         self.cache_objects
             .with_label_values(&[tier])
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes a tier's overheads: its index's memory and its temp files' bytes.
+    pub fn cache_overheads(&self, tier: &str, index_bytes: u64, temp_bytes: u64) {
+        self.cache_index_bytes
+            .with_label_values(&[tier])
+            .set(i64::try_from(index_bytes).unwrap_or(i64::MAX));
+        self.cache_temp_bytes
+            .with_label_values(&[tier])
+            .set(i64::try_from(temp_bytes).unwrap_or(i64::MAX));
     }
 
     /// `n` objects left a tier to make room.

@@ -299,6 +299,8 @@ impl BackgroundService for CacheMaintenance {
                     if let Some(disk) = &self.cache.store.disk {
                         let (objects, bytes) = disk.usage();
                         crate::metrics::METRICS.cache_tier("disk", bytes, objects);
+                        let (index, temp) = disk.overheads();
+                        crate::metrics::METRICS.cache_overheads("disk", index, temp);
                         crate::metrics::METRICS.cache_admissions(
                             "disk",
                             disk.admissions_paused(std::time::Instant::now()),

@@ -164,10 +164,14 @@ impl AdminApp {
         };
         match request.selector_shaped(&shape) {
             Ok(selector) => {
-                let purged = self.cache.purge(&selector, request.soft).await;
+                let report = self.cache.purge(&selector, request.soft).await;
                 (
                     StatusCode::OK,
-                    json!({"purged": purged, "soft": request.soft}),
+                    json!({
+                        "purged": report.purged,
+                        "soft": request.soft,
+                        "index_ready": report.index_ready,
+                    }),
                 )
             }
             Err(e) => (StatusCode::BAD_REQUEST, json!({"error": e})),

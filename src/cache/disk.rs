@@ -20,10 +20,17 @@
 //! - Capacity: least recently used objects are removed past `cache.disk`. A write error abandons
 //!   that fill; a full filesystem (ENOSPC, EDQUOT) also pauses admissions for
 //!   [`FULL_PAUSE`], so that a full disk costs no temp-file churn per request. Serving goes on.
-//! - Publishing (rename + index) happens under the cache's [`PurgeFence`]: a purge recorded after
-//!   a fill or rewrite started refuses its publish.
+//! - Publishing (rename + index) is let through by the cache's [`PurgeFence`]: a purge that had
+//!   not ended when a fill or rewrite started refuses its publish, and a purge that starts while
+//!   a publish is renaming waits for it and removes it again.
+//! - A file that cannot be opened for another reason than its absence (EMFILE, EACCES, EIO)
+//!   keeps its index entry: it is a miss now, but it stays visible to purges and the budget.
+//! - Purges before the start-up scan has finished do not wait for it: the scan, and lookups of
+//!   files it has not reached, apply them as they meet each file.
+//! - Long passes (purge, scan, eviction) take the index lock in short batches, and lookups only
+//!   try it to record use: no request waits for a purge.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -37,8 +44,8 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::{Error, ErrorType, Result};
 
-use super::fence::{PurgeFence, Ticket};
-use super::purge::Selector;
+use super::fence::{PurgeFence, Running, Ticket};
+use super::purge::{tags_of, Selector};
 
 const MAGIC: &[u8; 8] = b"ONAIRC01";
 const HEAD_LEN: usize = 40;
@@ -52,6 +59,13 @@ const CHUNK: usize = 256 << 10;
 const STALE_TMP: Duration = Duration::from_secs(3600);
 /// How long admissions stop after the filesystem reported itself full.
 pub const FULL_PAUSE: Duration = Duration::from_secs(30);
+/// Entries a long pass handles per hold of the index lock.
+const BATCH: usize = 4096;
+/// How often temp files of dead processes are looked for after the start-up scan.
+const JANITOR_EVERY: Duration = Duration::from_secs(60);
+/// Bytes of index memory charged per object beyond its target and tags (key, size, tick, the
+/// maps' nodes).
+const INDEX_ENTRY_OVERHEAD: u64 = 128;
 
 /// What a file's head and metadata say.
 pub struct Head {
@@ -70,11 +84,18 @@ struct Index {
     scanned: bool,
     /// Keys removed while the scan runs, so that the scan does not index them again.
     removed_during_scan: std::collections::HashSet<HashBinary>,
-    objects: HashMap<HashBinary, IndexEntry>,
+    /// Purges made while the scan runs: the scan (and lookups of files it has not indexed yet)
+    /// apply them to each file they meet, so such a purge is complete when it answers.
+    scan_purges: Vec<(Selector, bool)>,
+    /// Ordered, so that a long pass can resume after releasing the lock.
+    objects: BTreeMap<HashBinary, IndexEntry>,
     /// Access order: tick -> key; the first entry is the least recently used.
     lru: BTreeMap<u64, HashBinary>,
     tick: u64,
+    /// Bytes of the indexed files.
     total: u64,
+    /// Approximate bytes of memory the index holds.
+    memory: u64,
 }
 
 struct IndexEntry {
@@ -82,6 +103,13 @@ struct IndexEntry {
     tick: u64,
     target: String,
     tags: Vec<String>,
+}
+
+impl IndexEntry {
+    fn memory(&self) -> u64 {
+        let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
+        (self.target.len() + tags) as u64 + INDEX_ENTRY_OVERHEAD
+    }
 }
 
 impl Index {
@@ -100,15 +128,14 @@ impl Index {
         self.tick += 1;
         self.lru.insert(self.tick, key);
         self.total += size;
-        self.objects.insert(
-            key,
-            IndexEntry {
-                size,
-                tick: self.tick,
-                target,
-                tags,
-            },
-        );
+        let entry = IndexEntry {
+            size,
+            tick: self.tick,
+            target,
+            tags,
+        };
+        self.memory += entry.memory();
+        self.objects.insert(key, entry);
     }
 
     fn remove(&mut self, key: &HashBinary) -> bool {
@@ -119,10 +146,23 @@ impl Index {
             Some(e) => {
                 self.lru.remove(&e.tick);
                 self.total -= e.size;
+                self.memory -= e.memory();
                 true
             }
             None => false,
         }
+    }
+
+    /// What the purges made during the scan do to an object: None, or Some(soft).
+    fn scan_purged(&self, target: &str, tags: &[String]) -> Option<bool> {
+        let mut verdict = None;
+        for (selector, soft) in &self.scan_purges {
+            if selector.matches(target, tags) {
+                // A hard purge wins over a soft one.
+                verdict = Some(verdict.unwrap_or(true) && *soft);
+            }
+        }
+        verdict
     }
 }
 
@@ -131,16 +171,20 @@ pub struct DiskStore {
     root: PathBuf,
     capacity: u64,
     index: Mutex<Index>,
-    /// Signalled when the start-up scan finishes (purges wait for a complete index).
-    scan_done: std::sync::Condvar,
     seq: AtomicU64,
     fence: Arc<PurgeFence>,
     /// Until when admissions are paused because the filesystem is full.
     full_until: Mutex<Option<Instant>>,
+    /// Bytes in temp files: this process's fills in progress, plus what the janitor found of
+    /// other processes' (a graceful upgrade's old process, a crashed one not yet cleaned).
+    tmp_own: Arc<AtomicU64>,
+    tmp_foreign: AtomicU64,
+    /// Most memory the index may hold; past it the least recently used objects go.
+    index_limit: u64,
+    /// Held from a rewrite's check of the object it replaces to its rename, so that a refill
+    /// cannot land in between; publishes only (a rename), never lookups or purges.
+    publish_lock: Mutex<()>,
 }
-
-/// How long a purge waits for the start-up scan before purging what is indexed so far.
-const PURGE_WAITS_FOR_SCAN: Duration = Duration::from_secs(120);
 
 fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Box<Error> {
     move |e| Error::because(ErrorType::InternalError, context, e)
@@ -157,10 +201,14 @@ impl DiskStore {
             root: root.to_path_buf(),
             capacity,
             index: Mutex::new(Index::default()),
-            scan_done: std::sync::Condvar::new(),
             seq: AtomicU64::new(0),
             fence,
             full_until: Mutex::new(None),
+            tmp_own: Arc::default(),
+            tmp_foreign: AtomicU64::new(0),
+            // A 64-byte target and two tags cost about 250 bytes: 2 million objects.
+            index_limit: 512 << 20,
+            publish_lock: Mutex::new(()),
         })
     }
 
@@ -182,6 +230,16 @@ impl DiskStore {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "disk cache index rebuilt"
                 );
+                // Then the janitor: temp files a crashed process left would otherwise count
+                // against nothing and linger until the next restart.
+                loop {
+                    std::thread::sleep(JANITOR_EVERY);
+                    if Arc::strong_count(&scanner) == 1 {
+                        return;
+                    }
+                    scanner.sweep_tmp(SystemTime::now());
+                    scanner.evict();
+                }
             })?;
         Ok(store)
     }
@@ -200,10 +258,27 @@ impl DiskStore {
         }
     }
 
+    /// Whether the start-up scan has indexed every file (until then a purge's count covers
+    /// only the indexed ones; the scan applies it to the others).
+    pub fn index_ready(&self) -> bool {
+        self.lock().scanned
+    }
+
     /// Objects and bytes indexed now.
     pub fn usage(&self) -> (u64, u64) {
         let index = self.lock();
         (index.objects.len() as u64, index.total)
+    }
+
+    /// Approximate bytes of memory the index holds, and bytes in temp files (fills in
+    /// progress and other processes' leftovers), both counted against their limits.
+    pub fn overheads(&self) -> (u64, u64) {
+        let memory = self.lock().memory;
+        (memory, self.tmp_bytes())
+    }
+
+    fn tmp_bytes(&self) -> u64 {
+        self.tmp_own.load(Ordering::Relaxed) + self.tmp_foreign.load(Ordering::Relaxed)
     }
 
     pub fn path_of(&self, key: &HashBinary) -> PathBuf {
@@ -211,22 +286,42 @@ impl DiskStore {
         self.root.join(&name[0..2]).join(&name[2..4]).join(name)
     }
 
-    /// Walks the directory: drops dead temp files, indexes every valid object (oldest
-    /// modification first, so LRU order approximates last use), removes corrupt ones.
-    fn scan(&self) -> usize {
-        if let Ok(tmp) = fs::read_dir(self.root.join("tmp")) {
-            for entry in tmp.flatten() {
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > STALE_TMP);
-                if old {
-                    let _ = fs::remove_file(entry.path());
-                }
+    /// Removes temp files no live fill owns (their process is gone, or they are older than
+    /// [`STALE_TMP`]) and counts the bytes of the others that are not this process's.
+    fn sweep_tmp(&self, now: SystemTime) {
+        let me = std::process::id();
+        let mut foreign = 0;
+        for entry in fs::read_dir(self.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split('.').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| p == me || Path::new(&format!("/proc/{p}")).exists());
+            if !alive || age > STALE_TMP {
+                let _ = fs::remove_file(entry.path());
+            } else if pid != Some(me) {
+                foreign += meta.len();
             }
         }
+        self.tmp_foreign.store(foreign, Ordering::Relaxed);
+    }
+
+    /// Walks the directory: drops dead temp files, indexes every valid object (oldest
+    /// modification first, so LRU order approximates last use), removes corrupt ones, and
+    /// applies the purges made while it ran.
+    fn scan(&self) -> usize {
+        self.sweep_tmp(SystemTime::now());
         let mut found: Vec<(SystemTime, HashBinary, u64, String, Vec<String>)> = Vec::new();
         let level = |p: &Path| {
             fs::read_dir(p)
@@ -253,7 +348,14 @@ impl DiskStore {
                                 .unwrap_or(SystemTime::UNIX_EPOCH);
                             found.push((mtime, key, size, head.target, head.tags));
                         }
-                        Err(_) => {
+                        Err(ReadError::Missing) => {}
+                        Err(ReadError::Unavailable(e)) => {
+                            // Unreadable now, so unservable now; but it cannot be indexed
+                            // (target, tags unknown) and so could not be purged: it goes.
+                            tracing::warn!(file = %file.display(), "unreadable cache file removed: {e}");
+                            let _ = fs::remove_file(&file);
+                        }
+                        Err(ReadError::Corrupt(_)) => {
                             let _ = fs::remove_file(&file);
                         }
                     }
@@ -262,18 +364,46 @@ impl DiskStore {
         }
         found.sort_by_key(|f| f.0);
         let n = found.len();
-        let mut index = self.lock();
-        for (_, key, size, target, tags) in found {
-            // A fill that finished while we scanned is already indexed, and newer; an object
-            // purged or evicted while we scanned stays gone.
-            if !index.objects.contains_key(&key) && !index.removed_during_scan.contains(&key) {
-                index.insert(key, size, target, tags);
+        let mut soft = Vec::new();
+        let mut found = found.into_iter().peekable();
+        while found.peek().is_some() {
+            // In batches: lookups and fills take this lock too.
+            let mut index = self.lock();
+            let mut gone = Vec::new();
+            for (_, key, size, target, tags) in found.by_ref().take(BATCH) {
+                // A fill that finished while we scanned is already indexed, and newer; an
+                // object purged or evicted while we scanned stays gone.
+                if index.objects.contains_key(&key) || index.removed_during_scan.contains(&key) {
+                    continue;
+                }
+                match index.scan_purged(&target, &tags) {
+                    None => index.insert(key, size, target, tags),
+                    Some(false) => gone.push(key),
+                    Some(true) => soft.push(key),
+                }
+            }
+            drop(index);
+            for key in gone {
+                self.remove(&key);
             }
         }
+        // Soft-purged while we scanned: marked stale (which indexes them) before the scan
+        // counts as done, so that lookups keep applying the purge to them until then.
+        let stale_at = SystemTime::now() - Duration::from_secs(1);
+        for key in soft {
+            let ticket = self.fence.open();
+            if !matches!(
+                self.rewrite_meta(&key, None, |m| m.expire_at(stale_at), ticket),
+                Ok(true)
+            ) {
+                self.remove(&key);
+            }
+        }
+        let mut index = self.lock();
         index.scanned = true;
         index.removed_during_scan = Default::default();
+        index.scan_purges = Vec::new();
         drop(index);
-        self.scan_done.notify_all();
         self.evict();
         n
     }
@@ -282,12 +412,59 @@ impl DiskStore {
     pub fn load(&self, key: &HashBinary) -> Option<(Head, File)> {
         let path = self.path_of(key);
         match read_head_and_file(&path) {
-            Ok(found) => {
-                self.lock().touch(key);
-                Some(found)
+            Ok((head, file)) => {
+                // Recording use is worth no wait: a purge pass may hold the lock.
+                let mut index = match self.index.try_lock() {
+                    Ok(index) => index,
+                    Err(std::sync::TryLockError::WouldBlock) => return Some((head, file)),
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                };
+                if index.scanned || index.objects.contains_key(key) {
+                    index.touch(key);
+                    return Some((head, file));
+                }
+                // Not reached by the start-up scan yet: purges made since apply here too.
+                match index.scan_purged(&head.target, &head.tags) {
+                    None => Some((head, file)),
+                    Some(false) => {
+                        drop(index);
+                        self.remove(key);
+                        None
+                    }
+                    Some(true) => {
+                        drop(index);
+                        let stale_at = SystemTime::now() - Duration::from_secs(1);
+                        let ticket = self.fence.open();
+                        match self.rewrite_loaded(
+                            key,
+                            head,
+                            file,
+                            None,
+                            |m| m.expire_at(stale_at),
+                            ticket,
+                        ) {
+                            Ok(true) => read_head_and_file(&path).ok(),
+                            _ => {
+                                self.remove(key);
+                                None
+                            }
+                        }
+                    }
+                }
             }
             Err(ReadError::Missing) => {
-                self.lock().remove(key);
+                // Forget it only if it is still missing under the lock: a fill renaming it into
+                // place meanwhile indexes it after taking this lock, and must stay indexed.
+                let mut index = self.lock();
+                if !path.exists() {
+                    index.remove(key);
+                }
+                None
+            }
+            Err(ReadError::Unavailable(e)) => {
+                // EMFILE, EACCES, EIO: a miss now, but the file is there, so its index entry
+                // stays (purges and the budget must still see it).
+                tracing::warn!(file = %path.display(), "cache file unavailable: {e}");
                 None
             }
             Err(ReadError::Corrupt(why)) => {
@@ -296,6 +473,14 @@ impl DiskStore {
                 None
             }
         }
+    }
+
+    /// Whether the stored copy is fresh at `at` (and readable). Blocking.
+    pub fn is_fresh(&self, key: &HashBinary, at: SystemTime) -> bool {
+        read_head(&self.path_of(key))
+            .ok()
+            .and_then(|h| CacheMeta::deserialize(&h.internal, &h.header).ok())
+            .is_some_and(|m| m.fresh_until() > at)
     }
 
     /// Removes an object's file and index entry. Blocking.
@@ -378,6 +563,10 @@ impl DiskStore {
             sealed: false,
             done: false,
             ticket: Some(ticket),
+            old_tags: Vec::new(),
+            replaces: None,
+            written: 0,
+            tmp_bytes: self.tmp_own.clone(),
         };
         w.write(&[0u8; HEAD_LEN])
             .and_then(|_| w.write(&section))
@@ -392,6 +581,12 @@ impl DiskStore {
         w.body_crc.update(data);
         w.body_len += data.len() as u64;
         Ok(())
+    }
+
+    /// Whether a fill may grow by `more` bytes: the disk's budget counts the files in progress
+    /// too, and a fill that would not fit even after evicting everything else is abandoned.
+    pub fn has_room(&self, more: u64) -> bool {
+        self.tmp_bytes() + more <= self.capacity
     }
 
     /// Whether admissions are paused at `now`; the first check past the pause resumes them.
@@ -460,9 +655,10 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Publishes a sealed fill (rename, index) unless a purge since its start matches it;
-    /// returns the body size, or None when a purge refused it. Blocking but short: it runs
-    /// under the purge fence. Call [`DiskStore::settle`] after.
+    /// Publishes a sealed fill (rename, index) unless a purge that had not ended when it
+    /// started matches it; returns the body size, or None when a purge refused it. Call
+    /// [`DiskStore::settle`] after. The rename happens outside the fence's lock: a purge starting
+    /// meanwhile waits for it and removes the object again (see `fence::Running::overtaken`).
     pub fn publish(&self, mut w: DiskWrite) -> Result<Option<u64>> {
         if !w.sealed {
             return Error::e_explain(ErrorType::InternalError, "fill not sealed");
@@ -470,24 +666,43 @@ impl DiskStore {
         let target = std::mem::take(&mut w.target);
         let tags = std::mem::take(&mut w.tags);
         let key = w.key;
-        let published = match w.ticket.take() {
-            Some(ticket) => self.fence.publish(&ticket, &key, &target, &tags, || {
-                self.publish_now(&mut w, &target, &tags)
-            }),
-            None => Some(self.publish_now(&mut w, &target, &tags)),
+        let ticket = match w.ticket.take() {
+            Some(ticket) => ticket,
+            None => self.fence.open(),
         };
-        match published {
-            None => Ok(None),
-            Some(Err(e)) => Err(e),
-            Some(Ok(())) => Ok(Some(w.body_len)),
+        // A rewrite is refused by purges of the tags it replaces as well as of its own.
+        let mut fenced_tags = tags.clone();
+        fenced_tags.extend(std::mem::take(&mut w.old_tags));
+        let Some(publishing) = self
+            .fence
+            .begin_publish(&ticket, &key, &target, &fenced_tags)
+        else {
+            return Ok(None);
+        };
+        let _serial = match self.publish_lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(created) = w.replaces {
+            // A revalidation: only onto the very object it revalidated, not a refill of it.
+            let current = read_head(&self.path_of(&key))
+                .ok()
+                .and_then(|h| CacheMeta::deserialize(&h.internal, &h.header).ok())
+                .map(|m| m.created());
+            if current != Some(created) {
+                return Ok(None);
+            }
         }
+        self.publish_now(&mut w, &target, &tags)?;
+        drop(publishing);
+        Ok(Some(w.body_len))
     }
 
     fn publish_now(&self, w: &mut DiskWrite, target: &str, tags: &[String]) -> Result<()> {
         let path = self.path_of(&w.key);
         fs::rename(&w.tmp, &path)
             .map_err(|e| self.write_failed(e, "cannot publish a cache file"))?;
-        w.done = true;
+        w.mark_done();
         let size = HEAD_LEN as u64 + w.meta_len + w.body_len;
         self.lock()
             .insert(w.key, size, target.to_owned(), tags.to_vec());
@@ -512,51 +727,94 @@ impl DiskStore {
     }
 
     /// Replaces an object's metadata (revalidation, soft purge), keeping its body; returns
-    /// whether the object was there and the new copy was published. Blocking.
+    /// whether the object was there and the new copy was published. `ticket` is taken before
+    /// the revalidation or purge began, so that a purge landing meanwhile wins; `replaces`, the
+    /// `created` of the object revalidated: a refill stored meanwhile is left alone. The body is
+    /// checked as it is copied: a damaged one is removed, never given a fresh checksum.
+    /// Blocking.
     pub fn rewrite_meta(
         &self,
         key: &HashBinary,
+        replaces: Option<SystemTime>,
         change: impl FnOnce(&mut CacheMeta),
+        ticket: Ticket,
     ) -> Result<bool> {
-        // Opened before the read, so that a purge landing while the body is copied wins.
-        let ticket = self.fence.open();
-        let Some((head, mut file)) = self.load(key) else {
+        let Some((head, file)) = self.load(key) else {
             return Ok(false);
         };
+        self.rewrite_loaded(key, head, file, replaces, change, ticket)
+    }
+
+    fn rewrite_loaded(
+        &self,
+        key: &HashBinary,
+        head: Head,
+        mut file: File,
+        replaces: Option<SystemTime>,
+        change: impl FnOnce(&mut CacheMeta),
+        ticket: Ticket,
+    ) -> Result<bool> {
         let mut meta = CacheMeta::deserialize(&head.internal, &head.header)?;
+        if replaces.is_some_and(|created| created != meta.created()) {
+            return Ok(false);
+        }
         change(&mut meta);
-        let mut w = self.begin(*key, &meta, head.target, head.tags)?;
-        w.ticket = Some(ticket);
+        // The tags the new headers carry (a 304 may change them), not the old ones.
+        let tags = tags_of(meta.response_header());
+        let (internal, header) = meta.serialize()?;
+        let mut w =
+            self.begin_serialized(*key, &internal, &header, head.target, tags, Some(ticket))?;
+        w.old_tags = head.tags;
+        w.replaces = Some(meta.created());
         file.seek(SeekFrom::Start(head.body_offset))
             .map_err(io_err("cannot read a cache file"))?;
         let mut left = head.body_len;
         let mut buf = vec![0u8; CHUNK];
+        let mut crc = crc32fast::Hasher::new();
         while left > 0 {
             let n = (left as usize).min(CHUNK);
             file.read_exact(&mut buf[..n])
                 .map_err(io_err("cannot read a cache file"))?;
+            crc.update(&buf[..n]);
             self.append(&mut w, &buf[..n])?;
             left -= n as u64;
+        }
+        if crc.finalize() != head.body_crc {
+            tracing::warn!(file = %self.path_of(key).display(), "corrupt cache file removed");
+            drop(w);
+            self.remove(key);
+            return Ok(false);
         }
         Ok(self.commit(w)?.is_some())
     }
 
-    /// Removes (or marks stale) every indexed object the selector matches. Blocking. The
-    /// caller records the purge in the fence first.
-    pub fn purge_matching(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
-        self.wait_for_scan();
-        let keys: Vec<HashBinary> = self
-            .lock()
-            .objects
-            .iter()
-            .filter(|(_, e)| selector.matches(&e.target, &e.tags))
-            .map(|(k, _)| *k)
-            .collect();
+    /// Removes (or marks stale) every object the selector matches; returns their keys.
+    /// Blocking. The caller records the purge in the fence first (`running`) and, after, removes
+    /// the publishes it overtook. Before the start-up scan has finished, the purge is also handed
+    /// to the scan, which applies it to every file it has not indexed yet: the purge is complete
+    /// when this returns, without waiting for the scan.
+    pub fn purge_matching(
+        &self,
+        selector: &Selector,
+        soft: bool,
+        running: &Running,
+    ) -> Vec<HashBinary> {
+        {
+            let mut index = self.lock();
+            if !index.scanned {
+                index.scan_purges.push((selector.clone(), soft));
+            }
+        }
+        let keys = self.matching(selector);
         let stale_at = SystemTime::now() - Duration::from_secs(1);
         for key in &keys {
             if soft {
-                // `expire_at` keeps `updated`, so Age still counts from when it was stored.
-                if self.rewrite_meta(key, |m| m.expire_at(stale_at)).is_err() {
+                // `expire_at` keeps `updated`, so Age still counts from when it was stored. A
+                // copy that cannot be marked (a concurrent purge refused the rewrite, a write
+                // error, a damaged body) goes: a purge never leaves a fresh copy behind.
+                let marked =
+                    self.rewrite_meta(key, None, |m| m.expire_at(stale_at), running.ticket());
+                if !matches!(marked, Ok(true)) {
                     self.remove(key);
                 }
             } else {
@@ -566,36 +824,90 @@ impl DiskStore {
         keys
     }
 
-    /// Blocks until the start-up scan has indexed every file (bounded), so that a purge right
-    /// after a restart also finds objects the scan had not reached yet.
-    fn wait_for_scan(&self) {
-        let index = self.lock();
-        let waited = self
-            .scan_done
-            .wait_timeout_while(index, PURGE_WAITS_FOR_SCAN, |i| !i.scanned);
-        if waited.is_ok_and(|(_, timeout)| timeout.timed_out()) {
-            tracing::warn!("purging before the disk cache index scan finished");
+    /// A purge of this tier alone (tests, tools): records it in the fence, walks, and removes
+    /// what it overtook. Blocking.
+    pub fn purge(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
+        let running = self
+            .fence
+            .record(super::fence::Purged::Matching(selector.clone()));
+        let mut keys = self.purge_matching(selector, soft, &running);
+        for key in running.overtaken() {
+            self.remove(&key);
+            keys.push(key);
+        }
+        keys
+    }
+
+    /// The indexed keys a selector matches, read in batches so that the lock is never held
+    /// for a whole pass. Entries indexed behind the cursor meanwhile were published after the
+    /// purge started, which the fence deals with.
+    fn matching(&self, selector: &Selector) -> Vec<HashBinary> {
+        let mut keys = Vec::new();
+        let mut after: Option<HashBinary> = None;
+        loop {
+            let index = self.lock();
+            let from = match after {
+                Some(k) => std::ops::Bound::Excluded(k),
+                None => std::ops::Bound::Unbounded,
+            };
+            let range = index
+                .objects
+                .range::<HashBinary, _>((from, std::ops::Bound::Unbounded));
+            let mut seen = 0;
+            for (key, e) in range.take(BATCH) {
+                seen += 1;
+                after = Some(*key);
+                if selector.matches(&e.target, &e.tags) {
+                    keys.push(*key);
+                }
+            }
+            if seen < BATCH {
+                return keys;
+            }
         }
     }
 
+    /// Removes least recently used objects while the files (and fills in progress) exceed the
+    /// capacity or the index its memory limit. Blocking.
     fn evict(&self) {
         let mut evicted = 0;
+        let mut dirs = std::collections::BTreeSet::new();
         loop {
-            let victim = {
+            let victims: Vec<HashBinary> = {
                 let mut index = self.lock();
-                if index.total <= self.capacity {
-                    break;
+                let mut victims = Vec::new();
+                while victims.len() < BATCH
+                    && (index.total + self.tmp_bytes() > self.capacity
+                        || index.memory > self.index_limit)
+                {
+                    let Some((_, key)) = index.lru.pop_first() else {
+                        break;
+                    };
+                    if let Some(e) = index.objects.remove(&key) {
+                        index.total -= e.size;
+                        index.memory -= e.memory();
+                    }
+                    victims.push(key);
                 }
-                let Some((_, key)) = index.lru.pop_first() else {
-                    break;
-                };
-                if let Some(e) = index.objects.remove(&key) {
-                    index.total -= e.size;
-                }
-                key
+                victims
             };
-            let _ = fs::remove_file(self.path_of(&victim));
-            evicted += 1;
+            if victims.is_empty() {
+                break;
+            }
+            for victim in victims {
+                let path = self.path_of(&victim);
+                if fs::remove_file(&path).is_ok() {
+                    evicted += 1;
+                    if let Some(dir) = path.parent() {
+                        dirs.insert(dir.to_path_buf());
+                    }
+                }
+            }
+        }
+        // Like a purge, an eviction must not be undone by a power cut: a file evicted from
+        // the index but back on disk would be served yet invisible to purges.
+        for dir in dirs {
+            sync_dir(&dir.join("x"));
         }
         if evicted > 0 {
             crate::metrics::METRICS.cache_evicted("disk", evicted);
@@ -621,14 +933,32 @@ pub struct DiskWrite {
     done: bool,
     /// Taken when the fill (or rewrite) started; a purge recorded since refuses the publish.
     ticket: Option<Ticket>,
+    /// A rewrite: the tags of the copy it replaces (a purge of those refuses it too), and the
+    /// `created` of that copy (it publishes only onto that very object).
+    old_tags: Vec<String>,
+    replaces: Option<SystemTime>,
+    /// Bytes written to the temp file, counted in the store's temp bytes until it is gone.
+    written: u64,
+    tmp_bytes: Arc<AtomicU64>,
 }
 
 impl DiskWrite {
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self.file.as_mut() {
-            Some(file) => file.write_all(data),
-            None => Err(std::io::Error::other("fill already sealed")),
+            Some(file) => file.write_all(data)?,
+            None => return Err(std::io::Error::other("fill already sealed")),
         }
+        self.written += data.len() as u64;
+        self.tmp_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The temp file became the object: it no longer counts as a temp file.
+    fn mark_done(&mut self) {
+        self.done = true;
+        self.tmp_bytes.fetch_sub(self.written, Ordering::Relaxed);
+        self.written = 0;
     }
 
     /// Body bytes written so far.
@@ -639,15 +969,37 @@ impl DiskWrite {
 
 impl Drop for DiskWrite {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.tmp);
+        if self.done {
+            return;
+        }
+        self.tmp_bytes.fetch_sub(self.written, Ordering::Relaxed);
+        let tmp = std::mem::take(&mut self.tmp);
+        // An abandoned fill is dropped on the proxy's threads: the unlink goes to a blocking
+        // thread so that a slow filesystem never stalls them.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || fs::remove_file(tmp));
+            }
+            Err(_) => {
+                let _ = fs::remove_file(tmp);
+            }
         }
     }
 }
 
 enum ReadError {
     Missing,
+    /// There, but it could not be opened or sized now (EMFILE, EACCES, EIO).
+    Unavailable(std::io::Error),
     Corrupt(&'static str),
+}
+
+fn open_error(e: std::io::Error) -> ReadError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        ReadError::Missing
+    } else {
+        ReadError::Unavailable(e)
+    }
 }
 
 fn read_head(path: &Path) -> std::result::Result<Head, ReadError> {
@@ -655,8 +1007,8 @@ fn read_head(path: &Path) -> std::result::Result<Head, ReadError> {
 }
 
 fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadError> {
-    let mut file = File::open(path).map_err(|_| ReadError::Missing)?;
-    let file_len = file.metadata().map_err(|_| ReadError::Missing)?.len();
+    let mut file = File::open(path).map_err(open_error)?;
+    let file_len = file.metadata().map_err(open_error)?.len();
     let mut head = [0u8; HEAD_LEN];
     file.read_exact(&mut head)
         .map_err(|_| ReadError::Corrupt("short head"))?;
@@ -858,21 +1210,45 @@ mod tests {
     }
 
     #[test]
-    fn a_purge_right_after_a_restart_sees_every_file() {
+    fn a_purge_before_the_start_up_scan_is_complete_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open_blocking(dir.path(), u64::MAX).unwrap();
-        for i in 0..2000u32 {
+        let key_of = |i: u32| {
             let mut key = [0u8; 16];
             key[..4].copy_from_slice(&i.to_be_bytes());
-            fill(&store, key, b"x");
+            key
+        };
+        for i in 0..2000u32 {
+            fill(&store, key_of(i), b"x");
         }
+        // One soft-purged one must stay, stale.
+        let mut w = store
+            .begin([99; 16], &meta(), "a.vn/soft".into(), vec!["soft".into()])
+            .unwrap();
+        store.append(&mut w, b"kept stale").unwrap();
+        store.commit(w).unwrap();
         drop(store);
-        // The background scan is just starting; the purge must still reach every file.
-        let store = DiskStore::open(dir.path(), u64::MAX, Arc::default()).unwrap();
-        let purged = store.purge_matching(&Selector::Tags(["news".to_owned()].into()), false);
-        assert_eq!(purged.len(), 2000);
+        // A restart whose scan has not started yet: the index is empty.
+        let store = DiskStore::new(dir.path(), u64::MAX, Arc::default()).unwrap();
+        let purged = store.purge(&Selector::Tags(["news".to_owned()].into()), false);
+        assert!(purged.len() < 2000, "nothing was indexed yet");
+        store.purge(&Selector::Tags(["soft".to_owned()].into()), true);
+        // Lookups before the scan reaches the files already apply the purge...
+        for i in (0..2000u32).step_by(97) {
+            assert!(
+                store.load(&key_of(i)).is_none(),
+                "{i} served after its purge"
+            );
+        }
+        let (head, _) = store.load(&[99; 16]).unwrap();
+        let m = CacheMeta::deserialize(&head.internal, &head.header).unwrap();
+        assert!(!m.is_fresh(SystemTime::now()), "soft purge not applied");
+        // ...and so does the scan when it gets there.
+        store.scan();
+        assert_eq!(store.usage().0, 1);
         let again = DiskStore::open_blocking(dir.path(), u64::MAX).unwrap();
-        assert_eq!(again.usage().0, 0, "purged files came back");
+        assert_eq!(again.usage().0, 1, "purged files came back");
+        assert_eq!(body_of(&again, &[99; 16]).unwrap(), b"kept stale");
     }
 
     #[test]
@@ -918,17 +1294,22 @@ mod tests {
             .begin([30; 16], &meta(), "a.vn/30".into(), vec!["news".into()])
             .unwrap();
         store.append(&mut w, b"fetched before the purge").unwrap();
-        fence.record(Purged::Matching(Selector::Tags(["news".to_owned()].into())));
+        drop(fence.record(Purged::Matching(Selector::Tags(["news".to_owned()].into()))));
         assert_eq!(store.commit(w).unwrap(), None, "the purge refuses it");
         assert!(store.load(&[30; 16]).is_none());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         // A revalidation copying the body while a hard purge removes the object.
         fill(&store, [31; 16], b"old body");
         let rewritten = store
-            .rewrite_meta(&[31; 16], |_| {
-                fence.record(Purged::Key([31; 16]));
-                store.remove(&[31; 16]);
-            })
+            .rewrite_meta(
+                &[31; 16],
+                None,
+                |_| {
+                    drop(fence.record(Purged::Key([31; 16])));
+                    store.remove(&[31; 16]);
+                },
+                fence.open(),
+            )
             .unwrap();
         assert!(!rewritten);
         assert!(store.load(&[31; 16]).is_none(), "the purge was undone");
@@ -943,7 +1324,7 @@ mod tests {
         fill(&store, [11; 16], b"one");
         fill(&store, [12; 16], b"two");
         let purged_at = SystemTime::now();
-        let soft = store.purge_matching(&Selector::Prefix("a.vn/11".into()), true);
+        let soft = store.purge(&Selector::Prefix("a.vn/11".into()), true);
         assert_eq!(soft, vec![[11; 16]]);
         let (head, _) = store.load(&[11; 16]).unwrap();
         let m = CacheMeta::deserialize(&head.internal, &head.header).unwrap();
@@ -954,7 +1335,7 @@ mod tests {
         );
         assert!(m.updated() < purged_at, "Age still counts from the fill");
         assert_eq!(body_of(&store, &[11; 16]).unwrap(), b"one");
-        let hard = store.purge_matching(&Selector::Tags(["news".to_owned()].into()), false);
+        let hard = store.purge(&Selector::Tags(["news".to_owned()].into()), false);
         assert_eq!(hard.len(), 2);
         assert!(store.load(&[12; 16]).is_none());
         // Gone for good: a restart does not bring it back.

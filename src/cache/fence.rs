@@ -1,21 +1,25 @@
-//! The purge fence: a purge is final even for fills and metadata rewrites already in flight.
+//! The purge fence: a purge is final even for fills, promotions and metadata rewrites already
+//! in flight.
 //!
 //! A fill starts when the origin's headers arrive and publishes when its body ends, which can be
-//! seconds later; a revalidation or soft purge copies the stored body before it publishes. A
-//! purge that lands in between must win: without the fence the late publish would put back
-//! content fetched (or copied) before the purge, and a correction the newsroom purged would stay
-//! on air for a whole TTL.
+//! seconds later; a promotion reads a disk copy before it puts it into memory; a revalidation
+//! or soft purge copies the stored body before it publishes. A purge that lands in between must
+//! win: without the fence the late publish would put back content fetched (or read) before the
+//! purge finished, and a correction the newsroom purged would stay on air for a whole TTL.
 //!
-//! Every fill or rewrite holds a [`Ticket`] taken when it starts (a fill starts when the
-//! origin's answer head arrives: a purge landing between sending the request and that moment
-//! is not fenced, a window of one origin response time). A purge is recorded here before
-//! it touches any tier, and a publish checks, under the fence's lock, whether a purge recorded
-//! after its ticket matches it; if one does, the publish is refused (the client still gets its
-//! response, it is just not stored). Purges are kept only while a ticket older than them is open,
-//! so the record stays as small as the number of fills in flight.
+//! A purge is not an instant: it clears memory, then walks the disk, and a reader can read a
+//! disk copy the walk has not reached yet. So a purge has a start and an end, and a publish is
+//! refused by every matching purge that had not *ended* when the publish's [`Ticket`] was
+//! taken: the content it carries may predate the purge. Every fill or rewrite holds a ticket
+//! taken when it starts; a purge is recorded here ([`PurgeFence::record`]) before it touches any
+//! tier and ends when its [`Running`] guard drops; a publish checks, under the fence's lock,
+//! whether such a purge matches it, and if one does it is refused (the client still gets its
+//! response, it is just not stored). A purge's own rewrites (a soft purge marking copies stale)
+//! carry its id and are not refused by it. Ended purges are kept only while a ticket older than
+//! their end is open, so the record stays as small as the number of fills in flight.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use pingora::cache::key::HashBinary;
 
@@ -40,26 +44,95 @@ impl Purged {
     }
 }
 
+struct Record {
+    id: u64,
+    /// The epoch the purge ended at; None while it runs.
+    ended: Option<u64>,
+    purged: Purged,
+}
+
 #[derive(Default)]
 struct State {
-    /// Bumped by every purge; a ticket remembers the value it started at.
+    /// Bumped when a purge starts and when it ends; a ticket remembers the value it started at.
     epoch: u64,
+    next_id: u64,
     /// Open tickets per starting epoch.
     open: BTreeMap<u64, usize>,
-    /// Purges newer than the oldest open ticket, oldest first.
-    recent: VecDeque<(u64, Purged)>,
+    /// Running purges, and ended ones some open ticket predates.
+    records: VecDeque<Record>,
+    /// Publishes let through but not finished yet (a disk rename), by id.
+    publishing: BTreeMap<u64, Published>,
+    next_publish: u64,
+}
+
+/// What a publish in progress is putting back.
+struct Published {
+    key: HashBinary,
+    target: String,
+    tags: Vec<String>,
+}
+
+impl State {
+    /// Drops ended purges that no open ticket predates: nothing left could be refused by them.
+    fn forget(&mut self) {
+        let oldest = self.open.keys().next().copied();
+        self.records.retain(|r| match (r.ended, oldest) {
+            (None, _) => true,
+            (Some(end), Some(oldest)) => oldest < end,
+            (Some(_), None) => false,
+        });
+    }
 }
 
 /// Shared by every tier of one cache.
 #[derive(Default)]
 pub struct PurgeFence {
     state: Mutex<State>,
+    /// Signalled when a publish in progress finishes.
+    published: Condvar,
 }
 
 /// Held by one fill or rewrite from its start until it has published (or given up).
 pub struct Ticket {
     fence: Arc<PurgeFence>,
     epoch: u64,
+    /// The purge this ticket works for (a soft purge's rewrites): that purge does not refuse it.
+    on_behalf_of: Option<u64>,
+}
+
+/// A ticket taken when a request leaves for the origin, carried to the store in the
+/// response's `CacheMeta` extensions (Pingora hands the same meta to `get_miss_handler`, and
+/// merges it into `update_meta`'s after a 304). The origin made its answer before its head
+/// arrived, so a ticket taken only then would let a purge landing in between pass for newer.
+#[derive(Clone)]
+pub struct EarlyTicket(pub Arc<Ticket>);
+
+impl EarlyTicket {
+    /// The ticket a fill or rewrite of `meta` should hold: the early one's age when the proxy
+    /// attached one, else a fresh one.
+    pub fn for_meta(fence: &Arc<PurgeFence>, meta: &pingora::cache::CacheMeta) -> Ticket {
+        match meta.extensions().get::<EarlyTicket>() {
+            Some(early) => early.0.also(),
+            None => fence.open(),
+        }
+    }
+}
+
+/// A purge in progress: it ends (and stops refusing new work) when this drops.
+#[must_use = "a purge ends when its guard drops"]
+pub struct Running {
+    fence: Arc<PurgeFence>,
+    id: u64,
+    /// Publishes of matching objects that were already past the fence when the purge started.
+    overtaken: Vec<(u64, HashBinary)>,
+}
+
+/// A publish let through the fence and not finished yet: a purge starting meanwhile waits for
+/// it (see [`Running::overtaken`]) rather than the publish holding the fence's lock while it
+/// touches the filesystem.
+pub struct Publishing {
+    fence: Arc<PurgeFence>,
+    id: u64,
 }
 
 impl PurgeFence {
@@ -70,7 +143,8 @@ impl PurgeFence {
         }
     }
 
-    /// Starts a fill or rewrite: purges recorded from now on can refuse its publish.
+    /// Starts a fill or rewrite: purges running now or recorded from now on can refuse its
+    /// publish.
     pub fn open(self: &Arc<Self>) -> Ticket {
         let mut state = self.lock();
         let epoch = state.epoch;
@@ -78,23 +152,68 @@ impl PurgeFence {
         Ticket {
             fence: self.clone(),
             epoch,
+            on_behalf_of: None,
         }
     }
 
-    /// Records a purge; call it before the purge touches any tier.
-    pub fn record(&self, purged: Purged) {
+    /// Records a purge; call it before the purge touches any tier, and keep the guard until it
+    /// has touched all of them.
+    pub fn record(self: &Arc<Self>, purged: Purged) -> Running {
         let mut state = self.lock();
         state.epoch += 1;
-        // With nothing in flight there is nothing the purge could be undone by.
-        if !state.open.is_empty() {
-            let epoch = state.epoch;
-            state.recent.push_back((epoch, purged));
+        state.next_id += 1;
+        let id = state.next_id;
+        let overtaken = state
+            .publishing
+            .iter()
+            .filter(|(_, p)| purged.hits(&p.key, &p.target, &p.tags))
+            .map(|(id, p)| (*id, p.key))
+            .collect();
+        state.records.push_back(Record {
+            id,
+            ended: None,
+            purged,
+        });
+        Running {
+            fence: self.clone(),
+            id,
+            overtaken,
         }
     }
 
-    /// Runs `publish` unless a purge recorded after `ticket` was opened matches the object;
-    /// returns whether it ran. `publish` runs under the fence's lock, so no purge can be
-    /// recorded between the check and the publish: keep it short (an index insert, a rename).
+    /// Lets a publish through unless a purge that had not ended when `ticket` was opened
+    /// matches the object. Unlike [`PurgeFence::publish`] the work happens after the fence's
+    /// lock is released: hold the returned guard until the object is in place.
+    pub fn begin_publish(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        key: &HashBinary,
+        target: &str,
+        tags: &[String],
+    ) -> Option<Publishing> {
+        let mut state = self.lock();
+        if refused(&state, ticket, key, target, tags) {
+            return None;
+        }
+        state.next_publish += 1;
+        let id = state.next_publish;
+        state.publishing.insert(
+            id,
+            Published {
+                key: *key,
+                target: target.to_owned(),
+                tags: tags.to_vec(),
+            },
+        );
+        Some(Publishing {
+            fence: self.clone(),
+            id,
+        })
+    }
+
+    /// Runs `publish` unless a purge that had not ended when `ticket` was opened matches the
+    /// object; returns whether it ran. `publish` runs under the fence's lock, so no purge can
+    /// start between the check and the publish: keep it short (an index insert).
     pub fn publish<T>(
         &self,
         ticket: &Ticket,
@@ -104,18 +223,73 @@ impl PurgeFence {
         publish: impl FnOnce() -> T,
     ) -> Option<T> {
         let state = self.lock();
-        let purged = state
-            .recent
-            .iter()
-            .filter(|(epoch, _)| *epoch > ticket.epoch)
-            .any(|(_, p)| p.hits(key, target, tags));
-        (!purged).then(publish)
+        (!refused(&state, ticket, key, target, tags)).then(publish)
     }
 
-    /// Purges kept for open tickets (tests and the status page).
+    /// Purges remembered (tests).
     #[cfg(test)]
     fn kept(&self) -> usize {
-        self.lock().recent.len()
+        self.lock().records.len()
+    }
+}
+
+/// Whether a purge that had not ended when `ticket` was opened matches the object.
+fn refused(
+    state: &State,
+    ticket: &Ticket,
+    key: &HashBinary,
+    target: &str,
+    tags: &[String],
+) -> bool {
+    state.records.iter().any(|r| {
+        let after_ticket = r.ended.is_none_or(|end| ticket.epoch < end);
+        after_ticket && Some(r.id) != ticket.on_behalf_of && r.purged.hits(key, target, tags)
+    })
+}
+
+impl Running {
+    /// A ticket for this purge's own rewrites (a soft purge): refused by other purges as usual,
+    /// never by this one.
+    pub fn ticket(&self) -> Ticket {
+        let mut ticket = self.fence.open();
+        ticket.on_behalf_of = Some(self.id);
+        ticket
+    }
+}
+
+impl Running {
+    /// Waits (blocking) for the publishes this purge overtook and returns their keys: they
+    /// finished after the purge walked the tiers, so the caller removes them again.
+    pub fn overtaken(&self) -> Vec<HashBinary> {
+        let mut state = self.fence.lock();
+        for (id, _) in &self.overtaken {
+            while state.publishing.contains_key(id) {
+                state = match self.fence.published.wait(state) {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+            }
+        }
+        self.overtaken.iter().map(|(_, key)| *key).collect()
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.fence.lock().publishing.remove(&self.id);
+        self.fence.published.notify_all();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self.fence.lock();
+        state.epoch += 1;
+        let end = state.epoch;
+        if let Some(r) = state.records.iter_mut().find(|r| r.id == self.id) {
+            r.ended = Some(end);
+        }
+        state.forget();
     }
 }
 
@@ -128,6 +302,7 @@ impl Ticket {
         Ticket {
             fence: self.fence.clone(),
             epoch: self.epoch,
+            on_behalf_of: self.on_behalf_of,
         }
     }
 }
@@ -141,15 +316,7 @@ impl Drop for Ticket {
                 state.open.remove(&self.epoch);
             }
         }
-        // Only tickets opened before a purge can be refused by it.
-        match state.open.keys().next().copied() {
-            Some(oldest) => {
-                while state.recent.front().is_some_and(|(e, _)| *e <= oldest) {
-                    state.recent.pop_front();
-                }
-            }
-            None => state.recent.clear(),
-        }
+        state.forget();
     }
 }
 
@@ -165,7 +332,7 @@ mod tests {
     fn a_purge_after_the_start_refuses_the_publish() {
         let fence = Arc::new(PurgeFence::default());
         let before = fence.open();
-        fence.record(Purged::Matching(Selector::Tags(
+        let _ = fence.record(Purged::Matching(Selector::Tags(
             ["election".to_owned()].into(),
         )));
         let after = fence.open();
@@ -184,8 +351,8 @@ mod tests {
         let t1 = fence.open();
         let t2 = fence.open();
         let t3 = fence.open();
-        fence.record(Purged::Matching(Selector::Prefix("a.vn/news/".into())));
-        fence.record(Purged::Key([9; 16]));
+        let _ = fence.record(Purged::Matching(Selector::Prefix("a.vn/news/".into())));
+        let _ = fence.record(Purged::Key([9; 16]));
         assert!(fence
             .publish(&t1, &[1; 16], "a.vn/sport/1", &[], || ())
             .is_some());
@@ -198,15 +365,65 @@ mod tests {
     }
 
     #[test]
+    fn work_started_while_a_purge_runs_is_refused_until_it_ends() {
+        let fence = Arc::new(PurgeFence::default());
+        let running = fence.record(Purged::Key([1; 16]));
+        // A reader that read the disk copy the purge has not reached yet.
+        let during = fence.open();
+        assert!(fence
+            .publish(&during, &[1; 16], "a.vn/x", &[], || ())
+            .is_none());
+        // The purge's own rewrite (a soft purge marking it stale) goes through.
+        let own = running.ticket();
+        assert!(fence
+            .publish(&own, &[1; 16], "a.vn/x", &[], || ())
+            .is_some());
+        drop(running);
+        assert!(fence
+            .publish(&during, &[1; 16], "a.vn/x", &[], || ())
+            .is_none());
+        let after = fence.open();
+        assert!(fence
+            .publish(&after, &[1; 16], "a.vn/x", &[], || ())
+            .is_some());
+    }
+
+    #[test]
+    fn a_purge_waits_for_the_publishes_it_overtook() {
+        let fence = Arc::new(PurgeFence::default());
+        let ticket = fence.open();
+        let publishing = fence
+            .begin_publish(&ticket, &[5; 16], "a.vn/5", &tags(&["news"]))
+            .unwrap();
+        let other = fence
+            .begin_publish(&ticket, &[6; 16], "a.vn/6", &tags(&["sport"]))
+            .unwrap();
+        let running = fence.record(Purged::Matching(Selector::Tags(["news".to_owned()].into())));
+        let waiter = std::thread::spawn(move || running.overtaken());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "returned before the publish finished"
+        );
+        drop(publishing);
+        assert_eq!(waiter.join().unwrap(), vec![[5; 16]]);
+        drop(other);
+        // Refused from now on.
+        assert!(fence
+            .begin_publish(&ticket, &[5; 16], "a.vn/5", &tags(&["news"]))
+            .is_none());
+    }
+
+    #[test]
     fn the_record_shrinks_as_tickets_close() {
         let fence = Arc::new(PurgeFence::default());
         // No fill in flight: nothing to remember.
-        fence.record(Purged::Key([1; 16]));
+        let _ = fence.record(Purged::Key([1; 16]));
         assert_eq!(fence.kept(), 0);
         let old = fence.open();
-        fence.record(Purged::Key([2; 16]));
+        let _ = fence.record(Purged::Key([2; 16]));
         let young = fence.open();
-        fence.record(Purged::Key([3; 16]));
+        let _ = fence.record(Purged::Key([3; 16]));
         assert_eq!(fence.kept(), 2);
         drop(old);
         assert_eq!(

@@ -106,9 +106,42 @@ struct Entry {
     target: String,
     /// Purge tags from `Surrogate-Key` / `Cache-Tag`.
     tags: Vec<String>,
+    /// Set by a soft purge: stale from then on. Marking in place (rather than inserting a
+    /// stale copy) means a soft purge can never put back an object a concurrent hard purge,
+    /// revalidation or refill replaced.
+    stale_from: std::sync::OnceLock<SystemTime>,
 }
 
 impl Entry {
+    fn new(meta: StoredMeta, body: Bytes, target: String, tags: Vec<String>) -> Entry {
+        Entry {
+            meta,
+            body,
+            target,
+            tags,
+            stale_from: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Fresh until then: the stored freshness, cut short by a soft purge.
+    fn fresh_until(&self) -> SystemTime {
+        match self.stale_from.get() {
+            Some(t) => self.meta.fresh_until.min(*t),
+            None => self.meta.fresh_until,
+        }
+    }
+
+    fn meta(&self) -> CacheMeta {
+        let mut meta = self.meta.rebuild();
+        if let Some(t) = self.stale_from.get() {
+            if *t < self.meta.fresh_until {
+                // `expire_at` keeps `updated`: Age still counts from the fill.
+                meta.expire_at(*t);
+            }
+        }
+        meta
+    }
+
     fn weight(&self) -> u32 {
         let bytes = self.body.len()
             + self.meta.size()
@@ -198,33 +231,22 @@ impl MemoryStore {
         self.entries.weighted_size()
     }
 
-    /// Removes (or, `soft`, marks stale) every object the selector matches; returns how many.
-    /// A scan of the whole tier: purges are rare admin operations, lookups stay O(1).
+    /// Removes (or, `soft`, marks stale) every object the selector matches; returns their
+    /// keys. A scan of the whole tier (purges are rare admin operations, lookups stay O(1)):
+    /// call it off the request path. The caller records the purge in the fence first, so that
+    /// fills and promotions in flight cannot put back what this removes.
     pub fn purge_matching(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
-        let now = SystemTime::now();
+        // Stale from now on: the next request revalidates, and the copy can still be served
+        // within its stale windows if the origin is down.
+        let stale_at = SystemTime::now() - Duration::from_secs(1);
         let mut purged = Vec::new();
-        // A hard purge arriving while this soft one runs must not be undone by its re-inserts.
-        let ticket = self.ticket();
         for (key, entry) in self.entries.iter() {
             if !selector.matches(&entry.target, &entry.tags) {
                 continue;
             }
             purged.push(*key);
             if soft {
-                // Stale from now on: the next request revalidates, and the copy can still be
-                // served within its stale windows if the origin is down.
-                let stale_at = now - Duration::from_secs(1);
-                if entry.meta.fresh_until > stale_at {
-                    let mut meta = entry.meta.clone();
-                    meta.fresh_until = stale_at;
-                    let replacement = Arc::new(Entry {
-                        meta,
-                        body: entry.body.clone(),
-                        target: entry.target.clone(),
-                        tags: entry.tags.clone(),
-                    });
-                    self.insert_fenced(&ticket, *key, replacement);
-                }
+                let _ = entry.stale_from.set(stale_at);
             } else {
                 self.entries.invalidate(&*key);
             }
@@ -246,12 +268,7 @@ impl MemoryStore {
         if body.len() > self.max_object {
             return;
         }
-        let entry = Arc::new(Entry {
-            meta: StoredMeta::capture(meta),
-            body,
-            target,
-            tags,
-        });
+        let entry = Arc::new(Entry::new(StoredMeta::capture(meta), body, target, tags));
         self.insert_fenced(&ticket, key, entry);
     }
 
@@ -262,7 +279,8 @@ impl MemoryStore {
         let entry = self.entries.get(key)?;
         let m = &entry.meta;
         let status = m.header.status.as_u16();
-        let usable = m.fresh_until >= now
+        let fresh_until = entry.fresh_until();
+        let usable = fresh_until >= now
             && m.variance.is_none()
             && !m.header.headers.contains_key(http::header::VARY)
             && m.header
@@ -276,7 +294,7 @@ impl MemoryStore {
             header: m.header.clone(),
             body: entry.body.clone(),
             age: now.duration_since(m.epoch).unwrap_or_default().as_secs(),
-            fresh_until: m.fresh_until,
+            fresh_until,
         })
     }
 
@@ -304,19 +322,48 @@ impl MemoryStore {
     }
 
     /// Replaces an object's metadata after a revalidation, keeping its body; false when it is
-    /// not stored (evicted or purged meanwhile: nothing to update, not an error).
-    pub fn replace_meta(&self, hash: HashBinary, meta: &CacheMeta) -> bool {
-        let ticket = self.ticket();
+    /// not stored (evicted or purged meanwhile: nothing to update, not an error), when the
+    /// stored object is not the one revalidated (refilled meanwhile: the new headers belong to
+    /// the old body, not to the refill's), or when a purge since `ticket` matches it.
+    pub fn replace_meta(&self, ticket: &Ticket, hash: HashBinary, meta: &CacheMeta) -> bool {
         let Some(old) = self.entries.get(&hash) else {
             return false;
         };
-        let entry = Arc::new(Entry {
-            meta: StoredMeta::capture(meta),
-            body: old.body.clone(),
-            target: old.target.clone(),
-            tags: tags_of(meta.response_header()),
-        });
-        self.insert_fenced(&ticket, hash, entry)
+        // Pingora carries the revalidated object's `created` into the new metadata; each fill
+        // stamps its own, so a different one means another version is stored now.
+        if old.meta.created != meta.created() {
+            return false;
+        }
+        let tags = tags_of(meta.response_header());
+        // Refused by a purge of the old tags or of the new ones.
+        let mut all_tags = old.tags.clone();
+        all_tags.extend(tags.iter().cloned());
+        let entry = Arc::new(Entry::new(
+            StoredMeta::capture(meta),
+            old.body.clone(),
+            old.target.clone(),
+            tags,
+        ));
+        self.fence
+            .publish(ticket, &hash, &old.target, &all_tags, || {
+                // Still the object revalidated: a refill between the lookup above and here
+                // must not be overwritten either.
+                let current = self.entries.get(&hash);
+                if current.is_some_and(|c| Arc::ptr_eq(&c, &old)) {
+                    self.entries.insert(hash, entry);
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false)
+    }
+
+    /// Marks one object stale from `at` (an unsafe method changed it at the origin).
+    pub fn mark_stale(&self, key: &HashBinary, at: SystemTime) {
+        if let Some(entry) = self.entries.get(key) {
+            let _ = entry.stale_from.set(at);
+        }
     }
 
     /// Drops one object (every caller that replaces or abandons a version).
@@ -345,7 +392,7 @@ impl Storage for MemoryStore {
         let Some(entry) = self.entries.get(&key.combined_bin()) else {
             return Ok(None);
         };
-        let meta = entry.meta.rebuild();
+        let meta = entry.meta();
         Ok(Some((meta, Box::new(MemoryHit::new(entry.body.clone())))))
     }
 
@@ -377,7 +424,7 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        Ok(self.replace_meta(key.combined_bin(), meta))
+        Ok(self.replace_meta(&self.ticket(), key.combined_bin(), meta))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
@@ -477,12 +524,12 @@ impl MemoryFill {
     /// refused it.
     pub fn publish(self) -> Option<usize> {
         let size = self.body.len();
-        let entry = Arc::new(Entry {
-            meta: self.meta,
-            body: self.body.freeze(),
-            target: self.target,
-            tags: self.tags,
-        });
+        let entry = Arc::new(Entry::new(
+            self.meta,
+            self.body.freeze(),
+            self.target,
+            self.tags,
+        ));
         self.store
             .insert_fenced(&self.ticket, self.key, entry)
             .then_some(size)
@@ -582,15 +629,15 @@ mod tests {
         // A fill that started before a purge of its tag is not stored.
         let mut fill = s.fill(&key, &tagged);
         fill.append(b"the old text").unwrap();
-        fence.record(Purged::Matching(Selector::Tags(
+        drop(fence.record(Purged::Matching(Selector::Tags(
             ["election".to_owned()].into(),
-        )));
+        ))));
         s.purge_matching(&Selector::Tags(["election".to_owned()].into()), false);
         assert_eq!(fill.publish(), None);
         assert!(s.lookup(&key, &span()).await.unwrap().is_none());
         // A promotion read before a purge of its key is not stored either.
         let ticket = s.ticket();
-        fence.record(Purged::Key(key.combined_bin()));
+        drop(fence.record(Purged::Key(key.combined_bin())));
         s.insert(
             ticket,
             key.combined_bin(),

@@ -17,11 +17,10 @@ pub mod tiered;
 
 use std::time::Duration;
 
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
-use pingora::cache::storage::{PurgeTarget, PurgeType};
-use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::cache::{CacheKey, CacheMeta};
 use pingora::cache::{CacheOptionOverrides, HttpCache, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -96,43 +95,103 @@ impl EdgeCache {
 
 impl EdgeCache {
     /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier;
-    /// returns how many.
-    pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> usize {
-        // First, so that fills already in flight cannot put back what this purge removes.
-        self.store
-            .fence
-            .record(fence::Purged::Matching(selector.clone()));
-        let mut keys: std::collections::HashSet<HashBinary> = self
-            .memory
-            .purge_matching(selector, soft)
-            .into_iter()
-            .collect();
-        if let Some(disk) = self.store.disk.clone() {
-            let selector = selector.clone();
-            match tokio::task::spawn_blocking(move || disk.purge_matching(&selector, soft)).await {
-                Ok(on_disk) => keys.extend(on_disk),
-                Err(e) => tracing::error!("disk purge failed: {e}"),
+    /// reports how many. The tiers are walked on a blocking thread: no request waits for it.
+    pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> purge::Report {
+        let store = self.store;
+        let selector = selector.clone();
+        let walked = tokio::task::spawn_blocking(move || {
+            // Read before the walk: a scan finishing during it may have applied the purge to
+            // files this count does not include.
+            let index_ready = store.disk.as_ref().is_none_or(|d| d.index_ready());
+            // First, so that fills, promotions and rewrites in flight cannot put back what
+            // this purge removes.
+            let running = store
+                .fence
+                .record(fence::Purged::Matching(selector.clone()));
+            let mut keys: std::collections::HashSet<HashBinary> = store
+                .memory
+                .purge_matching(&selector, soft)
+                .into_iter()
+                .collect();
+            if let Some(disk) = &store.disk {
+                keys.extend(disk.purge_matching(&selector, soft, &running));
+                // Publishes that were renaming when the purge started: in place only now.
+                for key in running.overtaken() {
+                    if soft {
+                        let stale_at = std::time::SystemTime::now() - Duration::from_secs(1);
+                        let marked = disk.rewrite_meta(
+                            &key,
+                            None,
+                            |m| m.expire_at(stale_at),
+                            running.ticket(),
+                        );
+                        if !matches!(marked, Ok(true)) {
+                            disk.remove(&key);
+                        }
+                    } else {
+                        disk.remove(&key);
+                    }
+                    keys.insert(key);
+                }
+            }
+            (keys.len(), index_ready, selector)
+        })
+        .await;
+        match walked {
+            Ok((count, index_ready, selector)) => {
+                crate::metrics::METRICS.purged(count);
+                tracing::info!(?selector, soft, count, index_ready, "purge");
+                purge::Report {
+                    purged: count,
+                    index_ready,
+                }
+            }
+            Err(e) => {
+                tracing::error!("purge failed: {e}");
+                purge::Report {
+                    purged: 0,
+                    index_ready: false,
+                }
             }
         }
-        let count = keys.len();
-        crate::metrics::METRICS.purged(count);
-        tracing::info!(?selector, soft, count, "purge");
-        count
     }
 
-    /// Removes one object (its primary variant) from every tier.
+    /// A ticket for a request about to leave for the origin (see [`fence::EarlyTicket`]).
+    pub fn early_ticket(&self) -> fence::EarlyTicket {
+        fence::EarlyTicket(std::sync::Arc::new(self.store.fence.open()))
+    }
+
+    /// Marks one object (its primary variant) stale in every tier, after an unsafe method
+    /// changed it at the origin (RFC 9111 §4.4). Stale, not removed: a client's POST must not
+    /// be able to evict the copy the site falls back on while its origins are down. The next
+    /// reader revalidates. Cheap when it is already stale, so a flood of POSTs costs nothing.
     pub async fn invalidate(&self, key: &CacheKey) {
-        let compact = key.to_compact();
-        let span = pingora::cache::trace::Span::inactive().handle();
-        if let Err(e) = self
-            .store
-            .purge(
-                PurgeTarget::Active(&compact),
-                PurgeType::Invalidation,
-                &span,
-            )
-            .await
-        {
+        let store = self.store;
+        let hash = key.combined_bin();
+        let done = tokio::task::spawn_blocking(move || {
+            let running = store.fence.record(fence::Purged::Key(hash));
+            let stale_at = std::time::SystemTime::now() - Duration::from_secs(1);
+            store.memory.mark_stale(&hash, stale_at);
+            if let Some(disk) = &store.disk {
+                let mut keys = vec![hash];
+                keys.extend(running.overtaken());
+                for key in keys {
+                    if disk.is_fresh(&key, stale_at) {
+                        let marked = disk.rewrite_meta(
+                            &key,
+                            None,
+                            |m| m.expire_at(stale_at),
+                            running.ticket(),
+                        );
+                        if !matches!(marked, Ok(true)) {
+                            disk.remove(&key);
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
             tracing::warn!("cache invalidation failed: {e}");
         }
     }

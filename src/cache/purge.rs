@@ -88,6 +88,17 @@ pub fn tags_of(resp: &ResponseHeader) -> Vec<String> {
     tags
 }
 
+/// What a purge did.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// Objects removed or marked stale, in any tier.
+    pub purged: usize,
+    /// False while the disk tier's start-up scan is still running: `purged` then counts only
+    /// the objects indexed so far. The purge itself is complete either way: the scan, and
+    /// lookups of files it has not reached, apply it to every other file.
+    pub index_ready: bool,
+}
+
 /// A `POST /purge` body.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,7 +22,7 @@ use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 
 use super::disk::{self, DiskStore, DiskWrite, Head};
-use super::fence::{PurgeFence, Purged};
+use super::fence::{EarlyTicket, PurgeFence, Purged};
 use super::key::target_of_key;
 use super::memory::{MemoryFill, MemoryHit, MemoryStore};
 use super::purge::tags_of;
@@ -136,8 +136,9 @@ impl Storage for TieredStore {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let _ = trace;
-        // One age for both tiers' parts of this fill: a purge refuses both or neither.
-        let ticket = self.fence.open();
+        // One age for both tiers' parts of this fill, the age of the request that fetched it:
+        // a purge refuses both or neither.
+        let ticket = EarlyTicket::for_meta(&self.fence, meta);
         let memory = Some(self.memory.fill_with(key, meta, ticket.also()));
         let disk = match &self.disk {
             None => None,
@@ -178,17 +179,25 @@ impl Storage for TieredStore {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let hash = target.key().combined_bin();
-        if matches!(purge_type, PurgeType::Invalidation) {
-            self.fence.record(Purged::Key(hash));
-        }
+        let running = match purge_type {
+            PurgeType::Invalidation => Some(self.fence.record(Purged::Key(hash))),
+            _ => None,
+        };
         let memory = self.memory.purge(target, purge_type, trace).await?;
         // Evictions from memory only demote: the disk copy stays.
-        let on_disk = match (&self.disk, purge_type) {
-            (Some(disk), PurgeType::Invalidation) => {
+        let on_disk = match (&self.disk, running) {
+            (Some(disk), Some(running)) => {
                 let disk = disk.clone();
-                tokio::task::spawn_blocking(move || disk.remove(&hash))
-                    .await
-                    .map_err(blocking_failed)?
+                tokio::task::spawn_blocking(move || {
+                    let removed = disk.remove(&hash);
+                    // A publish of it that was renaming when the purge started.
+                    for key in running.overtaken() {
+                        disk.remove(&key);
+                    }
+                    removed
+                })
+                .await
+                .map_err(blocking_failed)?
             }
             _ => false,
         };
@@ -206,18 +215,27 @@ impl Storage for TieredStore {
         trace: &SpanHandle,
     ) -> Result<bool> {
         let _ = trace;
-        let in_memory = self.memory.replace_meta(key.combined_bin(), meta);
+        let hash = key.combined_bin();
+        // As old as the revalidation request: a purge since then wins over its 304.
+        let ticket = EarlyTicket::for_meta(&self.fence, meta);
+        let in_memory = self.memory.replace_meta(&ticket, hash, meta);
         let Some(disk) = self.disk.clone() else {
             return Ok(in_memory);
         };
-        let hash = key.combined_bin();
         let (internal, header) = meta.serialize()?;
+        // Only onto the object that was revalidated (Pingora carries its `created` over).
+        let revalidated = meta.created();
         let on_disk = tokio::task::spawn_blocking(move || {
-            disk.rewrite_meta(&hash, |m| {
-                if let Ok(new) = CacheMeta::deserialize(&internal, &header) {
-                    *m = new;
-                }
-            })
+            disk.rewrite_meta(
+                &hash,
+                Some(revalidated),
+                |m| {
+                    if let Ok(new) = CacheMeta::deserialize(&internal, &header) {
+                        *m = new;
+                    }
+                },
+                ticket,
+            )
         })
         .await
         .map_err(blocking_failed)??;
@@ -250,7 +268,8 @@ impl HandleMiss for TieredMiss {
             }
         }
         if let (Some(mut w), Some(store)) = (self.disk.take(), self.store.clone()) {
-            if w.body_len() + data.len() as u64 > self.max_object {
+            let more = data.len() as u64;
+            if w.body_len() + more > self.max_object || !store.has_room(more) {
                 drop(w);
             } else {
                 let (w, result) = tokio::task::spawn_blocking(move || {

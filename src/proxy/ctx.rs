@@ -63,6 +63,9 @@ pub struct RequestCtx {
     pub in_progress: Option<crate::protect::shed::InProgress>,
     /// `(attempt, granted)`: the retry decision for that attempt, made once.
     pub retry_decision: Option<(usize, bool)>,
+    /// Taken when a cacheable request leaves for the origin; what it brings back is stored
+    /// only if no purge ran since (see `cache::fence::EarlyTicket`).
+    pub fill_ticket: Option<crate::cache::fence::EarlyTicket>,
 }
 
 impl RequestCtx {
@@ -96,6 +99,7 @@ impl RequestCtx {
             uncleared: false,
             tls: false,
             in_progress: None,
+            fill_ticket: None,
         }
     }
 

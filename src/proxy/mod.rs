@@ -210,6 +210,9 @@ impl ProxyHttp for Edge {
             challenge::refuse(session, ctx).await?;
             return Ok(false);
         }
+        if ctx.cache_on {
+            ctx.fill_ticket = Some(self.cache.early_ticket());
+        }
         Ok(true)
     }
 
@@ -248,7 +251,10 @@ impl ProxyHttp for Edge {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
-        let decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
+        let mut decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
+        if let (RespCacheable::Cacheable(meta), Some(ticket)) = (&mut decision, &ctx.fill_ticket) {
+            meta.extensions_mut().insert(ticket.clone());
+        }
         ctx.cache_stored = matches!(decision, RespCacheable::Cacheable(_));
         Ok(decision)
     }
@@ -713,8 +719,11 @@ impl Edge {
             .get("soft-purge")
             .is_some_and(|v| v.as_bytes() == b"1");
         let selector = cache::purge::Selector::Urls(std::iter::once(target).collect());
-        let purged = self.cache.purge(&selector, soft).await;
-        let body = format!("{{\"purged\": {purged}, \"soft\": {soft}}}\n");
+        let report = self.cache.purge(&selector, soft).await;
+        let body = format!(
+            "{{\"purged\": {}, \"soft\": {soft}, \"index_ready\": {}}}\n",
+            report.purged, report.index_ready
+        );
         respond::send(session, ctx, 200, "application/json", body.into(), &[]).await?;
         Ok(())
     }

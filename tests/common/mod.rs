@@ -901,9 +901,10 @@ pub async fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Du
     .map(|()| started.elapsed())
 }
 
-/// The path of the built binary.
-pub fn onair_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_onair")
+/// The path of the built binary; `ONAIR_BIN` runs the tests against another build (to show
+/// that a new test fails on an older binary).
+pub fn onair_bin() -> String {
+    std::env::var("ONAIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_onair").to_owned())
 }
 
 impl Onair {

@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod attack;
 mod cache;
+mod cache_trust;
 mod chaos;
 mod config_check;
 mod failover;
