@@ -453,6 +453,10 @@ impl DiskStore {
                 }
             }
             Err(ReadError::Missing) => {
+                #[cfg(test)]
+                if let Some(hook) = AFTER_MISSING.with(|h| h.borrow_mut().take()) {
+                    hook();
+                }
                 // Forget it only if it is still missing under the lock: a fill renaming it into
                 // place meanwhile indexes it after taking this lock, and must stay indexed.
                 let mut index = self.lock();
@@ -1006,8 +1010,25 @@ fn read_head(path: &Path) -> std::result::Result<Head, ReadError> {
     read_head_and_file(path).map(|(h, _)| h)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the OS error the next opens of cache files fail with (EMFILE, EIO, ...).
+    static FAIL_OPEN: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+    /// Tests: runs once right after an open found no file, before the index is touched.
+    static AFTER_MISSING: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn open_file(path: &Path) -> std::io::Result<File> {
+    #[cfg(test)]
+    if let Some(code) = FAIL_OPEN.with(|f| f.get()) {
+        return Err(std::io::Error::from_raw_os_error(code));
+    }
+    File::open(path)
+}
+
 fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadError> {
-    let mut file = File::open(path).map_err(open_error)?;
+    let mut file = open_file(path).map_err(open_error)?;
     let file_len = file.metadata().map_err(open_error)?.len();
     let mut head = [0u8; HEAD_LEN];
     file.read_exact(&mut head)
@@ -1341,5 +1362,128 @@ mod tests {
         // Gone for good: a restart does not bring it back.
         let again = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
         assert_eq!(again.usage().0, 0);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_now_stays_indexed_and_purgeable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        fill(&store, [40; 16], b"body");
+        for errno in [24 /* EMFILE */, 13 /* EACCES */, 5 /* EIO */] {
+            FAIL_OPEN.with(|f| f.set(Some(errno)));
+            assert!(
+                store.load(&[40; 16]).is_none(),
+                "a miss while it cannot be read"
+            );
+            FAIL_OPEN.with(|f| f.set(None));
+            assert_eq!(store.usage().0, 1, "errno {errno} dropped the index entry");
+        }
+        assert_eq!(body_of(&store, &[40; 16]).unwrap(), b"body");
+        assert_eq!(
+            store
+                .purge(&Selector::Tags(["news".to_owned()].into()), false)
+                .len(),
+            1
+        );
+        assert!(!store.path_of(&[40; 16]).exists());
+    }
+
+    #[test]
+    fn a_lookup_that_found_nothing_does_not_forget_a_fill_published_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open_blocking(dir.path(), 1 << 20).unwrap());
+        let filler = store.clone();
+        AFTER_MISSING.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || fill(&filler, [41; 16], b"just published")))
+        });
+        assert!(store.load(&[41; 16]).is_none());
+        assert_eq!(store.usage().0, 1, "the new file is invisible to purges");
+        assert_eq!(
+            store
+                .purge(&Selector::Tags(["news".to_owned()].into()), false)
+                .len(),
+            1
+        );
+        assert!(store.load(&[41; 16]).is_none());
+    }
+
+    #[test]
+    fn a_rewrite_never_launders_a_damaged_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        fill(&store, [42; 16], &[b'x'; 3000]);
+        let p = store.path_of(&[42; 16]);
+        let mut bytes = fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&p, &bytes).unwrap();
+        let stale_at = SystemTime::now();
+        let rewritten = store
+            .rewrite_meta(
+                &[42; 16],
+                None,
+                |m| m.expire_at(stale_at),
+                store.fence.open(),
+            )
+            .unwrap();
+        assert!(!rewritten);
+        assert!(
+            !p.exists(),
+            "the damaged file must go, not get a fresh checksum"
+        );
+        assert_eq!(store.usage().0, 0);
+    }
+
+    #[test]
+    fn a_late_revalidation_does_not_dress_a_refill_in_old_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        fill(&store, [43; 16], b"version 1");
+        let (head, _) = store.load(&[43; 16]).unwrap();
+        let v1 = CacheMeta::deserialize(&head.internal, &head.header).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        fill(&store, [43; 16], b"version 2, longer");
+        let rewritten = store
+            .rewrite_meta(
+                &[43; 16],
+                Some(v1.created()),
+                |m| m.expire_at(SystemTime::now()),
+                store.fence.open(),
+            )
+            .unwrap();
+        assert!(!rewritten, "version 1's revalidation landed on version 2");
+        assert_eq!(body_of(&store, &[43; 16]).unwrap(), b"version 2, longer");
+    }
+
+    #[test]
+    fn temp_files_count_against_capacity_and_dead_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), 10_000).unwrap();
+        let tmp = dir.path().join("tmp");
+        // A crashed process's leftover (no such pid) and a live one's fill (pid 1).
+        let dead = tmp.join(format!("{}.{}.0", hex(&[44; 16]), u32::MAX - 1));
+        let live = tmp.join(format!("{}.1.0", hex(&[45; 16])));
+        fs::write(&dead, vec![0u8; 4000]).unwrap();
+        fs::write(&live, vec![0u8; 4000]).unwrap();
+        fill(&store, [46; 16], &[b'a'; 2500]);
+        fill(&store, [47; 16], &[b'b'; 2500]);
+        store.sweep_tmp(SystemTime::now());
+        assert!(!dead.exists(), "a dead process's temp file stays");
+        assert!(live.exists());
+        assert_eq!(store.overheads().1, 4000);
+        store.evict();
+        let (_, bytes) = store.usage();
+        assert!(
+            bytes + 4000 <= 10_000,
+            "{bytes} bytes of objects beside 4000 of temp files"
+        );
+        // A fill in progress counts too.
+        let mut w = store
+            .begin([48; 16], &meta(), "a.vn/48".into(), vec![])
+            .unwrap();
+        store.append(&mut w, &[0u8; 1000]).unwrap();
+        assert!(store.overheads().1 > 5000);
+        drop(w);
+        assert_eq!(store.overheads().1, 4000);
     }
 }

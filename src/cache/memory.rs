@@ -726,4 +726,65 @@ mod tests {
         assert!(s.size() <= 256 << 10, "{} bytes held", s.size());
         assert!(s.objects() < 64);
     }
+
+    #[tokio::test]
+    async fn a_late_revalidation_does_not_dress_a_refill_in_old_headers() {
+        let s = store();
+        let key = CacheKey::new("late", "");
+        let created = SystemTime::now();
+        let v1 = CacheMeta::new(created + Duration::from_secs(60), created, 0, 0, {
+            let mut h = ResponseHeader::build(200, None).unwrap();
+            h.insert_header("ETag", "\"v1\"").unwrap();
+            h
+        });
+        let mut miss = s.get_miss_handler(&key, &v1, &span()).await.unwrap();
+        miss.write_body(Bytes::from_static(b"one"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        // A second writer refills it with version 2...
+        let later = created + Duration::from_millis(5);
+        let v2 = CacheMeta::new(later + Duration::from_secs(60), later, 0, 0, {
+            let mut h = ResponseHeader::build(200, None).unwrap();
+            h.insert_header("ETag", "\"v2\"").unwrap();
+            h
+        });
+        let mut miss = s.get_miss_handler(&key, &v2, &span()).await.unwrap();
+        miss.write_body(Bytes::from_static(b"two!"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        // ...then version 1's revalidation answers late (Pingora keeps v1's `created`).
+        assert!(!s.update_meta(&key, &v1, &span()).await.unwrap());
+        let (m, mut hit) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        assert_eq!(m.headers().get("etag").unwrap(), "\"v2\"");
+        assert_eq!(read_all(&mut hit).await, b"two!");
+    }
+
+    #[tokio::test]
+    async fn a_soft_purge_marks_in_place_and_never_resurrects() {
+        let fence = Arc::new(PurgeFence::default());
+        let s: &'static MemoryStore = Box::leak(Box::new(MemoryStore::with_fence(
+            1 << 20,
+            64 << 10,
+            fence.clone(),
+        )));
+        let key = crate::cache::key::cache_key("http", "a.vn", None, "/soft");
+        let mut miss = s.get_miss_handler(&key, &meta(), &span()).await.unwrap();
+        miss.write_body(Bytes::from_static(b"x"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        let selector = Selector::Urls(["a.vn/soft".to_owned()].into());
+        assert_eq!(s.purge_matching(&selector, true).len(), 1);
+        let (m, _) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        assert!(!m.is_fresh(SystemTime::now()), "soft purge left it fresh");
+        assert!(s
+            .fresh_hit(&key.combined_bin(), SystemTime::now())
+            .is_none());
+        // A hard purge, then the (idempotent) soft one again: nothing comes back.
+        s.purge_matching(&selector, false);
+        s.purge_matching(&selector, true);
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    }
 }
