@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: the TOML file, its validation (every error with its key path).
 //! - [`snapshot`]: the runtime snapshot built from a config, swapped atomically on reload.
-//! - [`router`]: host -> site -> route -> pool.
+//! - [`router`]: host -> site -> route -> pool; [`uri_path`]: the normal form paths are
+//!   routed and keyed in.
 //! - [`origin`]: pools, tiers, regions, active and passive health, origin protection.
 //! - [`tls`]: certificates and keys from PEM files, checked before Pingora sees them.
 //! - [`cache`]: cache key, RFC 9111 cacheability, the memory tier, `Cache-Status`.
@@ -28,3 +29,4 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod uri_path;

@@ -138,6 +138,27 @@ fn rate_policy(site: &str, path: &str) -> u64 {
     h.clamp(1, u64::MAX - 1)
 }
 
+/// A Host/authority value split into the normalized host and the port it names: None when the
+/// host is invalid or the port is not a number from 0 to 65535. A port that does not parse
+/// must be refused, not dropped: the key would then ignore it while the origin saw it.
+pub fn parse_authority(raw: &str) -> Option<(String, Option<u16>)> {
+    let host = normalize_host(raw)?;
+    let raw = raw.trim();
+    let after_host = match raw.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+        None => raw.rsplit_once(':').map_or("", |(_, port)| port),
+    };
+    let port_text = after_host.strip_prefix(':').unwrap_or(after_host);
+    let port = match (raw.starts_with('['), raw.contains(':')) {
+        // `[::1]` and a bare name: no port. `name:` (empty port) is allowed by RFC 3986.
+        (true, _) if after_host.is_empty() => None,
+        (false, false) => None,
+        _ if port_text.is_empty() => None,
+        _ => Some(port_text.parse::<u16>().ok()?),
+    };
+    Some((host, port))
+}
+
 /// Lowercases a Host/authority value and drops the port and a trailing dot, so that
 /// `News.Example.com.:80` and `news.example.com` route alike. Returns None for a value that
 /// cannot be a host (empty, or with characters no host name has).
@@ -175,6 +196,7 @@ mod tests {
             pool: "main".into(),
             maintenance_page: None,
             force_stale_if_error: false,
+            pass_headers: Vec::new(),
             routes: routes
                 .iter()
                 .map(|(p, pool)| config::Route {
@@ -245,5 +267,20 @@ mod tests {
         assert_eq!(normalize_host(""), None);
         assert_eq!(normalize_host("a b"), None);
         assert_eq!(normalize_host("evil.com/x"), None);
+        assert_eq!(
+            parse_authority("A.vn.:8080"),
+            Some(("a.vn".into(), Some(8080)))
+        );
+        assert_eq!(parse_authority("a.vn"), Some(("a.vn".into(), None)));
+        assert_eq!(parse_authority("a.vn:"), Some(("a.vn".into(), None)));
+        assert_eq!(
+            parse_authority("[::1]:81"),
+            Some(("[::1]".into(), Some(81)))
+        );
+        assert_eq!(parse_authority("[::1]"), Some(("[::1]".into(), None)));
+        // A port the key could not hold: refused, never dropped.
+        assert_eq!(parse_authority("a.vn:65616"), None);
+        assert_eq!(parse_authority("a.vn:99999999999999999999"), None);
+        assert_eq!(parse_authority("[::1]x"), None);
     }
 }

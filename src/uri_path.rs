@@ -38,6 +38,18 @@ impl Refused {
     }
 }
 
+impl Refused {
+    /// The body of the 400 answer: the reason on a line.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refused::BadPercent => "malformed percent-encoding in the path\n",
+            Refused::Backslash => "backslash in the path\n",
+            Refused::Control => "control character in the path\n",
+            Refused::NotAbsolute => "the path must start with /\n",
+        }
+    }
+}
+
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.reason())
@@ -257,7 +269,15 @@ mod tests {
 
     #[test]
     fn canonical_input_is_borrowed() {
-        for path in ["/", "/login", "/a/b/", "/a%2Fb", "/caf%C3%A9", "/a.b/..c/.d", "/é"] {
+        for path in [
+            "/",
+            "/login",
+            "/a/b/",
+            "/a%2Fb",
+            "/caf%C3%A9",
+            "/a.b/..c/.d",
+            "/é",
+        ] {
             let got = normalize(path);
             assert!(matches!(got, Ok(Cow::Borrowed(_))), "{path}: {got:?}");
             assert_eq!(got.as_deref(), Ok(path));
@@ -268,8 +288,17 @@ mod tests {
 
     #[test]
     fn aliases_of_login() {
-        let aliases = ["//login", "/%6cogin", "/%6Cogin", "/x/../login", "/x/%2e%2e/login"];
-        for path in aliases.into_iter().chain(["/x/%2E./login", "/../login", "///x//..//login"]) {
+        let aliases = [
+            "//login",
+            "/%6cogin",
+            "/%6Cogin",
+            "/x/../login",
+            "/x/%2e%2e/login",
+        ];
+        for path in aliases
+            .into_iter()
+            .chain(["/x/%2E./login", "/../login", "///x//..//login"])
+        {
             assert_eq!(n(path).as_deref(), Ok("/login"), "{path}");
         }
     }
@@ -334,7 +363,10 @@ mod tests {
         assert_eq!(got.as_deref(), Ok("/al?a=%2e&b=//"));
         assert_eq!(normalize_path_and_query("?q").as_deref(), Ok("/?q"));
         assert_eq!(normalize_path_and_query("//a?").as_deref(), Ok("/a?"));
-        assert_eq!(normalize_path_and_query("/a?b?/../c").as_deref(), Ok("/a?b?/../c"));
+        assert_eq!(
+            normalize_path_and_query("/a?b?/../c").as_deref(),
+            Ok("/a?b?/../c")
+        );
     }
 
     #[test]
@@ -366,7 +398,10 @@ mod tests {
             }
             if let Ok(once) = normalize(&input) {
                 let twice = normalize(&once);
-                assert!(matches!(twice, Ok(Cow::Borrowed(_))), "{input:?} -> {once:?}");
+                assert!(
+                    matches!(twice, Ok(Cow::Borrowed(_))),
+                    "{input:?} -> {once:?}"
+                );
                 assert_eq!(twice.as_deref(), Ok(&*once), "{input:?}");
                 // The borrowed fast path must agree with the slow path.
                 let slow = rebuild(once.get(1..).unwrap_or(""), once.len());

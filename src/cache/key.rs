@@ -38,6 +38,26 @@ pub fn keyed_target(path_and_query: &str, mode: QueryKey) -> Cow<'_, str> {
 /// port the client named, kept only when it is not the scheme's default; `path_and_query` is
 /// already shaped by [`keyed_target`].
 pub fn cache_key(scheme: &str, host: &str, port: Option<u16>, path_and_query: &str) -> CacheKey {
+    cache_key_with(
+        scheme,
+        host,
+        port,
+        path_and_query,
+        &[],
+        &http::HeaderMap::new(),
+    )
+}
+
+/// As [`cache_key`], with the values of the `passed` request headers (a site's `pass_headers`)
+/// as a fifth part: they reach the origin, so each value selects its own object.
+pub fn cache_key_with(
+    scheme: &str,
+    host: &str,
+    port: Option<u16>,
+    path_and_query: &str,
+    passed: &[String],
+    headers: &http::HeaderMap,
+) -> CacheKey {
     let default_port = match scheme {
         "https" => 443,
         _ => 80,
@@ -51,6 +71,20 @@ pub fn cache_key(scheme: &str, host: &str, port: Option<u16>, path_and_query: &s
         None => push_part(&mut primary, b""),
     }
     push_part(&mut primary, path_and_query.as_bytes());
+    if !passed.is_empty() {
+        let mut part = Vec::new();
+        for name in passed {
+            part.extend_from_slice(name.as_bytes());
+            for value in headers.get_all(name.as_str()) {
+                // Length-prefixed like the parts: no value can pass for another's lines.
+                part.push(b'\0');
+                part.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                part.extend_from_slice(value.as_bytes());
+            }
+            part.push(b'\n');
+        }
+        push_part(&mut primary, &part);
+    }
     let mut key = CacheKey::new(primary, "");
     // Pingora asks for the primary hash several times per request (lookup, lock, predictor)
     // and recomputes Blake2 each time; pinning it to its own value computes it once.
@@ -74,8 +108,10 @@ pub fn target_of_key(primary: &[u8]) -> Option<String> {
         parts.push(std::str::from_utf8(rest.get(4..4 + len)?).ok()?);
         rest = &rest[4 + len..];
     }
-    let [_scheme, host, port, path] = parts[..] else {
-        return None;
+    let (host, port, path) = match parts[..] {
+        [_scheme, host, port, path] => (host, port, path),
+        [_scheme, host, port, path, _passed] => (host, port, path),
+        _ => return None,
     };
     let port = if port.is_empty() {
         None

@@ -223,8 +223,9 @@ pub fn invalidated_by(req: &RequestHeader, resp: &ResponseHeader, host: &str) ->
             .host()
             .is_none_or(|h| crate::router::normalize_host(h).as_deref() == Some(host));
         if let (true, Some(p)) = (same_host, uri.path_and_query()) {
-            if p.as_str().starts_with('/') {
-                paths.push(p.as_str().to_owned());
+            // In the normal form the copies are stored under.
+            if let Ok(p) = crate::uri_path::normalize_path_and_query(p.as_str()) {
+                paths.push(p.into_owned());
             }
         }
     }
@@ -259,9 +260,12 @@ pub(crate) fn seek_range(
     Ok((start, end.map_or(len, |e| (e as u64).min(len))))
 }
 
-/// Whether a request may be answered from (and fill) the cache at all.
+/// Whether a request may be answered from (and fill) the cache at all: GET and HEAD without
+/// a body. A body is not in the key, and an origin may answer it differently (a GET with a
+/// search body): stored, that answer would go to every reader of the URL.
 pub fn request_cacheable(req: &RequestHeader) -> bool {
     matches!(req.method, http::Method::GET | http::Method::HEAD)
+        && !crate::proxy::headers::has_body(req)
 }
 
 /// The variance of a stored response for this request: the values of every request header its

@@ -61,7 +61,10 @@ pub fn target_of_url_shaped(
         normalize_host(authority.host()).ok_or_else(|| format!("{url:?} has an invalid host"))?;
     let port = authority.port_u16().filter(|p| *p != default_port);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    Ok(target(&host, port, &shape(&host, path)))
+    // Stored under the normal form of the path, whatever spelling the purge uses.
+    let path = crate::uri_path::normalize_path_and_query(path)
+        .map_err(|e| format!("{url:?}: {}", e.reason()))?;
+    Ok(target(&host, port, &shape(&host, &path)))
 }
 
 /// The stored form of a request target.
@@ -161,6 +164,10 @@ mod tests {
         assert_eq!(target_of_url("http://a.vn").unwrap(), "a.vn/");
         assert!(target_of_url("/relative").is_err());
         assert!(target_of_url("ftp://a.vn/x").is_err());
+        assert_eq!(
+            target_of_url("http://a.vn//news/%6cive/../1?x=%2e").unwrap(),
+            "a.vn/news/1?x=%2e"
+        );
     }
 
     #[test]

@@ -330,6 +330,9 @@ pub struct Site {
     pub maintenance_page: Option<Bytes>,
     /// Serve stale on origin errors even where the origin forbids it (must-revalidate, ...).
     pub force_stale_if_error: bool,
+    /// Request headers onair strips as unkeyed (`proxy::headers::UNKEYED`) that this site's
+    /// origin needs: passed through, and their values made part of the cache key. Lowercase.
+    pub pass_headers: Vec<String>,
     pub routes: Vec<Route>,
 }
 
@@ -348,7 +351,8 @@ pub struct Route {
     pub rate: Option<RateLimit>,
 }
 
-/// How a route's query string enters the cache key (the origin always gets it unchanged).
+/// How a route's query string enters the cache key. A cached request's origin gets the query
+/// exactly as keyed (sorted, or none), so that what is stored is what the key names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueryKey {
     /// As sent: `?b=2&a=1` and `?a=1&b=2` are different objects.

@@ -82,6 +82,7 @@ pub struct RawSite {
     pub pool: Option<String>,
     pub maintenance_page: Option<String>,
     pub force_stale_if_error: Option<bool>,
+    pub pass_headers: Vec<String>,
     pub route: Vec<RawRoute>,
 }
 

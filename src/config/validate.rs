@@ -1005,6 +1005,15 @@ fn validate_sites(
                         format!("{rat}.path"),
                         format!("{path:?} must start with '/'"),
                     );
+                } else if crate::uri_path::normalize(&path).ok().as_deref() != Some(path.as_str()) {
+                    // Requests are matched in their normal form, which this can never be.
+                    e.push(
+                        format!("{rat}.path"),
+                        format!(
+                            "{path:?} is not in normal form (no //, . or .. segments, \
+                             unreserved characters not percent-encoded)"
+                        ),
+                    );
                 } else if !paths.insert(path.clone()) {
                     e.push(format!("{rat}.path"), format!("{path:?} is routed twice"));
                 }
@@ -1047,8 +1056,30 @@ fn validate_sites(
             pool,
             maintenance_page,
             force_stale_if_error: s.force_stale_if_error.unwrap_or(false),
+            pass_headers: pass_headers(e, &at, &s.pass_headers),
             routes,
         });
+    }
+    out
+}
+
+/// `site.pass_headers`: header names onair would strip as unkeyed; the ones it sets itself
+/// (Host, X-Forwarded-*, Via, X-Request-Id) cannot be passed.
+fn pass_headers(e: &mut Errors<'_>, at: &str, names: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let lower = name.trim().to_ascii_lowercase();
+        if !crate::proxy::headers::UNKEYED.contains(&lower.as_str()) {
+            e.push(
+                format!("{at}.pass_headers[{i}]"),
+                format!(
+                    "{name:?} is not a header onair strips (one of: {})",
+                    crate::proxy::headers::UNKEYED.join(", ")
+                ),
+            );
+        } else if !out.contains(&lower) {
+            out.push(lower);
+        }
     }
     out
 }

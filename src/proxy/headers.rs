@@ -76,12 +76,47 @@ fn append_list(headers: &http::HeaderMap, name: HeaderName, value: &str) -> Opti
     HeaderValue::from_bytes(&joined).ok()
 }
 
-/// Sets the headers the origin sees: forwarding headers, `Via`, request id, host override.
+/// Request headers a client may send that origins (or the frameworks behind them) act on, but
+/// that are not in the cache key: passed through, one attacker's value would shape the answer
+/// stored for every reader (cache poisoning). onair strips them; a site that needs one names it
+/// in `pass_headers`, which also puts its value into the key. The forwarding headers onair sets
+/// itself (`X-Forwarded-Host`, `X-Forwarded-Proto`) are replaced, not listed here.
+pub const UNKEYED: &[&str] = &[
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Sets the headers the origin sees: forwarding headers, `Via`, request id, host override, and
+/// strips the unkeyed ones (see [`UNKEYED`]). Host and X-Forwarded-Host carry the host and port
+/// the cache key was built from, never the client's spelling of them.
 pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str) -> Result<()> {
-    // A HeaderValue clone shares the parsed bytes instead of copying them into a String.
-    let original_host: Option<HeaderValue> = match req.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers.get(http::header::HOST).cloned(),
+    let passed = ctx
+        .site
+        .and_then(|i| ctx.snapshot.config.sites.get(i))
+        .map_or(&[][..], |s| s.pass_headers.as_slice());
+    for name in UNKEYED {
+        if req.headers.contains_key(*name) && !passed.iter().any(|p| p == name) {
+            req.remove_header(*name);
+        }
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let original_host: Option<HeaderValue> = match ctx.port.filter(|p| *p != default_port) {
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", ctx.host)).ok(),
+        None => HeaderValue::from_str(&ctx.host).ok(),
     };
     if let Some(peer) = ctx.peer_ip {
         // Each hop appends the address it got the request from (as nginx and CDNs do): the
@@ -105,11 +140,9 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
     let pool_host = ctx.pool.as_ref().and_then(|p| p.config.host.as_deref());
     match (pool_host, original_host) {
         (Some(h), _) => req.insert_header("Host", h)?,
-        // HTTP/2 clients send no Host header; an HTTP/1.1 origin needs one.
-        (None, Some(h)) if req.headers.get(http::header::HOST).is_none() => {
-            req.insert_header("Host", h)?
-        }
-        _ => {}
+        // The normalized host (HTTP/2 clients send none; an HTTP/1.1 origin needs one).
+        (None, Some(h)) => req.insert_header("Host", h)?,
+        (None, None) => {}
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ use crate::protect::{
     self,
     rate::{RateLimiter, Verdict},
 };
-use crate::router::{normalize_host, RouteTarget};
+use crate::router::{parse_authority, RouteTarget};
 use crate::snapshot::Live;
 use ctx::RequestCtx;
 
@@ -133,11 +133,20 @@ impl ProxyHttp for Edge {
             .await?;
             return Ok(true);
         }
-        let Some(host) = headers::raw_host(req).and_then(normalize_host) else {
+        let Some((host, port)) = headers::raw_host(req).and_then(parse_authority) else {
             respond::text(session, ctx, 400, "missing or invalid Host\n").await?;
             return Ok(true);
         };
         ctx.host = host;
+        ctx.port = port;
+        // Routes, the cache key and the origin all see one spelling of the path: `//login`,
+        // `/%6cogin` and `/x/../login` are `/login` (RFC 3986 §6.2.2); what cannot be read one
+        // way only is refused.
+        if let Err(refused) = normalize_target(session) {
+            METRICS.refused("path");
+            respond::text(session, ctx, 400, refused.text()).await?;
+            return Ok(true);
+        }
         let Some(site) = ctx.snapshot.hosts.site_for(&ctx.host) else {
             // Never forward a request for a host we do not serve: it could reach an origin
             // that trusts the edge for a site it is not meant to serve.
@@ -155,7 +164,6 @@ impl ProxyHttp for Edge {
             respond::to_https(session, ctx, &location).await?;
             return Ok(true);
         }
-        ctx.port = headers::raw_host(session.req_header()).and_then(cache::key::port_of);
         let req = session.req_header();
         let Some(route) = ctx
             .snapshot
@@ -184,6 +192,12 @@ impl ProxyHttp for Edge {
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
         ctx.query_key = route.query;
+        if ctx.cache_on && route.query != crate::config::QueryKey::Keep {
+            // The origin gets the query as the key holds it (sorted, or none): what it answers
+            // is stored under that key, so it must answer exactly that.
+            keyed_query(session, route.query);
+        }
+        let req = session.req_header();
         ctx.default_ttl = route.default_ttl;
         if req.method.as_str() == "PURGE" {
             self.purge_method(session, ctx).await?;
@@ -678,12 +692,24 @@ impl Edge {
         None
     }
 
-    /// The request's cache key (see `cache::key`).
+    /// The request's cache key (see `cache::key`): the normalized target, plus the values of
+    /// the site's `pass_headers` (they reach the origin, so they must select the object).
     fn cache_key(&self, session: &Session, ctx: &RequestCtx) -> CacheKey {
-        let uri = &session.req_header().uri;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = cache::key::keyed_target(path, ctx.query_key);
-        cache::key::cache_key(ctx.scheme(), &ctx.host, ctx.port, &path)
+        let passed = ctx
+            .site
+            .and_then(|i| ctx.snapshot.config.sites.get(i))
+            .map_or(&[][..], |s| s.pass_headers.as_slice());
+        cache::key::cache_key_with(
+            ctx.scheme(),
+            &ctx.host,
+            ctx.port,
+            &path,
+            passed,
+            &req.headers,
+        )
     }
 
     /// The PURGE method: drops the cached copies (all variants) of the request's URL, for
@@ -726,6 +752,47 @@ impl Edge {
         );
         respond::send(session, ctx, 200, "application/json", body.into(), &[]).await?;
         Ok(())
+    }
+}
+
+/// Rewrites the request's path to its normal form (see [`crate::uri_path`]) when it is not
+/// already; the query is kept as sent.
+fn normalize_target(session: &mut Session) -> std::result::Result<(), crate::uri_path::Refused> {
+    let req = session.req_header();
+    let Some(pq) = req.uri.path_and_query() else {
+        return Ok(());
+    };
+    let normal = match crate::uri_path::normalize_path_and_query(pq.as_str())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(normal) => normal,
+    };
+    set_path_and_query(session, &normal);
+    Ok(())
+}
+
+/// Rewrites the query as the route's key holds it (sorted, or dropped).
+fn keyed_query(session: &mut Session, mode: crate::config::QueryKey) {
+    let Some(pq) = session.req_header().uri.path_and_query() else {
+        return;
+    };
+    let keyed = cache::key::keyed_target(pq.as_str(), mode);
+    if keyed != pq.as_str() {
+        let keyed = keyed.into_owned();
+        set_path_and_query(session, &keyed);
+    }
+}
+
+/// Replaces the request URI's path and query, keeping its scheme and authority (HTTP/2).
+fn set_path_and_query(session: &mut Session, path_and_query: &str) {
+    let uri = &session.req_header().uri;
+    let mut parts = http::uri::Builder::new();
+    if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+        parts = parts.scheme(scheme.clone()).authority(authority.clone());
+    }
+    // Built from a URI that parsed, with a path that only lost or decoded characters: it
+    // parses again. Should it not, the request keeps its URI (and its checked spelling).
+    if let Ok(new) = parts.path_and_query(path_and_query).build() {
+        session.req_header_mut().set_uri(new);
     }
 }
 

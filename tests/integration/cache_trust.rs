@@ -181,3 +181,220 @@ async fn a_write_stales_the_copy_but_keeps_it_for_when_origins_fail() {
     let r = get(onair.http, "a", "/").await.unwrap();
     assert_eq!(r.text(), "front page, updated");
 }
+
+fn plain_site(origin: &Origin, site_extra: &str, routes: &str) -> Setup {
+    Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n{site_extra}\n{routes}\n\
+         [[pool]]\nname = \"p\"\nconnect_timeout = \"500ms\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        origin.addr
+    ))
+}
+
+fn cached_page(body: &'static str) -> Behaviour {
+    Behaviour {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        body: Bytes::from_static(body.as_bytes()),
+        ..Behaviour::default()
+    }
+}
+
+/// Nothing outside the key may shape what is stored: headers origins act on are stripped,
+/// the origin gets the host and port the key was built from, a port the key cannot hold is
+/// refused, a GET with a body is not cached, and a `query = "drop"` route drops the query
+/// before the origin sees it.
+#[tokio::test]
+async fn unkeyed_inputs_never_reach_the_origin() {
+    let origin = Origin::start("o").await;
+    origin.set(cached_page("page"));
+    let onair = Onair::start(plain_site(
+        &origin,
+        "",
+        "  [[site.route]]\n  path = \"/search\"\n  query = \"drop\"\n",
+    ))
+    .await;
+    let evil = [
+        ("Forwarded", "for=1.2.3.4;host=evil.example;proto=https"),
+        ("X-Forwarded-Port", "8443"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-Forwarded-Scheme", "nothttps"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Host", "evil.example"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Real-IP", "1.2.3.4"),
+    ];
+    let r = request(
+        onair.http,
+        "GET",
+        "Portal.VN.",
+        "/home",
+        &evil,
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = origin.last_proxied().unwrap();
+    for (name, _) in evil {
+        let name = name.to_ascii_lowercase();
+        if name == "x-forwarded-host" {
+            continue;
+        }
+        assert!(
+            !seen.contains_key(&name),
+            "{name} reached the origin: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x-forwarded-host"], "portal.vn");
+    assert_eq!(
+        seen["host"], "portal.vn",
+        "the origin must get the keyed host"
+    );
+    // A port the key could not hold is refused, not dropped.
+    let r = get(onair.http, "portal.vn:65616", "/home").await.unwrap();
+    assert_eq!(r.status, 400);
+    // A default port is the same object, and the origin is told the keyed form.
+    let hits = origin.proxied_hits();
+    let r = get(onair.http, "portal.vn:80", "/home").await.unwrap();
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.proxied_hits(), hits);
+    // A GET with a body is answered but never stored.
+    let hits = origin.proxied_hits();
+    for _ in 0..2 {
+        let r = request(
+            onair.http,
+            "GET",
+            "portal.vn",
+            "/with-body",
+            &[],
+            Bytes::from_static(b"q=1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        origin.proxied_hits(),
+        hits + 2,
+        "a GET with a body was cached"
+    );
+    // query = "drop": the origin gets no query (one object for every query).
+    get(onair.http, "portal.vn", "/search?q=evil&utm=1")
+        .await
+        .unwrap();
+    assert_eq!(origin.last_proxied().unwrap()[":path"], "/search");
+    let r = get(onair.http, "portal.vn", "/search?q=other")
+        .await
+        .unwrap();
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+}
+
+/// A header the site's origin needs can be passed, and then it is part of the key.
+#[tokio::test]
+async fn a_passed_header_is_part_of_the_key() {
+    let origin = Origin::start("o").await;
+    origin.set(cached_page("page"));
+    let onair = Onair::start(plain_site(
+        &origin,
+        "pass_headers = [\"X-Forwarded-Prefix\"]",
+        "",
+    ))
+    .await;
+    let get_with = |prefix: &'static str| {
+        let http = onair.http;
+        async move {
+            request(
+                http,
+                "GET",
+                "a",
+                "/p",
+                &[("X-Forwarded-Prefix", prefix)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    get_with("/one").await;
+    assert_eq!(origin.last_proxied().unwrap()["x-forwarded-prefix"], "/one");
+    let hits = origin.proxied_hits();
+    assert!(get_with("/one")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    get_with("/two").await;
+    assert_eq!(
+        origin.proxied_hits(),
+        hits + 1,
+        "another value must be another object"
+    );
+    // Only headers onair would strip can be passed.
+    let (code, out) = check(&format!(
+        "{}\n[[site]]\nname = \"t\"\nhosts = [\"t\"]\npool = \"p\"\npass_headers = [\"Cookie\"]\n",
+        plain_site(&origin, "", "").body
+    ));
+    assert_ne!(code, 0);
+    assert!(out.contains("site[1].pass_headers[0]"), "{out}");
+}
+
+/// Routes and the key see the normal form of the path: every spelling of `/login` gets the
+/// `/login` route's policy (here: never cached, own pool), every spelling of a cached page is
+/// the same object, and the origin gets the normal form. Ambiguous paths are refused.
+#[tokio::test]
+async fn every_spelling_of_a_path_gets_its_route_and_its_object() {
+    let origin = Origin::start("o").await;
+    let login = Origin::start("login").await;
+    origin.set(cached_page("page"));
+    login.set(cached_page("login form"));
+    let mut setup = plain_site(
+        &origin,
+        "",
+        "  [[site.route]]\n  path = \"/login\"\n  pool = \"auth\"\n  cache = false\n",
+    );
+    setup.body.push_str(&format!(
+        "[[pool]]\nname = \"auth\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        login.addr
+    ));
+    let onair = Onair::start(setup).await;
+    for spelling in [
+        "/login",
+        "//login",
+        "/%6cogin",
+        "/%6Cogin",
+        "/x/../login",
+        "/./login",
+        "/x/%2e%2e/login",
+    ] {
+        let before = login.proxied_hits();
+        let r = get(onair.http, "a", spelling).await.unwrap();
+        assert_eq!(r.text(), "login form", "{spelling} missed the route");
+        assert_eq!(
+            login.proxied_hits(),
+            before + 1,
+            "{spelling} was answered from the cache"
+        );
+        assert_eq!(
+            login.last_proxied().unwrap()[":path"],
+            "/login",
+            "{spelling}"
+        );
+    }
+    get(onair.http, "a", "/news/1").await.unwrap();
+    let hits = origin.proxied_hits();
+    for spelling in ["/news//1", "/news/%31", "/news/x/../1", "//news/./1"] {
+        let r = get(onair.http, "a", spelling).await.unwrap();
+        assert!(
+            r.header("cache-status").unwrap_or("").contains("hit"),
+            "{spelling} is another object"
+        );
+    }
+    assert_eq!(origin.proxied_hits(), hits);
+    for raw in ["/a%00b", "/a\\b", "/a%zz"] {
+        let head = format!("GET {raw} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(onair.http, head.as_bytes(), Duration::from_secs(2)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{raw}: {answer}");
+    }
+    assert_eq!(origin.proxied_hits(), hits);
+}
