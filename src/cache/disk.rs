@@ -44,7 +44,8 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::{Error, ErrorType, Result};
 
-use super::fence::{PurgeFence, Running, Ticket};
+use super::fence::{PurgeFence, Purged, Running, Ticket};
+use super::journal::{self, Entry, Journal};
 use super::purge::{tags_of, Selector};
 
 const MAGIC: &[u8; 8] = b"ONAIRC01";
@@ -184,7 +185,14 @@ pub struct DiskStore {
     /// Held from a rewrite's check of the object it replaces to its rename, so that a refill
     /// cannot land in between; publishes only (a rename), never lookups or purges.
     publish_lock: Mutex<()>,
+    /// What other processes over this directory do (a graceful upgrade); None in tests.
+    journal: Option<Journal>,
+    /// Applies another process's purge to the tiers above this one (memory).
+    on_foreign_purge: std::sync::OnceLock<ForeignPurge>,
 }
+
+/// See [`DiskStore::on_foreign_purge`].
+pub type ForeignPurge = Box<dyn Fn(&Entry) + Send + Sync>;
 
 fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Box<Error> {
     move |e| Error::because(ErrorType::InternalError, context, e)
@@ -209,6 +217,8 @@ impl DiskStore {
             // A 64-byte target and two tags cost about 250 bytes: 2 million objects.
             index_limit: 512 << 20,
             publish_lock: Mutex::new(()),
+            journal: None,
+            on_foreign_purge: std::sync::OnceLock::new(),
         })
     }
 
@@ -218,7 +228,10 @@ impl DiskStore {
         capacity: u64,
         fence: Arc<PurgeFence>,
     ) -> std::io::Result<Arc<DiskStore>> {
-        let store = Arc::new(DiskStore::new(root, capacity, fence)?);
+        let mut store = DiskStore::new(root, capacity, fence)?;
+        // Before the scan: what another process publishes from now on is in the journal.
+        store.journal = Some(Journal::open(root)?);
+        let store = Arc::new(store);
         let scanner = store.clone();
         std::thread::Builder::new()
             .name("onair-disk-scan".into())
@@ -232,13 +245,21 @@ impl DiskStore {
                 );
                 // Then the janitor: temp files a crashed process left would otherwise count
                 // against nothing and linger until the next restart.
-                loop {
-                    std::thread::sleep(JANITOR_EVERY);
+                // And, every second, the news of another process over the directory.
+                for tick in 1u64.. {
+                    std::thread::sleep(Duration::from_secs(1));
                     if Arc::strong_count(&scanner) == 1 {
                         return;
                     }
-                    scanner.sweep_tmp(SystemTime::now());
-                    scanner.evict();
+                    let tidy = tick % JANITOR_EVERY.as_secs() == 0;
+                    if let Some(journal) = &scanner.journal {
+                        let news = journal.tick(tidy);
+                        scanner.apply(news);
+                    }
+                    if tidy {
+                        scanner.sweep_tmp(SystemTime::now());
+                        scanner.evict();
+                    }
                 }
             })?;
         Ok(store)
@@ -255,6 +276,59 @@ impl DiskStore {
         match self.index.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Sets what another process's purges do to the tiers above this one.
+    pub fn on_foreign_purge(&self, apply: ForeignPurge) {
+        let _ = self.on_foreign_purge.set(apply);
+    }
+
+    /// Acts on what other processes journaled: their purges refuse this process's fills in
+    /// flight (and reach its memory tier); their publishes join this index.
+    fn apply(&self, news: Vec<Entry>) {
+        for entry in news {
+            match &entry {
+                Entry::Purge { selector, .. } => {
+                    drop(self.fence.record(Purged::Matching(selector.clone())));
+                }
+                Entry::Stale { key } | Entry::Remove { key } => {
+                    if let Some(key) = journal::key_of(key) {
+                        drop(self.fence.record(Purged::Key(key)));
+                    }
+                }
+                Entry::Published {
+                    key,
+                    size,
+                    target,
+                    tags,
+                } => {
+                    if let Some(key) = journal::key_of(key) {
+                        self.lock().insert(key, *size, target.clone(), tags.clone());
+                    }
+                    continue;
+                }
+            }
+            if let Some(apply) = self.on_foreign_purge.get() {
+                apply(&entry);
+            }
+        }
+    }
+
+    /// Tells other processes over the directory of a purge (and first learns what they
+    /// published, so that its walk finds it). Call before the purge records itself in the fence.
+    /// Blocking.
+    pub fn announce(&self, entry: Entry) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        match journal.hold(true) {
+            Ok(held) => {
+                let news = journal.read_news(&held);
+                self.apply(news);
+                journal.append(&held, entry);
+            }
+            Err(e) => tracing::warn!("cache journal lock: {e}"),
         }
     }
 
@@ -674,6 +748,18 @@ impl DiskStore {
             Some(ticket) => ticket,
             None => self.fence.open(),
         };
+        // Another process's purges since our last look must refuse this publish too.
+        let held = match &self.journal {
+            Some(journal) => {
+                let held = journal
+                    .hold(false)
+                    .map_err(io_err("cannot lock the cache journal"))?;
+                let news = journal.read_news(&held);
+                self.apply(news);
+                Some((journal, held))
+            }
+            None => None,
+        };
         // A rewrite is refused by purges of the tags it replaces as well as of its own.
         let mut fenced_tags = tags.clone();
         fenced_tags.extend(std::mem::take(&mut w.old_tags));
@@ -698,6 +784,17 @@ impl DiskStore {
             }
         }
         self.publish_now(&mut w, &target, &tags)?;
+        if let Some((journal, held)) = &held {
+            journal.append(
+                held,
+                Entry::Published {
+                    key: journal::key_text(&key),
+                    size: HEAD_LEN as u64 + w.meta_len + w.body_len,
+                    target,
+                    tags,
+                },
+            );
+        }
         drop(publishing);
         Ok(Some(w.body_len))
     }
@@ -831,9 +928,11 @@ impl DiskStore {
     /// A purge of this tier alone (tests, tools): records it in the fence, walks, and removes
     /// what it overtook. Blocking.
     pub fn purge(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
-        let running = self
-            .fence
-            .record(super::fence::Purged::Matching(selector.clone()));
+        self.announce(Entry::Purge {
+            selector: selector.clone(),
+            soft,
+        });
+        let running = self.fence.record(Purged::Matching(selector.clone()));
         let mut keys = self.purge_matching(selector, soft, &running);
         for key in running.overtaken() {
             self.remove(&key);
@@ -1485,5 +1584,51 @@ mod tests {
         assert!(store.overheads().1 > 5000);
         drop(w);
         assert_eq!(store.overheads().1, 4000);
+    }
+
+    #[test]
+    fn another_process_publishes_are_indexed_and_its_purges_refuse_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20, Arc::default()).unwrap();
+        // Another process (here: a store without a journal) publishes after our scan, and
+        // journals it, as a process beside a live one does.
+        let other = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        fill(&other, [50; 16], b"published by the old process");
+        let line = |entry: Entry| {
+            let mut v = serde_json::to_value(&entry).unwrap();
+            v["pid"] = serde_json::json!(u32::MAX);
+            format!("{v}\n")
+        };
+        let size = fs::metadata(store.path_of(&[50; 16])).unwrap().len();
+        let mut log = line(Entry::Published {
+            key: journal::key_text(&[50; 16]),
+            size,
+            target: "a.vn/50".into(),
+            tags: vec!["news".into()],
+        });
+        fs::write(dir.path().join("journal.log"), &log).unwrap();
+        // A fill of ours is in flight when the other process purges the tag.
+        let mut w = store
+            .begin([51; 16], &meta(), "a.vn/51".into(), vec!["news".into()])
+            .unwrap();
+        store
+            .append(&mut w, b"fetched before the other's purge")
+            .unwrap();
+        // Our purge of the tag finds the other's object.
+        assert_eq!(
+            store
+                .purge(&Selector::Tags(["news".to_owned()].into()), false)
+                .len(),
+            1
+        );
+        assert!(!store.path_of(&[50; 16]).exists());
+        log.push_str(&line(Entry::Purge {
+            selector: Selector::Tags(["sport".to_owned(), "news".to_owned()].into()),
+            soft: false,
+        }));
+        fs::write(dir.path().join("journal.log"), &log).unwrap();
+        // Read at publish time: the fill is refused.
+        assert_eq!(store.commit(w).unwrap(), None);
+        assert!(store.load(&[51; 16]).is_none());
     }
 }

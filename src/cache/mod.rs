@@ -8,6 +8,7 @@
 
 pub mod disk;
 pub mod fence;
+pub mod journal;
 pub mod key;
 pub mod memory;
 pub mod policy;
@@ -57,7 +58,28 @@ impl EdgeCache {
             fence.clone(),
         )));
         let disk = match &settings.disk_path {
-            Some(path) => Some(DiskStore::open(path, settings.disk, fence.clone())?),
+            Some(path) => {
+                let disk = DiskStore::open(path, settings.disk, fence.clone())?;
+                // Another process's purges (a graceful upgrade) reach this memory tier too.
+                disk.on_foreign_purge(Box::new(move |entry| match entry {
+                    journal::Entry::Purge { selector, soft } => {
+                        memory.purge_matching(selector, *soft);
+                    }
+                    journal::Entry::Stale { key } => {
+                        if let Some(key) = journal::key_of(key) {
+                            let at = std::time::SystemTime::now() - Duration::from_secs(1);
+                            memory.mark_stale(&key, at);
+                        }
+                    }
+                    journal::Entry::Remove { key } => {
+                        if let Some(key) = journal::key_of(key) {
+                            memory.remove(&key);
+                        }
+                    }
+                    journal::Entry::Published { .. } => {}
+                }));
+                Some(disk)
+            }
             None => None,
         };
         Ok(EdgeCache {
@@ -103,8 +125,14 @@ impl EdgeCache {
             // Read before the walk: a scan finishing during it may have applied the purge to
             // files this count does not include.
             let index_ready = store.disk.as_ref().is_none_or(|d| d.index_ready());
-            // First, so that fills, promotions and rewrites in flight cannot put back what
-            // this purge removes.
+            // First, so that fills, promotions and rewrites in flight (here, or in another
+            // process over the disk during an upgrade) cannot put back what this removes.
+            if let Some(disk) = &store.disk {
+                disk.announce(journal::Entry::Purge {
+                    selector: selector.clone(),
+                    soft,
+                });
+            }
             let running = store
                 .fence
                 .record(fence::Purged::Matching(selector.clone()));
@@ -169,6 +197,11 @@ impl EdgeCache {
         let store = self.store;
         let hash = key.combined_bin();
         let done = tokio::task::spawn_blocking(move || {
+            if let Some(disk) = &store.disk {
+                disk.announce(journal::Entry::Stale {
+                    key: journal::key_text(&hash),
+                });
+            }
             let running = store.fence.record(fence::Purged::Key(hash));
             let stale_at = std::time::SystemTime::now() - Duration::from_secs(1);
             store.memory.mark_stale(&hash, stale_at);

@@ -12,7 +12,8 @@ use pingora::http::ResponseHeader;
 use crate::router::normalize_host;
 
 /// What to purge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Selector {
     /// Exact `host[:port]/path?query` targets.
     Urls(HashSet<String>),

@@ -180,7 +180,18 @@ impl Storage for TieredStore {
     ) -> Result<PurgeOutcome> {
         let hash = target.key().combined_bin();
         let running = match purge_type {
-            PurgeType::Invalidation => Some(self.fence.record(Purged::Key(hash))),
+            PurgeType::Invalidation => {
+                if let Some(disk) = self.disk.clone() {
+                    tokio::task::spawn_blocking(move || {
+                        disk.announce(super::journal::Entry::Remove {
+                            key: super::journal::key_text(&hash),
+                        })
+                    })
+                    .await
+                    .map_err(blocking_failed)?;
+                }
+                Some(self.fence.record(Purged::Key(hash)))
+            }
             _ => None,
         };
         let memory = self.memory.purge(target, purge_type, trace).await?;

@@ -950,8 +950,14 @@ impl Onair {
         } else {
             ""
         };
+        // A test may set its own grace period in `node_extra`.
+        let grace = if setup.node_extra.contains("grace_period") {
+            ""
+        } else {
+            "grace_period = \"1s\"\n"
+        };
         format!(
-            "[node]\nid = \"edge-test\"\nthreads = 1\ngrace_period = \"1s\"\nstate_dir = \"{state}\"\n{extra}\n\
+            "[node]\nid = \"edge-test\"\nthreads = 1\n{grace}state_dir = \"{state}\"\n{extra}\n\
              [listen]\nhttp = [\"127.0.0.1:{http}\"]\nadmin = \"127.0.0.1:{admin}\"\nmetrics = \"127.0.0.1:{metrics}\"\n{listen}\n\
              {token}\n[log]\naccess = \"access.log\"\nlevel = \"info\"\n\n{body}\n",
             state = dir.join("state").display(),

@@ -190,6 +190,82 @@ async fn graceful_upgrade_shares_the_disk_cache() {
     assert!(served >= 20, "only {served} pages came back from disk");
 }
 
+/// During a hand-over the old process still finishes fills while the new one takes the
+/// purges. A fill the old process publishes before a purge is indexed by the new one and
+/// purged with the rest; one it publishes after is refused. Neither comes back from disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_during_an_upgrade_reach_the_old_process_fills() {
+    let origin = Origin::start("o").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let tagged = |body: &'static str, gate: Option<Arc<tokio::sync::Semaphore>>| Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("Cache-Tag".into(), "election".into()),
+        ],
+        body: bytes::Bytes::from_static(body.as_bytes()),
+        gate,
+        ..Behaviour::default()
+    };
+    origin.set(tagged(
+        "the old text, fetched by the old process",
+        Some(gate.clone()),
+    ));
+    let disk = tempfile::tempdir().unwrap();
+    let mut setup = site(&origin);
+    setup.node_extra = "grace_period = \"10s\"\n".into();
+    setup.body.push_str(&format!(
+        "\n[cache]\ndisk_path = \"{}\"\n",
+        disk.path().display()
+    ));
+    let mut old = Onair::start(setup).await;
+    let http = old.http;
+    // Two readers on the old process, their answers held halfway by the origin: first
+    // /other, then /story.
+    let other = tokio::spawn(async move { get(http, "a", "/other").await.unwrap() });
+    assert!(eventually(Duration::from_secs(5), || async { origin.hits() == 1 }).await);
+    let story = tokio::spawn(async move { get(http, "a", "/story").await.unwrap() });
+    assert!(eventually(Duration::from_secs(5), || async { origin.hits() == 2 }).await);
+    // The new process takes over; the old one drains.
+    let new = Reaped(spawn(&old.config_path, &["-u"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old process publishes /other now, after the new one's start-up scan...
+    gate.add_permits(1);
+    let r = other.await.unwrap();
+    assert_eq!(r.text(), "the old text, fetched by the old process");
+    // ...the newsroom corrects the story and purges the tag through the new process (the old
+    // one accepts on the shared sockets for 5 s after SIGQUIT, Pingora's fixed hand-over
+    // window, then only drains)...
+    origin.set(tagged("the correction", None));
+    tokio::time::sleep(Duration::from_millis(5_400)).await;
+    let out = old.admin_post("/purge", r#"{"tags": ["election"]}"#).await;
+    assert_eq!(out.status, 200, "{}", out.text());
+    let out: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(
+        out["purged"], 1,
+        "the old process's publish was not indexed: {out}"
+    );
+    // ...and only then does the old process's /story fill finish.
+    gate.add_permits(1);
+    let r = story.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "the old text, fetched by the old process");
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
+    assert!(exited);
+    // Neither old text comes back, from the new process or from disk after a restart.
+    for path in ["/other", "/story"] {
+        let r = get(http, "a", path).await.unwrap();
+        assert_eq!(
+            r.text(),
+            "the correction",
+            "{path}: {:?}",
+            r.header("cache-status")
+        );
+    }
+    drop(new);
+}
+
 /// Starts a new process with `-u` and has `old` hand its listeners over (SIGQUIT); returns
 /// the new process once the old one has exited.
 async fn hand_over(old: &mut Onair) -> Reaped {
