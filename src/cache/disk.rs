@@ -182,6 +182,8 @@ pub struct DiskStore {
     tmp_foreign: AtomicU64,
     /// Most memory the index may hold; past it the least recently used objects go.
     index_limit: u64,
+    /// `Index::scanned`, readable without the lock.
+    scan_complete: std::sync::atomic::AtomicBool,
     /// Held from a rewrite's check of the object it replaces to its rename, so that a refill
     /// cannot land in between; publishes only (a rename), never lookups or purges.
     publish_lock: Mutex<()>,
@@ -216,6 +218,7 @@ impl DiskStore {
             tmp_foreign: AtomicU64::new(0),
             // A 64-byte target and two tags cost about 250 bytes: 2 million objects.
             index_limit: 512 << 20,
+            scan_complete: std::sync::atomic::AtomicBool::new(false),
             publish_lock: Mutex::new(()),
             journal: None,
             on_foreign_purge: std::sync::OnceLock::new(),
@@ -228,9 +231,22 @@ impl DiskStore {
         capacity: u64,
         fence: Arc<PurgeFence>,
     ) -> std::io::Result<Arc<DiskStore>> {
+        Self::open_with(root, capacity, fence, true)
+    }
+
+    /// As [`DiskStore::open`]; without the journal (`journal` false) for tests that reopen a
+    /// directory within one process.
+    pub fn open_with(
+        root: &Path,
+        capacity: u64,
+        fence: Arc<PurgeFence>,
+        journal: bool,
+    ) -> std::io::Result<Arc<DiskStore>> {
         let mut store = DiskStore::new(root, capacity, fence)?;
         // Before the scan: what another process publishes from now on is in the journal.
-        store.journal = Some(Journal::open(root)?);
+        if journal {
+            store.journal = Some(Journal::open(root)?);
+        }
         let store = Arc::new(store);
         let scanner = store.clone();
         std::thread::Builder::new()
@@ -453,7 +469,9 @@ impl DiskStore {
                 match index.scan_purged(&target, &tags) {
                     None => index.insert(key, size, target, tags),
                     Some(false) => gone.push(key),
-                    Some(true) => soft.push(key),
+                    // The ticket is taken now, under the lock that orders purges made while
+                    // we scan: one recorded after this refuses the rewrite below.
+                    Some(true) => soft.push((key, self.fence.open())),
                 }
             }
             drop(index);
@@ -464,8 +482,7 @@ impl DiskStore {
         // Soft-purged while we scanned: marked stale (which indexes them) before the scan
         // counts as done, so that lookups keep applying the purge to them until then.
         let stale_at = SystemTime::now() - Duration::from_secs(1);
-        for key in soft {
-            let ticket = self.fence.open();
+        for (key, ticket) in soft {
             if !matches!(
                 self.rewrite_meta(&key, None, |m| m.expire_at(stale_at), ticket),
                 Ok(true)
@@ -477,6 +494,7 @@ impl DiskStore {
         index.scanned = true;
         index.removed_during_scan = Default::default();
         index.scan_purges = Vec::new();
+        self.scan_complete.store(true, Ordering::SeqCst);
         drop(index);
         self.evict();
         n
@@ -487,11 +505,18 @@ impl DiskStore {
         let path = self.path_of(key);
         match read_head_and_file(&path) {
             Ok((head, file)) => {
-                // Recording use is worth no wait: a purge pass may hold the lock.
-                let mut index = match self.index.try_lock() {
-                    Ok(index) => index,
-                    Err(std::sync::TryLockError::WouldBlock) => return Some((head, file)),
-                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                let (mut index, ticket) = if self.scan_complete.load(Ordering::SeqCst) {
+                    // Only to record use, which is worth no wait: a purge pass may hold it.
+                    match self.index.try_lock() {
+                        Ok(index) => (index, None),
+                        Err(std::sync::TryLockError::WouldBlock) => return Some((head, file)),
+                        Err(std::sync::TryLockError::Poisoned(p)) => (p.into_inner(), None),
+                    }
+                } else {
+                    // While the scan runs the lock also says which purges apply to this file:
+                    // worth the wait. The ticket, for a soft purge's rewrite, predates them.
+                    let ticket = self.fence.open();
+                    (self.lock(), Some(ticket))
                 };
                 if index.scanned || index.objects.contains_key(key) {
                     index.touch(key);
@@ -508,7 +533,7 @@ impl DiskStore {
                     Some(true) => {
                         drop(index);
                         let stale_at = SystemTime::now() - Duration::from_secs(1);
-                        let ticket = self.fence.open();
+                        let ticket = ticket.unwrap_or_else(|| self.fence.open());
                         match self.rewrite_loaded(
                             key,
                             head,
@@ -907,22 +932,26 @@ impl DiskStore {
             }
         }
         let keys = self.matching(selector);
-        let stale_at = SystemTime::now() - Duration::from_secs(1);
         for key in &keys {
             if soft {
-                // `expire_at` keeps `updated`, so Age still counts from when it was stored. A
-                // copy that cannot be marked (a concurrent purge refused the rewrite, a write
-                // error, a damaged body) goes: a purge never leaves a fresh copy behind.
-                let marked =
-                    self.rewrite_meta(key, None, |m| m.expire_at(stale_at), running.ticket());
-                if !matches!(marked, Ok(true)) {
-                    self.remove(key);
-                }
+                self.mark_stale(key, running);
             } else {
                 self.remove(key);
             }
         }
         keys
+    }
+
+    /// Marks a copy stale for a purge: rewritten with its freshness ended (`expire_at` keeps
+    /// `updated`, so Age still counts from when it was stored). A copy that cannot be marked (a
+    /// concurrent purge refused the rewrite, a write error, a damaged body) goes: a purge never
+    /// leaves a fresh copy behind. Blocking.
+    pub fn mark_stale(&self, key: &HashBinary, running: &Running) {
+        let stale_at = SystemTime::now() - Duration::from_secs(1);
+        let marked = self.rewrite_meta(key, None, |m| m.expire_at(stale_at), running.ticket());
+        if !matches!(marked, Ok(true)) {
+            self.remove(key);
+        }
     }
 
     /// A purge of this tier alone (tests, tools): records it in the fence, walks, and removes

@@ -16,6 +16,9 @@ pub mod purge;
 pub mod status;
 pub mod tiered;
 
+#[cfg(test)]
+mod stress;
+
 use std::time::Duration;
 
 use pingora::cache::key::{CacheHashKey, HashBinary};
@@ -121,58 +124,20 @@ impl EdgeCache {
     pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> purge::Report {
         let store = self.store;
         let selector = selector.clone();
-        let walked = tokio::task::spawn_blocking(move || {
-            // Read before the walk: a scan finishing during it may have applied the purge to
-            // files this count does not include.
-            let index_ready = store.disk.as_ref().is_none_or(|d| d.index_ready());
-            // First, so that fills, promotions and rewrites in flight (here, or in another
-            // process over the disk during an upgrade) cannot put back what this removes.
-            if let Some(disk) = &store.disk {
-                disk.announce(journal::Entry::Purge {
-                    selector: selector.clone(),
-                    soft,
-                });
-            }
-            let running = store
-                .fence
-                .record(fence::Purged::Matching(selector.clone()));
-            let mut keys: std::collections::HashSet<HashBinary> = store
-                .memory
-                .purge_matching(&selector, soft)
-                .into_iter()
-                .collect();
-            if let Some(disk) = &store.disk {
-                keys.extend(disk.purge_matching(&selector, soft, &running));
-                // Publishes that were renaming when the purge started: in place only now.
-                for key in running.overtaken() {
-                    if soft {
-                        let stale_at = std::time::SystemTime::now() - Duration::from_secs(1);
-                        let marked = disk.rewrite_meta(
-                            &key,
-                            None,
-                            |m| m.expire_at(stale_at),
-                            running.ticket(),
-                        );
-                        if !matches!(marked, Ok(true)) {
-                            disk.remove(&key);
-                        }
-                    } else {
-                        disk.remove(&key);
-                    }
-                    keys.insert(key);
-                }
-            }
-            (keys.len(), index_ready, selector)
-        })
-        .await;
+        let walked =
+            tokio::task::spawn_blocking(move || (store.purge_selector(&selector, soft), selector))
+                .await;
         match walked {
-            Ok((count, index_ready, selector)) => {
-                crate::metrics::METRICS.purged(count);
-                tracing::info!(?selector, soft, count, index_ready, "purge");
-                purge::Report {
-                    purged: count,
-                    index_ready,
-                }
+            Ok((report, selector)) => {
+                crate::metrics::METRICS.purged(report.purged);
+                tracing::info!(
+                    ?selector,
+                    soft,
+                    count = report.purged,
+                    index_ready = report.index_ready,
+                    "purge"
+                );
+                report
             }
             Err(e) => {
                 tracing::error!("purge failed: {e}");
@@ -196,35 +161,7 @@ impl EdgeCache {
     pub async fn invalidate(&self, key: &CacheKey) {
         let store = self.store;
         let hash = key.combined_bin();
-        let done = tokio::task::spawn_blocking(move || {
-            if let Some(disk) = &store.disk {
-                disk.announce(journal::Entry::Stale {
-                    key: journal::key_text(&hash),
-                });
-            }
-            let running = store.fence.record(fence::Purged::Key(hash));
-            let stale_at = std::time::SystemTime::now() - Duration::from_secs(1);
-            store.memory.mark_stale(&hash, stale_at);
-            if let Some(disk) = &store.disk {
-                let mut keys = vec![hash];
-                keys.extend(running.overtaken());
-                for key in keys {
-                    if disk.is_fresh(&key, stale_at) {
-                        let marked = disk.rewrite_meta(
-                            &key,
-                            None,
-                            |m| m.expire_at(stale_at),
-                            running.ticket(),
-                        );
-                        if !matches!(marked, Ok(true)) {
-                            disk.remove(&key);
-                        }
-                    }
-                }
-            }
-        })
-        .await;
-        if let Err(e) = done {
+        if let Err(e) = tokio::task::spawn_blocking(move || store.mark_stale(hash)).await {
             tracing::warn!("cache invalidation failed: {e}");
         }
     }

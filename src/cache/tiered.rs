@@ -23,9 +23,12 @@ use pingora::{Error, ErrorType, Result};
 
 use super::disk::{self, DiskStore, DiskWrite, Head};
 use super::fence::{EarlyTicket, PurgeFence, Purged};
+use super::journal::Entry;
 use super::key::target_of_key;
 use super::memory::{MemoryFill, MemoryHit, MemoryStore};
-use super::purge::tags_of;
+use super::purge::{tags_of, Report, Selector};
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 /// Memory in front of an optional disk.
 pub struct TieredStore {
@@ -48,6 +51,67 @@ impl TieredStore {
             disk,
             max_object,
             fence,
+        }
+    }
+}
+
+impl TieredStore {
+    /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier.
+    /// Blocking: walks both tiers.
+    pub fn purge_selector(&self, selector: &Selector, soft: bool) -> Report {
+        // Read before the walk: a scan finishing during it may have applied the purge to files
+        // this count does not include.
+        let index_ready = self.disk.as_ref().is_none_or(|d| d.index_ready());
+        // First, so that fills, promotions and rewrites in flight (here, or in another process
+        // over the disk during an upgrade) cannot put back what this removes.
+        if let Some(disk) = &self.disk {
+            disk.announce(Entry::Purge {
+                selector: selector.clone(),
+                soft,
+            });
+        }
+        let running = self.fence.record(Purged::Matching(selector.clone()));
+        let mut keys: HashSet<HashBinary> = self
+            .memory
+            .purge_matching(selector, soft)
+            .into_iter()
+            .collect();
+        if let Some(disk) = &self.disk {
+            keys.extend(disk.purge_matching(selector, soft, &running));
+            // Publishes that were renaming when the purge started: in place only now.
+            for key in running.overtaken() {
+                if soft {
+                    disk.mark_stale(&key, &running);
+                } else {
+                    disk.remove(&key);
+                }
+                keys.insert(key);
+            }
+        }
+        Report {
+            purged: keys.len(),
+            index_ready,
+        }
+    }
+
+    /// Marks one object stale in every tier (see `EdgeCache::invalidate`). Blocking.
+    pub fn mark_stale(&self, hash: HashBinary) {
+        if let Some(disk) = &self.disk {
+            disk.announce(Entry::Stale {
+                key: super::journal::key_text(&hash),
+            });
+        }
+        let running = self.fence.record(Purged::Key(hash));
+        let stale_at = SystemTime::now() - Duration::from_secs(1);
+        self.memory.mark_stale(&hash, stale_at);
+        if let Some(disk) = &self.disk {
+            let mut keys = vec![hash];
+            keys.extend(running.overtaken());
+            for key in keys {
+                if disk.is_fresh(&key, stale_at) {
+                    disk.mark_stale(&key, &running);
+                }
+            }
         }
     }
 }
