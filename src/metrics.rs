@@ -290,7 +290,9 @@ impl Metrics {
             challenges: counter(
                 "onair_challenges_total",
                 "Attack-mode challenges, by result: issued (a challenge page was sent), passed \
-                 (a solution earned a clearance cookie), failed (a wrong or stale solution).",
+                 (a proof of work earned a clearance cookie), passed_nojs (a no-JavaScript wait \
+                 did), nojs_refused (a no-JavaScript wait over its address block's budget), \
+                 failed (a wrong, stale or refused answer).",
                 &["result"],
             ),
             refused: counter(

@@ -128,14 +128,15 @@ pub fn site_routes(site: &config::Site, pool_index: &dyn Fn(&str) -> usize) -> S
 }
 
 /// The rate-limit policy of a route: a stable hash of its site and path, never one of the
-/// limiter's reserved ids (0 for the node-wide limit, u64::MAX for its told-off clients).
+/// limiter's reserved ids (0 for the node-wide limit, u64::MAX - 1 for address blocks, u64::MAX
+/// for told-off clients).
 fn rate_policy(site: &str, path: &str) -> u64 {
     // FNV-1a: stable across processes and versions (the std hasher is not).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in site.bytes().chain([0u8]).chain(path.bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    h.clamp(1, u64::MAX - 1)
+    h.clamp(1, u64::MAX - 2)
 }
 
 /// A Host/authority value split into the normalized host and the port it names: None when the
@@ -196,6 +197,7 @@ mod tests {
             pool: "main".into(),
             maintenance_page: None,
             force_stale_if_error: false,
+            nojs_challenge: false,
             pass_headers: Vec::new(),
             routes: routes
                 .iter()

@@ -182,7 +182,10 @@ pub fn serve(
     if let Some(addr) = config.listen.admin {
         let mut admin = Service::new(
             "onair admin".to_owned(),
-            AdminApp::new(live.clone(), edge_cache),
+            crate::admin::Capped::new(
+                AdminApp::new(live.clone(), edge_cache),
+                crate::admin::MAX_CONNECTIONS,
+            ),
         );
         admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);

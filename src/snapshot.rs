@@ -53,7 +53,7 @@ impl Snapshot {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::new(p, registry)))
+            .map(|p| Arc::new(Pool::new(p, registry, config.admin.origin_addresses)))
             .collect();
         let index = |name: &str| pools.iter().position(|p| p.name() == name).unwrap_or(0);
         let sites = config

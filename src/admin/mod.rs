@@ -2,8 +2,9 @@
 //! operators, and the operations that change state: reload, purge and attack mode.
 //!
 //! Every call but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`, compared in
-//! constant time. Without `admin.token_file` only the two probes answer. A wrong or missing
-//! token gets 401 and nothing changes.
+//! constant time, before any body is read. Without `admin.token_file` only the two probes
+//! answer. A wrong or missing token gets 401 and nothing changes. At most
+//! [`MAX_CONNECTIONS`] connections are served at once, each exchange within [`EXCHANGE`].
 
 use std::sync::Arc;
 
@@ -22,6 +23,11 @@ use crate::snapshot::Live;
 
 /// Largest admin request body read (a purge of many URLs fits easily).
 const MAX_BODY: usize = 1 << 20;
+/// Admin connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest one admin exchange (head, body, answer) may take: a client trickling bytes
+/// cannot hold one of the few connections for long.
+pub const EXCHANGE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads the whole request body, refusing more than [`MAX_BODY`].
 async fn read_body(
@@ -212,7 +218,8 @@ impl AdminApp {
                     "inflight": p.limiter.inflight(),
                     "max_inflight": p.config.max_inflight,
                     "origins": p.origins.iter().map(|o| json!({
-                        "addr": o.label,
+                        "name": o.label,
+                        "addr": cfg.admin.origin_addresses.then(|| o.addr.to_string()),
                         "region": o.region,
                         "tier": o.tier,
                         "weight": o.weight,
@@ -247,6 +254,47 @@ impl AdminApp {
     }
 }
 
+/// Serves an app's connections, at most `cap` at once and each exchange within [`EXCHANGE`]
+/// (the admin API: few operators, and no reason for a slow or idle client to hold a slot).
+pub struct Capped<A> {
+    inner: Arc<A>,
+    open: std::sync::atomic::AtomicUsize,
+    cap: usize,
+}
+
+impl<A> Capped<A> {
+    pub fn new(inner: A, cap: usize) -> Self {
+        Capped {
+            inner: Arc::new(inner),
+            open: std::sync::atomic::AtomicUsize::new(0),
+            cap,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp for Capped<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        use std::sync::atomic::Ordering;
+        if self.open.fetch_add(1, Ordering::SeqCst) >= self.cap {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(cap = self.cap, "admin connection refused: too many open");
+            return None;
+        }
+        let served = tokio::time::timeout(EXCHANGE, self.inner.process_new(stream, shutdown)).await;
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        served.ok().flatten()
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
 /// Attack mode as `/status` and `/attack-mode` show it.
 fn attack_json(state: &AttackState, config: &Attack) -> serde_json::Value {
     let r = state.report(config);
@@ -263,9 +311,27 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
-        let (status, body) = match read_body(session).await {
-            Ok(request_body) => self.route(&method, &path, &request_body, session).await,
-            Err(answer) => answer,
+        let probe = matches!(path.as_str(), "/healthz" | "/readyz");
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let (status, body) = if let (false, Err(answer)) = (probe, self.authorize(session)) {
+            // No body is read for a caller without the token; the connection closes instead.
+            session.set_keepalive(None);
+            answer
+        } else if declared.is_some_and(|l| l > MAX_BODY as u64) {
+            session.set_keepalive(None);
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "request body over 1 MiB"}),
+            )
+        } else {
+            match read_body(session).await {
+                Ok(request_body) => self.route(&method, &path, &request_body, session).await,
+                Err(answer) => answer,
+            }
         };
         let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
         body.push(b'\n');

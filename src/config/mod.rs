@@ -115,6 +115,9 @@ pub struct Protect {
     pub allow: Vec<crate::cidr::Cidr>,
     /// Node-wide per-client limit; None: no limit.
     pub rate: Option<RateLimit>,
+    /// Node-wide limit per address block (IPv4 /24, IPv6 /48), beside the per-client one:
+    /// many addresses of one block are still one sender. None: no limit.
+    pub block_rate: Option<RateLimit>,
     /// Request limits (see `protect::hygiene`): the whole head in bytes, its field count, the
     /// URI, and the body.
     pub max_header: u64,
@@ -159,6 +162,12 @@ pub struct Attack {
     /// The fleet-wide key that signs challenges and cookies; None: a key of this process
     /// (cookies then hold only on this node and until it restarts).
     pub key: Option<AttackKey>,
+    /// The no-JavaScript path, on sites that opt in (`site.nojs_challenge`): how long the
+    /// reader waits, how long the clearance lasts, and how many times one address block
+    /// (IPv4 /24, IPv6 /48) may redeem it per clearance window on this node.
+    pub nojs_wait: Duration,
+    pub nojs_clearance: Duration,
+    pub nojs_per_block: u32,
 }
 
 impl Default for Attack {
@@ -171,6 +180,9 @@ impl Default for Attack {
             difficulty: 16,
             clearance: Duration::from_secs(3600),
             key: None,
+            nojs_wait: Duration::from_secs(15),
+            nojs_clearance: Duration::from_secs(300),
+            nojs_per_block: 20,
         }
     }
 }
@@ -219,6 +231,7 @@ impl Default for Protect {
             deny: Vec::new(),
             allow: Vec::new(),
             rate: None,
+            block_rate: None,
             max_header: 32 << 10,
             max_headers: 100,
             max_uri: 8 << 10,
@@ -293,6 +306,11 @@ pub struct Listen {
 #[derive(Clone, Default)]
 pub struct Admin {
     pub token: Option<String>,
+    /// Whether `/status` and the metrics' `origin` label show origin addresses; off, they show
+    /// each origin's `name` (default `origin-N`, its place in the pool): the metrics listener
+    /// and a leaked status page must not map the origins an attacker would go around the edge
+    /// to reach.
+    pub origin_addresses: bool,
 }
 
 impl fmt::Debug for Admin {
@@ -330,6 +348,9 @@ pub struct Site {
     pub maintenance_page: Option<Bytes>,
     /// Serve stale on origin errors even where the origin forbids it (must-revalidate, ...).
     pub force_stale_if_error: bool,
+    /// Whether attack mode's challenge offers readers without JavaScript a timed wait
+    /// instead (off by default: it costs a bot nothing but time).
+    pub nojs_challenge: bool,
     /// Request headers onair strips as unkeyed (`proxy::headers::UNKEYED`) that this site's
     /// origin needs: passed through, and their values made part of the cache key. Lowercase.
     pub pass_headers: Vec<String>,
@@ -440,6 +461,8 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub addr: SocketAddr,
+    /// What metrics and `/status` call it (see `Admin::origin_addresses`).
+    pub name: Option<String>,
     pub region: Option<String>,
     pub tier: u8,
     pub weight: u32,

@@ -49,6 +49,7 @@ pub struct RawListen {
 #[serde(default)]
 pub struct RawAdmin {
     pub token_file: Option<String>,
+    pub origin_addresses: Option<bool>,
 }
 
 /// `[log]`
@@ -82,6 +83,7 @@ pub struct RawSite {
     pub pool: Option<String>,
     pub maintenance_page: Option<String>,
     pub force_stale_if_error: Option<bool>,
+    pub nojs_challenge: Option<bool>,
     pub pass_headers: Vec<String>,
     pub route: Vec<RawRoute>,
 }
@@ -125,6 +127,8 @@ pub struct RawProtect {
     pub allow: Option<Vec<String>>,
     pub rate: Option<String>,
     pub burst: Option<i64>,
+    pub block_rate: Option<String>,
+    pub block_burst: Option<i64>,
     pub max_header: Option<String>,
     pub max_headers: Option<i64>,
     pub max_uri: Option<String>,
@@ -153,6 +157,9 @@ pub struct RawAttack {
     pub difficulty: Option<i64>,
     pub clearance: Option<String>,
     pub key_file: Option<String>,
+    pub nojs_wait: Option<String>,
+    pub nojs_clearance: Option<String>,
+    pub nojs_per_block: Option<i64>,
 }
 
 /// `[[pool]]`
@@ -205,6 +212,7 @@ pub struct RawHealth {
 #[serde(default)]
 pub struct RawOrigin {
     pub addr: Option<String>,
+    pub name: Option<String>,
     pub region: Option<String>,
     pub tier: Option<i64>,
     pub weight: Option<i64>,

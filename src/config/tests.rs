@@ -238,18 +238,21 @@ name = "api"
         vec![
             Origin {
                 addr: addr("10.0.1.10:8080"),
+                name: None,
                 region: Some("hn".into()),
                 tier: 0,
                 weight: 10,
             },
             Origin {
                 addr: addr("10.1.1.10:8080"),
+                name: None,
                 region: Some("hcm".into()),
                 tier: 0,
                 weight: 1,
             },
             Origin {
                 addr: addr("[2001:db8::1]:443"),
+                name: None,
                 region: None,
                 tier: 1,
                 weight: 1000,

@@ -186,6 +186,7 @@ pub(super) fn validate(
                 Some(token)
             }
         }),
+        origin_addresses: admin.origin_addresses.unwrap_or(false),
     };
     let log = validate_log(log, base, &mut e);
     let cache = validate_cache(cache, base, &mut e);
@@ -236,6 +237,8 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
     let deny = ranges("deny", p.deny);
     let allow = ranges("allow", p.allow);
     let d = Protect::default();
+    let rate = rate_limit(e, "protect", &p.rate, p.burst);
+    let block_rate = block_rate(e, &p.block_rate, p.block_burst, rate.as_ref());
     let max_header = e.size("protect.max_header", &p.max_header, d.max_header);
     let max_uri = e.size("protect.max_uri", &p.max_uri, d.max_uri);
     // Pingora reads at most 1 MiB of head and 256 fields; larger limits would never apply.
@@ -252,7 +255,8 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
         trusted_proxies,
         deny,
         allow,
-        rate: rate_limit(e, "protect", &p.rate, p.burst),
+        block_rate,
+        rate,
         max_header,
         max_headers: e.int_in(
             "protect.max_headers",
@@ -464,6 +468,26 @@ fn validate_attack(a: RawAttack, base: &Path, e: &mut Errors<'_>) -> Attack {
             (Duration::from_secs(60), Duration::from_secs(7 * 86_400)),
         ),
         key,
+        nojs_wait: e.duration_in(
+            "protect.attack.nojs_wait",
+            &a.nojs_wait,
+            d.nojs_wait,
+            // At most half the challenge's five-minute life, so the answer can still arrive.
+            (Duration::from_secs(5), Duration::from_secs(150)),
+        ),
+        nojs_clearance: e.duration_in(
+            "protect.attack.nojs_clearance",
+            &a.nojs_clearance,
+            d.nojs_clearance,
+            (Duration::from_secs(30), Duration::from_secs(3600)),
+        ),
+        nojs_per_block: e.int_in(
+            "protect.attack.nojs_per_block",
+            a.nojs_per_block,
+            i64::from(d.nojs_per_block),
+            1,
+            100_000,
+        ) as u32,
     }
 }
 
@@ -475,17 +499,56 @@ fn rate_limit(
     rate: &Option<String>,
     burst: Option<i64>,
 ) -> Option<RateLimit> {
+    let (rate_key, burst_key) = (format!("{at}.rate"), format!("{at}.burst"));
+    rate_limit_at(e, &rate_key, &burst_key, rate, burst)
+}
+
+fn rate_limit_at(
+    e: &mut Errors<'_>,
+    rate_key: &str,
+    burst_key: &str,
+    rate: &Option<String>,
+    burst: Option<i64>,
+) -> Option<RateLimit> {
     let Some(text) = rate else {
         if burst.is_some() {
-            e.push(format!("{at}.burst"), format!("needs {at}.rate"));
+            e.push(burst_key, format!("needs {rate_key}"));
         }
         return None;
     };
     let per_second = crate::config::units::parse_rate(text)
-        .map_err(|why| e.push(format!("{at}.rate"), why))
+        .map_err(|why| e.push(rate_key, why))
         .ok()?;
     let default_burst = per_second.ceil().clamp(1.0, 1_000_000.0) as i64;
-    let burst = e.int_in(&format!("{at}.burst"), burst, default_burst, 1, 1_000_000) as u32;
+    let burst = e.int_in(burst_key, burst, default_burst, 1, 1_000_000) as u32;
+    Some(RateLimit {
+        per_second,
+        burst,
+        limit: crate::protect::rate::Limit::new(per_second, burst),
+    })
+}
+
+/// `protect.block_rate` / `block_burst`: as given; "off"; or, unset, 16 times the per-client
+/// rate and burst (an office or a carrier NAT behind one /24 is many readers).
+fn block_rate(
+    e: &mut Errors<'_>,
+    rate: &Option<String>,
+    burst: Option<i64>,
+    per_client: Option<&RateLimit>,
+) -> Option<RateLimit> {
+    let (rate_key, burst_key) = ("protect.block_rate", "protect.block_burst");
+    if rate.as_deref() == Some("off") {
+        if burst.is_some() {
+            e.push(burst_key, format!("needs {rate_key}"));
+        }
+        return None;
+    }
+    if rate.is_some() || burst.is_some() {
+        return rate_limit_at(e, rate_key, burst_key, rate, burst);
+    }
+    let per_client = per_client?;
+    let per_second = per_client.per_second * 16.0;
+    let burst = per_client.burst.saturating_mul(16);
     Some(RateLimit {
         per_second,
         burst,
@@ -722,6 +785,7 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
             e.push(format!("{at}.origin"), "a pool needs at least one origin");
         }
         let mut addrs = HashSet::new();
+        let mut names = HashSet::new();
         let origins = p
             .origin
             .into_iter()
@@ -744,8 +808,18 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
                         format!("{addr} is listed twice in this pool"),
                     );
                 }
+                let name = o.name.map(|n| e.name(&format!("{oat}.name"), &Some(n)));
+                if let Some(n) = &name {
+                    if !names.insert(n.clone()) {
+                        e.push(
+                            format!("{oat}.name"),
+                            format!("{n:?} is used twice in this pool"),
+                        );
+                    }
+                }
                 Some(Origin {
                     addr,
+                    name,
                     region,
                     tier,
                     weight,
@@ -1056,6 +1130,7 @@ fn validate_sites(
             pool,
             maintenance_page,
             force_stale_if_error: s.force_stale_if_error.unwrap_or(false),
+            nojs_challenge: s.nojs_challenge.unwrap_or(false),
             pass_headers: pass_headers(e, &at, &s.pass_headers),
             routes,
         });

@@ -30,8 +30,11 @@ const H2_STREAMS: usize = 100;
 #[derive(Debug)]
 pub struct Origin {
     pub addr: SocketAddr,
-    /// `addr` as text, computed once: it is a metric label and an access-log field.
+    /// What metrics, logs about its health and `/status` call it: its name (`origin-N` by
+    /// default), or its address with `admin.origin_addresses`. Computed once.
     pub label: String,
+    /// `addr` as text, computed once, for the access log (which stays on the node).
+    pub addr_text: String,
     pub region: Option<String>,
     pub tier: u8,
     pub weight: u32,
@@ -85,20 +88,32 @@ pub struct Pool {
     pub client_cert: Option<Arc<CertKey>>,
 }
 
+/// An origin's label (see [`Origin::label`]).
+fn label(o: &config::Origin, index: usize, addresses: bool) -> String {
+    match (&o.name, addresses) {
+        (_, true) => o.addr.to_string(),
+        (Some(name), false) => name.clone(),
+        (None, false) => format!("origin-{index}"),
+    }
+}
+
 impl Pool {
     /// Builds a pool, attaching each origin to its (possibly existing) health state.
-    pub fn new(config: &config::Pool, registry: &HealthRegistry) -> Pool {
+    pub fn new(config: &config::Pool, registry: &HealthRegistry, addresses: bool) -> Pool {
         let origins = config
             .origins
             .iter()
-            .map(|o| Origin {
+            .enumerate()
+            .map(|(i, o)| (label(o, i, addresses), o))
+            .map(|(label, o)| Origin {
                 addr: o.addr,
-                label: o.addr.to_string(),
+                addr_text: o.addr.to_string(),
+                metrics: METRICS.origin_series(&config.name, &label),
+                label,
                 region: o.region.clone(),
                 tier: o.tier,
                 weight: o.weight,
                 health: registry.get(&config.name, o.addr, config.health.is_some()),
-                metrics: METRICS.origin_series(&config.name, &o.addr.to_string()),
             })
             .collect();
         let (limiter, budget) = registry.protection(config);
@@ -281,13 +296,14 @@ mod tests {
                 .iter()
                 .map(|(a, r, t, w)| config::Origin {
                     addr: a.parse().unwrap(),
+                    name: None,
                     region: r.map(str::to_owned),
                     tier: *t,
                     weight: *w,
                 })
                 .collect(),
         };
-        (Pool::new(&cfg, &registry), registry)
+        (Pool::new(&cfg, &registry, true), registry)
     }
 
     #[test]

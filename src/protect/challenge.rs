@@ -8,11 +8,13 @@
 //!
 //! The page asks the browser for a proof of work: a counter `n` such that
 //! SHA-256(`challenge:n`) starts with `bits` zero bits. The SHA-256 is plain JavaScript, since
-//! `crypto.subtle` is missing outside secure contexts (plain HTTP). Without JavaScript, a
-//! meta-refresh asks again after [`NOJS_WAIT`] seconds with `n=wait`, which is accepted once
-//! that much time has passed since the challenge was issued: it costs a bot time rather than
-//! CPU. Either way the answer comes back to [`PATH`], which sets the cookie and redirects to
-//! the page the reader asked for.
+//! `crypto.subtle` is missing outside secure contexts (plain HTTP). A site may also opt in to a
+//! no-JavaScript path (`nojs_challenge`): a meta-refresh asks again after `nojs_wait` with
+//! `n=wait`, accepted once that much time has passed since the challenge was issued. That costs
+//! a bot only time, so it clears for less long (`nojs_clearance`), and each address block
+//! (IPv4 /24, IPv6 /48) may redeem it only `nojs_per_block` times per clearance window
+//! ([`NoJsBudget`]). Either way the answer comes back to [`PATH`], which sets the cookie and
+//! redirects to the page the reader asked for.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -28,13 +30,11 @@ use crate::config::AttackKey;
 pub const PATH: &str = "/.onair/challenge";
 /// The clearance cookie's name.
 pub const COOKIE: &str = "onair_clearance";
-/// Seconds a no-JavaScript client waits before its answer is accepted.
-pub const NOJS_WAIT: u64 = 5;
 /// Seconds a challenge stays answerable.
 const CHALLENGE_TTL: u64 = 300;
-/// The longest clearance a no-JavaScript answer earns: waiting costs a bot nothing but time,
-/// so that path clears for less long than the proof of work.
-pub const NOJS_CLEARANCE: u64 = 600;
+/// Address blocks whose no-JavaScript redemptions are counted at once; past it, new blocks
+/// are refused until old windows end (they can still use the proof of work).
+const NOJS_BLOCKS: usize = 65_536;
 
 /// How a challenge was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,10 @@ pub enum Failed {
     Expired,
     TooEarly,
     NotSolved,
+    /// A no-JavaScript answer on a site without that path.
+    NoJsOff,
+    /// A no-JavaScript answer from an address block that used its budget.
+    NoJsBudget,
 }
 
 impl Signer {
@@ -101,12 +105,14 @@ impl Signer {
     }
 
     /// Checks an answer to a challenge: `answer` is the proof-of-work counter, or `wait`.
+    /// `nojs_wait`: how long a no-JavaScript answer must wait (None: that path is off).
     pub fn check(
         &self,
         token: &str,
         answer: &str,
         client: IpAddr,
         now: u64,
+        nojs_wait: Option<u64>,
     ) -> Result<Solved, Failed> {
         let mut parts = token.split('.');
         let (Some(issued), Some(bits), Some(nonce), Some(mac), None) = (
@@ -127,10 +133,10 @@ impl Signer {
             return Err(Failed::Expired);
         }
         if answer == "wait" {
-            return if now >= issued.saturating_add(NOJS_WAIT) {
-                Ok(Solved::Waited)
-            } else {
-                Err(Failed::TooEarly)
+            return match nojs_wait {
+                None => Err(Failed::NoJsOff),
+                Some(wait) if now >= issued.saturating_add(wait) => Ok(Solved::Waited),
+                Some(_) => Err(Failed::TooEarly),
             };
         }
         if answer.is_empty() || answer.len() > 20 || !answer.bytes().all(|b| b.is_ascii_digit()) {
@@ -161,19 +167,55 @@ impl Signer {
         client: IpAddr,
         now: u64,
     ) -> bool {
-        cookie_lines
+        // Only the first: a request stuffed with cookies must not buy one MAC check each.
+        let Some(value) = cookie_lines
             .flat_map(|line| line.split(|&b| b == b';'))
-            .filter_map(|pair| {
+            .find_map(|pair| {
                 let pair = std::str::from_utf8(pair).ok()?.trim();
                 pair.strip_prefix(COOKIE)?.strip_prefix('=')
             })
-            .any(|value| {
-                let Some((expires, mac)) = value.split_once('.') else {
-                    return false;
-                };
-                expires.parse::<u64>().is_ok_and(|e| e > now)
-                    && self.verify("clearance", &[expires, &prefix(client)], mac)
-            })
+        else {
+            return false;
+        };
+        let Some((expires, mac)) = value.split_once('.') else {
+            return false;
+        };
+        expires.parse::<u64>().is_ok_and(|e| e > now)
+            && self.verify("clearance", &[expires, &prefix(client)], mac)
+    }
+}
+
+/// How many no-JavaScript redemptions each address block has made in its current window.
+/// Per node: with a fleet, each node grants its own budget, which bounds the total by the
+/// node count.
+#[derive(Default)]
+pub struct NoJsBudget {
+    blocks: std::sync::Mutex<std::collections::HashMap<u128, (u64, u32)>>,
+}
+
+impl NoJsBudget {
+    /// Counts one redemption for `block` at `now` if the block has budget left in its window
+    /// of `window` seconds; false: refused.
+    pub fn take(&self, block: u128, now: u64, window: u64, per_window: u32) -> bool {
+        let mut blocks = match self.blocks.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if blocks.len() >= NOJS_BLOCKS && !blocks.contains_key(&block) {
+            blocks.retain(|_, (start, _)| now < start.saturating_add(window));
+            if blocks.len() >= NOJS_BLOCKS {
+                return false;
+            }
+        }
+        let entry = blocks.entry(block).or_insert((now, 0));
+        if now >= entry.0.saturating_add(window) {
+            *entry = (now, 0);
+        }
+        if entry.1 >= per_window {
+            return false;
+        }
+        entry.1 += 1;
+        true
     }
 }
 
@@ -332,18 +374,33 @@ fn percent_encode(text: &str) -> String {
 
 /// The challenge page for `challenge` (made by [`Signer::challenge`], so only digits, hex and
 /// dots), returning to `return_to` once solved.
-pub fn page(challenge: &str, bits: u8, return_to: &str) -> Bytes {
+/// `nojs_wait`: the no-JavaScript path's wait in seconds, None when the site has it off.
+pub fn page(challenge: &str, bits: u8, return_to: &str, nojs_wait: Option<u64>) -> Bytes {
     let r = percent_encode(&local_path(return_to));
-    let wait_url = format!("{PATH}?c={challenge}&amp;n=wait&amp;r={r}");
+    let nojs = match nojs_wait {
+        Some(wait) => {
+            let wait_url = format!("{PATH}?c={challenge}&amp;n=wait&amp;r={r}");
+            NOJS_ON
+                .replace("{WAIT}", &wait.to_string())
+                .replace("{WAIT_URL}", &wait_url)
+        }
+        None => NOJS_OFF.to_owned(),
+    };
     let html = PAGE
-        .replace("{WAIT}", &NOJS_WAIT.to_string())
-        .replace("{WAIT_URL}", &wait_url)
+        .replace("{NOSCRIPT}", &nojs)
         .replace("{CHALLENGE}", challenge)
         .replace("{BITS}", &bits.to_string())
         .replace("{RETURN}", &r)
         .replace("{PATH}", PATH);
     Bytes::from(html)
 }
+
+/// The no-JavaScript path, where the site offers it (a `<noscript>` refresh is valid in the
+/// body in every browser that matters).
+const NOJS_ON: &str = r#"<noscript><meta http-equiv="refresh" content="{WAIT};url={WAIT_URL}"><p>JavaScript is off, so the check is a wait instead: the page opens by itself in {WAIT} seconds. If it does not, <a href="{WAIT_URL}">continue to the page</a>.</p></noscript>"#;
+
+/// Where it does not.
+const NOJS_OFF: &str = "<noscript><p>This check needs JavaScript, which is off in this browser. Turn it on and reload the page, or come back later: the check is only on while the site is under heavy load.</p></noscript>";
 
 /// The page: readable text first (screen readers announce the status line), the work in a
 /// script at the end, and a no-JavaScript fallback.
@@ -354,14 +411,13 @@ const PAGE: &str = r#"<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex, nofollow">
 <title>One moment, please</title>
-<noscript><meta http-equiv="refresh" content="{WAIT};url={WAIT_URL}"></noscript>
 <style>body{font:1.125rem/1.5 system-ui,sans-serif;max-width:36rem;margin:10vh auto;padding:0 1rem;color:#1a1a1a;background:#fff}</style>
 </head>
 <body>
 <main>
 <h1>Checking your browser</h1>
 <p id="status" role="status" aria-live="polite">This site is under unusually heavy traffic. Your browser is doing a short check before the page opens; it takes a few seconds and needs nothing from you.</p>
-<noscript><p>JavaScript is off, so the check is a short wait instead: the page opens by itself in {WAIT} seconds. If it does not, <a href="{WAIT_URL}">continue to the page</a>.</p></noscript>
+{NOSCRIPT}
 </main>
 <script>
 (function () {
@@ -460,24 +516,33 @@ mod tests {
         let client = ip("198.51.100.7");
         let c = s.challenge(client, 12, 1000);
         let n = solve(&c, 12).to_string();
-        assert_eq!(s.check(&c, &n, client, 1010), Ok(Solved::Work));
+        assert_eq!(s.check(&c, &n, client, 1010, Some(5)), Ok(Solved::Work));
         // A neighbour in the same /24 shares the clearance block; another block does not.
         assert_eq!(
-            s.check(&c, &n, ip("198.51.100.200"), 1010),
+            s.check(&c, &n, ip("198.51.100.200"), 1010, Some(5)),
             Ok(Solved::Work)
         );
         assert_eq!(
-            s.check(&c, &n, ip("198.51.101.7"), 1010),
+            s.check(&c, &n, ip("198.51.101.7"), 1010, Some(5)),
             Err(Failed::Forged)
         );
-        assert_eq!(s.check(&c, &n, client, 1000 + 301), Err(Failed::Expired));
+        assert_eq!(
+            s.check(&c, &n, client, 1000 + 301, Some(5)),
+            Err(Failed::Expired)
+        );
         // Another node's key does not know it.
         let other = signer("fedcba9876543210fedcba9876543210");
-        assert_eq!(other.check(&c, &n, client, 1010), Err(Failed::Forged));
+        assert_eq!(
+            other.check(&c, &n, client, 1010, Some(5)),
+            Err(Failed::Forged)
+        );
         // A raised difficulty field breaks the MAC.
         let parts: Vec<&str> = c.split('.').collect();
         let easier = format!("{}.1.{}.{}", parts[0], parts[2], parts[3]);
-        assert_eq!(s.check(&easier, "0", client, 1010), Err(Failed::Forged));
+        assert_eq!(
+            s.check(&easier, "0", client, 1010, Some(5)),
+            Err(Failed::Forged)
+        );
     }
 
     #[test]
@@ -488,15 +553,33 @@ mod tests {
         let n = solve(&c, 20);
         // The next counter is almost surely not a solution (2^-20).
         assert_eq!(
-            s.check(&c, &(n + 1).to_string(), client, 1001),
+            s.check(&c, &(n + 1).to_string(), client, 1001, Some(5)),
             Err(Failed::NotSolved)
         );
-        assert_eq!(s.check(&c, "wait", client, 1004), Err(Failed::TooEarly));
-        assert_eq!(s.check(&c, "wait", client, 1005), Ok(Solved::Waited));
-        assert_eq!(s.check(&c, "12a", client, 1005), Err(Failed::Malformed));
-        assert_eq!(s.check("junk", "1", client, 1005), Err(Failed::Malformed));
         assert_eq!(
-            s.check(&c, &n.to_string(), ip("2001:db8:1:2:ffff::1"), 1001),
+            s.check(&c, "wait", client, 1004, Some(5)),
+            Err(Failed::TooEarly)
+        );
+        assert_eq!(
+            s.check(&c, "wait", client, 1005, Some(5)),
+            Ok(Solved::Waited)
+        );
+        assert_eq!(
+            s.check(&c, "12a", client, 1005, Some(5)),
+            Err(Failed::Malformed)
+        );
+        assert_eq!(
+            s.check("junk", "1", client, 1005, Some(5)),
+            Err(Failed::Malformed)
+        );
+        assert_eq!(
+            s.check(
+                &c,
+                &n.to_string(),
+                ip("2001:db8:1:2:ffff::1"),
+                1001,
+                Some(5)
+            ),
             Ok(Solved::Work),
             "same /64"
         );
@@ -545,7 +628,7 @@ mod tests {
 
     #[test]
     fn the_page_escapes_the_return_path() {
-        let page = page("1.2.3.4", 16, "/a\"><script>x</script>");
+        let page = page("1.2.3.4", 16, "/a\"><script>x</script>", Some(5));
         let text = std::str::from_utf8(&page).unwrap();
         assert!(!text.contains("<script>x"));
         let page = page_text("/news/a?c=\"d\"");
@@ -555,7 +638,7 @@ mod tests {
     }
 
     fn page_text(back: &str) -> String {
-        String::from_utf8(page("1.2.3.4", 16, back).to_vec()).unwrap()
+        String::from_utf8(page("1.2.3.4", 16, back, Some(5)).to_vec()).unwrap()
     }
 
     #[test]

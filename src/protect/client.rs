@@ -76,12 +76,44 @@ pub fn limit_key(ip: IpAddr) -> u128 {
     }
 }
 
+/// The address block a client's aggregate limit is counted under: IPv4 /24, IPv6 /48 (what
+/// one site or small provider customer gets: a /64 limit alone lets one attacker be 65,536
+/// clients).
+pub fn block_key(ip: IpAddr) -> u128 {
+    let v4 = |v4: std::net::Ipv4Addr| u128::from(v4.to_ipv6_mapped()) & !0xff;
+    match ip {
+        IpAddr::V4(a) => v4(a),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(a) => v4(a),
+            None => u128::from(v6) & !((1u128 << 80) - 1),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks() {
+        assert_eq!(block_key(ip("203.0.113.7")), block_key(ip("203.0.113.250")));
+        assert_ne!(block_key(ip("203.0.113.7")), block_key(ip("203.0.114.7")));
+        assert_eq!(
+            block_key(ip("::ffff:203.0.113.7")),
+            block_key(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            block_key(ip("2001:db8:1:ffff::1")),
+            block_key(ip("2001:db8:1:1::1"))
+        );
+        assert_ne!(
+            block_key(ip("2001:db8:1::1")),
+            block_key(ip("2001:db8:2::1"))
+        );
     }
 
     fn trusted() -> Vec<Cidr> {

@@ -6,7 +6,9 @@
 //! table costs one hash entry per recently active client. A client whose TAT has passed is
 //! indistinguishable from a new one, which is what lets [`RateLimiter::sweep`] forget it: under
 //! key churn (a flood from many addresses) the table holds only the clients of the last burst
-//! window, and [`MAX_CLIENTS`] caps it outright.
+//! window, and [`MAX_CLIENTS`] caps it outright. A full shard evicts its least recently
+//! active clients (the smallest TATs: furthest from being limited) rather than letting a new
+//! client through untracked, and the shard a key lands in is a keyed hash no client can aim.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +23,8 @@ const SHARDS: usize = 64;
 pub const NODE: u64 = 0;
 /// Table entries of clients told off by the node-wide limit: until when.
 const TOLD: u64 = u64::MAX;
+/// The policy of the aggregate limit per address block (IPv4 /24, IPv6 /48).
+pub const BLOCK: u64 = u64::MAX - 1;
 
 /// One rate: `per_second` with `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,9 @@ pub struct RateLimiter {
     shards: Vec<Mutex<HashMap<(u64, u128), u64>>>,
     epoch: Instant,
     per_shard: usize,
+    /// Random per process: which shard a key lands in is not the client's choice (else one
+    /// attacker could fill a single shard and evict everyone in it).
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Default for RateLimiter {
@@ -71,13 +78,13 @@ impl RateLimiter {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epoch: Instant::now(),
             per_shard: (clients / SHARDS).max(1),
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
     fn shard(&self, key: &(u64, u128)) -> std::sync::MutexGuard<'_, HashMap<(u64, u128), u64>> {
-        let mixed =
-            (key.1 as u64 ^ (key.1 >> 64) as u64 ^ key.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let shard = &self.shards[(mixed >> 58) as usize % SHARDS];
+        use std::hash::BuildHasher;
+        let shard = &self.shards[(self.hasher.hash_one(key) % SHARDS as u64) as usize];
         match shard.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -102,21 +109,17 @@ impl RateLimiter {
                 drop(shard);
                 let told = (TOLD, client);
                 let mut shard = self.shard(&told);
-                if shard.len() < self.per_shard || shard.contains_key(&told) {
-                    shard.insert(told, allowed_from);
+                if shard.len() >= self.per_shard && !shard.contains_key(&told) {
+                    make_room(&mut shard, t, self.per_shard);
                 }
+                shard.insert(told, allowed_from);
             }
             return Verdict::Deny {
                 retry_after: Duration::from_nanos(allowed_from - t),
             };
         }
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
-            // Full: forget clients that are back to a clean slate; if none is, this client
-            // goes untracked rather than evicting one that is being limited.
-            shard.retain(|_, tat| *tat > t);
-            if shard.len() >= self.per_shard {
-                return Verdict::Allow;
-            }
+            make_room(&mut shard, t, self.per_shard);
         }
         shard.insert(key, tat + limit.interval_ns);
         Verdict::Allow
@@ -155,6 +158,22 @@ impl RateLimiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Frees room in a full shard: first the clients back to a clean slate; if that is not
+/// enough, the eighth of the shard least recently active (smallest TAT). A client being
+/// limited has a TAT in the future and is the last to go; evicting in batches keeps the cost
+/// per new client constant under a flood of new addresses.
+fn make_room(shard: &mut HashMap<(u64, u128), u64>, now: u64, capacity: usize) {
+    shard.retain(|_, tat| *tat > now);
+    if shard.len() < capacity {
+        return;
+    }
+    let mut tats: Vec<u64> = shard.values().copied().collect();
+    let cut = (capacity / 8).max(1).min(tats.len() - 1);
+    let (_, threshold, _) = tats.select_nth_unstable(cut);
+    let threshold = *threshold;
+    shard.retain(|_, tat| *tat > threshold);
 }
 
 #[cfg(test)]
@@ -223,6 +242,30 @@ mod tests {
         assert!(matches!(l.check(0, 1, &limit, t), Verdict::Deny { .. }));
         assert_eq!(l.check(0, 2, &limit, t), Verdict::Allow, "another client");
         assert_eq!(l.check(1, 1, &limit, t), Verdict::Allow, "another route");
+    }
+
+    #[test]
+    fn a_flood_of_new_clients_cannot_free_a_limited_one() {
+        let l = RateLimiter::with_capacity(SHARDS * 64);
+        let limit = Limit::new(1.0, 5);
+        let t = Instant::now();
+        // A client that used its whole burst: its TAT is the furthest ahead.
+        assert_eq!(allowed(&l, &limit, t, 6), 5);
+        // Many new addresses in the same instant fill every shard.
+        for client in 1_000..200_000u128 {
+            l.check(0, client, &limit, t);
+        }
+        assert!(l.len() <= SHARDS * 64, "{} tracked", l.len());
+        // Eviction took the least active, not the limited client...
+        assert!(matches!(l.check(0, 1, &limit, t), Verdict::Deny { .. }));
+        // ...and new clients are tracked, not waved through untracked.
+        assert_eq!(
+            (0..10)
+                .filter(|_| l.check(0, 199_999, &limit, t) == Verdict::Allow)
+                .count(),
+            4,
+            "one of its burst was spent in the flood"
+        );
     }
 
     #[test]

@@ -12,6 +12,17 @@ use super::respond;
 use crate::metrics::METRICS;
 use crate::protect::challenge::{self, Answer};
 
+/// No-JavaScript redemptions per address block, on this node.
+static NOJS_BUDGET: std::sync::LazyLock<challenge::NoJsBudget> =
+    std::sync::LazyLock::new(challenge::NoJsBudget::default);
+
+/// The no-JavaScript wait in seconds on this request's site, None where the site has it off.
+fn nojs_wait(ctx: &RequestCtx) -> Option<u64> {
+    let site = ctx.site.and_then(|i| ctx.snapshot.config.sites.get(i))?;
+    site.nojs_challenge
+        .then(|| ctx.snapshot.config.protect.attack.nojs_wait.as_secs())
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -89,7 +100,7 @@ async fn page(session: &mut Session, ctx: &mut RequestCtx, back: &str) -> Result
     };
     let bits = ctx.snapshot.config.protect.attack.difficulty;
     let token = ctx.snapshot.signer.challenge(ip, bits, unix_now());
-    let body = challenge::page(&token, bits, back);
+    let body = challenge::page(&token, bits, back, nojs_wait(ctx));
     METRICS.challenge("issued");
     respond::send(
         session,
@@ -113,16 +124,34 @@ pub async fn answer(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
             .map(drop);
     };
     let now = unix_now();
-    match ctx
-        .snapshot
-        .signer
-        .check(&answer.challenge, &answer.answer, ip, now)
-    {
+    let attack = &ctx.snapshot.config.protect.attack;
+    let checked =
+        ctx.snapshot
+            .signer
+            .check(&answer.challenge, &answer.answer, ip, now, nojs_wait(ctx));
+    let checked = match checked {
+        // Waiting costs a bot nothing but time: each address block gets so many per window.
+        Ok(challenge::Solved::Waited)
+            if !NOJS_BUDGET.take(
+                crate::protect::client::block_key(ip),
+                now,
+                attack.nojs_clearance.as_secs(),
+                attack.nojs_per_block,
+            ) =>
+        {
+            METRICS.challenge("nojs_refused");
+            Err(challenge::Failed::NoJsBudget)
+        }
+        other => other,
+    };
+    match checked {
         Ok(how) => {
-            METRICS.challenge("passed");
-            let mut lifetime = ctx.snapshot.config.protect.attack.clearance.as_secs();
+            let mut lifetime = attack.clearance.as_secs();
             if how == challenge::Solved::Waited {
-                lifetime = lifetime.min(challenge::NOJS_CLEARANCE);
+                METRICS.challenge("passed_nojs");
+                lifetime = lifetime.min(attack.nojs_clearance.as_secs());
+            } else {
+                METRICS.challenge("passed");
             }
             let value = ctx.snapshot.signer.clearance(ip, now + lifetime);
             let cookie = format!(

@@ -635,7 +635,8 @@ impl ProxyHttp for Edge {
             return;
         }
         let req = session.req_header();
-        let origin = ctx.current_origin().map(|o| o.label.as_str());
+        // The access log stays on the node: the address, whatever the metrics call it.
+        let origin = ctx.current_origin().map(|o| o.addr_text.as_str());
         access_log::write(&access_log::Entry {
             time: access_log::now_rfc3339(),
             request_id: &ctx.request_id,
@@ -674,17 +675,25 @@ impl Edge {
     /// Counts the request against the client's limits (node-wide, then the route's); when it is
     /// over one, how long until it may try again.
     fn over_rate(&self, ctx: &RequestCtx, route: &RouteTarget) -> Option<Duration> {
-        let client = protect::client::limit_key(ctx.client_ip?);
+        let ip = ctx.client_ip?;
+        let (client, block) = (
+            protect::client::limit_key(ip),
+            protect::client::block_key(ip),
+        );
         let now = std::time::Instant::now();
-        let node = ctx
-            .snapshot
-            .config
-            .protect
+        let protect = &ctx.snapshot.config.protect;
+        let node = protect
             .rate
-            .map(|r| (protect::rate::NODE, r.limit, "node"));
-        let route = route.rate.map(|(policy, limit)| (policy, limit, "route"));
-        for (policy, limit, reason) in node.into_iter().chain(route) {
-            if let Verdict::Deny { retry_after } = self.limiter.check(policy, client, &limit, now) {
+            .map(|r| (protect::rate::NODE, client, r.limit, "node"));
+        // The whole /24 or /48 too: one sender with many addresses is still one sender.
+        let block = protect
+            .block_rate
+            .map(|r| (protect::rate::BLOCK, block, r.limit, "block"));
+        let route = route
+            .rate
+            .map(|(policy, limit)| (policy, client, limit, "route"));
+        for (policy, key, limit, reason) in node.into_iter().chain(block).chain(route) {
+            if let Verdict::Deny { retry_after } = self.limiter.check(policy, key, &limit, now) {
                 METRICS.rate_limited(reason);
                 return Some(retry_after);
             }

@@ -791,6 +791,9 @@ pub struct Setup {
     pub args: Vec<String>,
     /// Extra `[listen]` keys.
     pub listen_extra: String,
+    /// `[admin]` keys beside the token. Tests name origins by address in metrics and
+    /// `/status` (`origin_addresses = true`) unless they set this to "".
+    pub admin_extra: String,
 }
 
 impl Setup {
@@ -802,6 +805,7 @@ impl Setup {
             files: Vec::new(),
             args: Vec::new(),
             listen_extra: String::new(),
+            admin_extra: "origin_addresses = true\n".to_owned(),
         }
     }
 
@@ -946,9 +950,12 @@ impl Onair {
     /// The full config text for these ports.
     pub fn config_text(setup: &Setup, dir: &Path, http: u16, admin: u16, metrics: u16) -> String {
         let token = if setup.token {
-            "[admin]\ntoken_file = \"admin.token\"\n"
+            format!(
+                "[admin]\ntoken_file = \"admin.token\"\n{}",
+                setup.admin_extra
+            )
         } else {
-            ""
+            format!("[admin]\n{}", setup.admin_extra)
         };
         // A test may set its own grace period in `node_extra`.
         let grace = if setup.node_extra.contains("grace_period") {

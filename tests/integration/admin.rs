@@ -153,3 +153,79 @@ fn promtool_check(text: &str) {
         "promtool: {report}"
     );
 }
+
+/// By default neither `/status` nor the metrics publish origin addresses (the metrics listener
+/// and a leaked status page must not map what an attacker would reach around the edge): an
+/// origin is its `name`, or `origin-N`.
+#[tokio::test]
+async fn origin_addresses_stay_private_by_default() {
+    let origin = Origin::start("o").await;
+    let second = Origin::start("o2").await;
+    let mut setup = Setup::new(format!(
+        "{}  [[pool.origin]]\n  addr = \"{}\"\n  name = \"backup-hn\"\n",
+        site(&origin),
+        second.addr
+    ));
+    setup.admin_extra = String::new();
+    let onair = Onair::start(setup).await;
+    let status = onair.admin("GET", "/status").await.text();
+    for addr in [origin.addr, second.addr] {
+        assert!(!status.contains(&addr.to_string()), "{status}");
+        assert!(!status.contains(&addr.port().to_string()), "{status}");
+    }
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pools"][0]["origins"][0]["name"], "origin-0");
+    assert_eq!(status["pools"][0]["origins"][1]["name"], "backup-hn");
+    let metrics = onair.metrics_text().await;
+    assert!(
+        metrics.contains("onair_origin_up{origin=\"origin-0\",pool=\"p\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("origin=\"backup-hn\""));
+    assert!(!metrics.contains(&origin.addr.to_string()));
+}
+
+/// The token is checked before any body is read, a body over the limit is refused from its
+/// declared length, and the connections are capped.
+#[tokio::test]
+async fn the_admin_api_reads_no_body_for_strangers_and_caps_connections() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(Setup::new(site(&origin))).await;
+    // A stranger announcing a large body and sending none: answered at once, not waited for.
+    let head = "POST /purge HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n";
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(onair.admin, head.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it waited for the body"
+    );
+    // With the token, a declared body over 1 MiB is refused without reading it.
+    let head = format!(
+        "POST /purge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 5000000\r\n\r\n"
+    );
+    let answer = raw_exchange(onair.admin, head.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // 64 idle connections fill the admin API; the next is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(onair.admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = raw_exchange(
+        onair.admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(answer, "", "a connection past the cap was served");
+    drop(idle);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(onair.admin, "x", "/healthz")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await
+    );
+}

@@ -292,26 +292,80 @@ async fn the_pages_own_javascript_solves_the_challenge() {
     let cookie = cookie_of(&solved);
     let r = get_as(&onair, [127, 0, 0, 1], "/live?x=1", Some(&cookie)).await;
     assert_eq!(r.status, 200);
+}
 
-    // Without JavaScript: the meta-refresh URL, accepted once its wait is over.
-    let page = get_as(&onair, [127, 0, 0, 1], "/live?x=2", None).await;
-    let text = page.text();
-    let refresh = text
-        .split("url=")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .replace("&amp;", "&");
-    assert!(text.contains("content=\"5;url="), "{text}");
-    let early = get_as(&onair, [127, 0, 0, 1], &refresh, None).await;
+/// The no-JavaScript wait costs a bot nothing but time: it is off unless a site opts in, and
+/// then it waits longer, clears for less long, and each address block may redeem it only so
+/// many times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_javascript_path_is_opt_in_and_bounded() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(setup(&origin, "mode = \"on\"")).await;
+    // Off by default: no refresh on the page, and a crafted wait answer is refused.
+    let page = get_as(&onair, [127, 0, 0, 1], "/live", None).await;
+    assert!(
+        !page.text().contains("http-equiv=\"refresh\""),
+        "{}",
+        page.text()
+    );
+    let (token, _) = challenge_of(&page);
+    let crafted = format!("/.onair/challenge?c={token}&n=wait&r=/live");
+    let r = get_as(&onair, [127, 0, 0, 1], &crafted, None).await;
+    assert_eq!(r.status, 403, "a wait answer on a site without the path");
+    assert!(r.header("set-cookie").is_none());
+
+    // Opted in, with its bounds.
+    let mut on = setup(
+        &origin,
+        "mode = \"on\"\nnojs_wait = \"5s\"\nnojs_clearance = \"2m\"\nnojs_per_block = 2",
+    );
+    on.body = on
+        .body
+        .replace("pool = \"p\"\n", "pool = \"p\"\nnojs_challenge = true\n");
+    onair.rewrite(&on);
+    assert_eq!(onair.admin("POST", "/reload").await.status, 200);
+    let mut refreshes = Vec::new();
+    for host in 1..=3u8 {
+        let page = get_as(&onair, [127, 0, 0, host], "/live?x=2", None).await;
+        let text = page.text();
+        assert!(text.contains("content=\"5;url="), "{text}");
+        let refresh = text
+            .split("url=")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .replace("&amp;", "&");
+        refreshes.push((host, refresh));
+    }
+    let (_, first) = &refreshes[0];
+    let early = get_as(&onair, [127, 0, 0, 1], first, None).await;
     assert_eq!(early.status, 403, "too early: a new challenge");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let waited = get_as(&onair, [127, 0, 0, 1], &refresh, None).await;
-    assert_eq!(waited.status, 303, "{}", waited.text());
-    assert_eq!(waited.header("location"), Some("/live?x=2"));
+    let mut statuses = Vec::new();
+    for (host, refresh) in &refreshes {
+        let r = get_as(&onair, [127, 0, 0, *host], refresh, None).await;
+        if r.status == 303 {
+            assert_eq!(r.header("location"), Some("/live?x=2"));
+            assert!(
+                r.header("set-cookie").unwrap().contains("Max-Age=120"),
+                "a no-JavaScript clearance is short"
+            );
+        }
+        statuses.push(r.status);
+    }
+    // Three addresses of one /24: two redemptions, then the block's budget is spent.
+    assert_eq!(statuses, [303, 303, 403]);
     assert!(
-        waited.header("set-cookie").unwrap().contains("Max-Age=600"),
-        "a no-JavaScript clearance is short"
+        onair
+            .metric_becomes("onair_challenges_total{result=\"nojs_refused\"}", |v| v
+                == 1.0)
+            .await
+    );
+    assert!(
+        onair
+            .metric_becomes("onair_challenges_total{result=\"passed_nojs\"}", |v| v
+                == 2.0)
+            .await
     );
 }
 

@@ -622,3 +622,29 @@ async fn behind_an_l4_balancer_the_proxy_protocol_header_names_the_client() {
         200
     );
 }
+
+/// Many addresses of one block are one sender: beside the per-client limit, the /24 (IPv4) or
+/// /48 (IPv6) has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_of_one_block_share_the_block_limit() {
+    let origin = Origin::start("o").await;
+    let onair = Onair::start(limited(
+        &origin,
+        "rate = \"1/m\"\nburst = 3\nblock_rate = \"1/m\"\nblock_burst = 5",
+        "",
+    ))
+    .await;
+    // Two addresses of 127.0.0.0/24: 3 + 2 get through, the block's burst.
+    let a = statuses(&onair, [127, 0, 0, 2], "/", 3, None).await;
+    assert_eq!(a, [200, 200, 200]);
+    let b = statuses(&onair, [127, 0, 0, 3], "/", 3, None).await;
+    assert_eq!(b, [200, 200, 429]);
+    assert!(
+        onair
+            .metric_becomes("onair_rate_limited_total{reason=\"block\"}", |v| v >= 1.0)
+            .await
+    );
+    // Another /24 is another block.
+    let c = statuses(&onair, [127, 0, 1, 3], "/", 1, None).await;
+    assert_eq!(c, [200]);
+}
