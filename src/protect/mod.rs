@@ -14,6 +14,7 @@ pub mod hygiene;
 pub mod proxy_protocol;
 pub mod rate;
 pub mod shed;
+pub mod upload;
 
 use std::net::IpAddr;
 

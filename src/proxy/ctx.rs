@@ -66,6 +66,10 @@ pub struct RequestCtx {
     /// Taken when a cacheable request leaves for the origin; what it brings back is stored
     /// only if no purge ran since (see `cache::fence::EarlyTicket`).
     pub fill_ticket: Option<crate::cache::fence::EarlyTicket>,
+    /// HTTP/2 uploads (the connection gate clocks HTTP/1 ones): when the body began to be
+    /// read, and whether the client was found too slow (answered 408, the origin not blamed).
+    pub body_started: Option<Instant>,
+    pub client_stalled: bool,
 }
 
 impl RequestCtx {
@@ -100,6 +104,8 @@ impl RequestCtx {
             tls: false,
             in_progress: None,
             fill_ticket: None,
+            body_started: None,
+            client_stalled: false,
         }
     }
 

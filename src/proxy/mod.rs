@@ -445,6 +445,15 @@ impl ProxyHttp for Edge {
                 watch.body_done();
             }
         }
+        if protect::upload::too_slow(session, ctx, end_of_stream) {
+            METRICS.slow_client("upload");
+            ctx.client_stalled = true;
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "request body slower than protect.min_upload_rate",
+            )
+            .into_down());
+        }
         // Content-Length was checked with the head; a chunked body is counted as it comes.
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
@@ -544,6 +553,14 @@ impl ProxyHttp for Edge {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("origin {peer}"));
+        if protect::upload::stalled_origin_wait(session, &e) {
+            // The origin timed out waiting for an HTTP/2 upload that stopped coming: the
+            // client's fault, not the origin's (no health penalty, no retry).
+            METRICS.slow_client("upload");
+            ctx.client_stalled = true;
+            e.set_retry(false);
+            return e;
+        }
         if *e.esource() != ErrorSource::Upstream {
             // The client went away or sent something we cannot forward: another origin
             // would fare no better, and the origin is not to blame.
@@ -578,6 +595,12 @@ impl ProxyHttp for Edge {
             // Headers are out: all we can do is cut the connection so the client sees an
             // incomplete answer rather than a silently truncated one.
             0
+        } else if ctx.client_stalled {
+            // Its slot under max_inflight is free before the answer is even written.
+            ctx.permit = None;
+            respond::text(session, ctx, 408, "request body too slow\n")
+                .await
+                .unwrap_or(0)
         } else if *e.etype() == BODY_TOO_LARGE {
             respond::text(session, ctx, 413, "request body too large\n")
                 .await

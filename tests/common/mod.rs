@@ -527,6 +527,15 @@ where
     }
 }
 
+/// A request body fed by the test: what it sends on the channel, when it sends it.
+pub fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    BoxBody,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    (tx, StreamBody::new(ChannelStream(rx)).boxed())
+}
+
 /// The receiving end of a channel as a body stream.
 struct ChannelStream(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
 

@@ -437,3 +437,70 @@ async fn https_and_http_answers_are_cached_apart() {
     );
     assert_eq!(edge.origin.proxied_hits(), 2);
 }
+
+/// HTTP/2 uploads have no clock inside Pingora: onair checks each chunk against
+/// `body_timeout` + `min_upload_rate` and cuts a trickling stream with 408, which frees its
+/// `max_inflight` slot for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_http2_upload_is_cut_and_frees_its_origin_slot() {
+    let pki = Pki::new("onair test CA");
+    let origin = Origin::start("o").await;
+    let port = free_port();
+    let issued = pki.issue(&["portal.test"]);
+    let setup = Setup::new(format!(
+        "[protect]\nbody_timeout = \"1s\"\nmin_upload_rate = \"1KiB\"\n\
+         [[tls.cert]]\ncert = \"portal.pem\"\nkey = \"portal.key\"\n{}",
+        one_site(origin.addr, "max_inflight = 1\nqueue = 0", "")
+    ))
+    .with_listen(&format!("https = [\"127.0.0.1:{port}\"]"))
+    .with_file("portal.pem", &issued.cert_pem)
+    .with_file("portal.key", &issued.key_pem);
+    let onair = Onair::start(setup).await;
+    let edge = Edge {
+        onair,
+        origin,
+        https: ([127, 0, 0, 1], port).into(),
+        pki,
+    };
+    let tls = tls_connect(&edge, "portal.test", true, &[b"h2"])
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, body) = channel_body();
+    let req = hyper::Request::post("https://portal.test/upload")
+        .body(body)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let upload = tokio::spawn(async move { sender.send_request(req).await });
+    // 100 bytes every 300 ms: about 330 B/s against a minimum of 1 KiB/s after 1 s of grace.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            if tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 100]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    });
+    let resp = upload.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 408);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    trickle.abort();
+    // The pool's only slot is free again.
+    let r = get(edge.onair.http, "portal.test", "/after").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        edge.onair
+            .metric_becomes("onair_slow_clients_total{reason=\"upload\"}", |v| v >= 1.0)
+            .await
+    );
+}
