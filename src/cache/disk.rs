@@ -1,12 +1,16 @@
 //! L2: the disk tier, one file per object under `cache.disk_path`, surviving restarts.
 //!
-//! File (format v1): a 40-byte head, a metadata section, then the body.
+//! File (format v2): a 40-byte head, a metadata section, the body, then a checksum per MiB of
+//! body (so that a range of a large object is checked like a whole small one).
 //! ```text
-//! "ONAIRC01" | internal_len u32 | header_len u32 | target_len u32 | tags_len u32 | body_len u64
+//! "ONAIRC02" | internal_len u32 | header_len u32 | target_len u32 | tags_len u32 | body_len u64
 //!            | meta_crc u32 | body_crc u32            (all big-endian)
 //! internal (Pingora's CacheMeta internal part) | header (its serialized response header)
 //! | target (host[:port]/path?query) | tags ('\n'-separated) | body
+//! | crc u32 of each CRC_CHUNK of the body | crc u32 of that table
 //! ```
+//! Format v1 ("ONAIRC01", no table) is still read: its large objects are checked whole before
+//! a range of them is served.
 //! - Writes stream to `tmp/<key>.<pid>.<seq>` (the pid keeps two processes apart during a
 //!   graceful upgrade), then fsync and rename into `ab/cd/<key>`: a reader sees a whole file or
 //!   none. A fill that does not finish leaves nothing.
@@ -48,7 +52,10 @@ use super::fence::{PurgeFence, Purged, Running, Ticket};
 use super::journal::{self, Entry, Journal};
 use super::purge::{tags_of, Selector};
 
-const MAGIC: &[u8; 8] = b"ONAIRC01";
+const MAGIC: &[u8; 8] = b"ONAIRC02";
+const MAGIC_V1: &[u8; 8] = b"ONAIRC01";
+/// Body bytes per checksum in the table of a v2 file.
+pub const CRC_CHUNK: u64 = 1 << 20;
 const HEAD_LEN: usize = 40;
 /// Bodies up to this size are checked whole before they are served.
 pub const VERIFY_WHOLE: u64 = 4 << 20;
@@ -77,6 +84,15 @@ pub struct Head {
     pub body_offset: u64,
     pub body_len: u64,
     pub body_crc: u32,
+    /// One checksum per [`CRC_CHUNK`] of body (v2 files); None for v1 files.
+    pub chunk_crcs: Option<Vec<u32>>,
+    /// The whole file's length.
+    pub file_len: u64,
+}
+
+/// Checksums in the table of a body of `body_len` bytes.
+fn chunks_of(body_len: u64) -> u64 {
+    body_len.div_ceil(CRC_CHUNK)
 }
 
 #[derive(Default)]
@@ -432,7 +448,7 @@ impl DiskStore {
                     };
                     match read_head(&file) {
                         Ok(head) => {
-                            let size = head.body_offset + head.body_len;
+                            let size = head.file_len;
                             let mtime = fs::metadata(&file)
                                 .and_then(|m| m.modified())
                                 .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -669,6 +685,8 @@ impl DiskStore {
             old_tags: Vec::new(),
             replaces: None,
             written: 0,
+            chunk_crcs: Vec::new(),
+            chunk_crc: crc32fast::Hasher::new(),
             tmp_bytes: self.tmp_own.clone(),
         };
         w.write(&[0u8; HEAD_LEN])
@@ -682,7 +700,18 @@ impl DiskStore {
         w.write(data)
             .map_err(|e| self.write_failed(e, "cannot write a cache temp file"))?;
         w.body_crc.update(data);
-        w.body_len += data.len() as u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let room = (CRC_CHUNK - w.body_len % CRC_CHUNK) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            w.chunk_crc.update(now);
+            w.body_len += now.len() as u64;
+            if w.body_len.is_multiple_of(CRC_CHUNK) {
+                let done = std::mem::replace(&mut w.chunk_crc, crc32fast::Hasher::new());
+                w.chunk_crcs.push(done.finalize());
+            }
+            rest = later;
+        }
         Ok(())
     }
 
@@ -737,6 +766,18 @@ impl DiskStore {
 
     /// Finishes a fill's file (head, fsync) so that publishing it is only a rename. Blocking.
     pub fn seal(&self, w: &mut DiskWrite) -> Result<()> {
+        if !w.body_len.is_multiple_of(CRC_CHUNK) {
+            let last = std::mem::replace(&mut w.chunk_crc, crc32fast::Hasher::new());
+            w.chunk_crcs.push(last.finalize());
+        }
+        let mut table = Vec::with_capacity(w.chunk_crcs.len() * 4 + 4);
+        for crc in &w.chunk_crcs {
+            table.extend_from_slice(&crc.to_be_bytes());
+        }
+        let table_crc = crc32fast::hash(&table);
+        table.extend_from_slice(&table_crc.to_be_bytes());
+        w.write(&table)
+            .map_err(|e| self.write_failed(e, "cannot write a cache temp file"))?;
         let file = w
             .file
             .take()
@@ -814,7 +855,7 @@ impl DiskStore {
                 held,
                 Entry::Published {
                     key: journal::key_text(&key),
-                    size: HEAD_LEN as u64 + w.meta_len + w.body_len,
+                    size: w.file_len(),
                     target,
                     tags,
                 },
@@ -829,7 +870,7 @@ impl DiskStore {
         fs::rename(&w.tmp, &path)
             .map_err(|e| self.write_failed(e, "cannot publish a cache file"))?;
         w.mark_done();
-        let size = HEAD_LEN as u64 + w.meta_len + w.body_len;
+        let size = w.file_len();
         self.lock()
             .insert(w.key, size, target.to_owned(), tags.to_vec());
         Ok(())
@@ -1071,6 +1112,9 @@ pub struct DiskWrite {
     replaces: Option<SystemTime>,
     /// Bytes written to the temp file, counted in the store's temp bytes until it is gone.
     written: u64,
+    /// Checksums of the body's finished chunks, and of the chunk being written.
+    chunk_crcs: Vec<u32>,
+    chunk_crc: crc32fast::Hasher,
     tmp_bytes: Arc<AtomicU64>,
 }
 
@@ -1096,6 +1140,11 @@ impl DiskWrite {
     /// Body bytes written so far.
     pub fn body_len(&self) -> u64 {
         self.body_len
+    }
+
+    /// The published file's length: head, metadata, body and checksum table.
+    fn file_len(&self) -> u64 {
+        HEAD_LEN as u64 + self.meta_len + self.body_len + chunks_of(self.body_len) * 4 + 4
     }
 }
 
@@ -1161,9 +1210,11 @@ fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadErro
     let mut head = [0u8; HEAD_LEN];
     file.read_exact(&mut head)
         .map_err(|_| ReadError::Corrupt("short head"))?;
-    if &head[0..8] != MAGIC {
-        return Err(ReadError::Corrupt("bad magic"));
-    }
+    let v2 = match &head[0..8] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return Err(ReadError::Corrupt("bad magic")),
+    };
     let u32_at = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
     let lens = [u32_at(8), u32_at(12), u32_at(16), u32_at(20)];
     let mut body_len_bytes = [0u8; 8];
@@ -1174,7 +1225,16 @@ fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadErro
     if lens.iter().any(|l| *l > MAX_META) {
         return Err(ReadError::Corrupt("metadata too large"));
     }
-    let expected = (HEAD_LEN as u64 + meta_len).checked_add(body_len);
+    let table_len = if v2 {
+        chunks_of(body_len)
+            .checked_mul(4)
+            .and_then(|t| t.checked_add(4))
+    } else {
+        Some(0)
+    };
+    let expected = (HEAD_LEN as u64 + meta_len)
+        .checked_add(body_len)
+        .and_then(|l| l.checked_add(table_len?));
     if expected != Some(file_len) {
         return Err(ReadError::Corrupt("truncated or padded"));
     }
@@ -1192,6 +1252,25 @@ fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadErro
     }
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| ReadError::Corrupt("bad text"));
     let tags_text = text(parts[3])?;
+    // Only large bodies are read by chunk; smaller ones are checked whole.
+    let chunk_crcs = if v2 && body_len > VERIFY_WHOLE {
+        // The file length was checked against it, so the table fits in memory we can give it.
+        let mut table = vec![0u8; (file_len - HEAD_LEN as u64 - meta_len - body_len) as usize];
+        file.seek(SeekFrom::Start(HEAD_LEN as u64 + meta_len + body_len))
+            .and_then(|_| file.read_exact(&mut table))
+            .map_err(|_| ReadError::Corrupt("short checksum table"))?;
+        let (crcs, own) = table.split_at(table.len() - 4);
+        if crc32fast::hash(crcs).to_be_bytes() != own {
+            return Err(ReadError::Corrupt("checksum table"));
+        }
+        Some(
+            crcs.chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    } else {
+        None
+    };
     let head = Head {
         internal: parts[0].to_vec(),
         header: parts[1].to_vec(),
@@ -1204,6 +1283,8 @@ fn read_head_and_file(path: &Path) -> std::result::Result<(Head, File), ReadErro
         body_offset: HEAD_LEN as u64 + meta_len,
         body_len,
         body_crc,
+        chunk_crcs,
+        file_len,
     };
     Ok((head, file))
 }
@@ -1310,7 +1391,8 @@ mod tests {
         // A flipped body byte: the head reads, the body check fails.
         let p = store.path_of(&[3; 16]);
         let mut bytes = fs::read(&p).unwrap();
-        let last = bytes.len() - 1;
+        // The last body byte: one table checksum and its own follow the body.
+        let last = bytes.len() - 9;
         bytes[last] ^= 0xff;
         fs::write(&p, &bytes).unwrap();
         assert!(body_of(&store, &[3; 16]).is_none());
@@ -1542,7 +1624,8 @@ mod tests {
         fill(&store, [42; 16], &[b'x'; 3000]);
         let p = store.path_of(&[42; 16]);
         let mut bytes = fs::read(&p).unwrap();
-        let last = bytes.len() - 1;
+        // The last body byte: one table checksum and its own follow the body.
+        let last = bytes.len() - 9;
         bytes[last] ^= 0xff;
         fs::write(&p, &bytes).unwrap();
         let stale_at = SystemTime::now();

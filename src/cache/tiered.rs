@@ -185,8 +185,10 @@ impl Storage for TieredStore {
                     pos: 0,
                     end: head.body_len,
                     body_len: head.body_len,
+                    chunk_crcs: head.chunk_crcs,
                     crc: Some(crc32fast::Hasher::new()),
                     expected_crc: head.body_crc,
+                    check_whole_first: false,
                 };
                 Ok(Some((meta, Box::new(hit))))
             }
@@ -426,7 +428,9 @@ impl HandleMiss for TieredMiss {
     }
 }
 
-/// Streams a large body from disk, checking its checksum when read whole.
+/// Streams a large body from disk. A v2 file is read by checksummed chunk, and no byte of a
+/// chunk is served before the chunk is checked, whole body or range alike. A v1 file (no
+/// table) is checked as it streams whole, and checked whole before any range of it is served.
 struct DiskHit {
     store: Option<Arc<DiskStore>>,
     key: HashBinary,
@@ -437,25 +441,37 @@ struct DiskHit {
     pos: u64,
     end: u64,
     body_len: u64,
-    /// Running checksum; None once a range read makes it meaningless.
+    /// v2: one checksum per `disk::CRC_CHUNK` of body.
+    chunk_crcs: Option<Vec<u32>>,
+    /// v1: the running checksum of a read from the start; None once a range is asked.
     crc: Option<crc32fast::Hasher>,
     expected_crc: u32,
+    /// v1: a range was asked and the whole body has not been checked yet.
+    check_whole_first: bool,
 }
 
-#[async_trait]
-impl HandleHit for DiskHit {
-    async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if self.pos >= self.end {
-            return Ok(None);
+impl DiskHit {
+    /// A damaged file: removed (off this thread), and the response cut.
+    fn damaged(&self) -> Result<Option<Bytes>> {
+        if let Some(store) = self.store.clone() {
+            let key = self.key;
+            tokio::task::spawn_blocking(move || store.remove(&key));
         }
+        Error::e_explain(
+            ErrorType::InternalError,
+            "cache file body checksum mismatch",
+        )
+    }
+
+    /// Reads `len` body bytes from `from` on a blocking thread.
+    async fn read_at(&mut self, from: u64, len: usize) -> Result<Vec<u8>> {
         let mut file = self
             .file
             .take()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "hit already read"))?;
-        let offset = self.start + self.pos;
-        let n = (self.end - self.pos).min(256 << 10) as usize;
-        let (file, chunk) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
+        let offset = self.start + from;
+        let (file, read) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
             let r = file
                 .seek(SeekFrom::Start(offset))
                 .and_then(|_| file.read_exact(&mut buf));
@@ -464,8 +480,46 @@ impl HandleHit for DiskHit {
         .await
         .map_err(blocking_failed)?;
         self.file = Some(file);
-        let chunk = chunk
-            .map_err(|e| Error::because(ErrorType::InternalError, "cache file read failed", e))?;
+        read.map_err(|e| Error::because(ErrorType::InternalError, "cache file read failed", e))
+    }
+}
+
+#[async_trait]
+impl HandleHit for DiskHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        if let Some(crcs) = &self.chunk_crcs {
+            let index = self.pos / disk::CRC_CHUNK;
+            let expected = crcs.get(index as usize).copied();
+            let from = index * disk::CRC_CHUNK;
+            let len = (self.body_len - from).min(disk::CRC_CHUNK) as usize;
+            let chunk = self.read_at(from, len).await?;
+            if Some(crc32fast::hash(&chunk)) != expected {
+                return self.damaged();
+            }
+            let until = self.end.min(from + len as u64);
+            let part =
+                Bytes::from(chunk).slice((self.pos - from) as usize..(until - from) as usize);
+            self.pos = until;
+            return Ok(Some(part));
+        }
+        if self.check_whole_first {
+            let mut crc = crc32fast::Hasher::new();
+            let mut at = 0;
+            while at < self.body_len {
+                let len = (self.body_len - at).min(disk::CRC_CHUNK) as usize;
+                crc.update(&self.read_at(at, len).await?);
+                at += len as u64;
+            }
+            if crc.finalize() != self.expected_crc {
+                return self.damaged();
+            }
+            self.check_whole_first = false;
+        }
+        let n = (self.end - self.pos).min(256 << 10) as usize;
+        let chunk = self.read_at(self.pos, n).await?;
         self.pos += n as u64;
         if let Some(crc) = self.crc.as_mut() {
             crc.update(&chunk);
@@ -475,14 +529,7 @@ impl HandleHit for DiskHit {
                     .take()
                     .is_some_and(|c| c.finalize() == self.expected_crc);
                 if !ok {
-                    if let Some(store) = self.store.clone() {
-                        let key = self.key;
-                        tokio::task::spawn_blocking(move || store.remove(&key));
-                    }
-                    return Error::e_explain(
-                        ErrorType::InternalError,
-                        "cache file body checksum mismatch",
-                    );
+                    return self.damaged();
                 }
             }
         }
@@ -504,8 +551,11 @@ impl HandleHit for DiskHit {
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         (self.pos, self.end) = super::seek_range(self.body_len, start, end)?;
-        // A range is not the whole body: its checksum cannot be checked.
-        self.crc = None;
+        if self.chunk_crcs.is_none() && self.crc.is_some() {
+            // v1: a range is not the whole body, so the running checksum cannot work.
+            self.crc = None;
+            self.check_whole_first = true;
+        }
         Ok(())
     }
 
@@ -515,5 +565,132 @@ impl HandleHit for DiskHit {
 
     fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    use crate::cache::key::cache_key;
+
+    const SIZE: usize = 6 << 20;
+
+    fn body() -> Vec<u8> {
+        (0..SIZE as u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    async fn store_with_large(dir: &std::path::Path) -> (&'static TieredStore, CacheKey) {
+        let fence = Arc::new(PurgeFence::default());
+        let memory: &'static MemoryStore = Box::leak(Box::new(MemoryStore::with_fence(
+            1 << 20,
+            64 << 10,
+            fence.clone(),
+        )));
+        let disk = DiskStore::open_with(dir, 1 << 30, fence.clone(), false).unwrap();
+        let store: &'static TieredStore = Box::leak(Box::new(TieredStore::new(
+            memory,
+            Some(disk),
+            1 << 30,
+            fence,
+        )));
+        let key = cache_key("http", "a.vn", None, "/video");
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(
+            now + Duration::from_secs(60),
+            now,
+            0,
+            0,
+            pingora::http::ResponseHeader::build(200, None).unwrap(),
+        );
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let mut miss = store.get_miss_handler(&key, &meta, &span).await.unwrap();
+        for part in body().chunks(300_000) {
+            miss.write_body(Bytes::copy_from_slice(part), false)
+                .await
+                .unwrap();
+        }
+        miss.finish().await.unwrap();
+        (store, key)
+    }
+
+    async fn range(
+        store: &'static TieredStore,
+        key: &CacheKey,
+        from: usize,
+        to: usize,
+    ) -> Result<Vec<u8>> {
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let (_, mut hit) = store.lookup(key, &span).await?.expect("stored");
+        hit.seek(from, Some(to))?;
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    fn flip(path: &std::path::Path, body_offset_from_end: usize) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.len() - body_offset_from_end;
+        bytes[at] ^= 0xff;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_of_large_objects_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key) = store_with_large(dir.path()).await;
+        let whole = body();
+        assert_eq!(
+            range(store, &key, 100, 200).await.unwrap(),
+            &whole[100..200]
+        );
+        assert_eq!(
+            range(store, &key, (1 << 20) - 10, (1 << 20) + 10)
+                .await
+                .unwrap(),
+            &whole[(1 << 20) - 10..(1 << 20) + 10]
+        );
+        // Damage a byte in the fourth MiB (the table of six checksums and its own follow the
+        // body: 7 × 4 bytes).
+        let path = store.disk.as_ref().unwrap().path_of(&key.combined_bin());
+        flip(&path, 28 + SIZE - (3 << 20) - 5);
+        // A range in another chunk is still served; one in the damaged chunk is cut, and the
+        // file goes.
+        assert_eq!(range(store, &key, 10, 20).await.unwrap(), &whole[10..20]);
+        assert!(range(store, &key, (3 << 20) + 1, (3 << 20) + 9)
+            .await
+            .is_err());
+        for _ in 0..100 {
+            if !path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!path.exists(), "the damaged file stays");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_of_large_v1_files_are_checked_whole_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key) = store_with_large(dir.path()).await;
+        let path = store.disk.as_ref().unwrap().path_of(&key.combined_bin());
+        // The same object as format v1 wrote it: no checksum table.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 28);
+        bytes[..8].copy_from_slice(b"ONAIRC01");
+        std::fs::write(&path, &bytes).unwrap();
+        let whole = body();
+        assert_eq!(
+            range(store, &key, 100, 200).await.unwrap(),
+            &whole[100..200]
+        );
+        // Damage far from the range asked: still refused.
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(range(store, &key, 100, 200).await.is_err());
     }
 }
