@@ -25,6 +25,9 @@ use crate::snapshot::Live;
 const MAX_BODY: usize = 1 << 20;
 /// Admin connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Of which one address may hold at most this many: one misbehaving host on the internal
+/// network cannot lock the operators out.
+pub const MAX_CONNECTIONS_PER_IP: usize = 8;
 /// The longest one admin exchange (head, body, answer) may take: a client trickling bytes
 /// cannot hold one of the few connections for long.
 pub const EXCHANGE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -260,14 +263,49 @@ pub struct Capped<A> {
     inner: Arc<A>,
     open: std::sync::atomic::AtomicUsize,
     cap: usize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl<A> Capped<A> {
+    fn per_ip(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        match self.per_ip.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Counts a connection from `ip`; false when that address holds its share already.
+    fn enter(&self, ip: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = ip else { return true };
+        let mut per_ip = self.per_ip();
+        let n = per_ip.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            tracing::warn!(%ip, "admin connection refused: too many from this address");
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: Option<std::net::IpAddr>) {
+        let Some(ip) = ip else { return };
+        let mut per_ip = self.per_ip();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
     pub fn new(inner: A, cap: usize) -> Self {
         Capped {
             inner: Arc::new(inner),
             open: std::sync::atomic::AtomicUsize::new(0),
             cap,
+            per_ip: Default::default(),
         }
     }
 }
@@ -280,13 +318,21 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
         shutdown: &pingora::server::ShutdownWatch,
     ) -> Option<pingora::protocols::Stream> {
         use std::sync::atomic::Ordering;
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        if !self.enter(ip) {
+            return None;
+        }
         if self.open.fetch_add(1, Ordering::SeqCst) >= self.cap {
             self.open.fetch_sub(1, Ordering::SeqCst);
+            self.leave(ip);
             tracing::warn!(cap = self.cap, "admin connection refused: too many open");
             return None;
         }
         let served = tokio::time::timeout(EXCHANGE, self.inner.process_new(stream, shutdown)).await;
         self.open.fetch_sub(1, Ordering::SeqCst);
+        self.leave(ip);
         served.ok().flatten()
     }
 

@@ -69,6 +69,8 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 pub const FULL_PAUSE: Duration = Duration::from_secs(30);
 /// Entries a long pass handles per hold of the index lock.
 const BATCH: usize = 4096;
+/// Seconds between passes of a start-up scan that could not read everything.
+const RESCAN_EVERY: u64 = 5;
 /// How often temp files of dead processes are looked for after the start-up scan.
 const JANITOR_EVERY: Duration = Duration::from_secs(60);
 /// Bytes of index memory charged per object beyond its target and tags (key, size, tick, the
@@ -207,10 +209,32 @@ pub struct DiskStore {
     journal: Option<Journal>,
     /// Applies another process's purge to the tiers above this one (memory).
     on_foreign_purge: std::sync::OnceLock<ForeignPurge>,
+    foreign_purges: Mutex<ForeignPurges>,
+    /// Files out of the index that could not be unlinked yet: never served.
+    doomed: Mutex<std::collections::HashSet<HashBinary>>,
+}
+
+/// Largest body a write through its URL rewrites to mark it stale (see
+/// [`DiskStore::freshness`]).
+pub const MARK_IN_PLACE: u64 = 1 << 20;
+
+/// See [`DiskStore::freshness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Stale,
+    Fresh,
+    /// Fresh but large, or unreadable now.
+    Unknown,
 }
 
 /// See [`DiskStore::on_foreign_purge`].
 pub type ForeignPurge = Box<dyn Fn(&Entry) + Send + Sync>;
+
+/// Other processes' purges still walking their tiers, by id, with when they began here.
+type ForeignPurges = std::collections::HashMap<u64, (Running, Instant)>;
+
+/// How long another process's purge may stay running here without its end arriving (it died).
+const FOREIGN_PURGE_LIMIT: Duration = Duration::from_secs(600);
 
 fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Box<Error> {
     move |e| Error::because(ErrorType::InternalError, context, e)
@@ -238,6 +262,8 @@ impl DiskStore {
             publish_lock: Mutex::new(()),
             journal: None,
             on_foreign_purge: std::sync::OnceLock::new(),
+            foreign_purges: Mutex::default(),
+            doomed: Mutex::default(),
         })
     }
 
@@ -285,9 +311,16 @@ impl DiskStore {
                     }
                     let tidy = tick % JANITOR_EVERY.as_secs() == 0;
                     if let Some(journal) = &scanner.journal {
-                        let news = journal.tick(tidy);
-                        scanner.apply(news);
+                        let others = journal.tick(tidy, |news| scanner.apply(news));
+                        if !others {
+                            // Nobody left to end the purges they began.
+                            scanner.end_foreign_purges(None);
+                        }
                     }
+                    if !scanner.scan_complete.load(Ordering::SeqCst) && tick % RESCAN_EVERY == 0 {
+                        scanner.scan();
+                    }
+                    scanner.retry_doomed();
                     if tidy {
                         scanner.sweep_tmp(SystemTime::now());
                         scanner.evict();
@@ -317,12 +350,22 @@ impl DiskStore {
     }
 
     /// Acts on what other processes journaled: their purges refuse this process's fills in
-    /// flight (and reach its memory tier); their publishes join this index.
+    /// flight (and reach its memory tier) until they end; their publishes join this index.
+    /// Runs under the journal's reading lock (see `Journal::read_news_with`).
     fn apply(&self, news: Vec<Entry>) {
         for entry in news {
             match &entry {
-                Entry::Purge { selector, .. } => {
-                    drop(self.fence.record(Purged::Matching(selector.clone())));
+                Entry::Purge { selector, id, .. } => {
+                    // Running here until the other process has walked its tiers: a lookup
+                    // here must not read back a copy its walk has not removed yet.
+                    let running = self.fence.record(Purged::Matching(selector.clone()));
+                    let mut foreign = self.foreign_purges();
+                    foreign.retain(|_, (_, at)| at.elapsed() < FOREIGN_PURGE_LIMIT);
+                    foreign.insert(*id, (running, Instant::now()));
+                }
+                Entry::PurgeDone { id } => {
+                    self.end_foreign_purges(Some(*id));
+                    continue;
                 }
                 Entry::Stale { key } | Entry::Remove { key } => {
                     if let Some(key) = journal::key_of(key) {
@@ -347,6 +390,25 @@ impl DiskStore {
         }
     }
 
+    fn foreign_purges(&self) -> std::sync::MutexGuard<'_, ForeignPurges> {
+        match self.foreign_purges.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Ends another process's purge `id` here (all of them: None).
+    fn end_foreign_purges(&self, id: Option<u64>) {
+        let ended: Vec<_> = {
+            let mut foreign = self.foreign_purges();
+            match id {
+                Some(id) => foreign.remove(&id).into_iter().collect(),
+                None => foreign.drain().map(|(_, v)| v).collect(),
+            }
+        };
+        drop(ended);
+    }
+
     /// Tells other processes over the directory of a purge (and first learns what they
     /// published, so that its walk finds it). Call before the purge records itself in the fence.
     /// Blocking.
@@ -356,11 +418,30 @@ impl DiskStore {
         };
         match journal.hold(true) {
             Ok(held) => {
-                let news = journal.read_news(&held);
-                self.apply(news);
+                journal.read_news_with(&held, |news| self.apply(news));
                 journal.append(&held, entry);
             }
             Err(e) => tracing::warn!("cache journal lock: {e}"),
+        }
+    }
+
+    /// Reads and applies other processes' news now (tests; the janitor does it every second).
+    #[cfg(test)]
+    pub fn catch_up(&self) {
+        if let Some(journal) = &self.journal {
+            if let Ok(held) = journal.hold(false) {
+                journal.read_news_with(&held, |news| self.apply(news));
+            }
+        }
+    }
+
+    /// Tells other processes that the purge `id` has walked every tier here.
+    pub fn announce_done(&self, id: u64) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if let Ok(held) = journal.hold(false) {
+            journal.append(&held, Entry::PurgeDone { id });
         }
     }
 
@@ -429,15 +510,30 @@ impl DiskStore {
     fn scan(&self) -> usize {
         self.sweep_tmp(SystemTime::now());
         let mut found: Vec<(SystemTime, HashBinary, u64, String, Vec<String>)> = Vec::new();
-        let level = |p: &Path| {
-            fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
+        // A directory or file that cannot be read now (EMFILE, EIO) leaves the scan
+        // incomplete: it runs again later, and until then purges keep applying to files it
+        // has not indexed (lookups check them), so nothing unindexed escapes a purge.
+        let incomplete = std::cell::Cell::new(false);
+        let level = |p: &Path| -> Vec<PathBuf> {
+            match fs::read_dir(p) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.map_err(|_| incomplete.set(true)).ok().map(|e| e.path()))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(dir = %p.display(), "cache directory unreadable: {e}");
+                    incomplete.set(true);
+                    Vec::new()
+                }
+            }
         };
-        for a in level(&self.root).filter(|p| p.is_dir() && !p.ends_with("tmp")) {
-            for b in level(&a).filter(|p| p.is_dir()) {
+        let is_shard = |p: &PathBuf| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.len() == 2)
+        };
+        for a in level(&self.root).into_iter().filter(is_shard) {
+            for b in level(&a).into_iter().filter(is_shard) {
                 for file in level(&b) {
                     let Some(key) = file
                         .file_name()
@@ -456,10 +552,10 @@ impl DiskStore {
                         }
                         Err(ReadError::Missing) => {}
                         Err(ReadError::Unavailable(e)) => {
-                            // Unreadable now, so unservable now; but it cannot be indexed
-                            // (target, tags unknown) and so could not be purged: it goes.
-                            tracing::warn!(file = %file.display(), "unreadable cache file removed: {e}");
-                            let _ = fs::remove_file(&file);
+                            // Kept (too many open files is no reason to lose the cache); the
+                            // next pass indexes it.
+                            tracing::warn!(file = %file.display(), "cache file unreadable: {e}");
+                            incomplete.set(true);
                         }
                         Err(ReadError::Corrupt(_)) => {
                             let _ = fs::remove_file(&file);
@@ -506,6 +602,10 @@ impl DiskStore {
                 self.remove(&key);
             }
         }
+        if incomplete.get() {
+            tracing::warn!("disk cache index incomplete: scanning again shortly");
+            return n;
+        }
         let mut index = self.lock();
         index.scanned = true;
         index.removed_during_scan = Default::default();
@@ -518,6 +618,13 @@ impl DiskStore {
 
     /// Reads an object's head; a corrupt or truncated file is removed. Blocking.
     pub fn load(&self, key: &HashBinary) -> Option<(Head, File)> {
+        if self
+            .doomed
+            .lock()
+            .is_ok_and(|d| !d.is_empty() && d.contains(key))
+        {
+            return None;
+        }
         let path = self.path_of(key);
         match read_head_and_file(&path) {
             Ok((head, file)) => {
@@ -596,22 +703,71 @@ impl DiskStore {
 
     /// Whether the stored copy is fresh at `at` (and readable). Blocking.
     pub fn is_fresh(&self, key: &HashBinary, at: SystemTime) -> bool {
-        read_head(&self.path_of(key))
-            .ok()
-            .and_then(|h| CacheMeta::deserialize(&h.internal, &h.header).ok())
-            .is_some_and(|m| m.fresh_until() > at)
+        self.freshness(key, at) != Freshness::Stale
+    }
+
+    /// What a write through an object must do to the stored copy: nothing (absent or stale
+    /// already), mark it (a rewrite of up to [`MARK_IN_PLACE`] bytes), or drop it (a larger
+    /// one: a flood of writes must not make every one copy a video; also a copy that cannot
+    /// be read now, which could not be checked). Blocking.
+    pub fn freshness(&self, key: &HashBinary, at: SystemTime) -> Freshness {
+        match read_head(&self.path_of(key)) {
+            Err(ReadError::Missing) => Freshness::Stale,
+            Err(_) => Freshness::Unknown,
+            Ok(head) => match CacheMeta::deserialize(&head.internal, &head.header) {
+                Ok(m) if m.fresh_until() <= at => Freshness::Stale,
+                Ok(_) if head.body_len <= MARK_IN_PLACE => Freshness::Fresh,
+                _ => Freshness::Unknown,
+            },
+        }
     }
 
     /// Removes an object's file and index entry. Blocking.
     pub fn remove(&self, key: &HashBinary) -> bool {
         let indexed = self.lock().remove(key);
         let path = self.path_of(key);
-        let removed = fs::remove_file(&path).is_ok();
+        let removed = self.unlink(key, &path);
         if removed {
             // A purge must stay done after a power cut, not only after a clean restart.
             sync_dir(&path);
         }
         indexed || removed
+    }
+
+    /// Unlinks an object's file; one that cannot be unlinked now (EIO, EROFS) is doomed: never
+    /// served (it is out of the index, so purges would not see it), and unlinked again later.
+    fn unlink(&self, key: &HashBinary, path: &Path) -> bool {
+        match fs::remove_file(path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "cache file cannot be removed now: {e}");
+                self.doomed().insert(*key);
+                false
+            }
+        }
+    }
+
+    fn doomed(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<HashBinary>> {
+        match self.doomed.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Tries again to unlink the files that could not be unlinked.
+    fn retry_doomed(&self) {
+        let keys: Vec<HashBinary> = self.doomed().iter().copied().collect();
+        for key in keys {
+            let path = self.path_of(&key);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => continue,
+                _ => {
+                    sync_dir(&path);
+                    self.doomed().remove(&key);
+                }
+            }
+        }
     }
 
     /// Starts a fill. Blocking (creates the temp file).
@@ -820,8 +976,7 @@ impl DiskStore {
                 let held = journal
                     .hold(false)
                     .map_err(io_err("cannot lock the cache journal"))?;
-                let news = journal.read_news(&held);
-                self.apply(news);
+                journal.read_news_with(&held, |news| self.apply(news));
                 Some((journal, held))
             }
             None => None,
@@ -870,6 +1025,10 @@ impl DiskStore {
         fs::rename(&w.tmp, &path)
             .map_err(|e| self.write_failed(e, "cannot publish a cache file"))?;
         w.mark_done();
+        // The rename replaced a file that could not be unlinked: the new one is good.
+        if let Ok(mut doomed) = self.doomed.lock() {
+            doomed.remove(&w.key);
+        }
         let size = w.file_len();
         self.lock()
             .insert(w.key, size, target.to_owned(), tags.to_vec());
@@ -998,9 +1157,11 @@ impl DiskStore {
     /// A purge of this tier alone (tests, tools): records it in the fence, walks, and removes
     /// what it overtook. Blocking.
     pub fn purge(&self, selector: &Selector, soft: bool) -> Vec<HashBinary> {
+        let id = rand::random();
         self.announce(Entry::Purge {
             selector: selector.clone(),
             soft,
+            id,
         });
         let running = self.fence.record(Purged::Matching(selector.clone()));
         let mut keys = self.purge_matching(selector, soft, &running);
@@ -1008,6 +1169,7 @@ impl DiskStore {
             self.remove(&key);
             keys.push(key);
         }
+        self.announce_done(id);
         keys
     }
 
@@ -1069,7 +1231,7 @@ impl DiskStore {
             }
             for victim in victims {
                 let path = self.path_of(&victim);
-                if fs::remove_file(&path).is_ok() {
+                if self.unlink(&victim, &path) {
                     evicted += 1;
                     if let Some(dir) = path.parent() {
                         dirs.insert(dir.to_path_buf());
@@ -1737,10 +1899,37 @@ mod tests {
         log.push_str(&line(Entry::Purge {
             selector: Selector::Tags(["sport".to_owned(), "news".to_owned()].into()),
             soft: false,
+            id: 1,
         }));
         fs::write(dir.path().join("journal.log"), &log).unwrap();
         // Read at publish time: the fill is refused.
         assert_eq!(store.commit(w).unwrap(), None);
         assert!(store.load(&[51; 16]).is_none());
+    }
+
+    #[test]
+    fn a_scan_that_cannot_read_keeps_the_files_and_the_purges_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
+        for key in [[60; 16], [61; 16]] {
+            fill(&store, key, b"body");
+        }
+        drop(store);
+        let store = DiskStore::new(dir.path(), 1 << 20, Arc::default()).unwrap();
+        FAIL_OPEN.with(|f| f.set(Some(24)));
+        store.scan();
+        FAIL_OPEN.with(|f| f.set(None));
+        assert!(
+            store.path_of(&[60; 16]).exists(),
+            "EMFILE at start-up lost the cache"
+        );
+        assert!(!store.index_ready());
+        // A purge now cannot find them in the index, and still holds.
+        store.purge(&Selector::Tags(["news".to_owned()].into()), false);
+        assert!(store.load(&[60; 16]).is_none());
+        store.scan();
+        assert!(store.index_ready());
+        assert_eq!(store.usage().0, 0);
+        assert!(!store.path_of(&[61; 16]).exists());
     }
 }

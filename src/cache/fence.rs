@@ -25,6 +25,11 @@ use pingora::cache::key::HashBinary;
 
 use super::purge::Selector;
 
+/// Ended purges kept at most. A long-lived ticket (a large download filling the cache) would
+/// otherwise keep every purge made meanwhile (each write through a URL is one), and every
+/// publish scans them: past this many the oldest ended ones fold into `State::refuse_before`.
+const MAX_ENDED: usize = 4096;
+
 /// What a purge removed or marked stale.
 #[derive(Debug, Clone)]
 pub enum Purged {
@@ -60,6 +65,9 @@ struct State {
     open: BTreeMap<u64, usize>,
     /// Running purges, and ended ones some open ticket predates.
     records: VecDeque<Record>,
+    /// Tickets older than this are refused whatever they publish: the purges that would decide
+    /// were folded away (see [`MAX_ENDED`]). Refusing is always safe: the object is fetched again.
+    refuse_before: u64,
     /// Publishes let through but not finished yet (a disk rename), by id.
     publishing: BTreeMap<u64, Published>,
     next_publish: u64,
@@ -74,13 +82,28 @@ struct Published {
 
 impl State {
     /// Drops ended purges that no open ticket predates: nothing left could be refused by them.
+    /// Past [`MAX_ENDED`], the oldest ended ones are folded into `refuse_before`.
     fn forget(&mut self) {
         let oldest = self.open.keys().next().copied();
-        self.records.retain(|r| match (r.ended, oldest) {
-            (None, _) => true,
-            (Some(end), Some(oldest)) => oldest < end,
-            (Some(_), None) => false,
+        let mut ended = 0;
+        self.records.retain(|r| {
+            let keep = match (r.ended, oldest) {
+                (None, _) => true,
+                (Some(end), Some(oldest)) => oldest < end,
+                (Some(_), None) => false,
+            };
+            ended += usize::from(keep && r.ended.is_some());
+            keep
         });
+        if ended > MAX_ENDED {
+            let mut ends: Vec<u64> = self.records.iter().filter_map(|r| r.ended).collect();
+            ends.sort_unstable();
+            // Fold the older half: every ticket they could refuse is refused outright.
+            let fold_to = ends[ends.len() / 2];
+            self.refuse_before = self.refuse_before.max(fold_to);
+            self.records
+                .retain(|r| r.ended.is_none_or(|end| end > fold_to));
+        }
     }
 }
 
@@ -241,6 +264,9 @@ fn refused(
     target: &str,
     tags: &[String],
 ) -> bool {
+    if ticket.epoch < state.refuse_before {
+        return true;
+    }
     state.records.iter().any(|r| {
         let after_ticket = r.ended.is_none_or(|end| ticket.epoch < end);
         after_ticket && Some(r.id) != ticket.on_behalf_of && r.purged.hits(key, target, tags)
@@ -310,13 +336,18 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut state = self.fence.lock();
+        let was_oldest = state.open.keys().next() == Some(&self.epoch);
         if let Some(n) = state.open.get_mut(&self.epoch) {
             *n -= 1;
             if *n == 0 {
                 state.open.remove(&self.epoch);
             }
         }
-        state.forget();
+        // Only the oldest ticket closing can let purges go: skip the pass (on every fill's end,
+        // under this lock) otherwise.
+        if was_oldest && !state.records.is_empty() {
+            state.forget();
+        }
     }
 }
 
@@ -412,6 +443,29 @@ mod tests {
         assert!(fence
             .begin_publish(&ticket, &[5; 16], "a.vn/5", &tags(&["news"]))
             .is_none());
+    }
+
+    #[test]
+    fn a_long_lived_ticket_keeps_the_record_bounded() {
+        let fence = Arc::new(PurgeFence::default());
+        let old = fence.open();
+        for i in 0..12_000u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            drop(fence.record(Purged::Key(key)));
+        }
+        assert!(fence.kept() <= MAX_ENDED + 1, "{} kept", fence.kept());
+        // Whatever was folded still refuses the old ticket; a new one goes through.
+        assert!(fence
+            .publish(&old, &[0; 16], "a.vn/x", &[], || ())
+            .is_none());
+        assert!(fence
+            .publish(&old, &[9; 16], "a.vn/unrelated", &[], || ())
+            .is_none());
+        let new = fence.open();
+        assert!(fence
+            .publish(&new, &[0; 16], "a.vn/x", &[], || ())
+            .is_some());
     }
 
     #[test]

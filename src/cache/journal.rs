@@ -37,8 +37,16 @@ const MAX_LINE: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Entry {
-    /// A purge by selector (`soft`: marked stale).
-    Purge { selector: Selector, soft: bool },
+    /// A purge by selector (`soft`: marked stale) begins; `id` names it for its end.
+    Purge {
+        selector: Selector,
+        soft: bool,
+        #[serde(default)]
+        id: u64,
+    },
+    /// The purge `id` has walked every tier: until then the others keep it running in their
+    /// fences, so that they do not read back what its walk has not removed yet.
+    PurgeDone { id: u64 },
     /// One object marked stale (a write through it changed it at the origin).
     Stale { key: String },
     /// One object removed.
@@ -90,8 +98,12 @@ impl Journal {
         let procs = root.join("procs");
         fs::create_dir_all(&procs)?;
         let me = std::process::id();
-        let alive = File::create(procs.join(me.to_string()))?;
+        // Locked under a name no liveness check looks at, then renamed into place: another
+        // process never sees this entry unlocked (it would take it for a dead one's).
+        let staging = procs.join(format!(".{me}"));
+        let alive = File::create(&staging)?;
         alive.try_lock().map_err(std::io::Error::other)?;
+        fs::rename(&staging, procs.join(me.to_string()))?;
         let journal = Journal {
             lock_path: root.join("journal.lock"),
             log_path: root.join("journal.log"),
@@ -146,7 +158,8 @@ impl Journal {
         let mut alive = false;
         for entry in fs::read_dir(&self.procs).into_iter().flatten().flatten() {
             let name = entry.file_name();
-            if name.to_str() == Some(&self.me.to_string()) {
+            let name = name.to_str().unwrap_or("");
+            if name == self.me.to_string() || name.starts_with('.') {
                 continue;
             }
             let Ok(file) = File::open(entry.path()) else {
@@ -162,10 +175,24 @@ impl Journal {
         alive
     }
 
-    /// The entries other processes appended since the last read, under `held`.
-    pub fn read_news(&self, held: &Held) -> Vec<Entry> {
-        let _ = held;
+    /// Hands the entries other processes appended since the last read to `act`, under `held`
+    /// and this process's reading lock: a second reader (another thread about to publish) waits
+    /// until `act` has applied them, so no thread can publish past news another thread read.
+    pub fn read_news_with(&self, held: &Held, act: impl FnOnce(Vec<Entry>)) {
         let mut reader = self.reader();
+        let news = self.read_locked(held, &mut reader);
+        act(news);
+    }
+
+    /// The entries other processes appended since the last read, under `held` (tests).
+    #[cfg(test)]
+    pub fn read_news(&self, held: &Held) -> Vec<Entry> {
+        let mut reader = self.reader();
+        self.read_locked(held, &mut reader)
+    }
+
+    fn read_locked(&self, held: &Held, reader: &mut Reader) -> Vec<Entry> {
+        let _ = held;
         let Ok(mut file) = File::open(&self.log_path) else {
             return Vec::new();
         };
@@ -226,21 +253,24 @@ impl Journal {
         }
     }
 
-    /// Periodic upkeep: the news since the last read, and the journal deleted once this
-    /// process is the only one left (after reading what the others left in it).
-    pub fn tick(&self, tidy: bool) -> Vec<Entry> {
+    /// Periodic upkeep: the news since the last read, handed to `act`; with `tidy`, the
+    /// journal deleted once this process is the only one left (after reading what the others
+    /// left in it). Returns whether another process is still there.
+    pub fn tick(&self, tidy: bool, act: impl FnOnce(Vec<Entry>)) -> bool {
         if !self.log_path.exists() {
-            return Vec::new();
+            return false;
         }
         let Ok(held) = self.hold(tidy) else {
-            return Vec::new();
+            return true;
         };
-        let news = self.read_news(&held);
+        let mut reader = self.reader();
+        act(self.read_locked(&held, &mut reader));
         if tidy && !self.others_alive() {
             let _ = fs::remove_file(&self.log_path);
-            *self.reader() = Reader::default();
+            *reader = Reader::default();
+            return false;
         }
-        news
+        true
     }
 
     /// Whether a journal is open now (tests).
@@ -275,6 +305,7 @@ mod tests {
         let e = Entry::Purge {
             selector: Selector::Tags(["news".to_owned()].into()),
             soft: true,
+            id: 7,
         };
         let text = serde_json::to_string(&Line {
             pid: 7,

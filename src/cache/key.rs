@@ -101,18 +101,20 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
 /// The `host[:port]/path?query` a key was built from (see `purge::target`), read back from its
 /// length-prefixed parts. None for a key not built by [`cache_key`].
 pub fn target_of_key(primary: &[u8]) -> Option<String> {
-    let mut parts = Vec::with_capacity(4);
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(5);
     let mut rest = primary;
     while !rest.is_empty() {
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        parts.push(std::str::from_utf8(rest.get(4..4 + len)?).ok()?);
+        parts.push(rest.get(4..4 + len)?);
         rest = &rest[4 + len..];
     }
+    // The fifth part (a site's passed headers) is raw bytes, not text: it is not read.
     let (host, port, path) = match parts[..] {
-        [_scheme, host, port, path] => (host, port, path),
-        [_scheme, host, port, path, _passed] => (host, port, path),
+        [_scheme, host, port, path] | [_scheme, host, port, path, _] => (host, port, path),
         _ => return None,
     };
+    let text = |b| std::str::from_utf8(b).ok();
+    let (host, port, path) = (text(host)?, text(port)?, text(path)?);
     let port = if port.is_empty() {
         None
     } else {
@@ -184,6 +186,22 @@ mod tests {
         let k = cache_key("http", "a.vn", Some(80), "/");
         assert_eq!(target_of_key(k.primary_key()).as_deref(), Some("a.vn/"));
         assert_eq!(target_of_key(b"junk"), None);
+        // Passed headers of any bytes do not hide the target.
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-original-url", "a".repeat(200).parse().unwrap());
+        headers.append(
+            "x-original-url",
+            http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        let k = cache_key_with(
+            "http",
+            "a.vn",
+            None,
+            "/x",
+            &["x-original-url".into()],
+            &headers,
+        );
+        assert_eq!(target_of_key(k.primary_key()).as_deref(), Some("a.vn/x"));
     }
 
     #[test]

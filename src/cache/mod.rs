@@ -65,7 +65,7 @@ impl EdgeCache {
                 let disk = DiskStore::open(path, settings.disk, fence.clone())?;
                 // Another process's purges (a graceful upgrade) reach this memory tier too.
                 disk.on_foreign_purge(Box::new(move |entry| match entry {
-                    journal::Entry::Purge { selector, soft } => {
+                    journal::Entry::Purge { selector, soft, .. } => {
                         memory.purge_matching(selector, *soft);
                     }
                     journal::Entry::Stale { key } => {
@@ -79,7 +79,7 @@ impl EdgeCache {
                             memory.remove(&key);
                         }
                     }
-                    journal::Entry::Published { .. } => {}
+                    journal::Entry::Published { .. } | journal::Entry::PurgeDone { .. } => {}
                 }));
                 Some(disk)
             }

@@ -64,10 +64,12 @@ impl TieredStore {
         let index_ready = self.disk.as_ref().is_none_or(|d| d.index_ready());
         // First, so that fills, promotions and rewrites in flight (here, or in another process
         // over the disk during an upgrade) cannot put back what this removes.
+        let id = rand::random();
         if let Some(disk) = &self.disk {
             disk.announce(Entry::Purge {
                 selector: selector.clone(),
                 soft,
+                id,
             });
         }
         let running = self.fence.record(Purged::Matching(selector.clone()));
@@ -87,6 +89,7 @@ impl TieredStore {
                 }
                 keys.insert(key);
             }
+            disk.announce_done(id);
         }
         Report {
             purged: keys.len(),
@@ -108,8 +111,12 @@ impl TieredStore {
             let mut keys = vec![hash];
             keys.extend(running.overtaken());
             for key in keys {
-                if disk.is_fresh(&key, stale_at) {
-                    disk.mark_stale(&key, &running);
+                match disk.freshness(&key, stale_at) {
+                    disk::Freshness::Stale => {}
+                    disk::Freshness::Fresh => disk.mark_stale(&key, &running),
+                    disk::Freshness::Unknown => {
+                        disk.remove(&key);
+                    }
                 }
             }
         }
@@ -692,5 +699,52 @@ mod tests {
         bytes[at] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert!(range(store, &key, 100, 200).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_purge_keeps_refusing_promotions_until_it_has_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Arc::new(PurgeFence::default());
+        let memory: &'static MemoryStore = Box::leak(Box::new(MemoryStore::with_fence(
+            1 << 20,
+            64 << 10,
+            fence.clone(),
+        )));
+        let disk = DiskStore::open_with(dir.path(), 1 << 30, fence.clone(), true).unwrap();
+        let store: &'static TieredStore = Box::leak(Box::new(TieredStore::new(
+            memory,
+            Some(disk.clone()),
+            1 << 30,
+            fence,
+        )));
+        let key = cache_key("http", "a.vn", None, "/story");
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let now = SystemTime::now();
+        let mut header = pingora::http::ResponseHeader::build(200, None).unwrap();
+        header.insert_header("Cache-Tag", "news").unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let mut miss = store.get_miss_handler(&key, &meta, &span).await.unwrap();
+        miss.write_body(Bytes::from_static(b"old"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        memory.remove(&key.combined_bin());
+        // Another process over the directory begins a purge of the tag (its journal line).
+        let line = serde_json::json!({"pid": u32::MAX, "op": "purge", "id": 5,
+            "selector": {"tags": ["news"]}, "soft": false});
+        let log = dir.path().join("journal.log");
+        std::fs::write(&log, format!("{line}\n")).unwrap();
+        disk.catch_up();
+        // Its walk has not reached the file yet: a lookup here may read it, but not keep it.
+        assert!(store.lookup(&key, &span).await.unwrap().is_some());
+        // The walk removes it, and the purge ends.
+        std::fs::remove_file(disk.path_of(&key.combined_bin())).unwrap();
+        let done = serde_json::json!({"pid": u32::MAX, "op": "purge_done", "id": 5});
+        std::fs::write(&log, format!("{line}\n{done}\n")).unwrap();
+        disk.catch_up();
+        assert!(
+            store.lookup(&key, &span).await.unwrap().is_none(),
+            "the purged copy lives on in memory"
+        );
     }
 }

@@ -32,8 +32,8 @@ pub const PATH: &str = "/.onair/challenge";
 pub const COOKIE: &str = "onair_clearance";
 /// Seconds a challenge stays answerable.
 const CHALLENGE_TTL: u64 = 300;
-/// Address blocks whose no-JavaScript redemptions are counted at once; past it, new blocks
-/// are refused until old windows end (they can still use the proof of work).
+/// Address blocks whose no-JavaScript redemptions are counted at once; past it, the blocks
+/// whose windows began first are forgotten.
 const NOJS_BLOCKS: usize = 65_536;
 
 /// How a challenge was answered.
@@ -204,7 +204,13 @@ impl NoJsBudget {
         if blocks.len() >= NOJS_BLOCKS && !blocks.contains_key(&block) {
             blocks.retain(|_, (start, _)| now < start.saturating_add(window));
             if blocks.len() >= NOJS_BLOCKS {
-                return false;
+                // Full of live windows (many blocks at once, an attack spread wide): forget
+                // the oldest eighth rather than refuse every new block's readers. Each block
+                // stays bounded per window it is remembered in.
+                let mut starts: Vec<u64> = blocks.values().map(|(start, _)| *start).collect();
+                let (_, cut, _) = starts.select_nth_unstable(NOJS_BLOCKS / 8);
+                let cut = *cut;
+                blocks.retain(|_, (start, _)| *start > cut);
             }
         }
         let entry = blocks.entry(block).or_insert((now, 0));
@@ -647,5 +653,19 @@ mod tests {
         assert_eq!(prefix(ip("::ffff:192.0.2.77")), "192.0.2.0/24");
         assert_eq!(prefix(ip("2001:db8:a:b:c:d:e:f")), "2001:db8:a:b::/64");
         assert_eq!(leading_zero_bits(&[0, 0, 0x10, 0xff]), 19);
+    }
+
+    #[test]
+    fn the_nojs_budget_is_per_block_and_never_closes_on_new_blocks() {
+        let budget = NoJsBudget::default();
+        assert!(budget.take(1, 1000, 300, 2));
+        assert!(budget.take(1, 1000, 300, 2));
+        assert!(!budget.take(1, 1001, 300, 2), "over the block's budget");
+        assert!(budget.take(1, 1300, 300, 2), "a new window");
+        // A table full of live windows still takes a new block.
+        for block in 10..(10 + NOJS_BLOCKS as u128) {
+            budget.take(block, 1400, 300, 2);
+        }
+        assert!(budget.take(u128::MAX, 1401, 300, 2));
     }
 }

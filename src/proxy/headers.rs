@@ -98,6 +98,11 @@ pub const UNKEYED: &[&str] = &[
     "x-real-ip",
     "front-end-https",
     "x-url-scheme",
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-forwarded-path",
+    "x-forwarded-protocol",
+    "x-http-host-override",
 ];
 
 /// Sets the headers the origin sees: forwarding headers, `Via`, request id, host override, and

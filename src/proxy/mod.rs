@@ -266,8 +266,12 @@ impl ProxyHttp for Edge {
             .headers
             .contains_key(http::header::AUTHORIZATION);
         let mut decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
-        if let (RespCacheable::Cacheable(meta), Some(ticket)) = (&mut decision, &ctx.fill_ticket) {
-            meta.extensions_mut().insert(ticket.clone());
+        // The store holds the ticket from here (Pingora gives the same meta to the fill). When
+        // nothing will be stored it is dropped now: kept open by a long answer (a WebSocket, a
+        // stream) it would only make the fence remember purges for nothing.
+        let ticket = ctx.fill_ticket.take();
+        if let (RespCacheable::Cacheable(meta), Some(ticket)) = (&mut decision, ticket) {
+            meta.extensions_mut().insert(ticket);
         }
         ctx.cache_stored = matches!(decision, RespCacheable::Cacheable(_));
         Ok(decision)
@@ -399,11 +403,23 @@ impl ProxyHttp for Edge {
             // A WebSocket can stay open for hours; it is not load waiting to be answered.
             ctx.in_progress = None;
         }
+        let passed = ctx
+            .site
+            .and_then(|i| ctx.snapshot.config.sites.get(i))
+            .map_or(&[][..], |s| s.pass_headers.as_slice());
         for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
             let path = cache::key::keyed_target(&path, ctx.query_key);
-            // Both schemes hold a copy of the URL; a change through either stales both.
+            // Both schemes hold a copy of the URL; a change through either stales both. Keyed
+            // as the reads were (with the site's passed headers, as this request sent them).
             for scheme in ["http", "https"] {
-                let key = cache::key::cache_key(scheme, &ctx.host, ctx.port, &path);
+                let key = cache::key::cache_key_with(
+                    scheme,
+                    &ctx.host,
+                    ctx.port,
+                    &path,
+                    passed,
+                    &session.req_header().headers,
+                );
                 self.cache.invalidate(&key).await;
             }
         }
@@ -791,6 +807,11 @@ impl Edge {
 /// already; the query is kept as sent.
 fn normalize_target(session: &mut Session) -> std::result::Result<(), crate::uri_path::Refused> {
     let req = session.req_header();
+    // Raw bytes outside ASCII reach the origin as sent, while the URI holds a lossy rendering
+    // of them: the key would not name what the origin answers.
+    if !req.raw_path().is_ascii() {
+        return Err(crate::uri_path::Refused::NotAscii);
+    }
     let Some(pq) = req.uri.path_and_query() else {
         return Ok(());
     };

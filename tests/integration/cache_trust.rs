@@ -330,6 +330,24 @@ async fn a_passed_header_is_part_of_the_key() {
         hits + 1,
         "another value must be another object"
     );
+    // A write through the URL stales the copy it keyed, passed headers and all.
+    let r = request(
+        onair.http,
+        "POST",
+        "a",
+        "/p",
+        &[("X-Forwarded-Prefix", "/one")],
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = get_with("/one").await;
+    assert!(
+        !r.header("cache-status").unwrap().contains("; hit; ttl"),
+        "served fresh after a write: {:?}",
+        r.header("cache-status")
+    );
     // Only headers onair would strip can be passed.
     let (code, out) = check(&format!(
         "{}\n[[site]]\nname = \"t\"\nhosts = [\"t\"]\npool = \"p\"\npass_headers = [\"Cookie\"]\n",
