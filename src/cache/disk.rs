@@ -9,8 +9,9 @@
 //! | target (host[:port]/path?query) | tags ('\n'-separated) | body
 //! | crc u32 of each CRC_CHUNK of the body | crc u32 of that table
 //! ```
-//! Format v1 ("ONAIRC01", no table) is still read: its large objects are checked whole before
-//! a range of them is served.
+//! Bodies up to [`VERIFY_WHOLE`] (checked whole anyway) are written in format v1 ("ONAIRC01",
+//! no table), which older versions read too: a rollback keeps them. A large v1 file (written
+//! by an older version) is checked whole before a range of it is served.
 //! - Writes stream to `tmp/<key>.<pid>.<seq>` (the pid keeps two processes apart during a
 //!   graceful upgrade), then fsync and rename into `ab/cd/<key>`: a reader sees a whole file or
 //!   none. A fill that does not finish leaves nothing.
@@ -922,24 +923,26 @@ impl DiskStore {
 
     /// Finishes a fill's file (head, fsync) so that publishing it is only a rename. Blocking.
     pub fn seal(&self, w: &mut DiskWrite) -> Result<()> {
-        if !w.body_len.is_multiple_of(CRC_CHUNK) {
-            let last = std::mem::replace(&mut w.chunk_crc, crc32fast::Hasher::new());
-            w.chunk_crcs.push(last.finalize());
+        if w.chunked() {
+            if !w.body_len.is_multiple_of(CRC_CHUNK) {
+                let last = std::mem::replace(&mut w.chunk_crc, crc32fast::Hasher::new());
+                w.chunk_crcs.push(last.finalize());
+            }
+            let mut table = Vec::with_capacity(w.chunk_crcs.len() * 4 + 4);
+            for crc in &w.chunk_crcs {
+                table.extend_from_slice(&crc.to_be_bytes());
+            }
+            let table_crc = crc32fast::hash(&table);
+            table.extend_from_slice(&table_crc.to_be_bytes());
+            w.write(&table)
+                .map_err(|e| self.write_failed(e, "cannot write a cache temp file"))?;
         }
-        let mut table = Vec::with_capacity(w.chunk_crcs.len() * 4 + 4);
-        for crc in &w.chunk_crcs {
-            table.extend_from_slice(&crc.to_be_bytes());
-        }
-        let table_crc = crc32fast::hash(&table);
-        table.extend_from_slice(&table_crc.to_be_bytes());
-        w.write(&table)
-            .map_err(|e| self.write_failed(e, "cannot write a cache temp file"))?;
         let file = w
             .file
             .take()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill already finished"))?;
         let mut head = Vec::with_capacity(HEAD_LEN);
-        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(if w.chunked() { MAGIC } else { MAGIC_V1 });
         for l in w.lens {
             head.extend_from_slice(&l.to_be_bytes());
         }
@@ -1306,7 +1309,19 @@ impl DiskWrite {
 
     /// The published file's length: head, metadata, body and checksum table.
     fn file_len(&self) -> u64 {
-        HEAD_LEN as u64 + self.meta_len + self.body_len + chunks_of(self.body_len) * 4 + 4
+        let table = if self.chunked() {
+            chunks_of(self.body_len) * 4 + 4
+        } else {
+            0
+        };
+        HEAD_LEN as u64 + self.meta_len + self.body_len + table
+    }
+
+    /// Whether the file gets a checksum table (format v2): only bodies read by chunk need one.
+    /// Smaller ones stay in format v1, which every onair version reads, so that a rollback or
+    /// the old process of an upgrade keeps the pages.
+    fn chunked(&self) -> bool {
+        self.body_len > VERIFY_WHOLE
     }
 }
 
@@ -1518,6 +1533,8 @@ mod tests {
         let store = DiskStore::open_blocking(dir.path(), 1 << 20).unwrap();
         let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         fill(&store, [1; 16], &body);
+        // Small bodies keep format v1, which older versions (a rollback) read too.
+        assert_eq!(&fs::read(store.path_of(&[1; 16])).unwrap()[..8], b"ONAIRC01");
         assert_eq!(body_of(&store, &[1; 16]).unwrap(), body);
         let (head, _) = store.load(&[1; 16]).unwrap();
         let m = CacheMeta::deserialize(&head.internal, &head.header).unwrap();
@@ -1553,8 +1570,7 @@ mod tests {
         // A flipped body byte: the head reads, the body check fails.
         let p = store.path_of(&[3; 16]);
         let mut bytes = fs::read(&p).unwrap();
-        // The last body byte: one table checksum and its own follow the body.
-        let last = bytes.len() - 9;
+        let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&p, &bytes).unwrap();
         assert!(body_of(&store, &[3; 16]).is_none());
@@ -1786,8 +1802,7 @@ mod tests {
         fill(&store, [42; 16], &[b'x'; 3000]);
         let p = store.path_of(&[42; 16]);
         let mut bytes = fs::read(&p).unwrap();
-        // The last body byte: one table checksum and its own follow the body.
-        let last = bytes.len() - 9;
+        let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&p, &bytes).unwrap();
         let stale_at = SystemTime::now();
