@@ -241,10 +241,6 @@ fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Box<Error> {
     move |e| Error::because(ErrorType::InternalError, context, e)
 }
 
-fn hex(key: &HashBinary) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl DiskStore {
     fn new(root: &Path, capacity: u64, fence: Arc<PurgeFence>) -> std::io::Result<DiskStore> {
         fs::create_dir_all(root.join("tmp"))?;
@@ -470,7 +466,7 @@ impl DiskStore {
     }
 
     pub fn path_of(&self, key: &HashBinary) -> PathBuf {
-        let name = hex(key);
+        let name = journal::key_text(key);
         self.root.join(&name[0..2]).join(&name[2..4]).join(name)
     }
 
@@ -539,7 +535,7 @@ impl DiskStore {
                     let Some(key) = file
                         .file_name()
                         .and_then(|n| n.to_str())
-                        .and_then(parse_hex)
+                        .and_then(journal::key_of)
                     else {
                         continue;
                     };
@@ -802,10 +798,11 @@ impl DiskStore {
             );
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.{}.{seq}", hex(&key), std::process::id()));
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.{seq}",
+            journal::key_text(&key),
+            std::process::id()
+        ));
         let file = File::create(&tmp)
             .map_err(|e| self.write_failed(e, "cannot create a cache temp file"))?;
         let tags_joined = tags.join("\n");
@@ -1483,17 +1480,6 @@ pub fn read_body(file: &mut File, head: &Head) -> Option<Bytes> {
     (crc32fast::hash(&body) == head.body_crc).then(|| Bytes::from(body))
 }
 
-fn parse_hex(name: &str) -> Option<HashBinary> {
-    if name.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1534,7 +1520,10 @@ mod tests {
         let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         fill(&store, [1; 16], &body);
         // Small bodies keep format v1, which older versions (a rollback) read too.
-        assert_eq!(&fs::read(store.path_of(&[1; 16])).unwrap()[..8], b"ONAIRC01");
+        assert_eq!(
+            &fs::read(store.path_of(&[1; 16])).unwrap()[..8],
+            b"ONAIRC01"
+        );
         assert_eq!(body_of(&store, &[1; 16]).unwrap(), body);
         let (head, _) = store.load(&[1; 16]).unwrap();
         let m = CacheMeta::deserialize(&head.internal, &head.header).unwrap();
@@ -1668,7 +1657,11 @@ mod tests {
         // The next temp file is really /dev/full: its writes fail with ENOSPC.
         let seq = store.seq.load(Ordering::Relaxed);
         let tmp = dir.path().join("tmp");
-        let name = format!("{}.{}.{seq}", hex(&[21; 16]), std::process::id());
+        let name = format!(
+            "{}.{}.{seq}",
+            journal::key_text(&[21; 16]),
+            std::process::id()
+        );
         std::os::unix::fs::symlink("/dev/full", tmp.join(&name)).unwrap();
         let err = store.begin([21; 16], &meta(), "a.vn/21".into(), vec![]);
         assert!(err.is_err());
@@ -1849,8 +1842,12 @@ mod tests {
         let store = DiskStore::open_blocking(dir.path(), 10_000).unwrap();
         let tmp = dir.path().join("tmp");
         // A crashed process's leftover (no such pid) and a live one's fill (pid 1).
-        let dead = tmp.join(format!("{}.{}.0", hex(&[44; 16]), u32::MAX - 1));
-        let live = tmp.join(format!("{}.1.0", hex(&[45; 16])));
+        let dead = tmp.join(format!(
+            "{}.{}.0",
+            journal::key_text(&[44; 16]),
+            u32::MAX - 1
+        ));
+        let live = tmp.join(format!("{}.1.0", journal::key_text(&[45; 16])));
         fs::write(&dead, vec![0u8; 4000]).unwrap();
         fs::write(&live, vec![0u8; 4000]).unwrap();
         fill(&store, [46; 16], &[b'a'; 2500]);

@@ -279,7 +279,7 @@ impl Journal {
     }
 }
 
-/// A key as the journal writes it.
+/// A key as the journal writes it (and as the disk tier names its files).
 pub fn key_text(key: &HashBinary) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
