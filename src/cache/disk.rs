@@ -698,11 +698,6 @@ impl DiskStore {
         }
     }
 
-    /// Whether the stored copy is fresh at `at` (and readable). Blocking.
-    pub fn is_fresh(&self, key: &HashBinary, at: SystemTime) -> bool {
-        self.freshness(key, at) != Freshness::Stale
-    }
-
     /// What a write through an object must do to the stored copy: nothing (absent or stale
     /// already), mark it (a rewrite of up to [`MARK_IN_PLACE`] bytes), or drop it (a larger
     /// one: a flood of writes must not make every one copy a video; also a copy that cannot
