@@ -389,6 +389,8 @@ pub enum QueryKey {
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub name: String,
+    /// How a request's origin is chosen among the usable ones of the lowest usable tier.
+    pub select: Select,
     pub tls: bool,
     pub sni: Option<String>,
     pub host: Option<String>,
@@ -416,6 +418,18 @@ pub struct Pool {
     pub health: Option<Health>,
     pub passive: Passive,
     pub origins: Vec<Origin>,
+}
+
+/// `[[pool]] select`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Select {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Rendezvous (highest random weight) hashing of the request's host and path, weighted:
+    /// every node with this config sends one object to one origin (a shield), and when that
+    /// origin goes only its share of objects moves.
+    Hash,
 }
 
 /// A client certificate for authenticated origin pulls.

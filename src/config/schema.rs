@@ -167,6 +167,7 @@ pub struct RawAttack {
 #[serde(default)]
 pub struct RawPool {
     pub name: Option<String>,
+    pub select: Option<String>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub host: Option<String>,

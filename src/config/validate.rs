@@ -955,8 +955,20 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
                 e.push(format!("{at}.sni"), format!("{sni:?} is not a DNS name"));
             }
         }
+        let select = match p.select.as_deref() {
+            None | Some("round_robin") => crate::config::Select::RoundRobin,
+            Some("hash") => crate::config::Select::Hash,
+            Some(other) => {
+                e.push(
+                    format!("{at}.select"),
+                    format!("{other:?} is not one of \"round_robin\", \"hash\""),
+                );
+                crate::config::Select::RoundRobin
+            }
+        };
         out.push(Pool {
             name,
+            select,
             tls,
             sni: p.sni.filter(|s| !s.is_empty()),
             host: p.host.filter(|s| !s.is_empty()),

@@ -35,6 +35,9 @@ pub struct Origin {
     pub label: String,
     /// `addr` as text, computed once, for the access log (which stays on the node).
     pub addr_text: String,
+    /// The origin's identity in rendezvous hashing: a hash of its address, the same on every
+    /// node.
+    pub placement: u64,
     pub region: Option<String>,
     pub tier: u8,
     pub weight: u32,
@@ -88,6 +91,44 @@ pub struct Pool {
     pub client_cert: Option<Arc<CertKey>>,
 }
 
+/// A 64-bit hash that is the same on every node and in every version (FNV-1a, then mixed):
+/// placement must agree across the fleet, which the std hasher does not promise.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// splitmix64's finalizer: spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The key a request is placed by in a `select = "hash"` pool: its host and path (and query),
+/// as the cache key holds them, so one object always goes to one shield. Requests that are not
+/// cached use it too (sticky), which keeps a URL's traffic on one origin.
+pub fn request_hash(host: &str, path_and_query: &str) -> u64 {
+    let mut text = Vec::with_capacity(host.len() + path_and_query.len() + 1);
+    text.extend_from_slice(host.as_bytes());
+    text.push(0);
+    text.extend_from_slice(path_and_query.as_bytes());
+    stable_hash(&text)
+}
+
+/// Weighted rendezvous score of one origin for one key: `-weight / ln(u)` with `u` uniform in
+/// (0, 1) from the pair's hash (Schindelhauer and Schomaker's weighted HRW), so an origin gets
+/// a share of keys proportional to its weight and removing one moves only its keys.
+fn rendezvous_score(key: u64, placement: u64, weight: u32) -> f64 {
+    let h = mix(key ^ placement.rotate_left(17));
+    // 53 random bits, never 0 or 1.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(weight) / u.ln()
+}
+
 /// An origin's label (see [`Origin::label`]).
 fn label(o: &config::Origin, index: usize, addresses: bool) -> String {
     match (&o.name, addresses) {
@@ -108,6 +149,7 @@ impl Pool {
             .map(|(label, o)| Origin {
                 addr: o.addr,
                 addr_text: o.addr.to_string(),
+                placement: stable_hash(o.addr.to_string().as_bytes()),
                 metrics: METRICS.origin_series(&config.name, &label),
                 label,
                 region: o.region.clone(),
@@ -181,20 +223,28 @@ impl Pool {
     /// none is left, the untried unhealthy ones are offered in the same order, because a health
     /// check can be wrong and a real attempt beats a certain maintenance page.
     pub fn choose(&self, region: &str, tried: &[usize]) -> Option<usize> {
-        self.choose_trial(region, tried).map(|(i, _)| i)
+        self.choose_trial(region, tried, 0).map(|(i, _)| i)
     }
 
     /// As [`Pool::choose`], also saying whether the request holds the trial slot of an ejected
     /// origin (its result then decides the origin's fate).
-    pub fn choose_trial(&self, region: &str, tried: &[usize]) -> Option<(usize, bool)> {
-        self.choose_at(region, tried, Instant::now())
+    /// `key` places the request among the origins of a `select = "hash"` pool (see
+    /// [`request_hash`]); round-robin pools ignore it.
+    pub fn choose_trial(&self, region: &str, tried: &[usize], key: u64) -> Option<(usize, bool)> {
+        self.choose_at(region, tried, Instant::now(), key)
     }
 
-    fn choose_at(&self, region: &str, tried: &[usize], now: Instant) -> Option<(usize, bool)> {
+    fn choose_at(
+        &self,
+        region: &str,
+        tried: &[usize],
+        now: Instant,
+        key: u64,
+    ) -> Option<(usize, bool)> {
         let mut lost_trials: Vec<usize> = Vec::new();
         let stall = self.stall_after();
         loop {
-            let picked = self.pick(region, |i, o| {
+            let picked = self.pick(region, key, |i, o| {
                 !tried.contains(&i)
                     && !lost_trials.contains(&i)
                     && ((o.health.is_up() && !o.health.stalled(now, stall))
@@ -212,8 +262,8 @@ impl Pool {
             lost_trials.push(i);
         }
         // Healthy but seemingly stalled origins next, then anything untried.
-        self.pick(region, |i, o| !tried.contains(&i) && o.health.is_up())
-            .or_else(|| self.pick(region, |i, _| !tried.contains(&i)))
+        self.pick(region, key, |i, o| !tried.contains(&i) && o.health.is_up())
+            .or_else(|| self.pick(region, key, |i, _| !tried.contains(&i)))
             .map(|i| (i, false))
     }
 
@@ -228,7 +278,12 @@ impl Pool {
         self.config.health.as_ref().map_or(2, |h| h.rise)
     }
 
-    fn pick(&self, region: &str, eligible: impl Fn(usize, &Origin) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        region: &str,
+        key: u64,
+        eligible: impl Fn(usize, &Origin) -> bool,
+    ) -> Option<usize> {
         let candidates = || {
             self.origins
                 .iter()
@@ -243,6 +298,14 @@ impl Pool {
         let total: u64 = chosen().map(|(_, o)| u64::from(o.weight)).sum();
         if total == 0 {
             return None;
+        }
+        if self.config.select == config::Select::Hash {
+            // The highest weighted score wins; a retry (the winner tried) takes the next, so
+            // every node walks one key's origins in the same order.
+            return chosen()
+                .map(|(i, o)| (i, rendezvous_score(key, o.placement, o.weight)))
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+                .map(|(i, _)| i);
         }
         let mut only = chosen();
         if let (Some((i, _)), None) = (only.next(), only.next()) {
@@ -276,6 +339,7 @@ mod tests {
         let registry = HealthRegistry::default();
         let cfg = config::Pool {
             name: "p".into(),
+            select: config::Select::RoundRobin,
             tls: false,
             sni: None,
             host: None,
@@ -352,8 +416,8 @@ mod tests {
         assert_eq!(p.choose("", &[]), Some(1));
         // The primary's ejection is over: this request is its trial, the next goes to the
         // backup while the trial is out.
-        assert_eq!(p.choose_at("", &[], later), Some((0, true)));
-        assert_eq!(p.choose_at("", &[], later), Some((1, false)));
+        assert_eq!(p.choose_at("", &[], later, 0), Some((0, true)));
+        assert_eq!(p.choose_at("", &[], later, 0), Some((1, false)));
         p.origins[0]
             .health
             .record_traffic(health::Seen::Ok, &passive, 1, true);
@@ -368,5 +432,82 @@ mod tests {
             counts[p.choose("", &[]).unwrap()] += 1;
         }
         assert_eq!(counts, [300, 100]);
+    }
+
+    fn hashed(origins: &[(&str, u32)]) -> (Pool, HealthRegistry) {
+        let spec: Vec<(&str, Option<&str>, u8, u32)> =
+            origins.iter().map(|(a, w)| (*a, None, 0, *w)).collect();
+        let registry = HealthRegistry::default();
+        let (mut pool, _) = pool(&spec);
+        let mut cfg = pool.config.clone();
+        cfg.select = config::Select::Hash;
+        pool = Pool::new(&cfg, &registry, true);
+        (pool, registry)
+    }
+
+    fn owner<'a>(p: &'a Pool, key: u64, tried: &[usize]) -> Option<&'a str> {
+        p.choose_trial("", tried, key)
+            .map(|(i, _)| p.origins[i].addr_text.as_str())
+    }
+
+    #[test]
+    fn hash_pools_place_keys_alike_on_every_node_and_move_only_a_leavers_share() {
+        let four = [
+            ("10.0.0.1:80", 1),
+            ("10.0.0.2:80", 1),
+            ("10.0.0.3:80", 1),
+            ("10.0.0.4:80", 1),
+        ];
+        let (a, _r1) = hashed(&four);
+        let (b, _r2) = hashed(&four);
+        let (three, _r3) = hashed(&four[..3]);
+        let keys: Vec<u64> = (0..4000)
+            .map(|i| request_hash("a.vn", &format!("/p/{i}")))
+            .collect();
+        let mut moved = 0;
+        let mut counts = std::collections::HashMap::new();
+        for &k in &keys {
+            let on_a = owner(&a, k, &[]).unwrap();
+            assert_eq!(Some(on_a), owner(&b, k, &[]), "two nodes disagree");
+            *counts.entry(on_a).or_insert(0) += 1;
+            let after = owner(&three, k, &[]).unwrap();
+            if on_a == "10.0.0.4:80" {
+                moved += 1;
+            } else {
+                assert_eq!(on_a, after, "a key moved that the leaver did not own");
+            }
+        }
+        // Each of four gets about a quarter; only the leaver's quarter moves.
+        for (_, n) in counts {
+            assert!((800..1200).contains(&n), "{n} of 4000");
+        }
+        assert!((800..1200).contains(&moved), "{moved} moved");
+        // A retry walks the key's order: the next origin is the one that would own it without
+        // the first.
+        for &k in keys.iter().take(200) {
+            let first = a.choose_trial("", &[], k).unwrap().0;
+            let second = owner(&a, k, &[first]).unwrap();
+            let without: Vec<_> = four
+                .iter()
+                .filter(|(addr, _)| *addr != a.origins[first].addr_text)
+                .copied()
+                .collect();
+            let (rest, _r) = hashed(&without);
+            assert_eq!(Some(second), owner(&rest, k, &[]));
+        }
+    }
+
+    #[test]
+    fn hash_pools_share_keys_by_weight() {
+        let (p, _r) = hashed(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
+        let heavy = (0..4000)
+            .filter(|i| {
+                owner(&p, request_hash("a.vn", &format!("/w/{i}")), &[]) == Some("10.0.0.2:80")
+            })
+            .count();
+        assert!(
+            (2800..3200).contains(&heavy),
+            "{heavy} of 4000 on the weight-3 origin"
+        );
     }
 }

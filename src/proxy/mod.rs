@@ -353,7 +353,18 @@ impl ProxyHttp for Edge {
             pool.budget.request(std::time::Instant::now());
         }
         let region = ctx.snapshot.config.node.region.as_str();
-        let Some((index, trial)) = pool.choose_trial(region, &ctx.tried) else {
+        let key = match pool.config.select {
+            crate::config::Select::Hash => {
+                let pq = session
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str());
+                crate::origin::request_hash(&ctx.host, &cache::key::keyed_target(pq, ctx.query_key))
+            }
+            crate::config::Select::RoundRobin => 0,
+        };
+        let Some((index, trial)) = pool.choose_trial(region, &ctx.tried, key) else {
             return Err(
                 Error::explain(ErrorType::ConnectNoRoute, "no origin left to try").into_up(),
             );

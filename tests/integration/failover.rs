@@ -268,3 +268,63 @@ read_timeout = "500ms"
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-origin"), Some("other"));
 }
+
+/// `select = "hash"`: every edge with the same config sends one object to one origin (a
+/// shield), so a miss storm over many edges reaches each shield once per object; a shield that
+/// goes down moves only its own objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_pools_send_each_object_to_one_origin_from_every_node() {
+    let shields = [Origin::start("s1").await, Origin::start("s2").await];
+    for s in &shields {
+        s.set(Behaviour {
+            headers: vec![("Cache-Control".into(), "max-age=600".into())],
+            ..Behaviour::default()
+        });
+    }
+    let body = format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[pool]]\nname = \"p\"\nselect = \"hash\"\nconnect_timeout = \"300ms\"\n\
+           [[pool.origin]]\n  addr = \"{}\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        shields[0].addr, shields[1].addr
+    );
+    let edges = [
+        Onair::start(Setup::new(body.clone())).await,
+        Onair::start(Setup::new(body.clone())).await,
+    ];
+    for edge in &edges {
+        for i in 0..30 {
+            let r = get(edge.http, "portal.vn", &format!("/obj/{i}"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+    }
+    let seen_by = |s: &Origin| -> std::collections::HashSet<String> {
+        s.requests()
+            .into_iter()
+            .map(|h| h[":path"].clone())
+            .collect()
+    };
+    let (one, two) = (seen_by(&shields[0]), seen_by(&shields[1]));
+    assert_eq!(one.len() + two.len(), 30, "an object reached both shields");
+    assert!(one.is_disjoint(&two));
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "the hash used one shield only"
+    );
+    // Each edge asked each object once: 2 × 30 requests, 2 per object on its one shield.
+    assert_eq!(shields[0].proxied_hits() + shields[1].proxied_hits(), 60);
+    // The second shield goes: only its objects move (to the first), new misses keep working.
+    shields[1].kill();
+    let before = shields[0].proxied_hits();
+    for i in 30..60 {
+        let r = get(edges[0].http, "portal.vn", &format!("/obj/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(shields[0].proxied_hits(), before + 30);
+    let (code, out) = check(&body.replace("select = \"hash\"", "select = \"random\""));
+    assert_ne!(code, 0);
+    assert!(out.contains("pool[0].select"), "{out}");
+}
