@@ -50,11 +50,22 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot; the config is already validated, so every name resolves.
     pub fn build(config: Config, version: u64, registry: &HealthRegistry) -> Snapshot {
-        let pools: Vec<Arc<Pool>> = config
+        let mut built: Vec<Pool> = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::new(p, registry, config.admin.origin_addresses)))
+            .map(|p| Pool::new(p, registry, config.admin.origin_addresses))
             .collect();
+        let fallbacks: Vec<Option<usize>> = built
+            .iter()
+            .map(|p| {
+                let name = p.config.fallback.as_deref()?;
+                built.iter().position(|q| q.name() == name)
+            })
+            .collect();
+        for (pool, fallback) in built.iter_mut().zip(fallbacks) {
+            pool.fallback = fallback;
+        }
+        let pools: Vec<Arc<Pool>> = built.into_iter().map(Arc::new).collect();
         let index = |name: &str| pools.iter().position(|p| p.name() == name).unwrap_or(0);
         let sites = config
             .sites

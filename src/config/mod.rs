@@ -391,6 +391,9 @@ pub struct Pool {
     pub name: String,
     /// How a request's origin is chosen among the usable ones of the lowest usable tier.
     pub select: Select,
+    /// The pool requests go on to when none of this pool's origins can be used (all down or
+    /// ejected, or its attempts spent): regional shields, then other regions', then the origin.
+    pub fallback: Option<String>,
     pub tls: bool,
     pub sni: Option<String>,
     pub host: Option<String>,

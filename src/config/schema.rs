@@ -168,6 +168,7 @@ pub struct RawAttack {
 pub struct RawPool {
     pub name: Option<String>,
     pub select: Option<String>,
+    pub fallback: Option<String>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub host: Option<String>,

@@ -969,6 +969,7 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
         out.push(Pool {
             name,
             select,
+            fallback: p.fallback.filter(|f| !f.is_empty()),
             tls,
             sni: p.sni.filter(|s| !s.is_empty()),
             host: p.host.filter(|s| !s.is_empty()),
@@ -1004,6 +1005,28 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
             passive,
             origins,
         });
+    }
+    // Fallback chains: every name known, no chain coming back on itself.
+    for (i, p) in out.iter().enumerate() {
+        let Some(first) = &p.fallback else { continue };
+        let at = format!("pool[{i}].fallback");
+        if !names.contains(first) {
+            e.push(&at, format!("no pool is named {first:?}"));
+            continue;
+        }
+        let mut seen = vec![p.name.as_str()];
+        let mut next = Some(first.as_str());
+        while let Some(name) = next {
+            if seen.contains(&name) {
+                e.push(&at, format!("the fallback chain comes back to {name:?}"));
+                break;
+            }
+            seen.push(name);
+            next = out
+                .iter()
+                .find(|q| q.name == name)
+                .and_then(|q| q.fallback.as_deref());
+        }
     }
     out
 }

@@ -89,6 +89,8 @@ pub struct Pool {
     /// the form Pingora's peers take.
     pub ca: Option<Arc<CaType>>,
     pub client_cert: Option<Arc<CertKey>>,
+    /// Index (in the snapshot's pools) of `config.fallback`, set when the snapshot is built.
+    pub fallback: Option<usize>,
 }
 
 /// A 64-bit hash that is the same on every node and in every version (FNV-1a, then mixed):
@@ -179,6 +181,7 @@ impl Pool {
             budget,
             ca,
             client_cert,
+            fallback: None,
         }
     }
 
@@ -324,6 +327,18 @@ impl Pool {
         None
     }
 
+    /// Whether an origin not in `tried` could take a request now: healthy and not stalled, or
+    /// due a trial. Has no side effects (a trial is not begun).
+    pub fn any_ready(&self, tried: &[usize]) -> bool {
+        let now = Instant::now();
+        let stall = self.stall_after();
+        self.origins.iter().enumerate().any(|(i, o)| {
+            !tried.contains(&i)
+                && ((o.health.is_up() && !o.health.stalled(now, stall))
+                    || o.health.trial_ready(now))
+        })
+    }
+
     /// True when at least one origin is healthy.
     pub fn any_up(&self) -> bool {
         self.origins.iter().any(|o| o.health.is_up())
@@ -340,6 +355,7 @@ mod tests {
         let cfg = config::Pool {
             name: "p".into(),
             select: config::Select::RoundRobin,
+            fallback: None,
             tls: false,
             sni: None,
             host: None,

@@ -26,6 +26,9 @@ pub struct RequestCtx {
     pub tried: Vec<usize>,
     /// Attempts made, including retries of the same origin after a stale pooled connection.
     pub attempts: usize,
+    /// Attempts made in the current pool, and fallback pools moved on to.
+    pub pool_attempts: usize,
+    pub fallbacks: usize,
     /// When the current origin attempt began.
     pub attempt_started: Option<Instant>,
     /// Whether the current attempt has been counted in the origin metrics.
@@ -85,6 +88,8 @@ impl RequestCtx {
             pool: None,
             tried: Vec::new(),
             attempts: 0,
+            pool_attempts: 0,
+            fallbacks: 0,
             attempt_started: None,
             attempt_recorded: false,
             local_status: None,

@@ -319,12 +319,32 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(pool) = ctx.pool.clone() else {
+        let Some(mut pool) = ctx.pool.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "request has no pool",
             ));
         };
+        // A pool with nothing left to offer (no origin ready, or its attempts spent) hands the
+        // request to its fallback pool, with that pool's own slot, TLS, host and timeouts.
+        while let Some(next) = pool
+            .fallback
+            .and_then(|i| ctx.snapshot.pools.get(i))
+            .cloned()
+        {
+            let spent =
+                ctx.pool_attempts >= pool.config.max_attempts || !pool.any_ready(&ctx.tried);
+            if !spent || ctx.fallbacks >= ctx.snapshot.pools.len() {
+                break;
+            }
+            METRICS.failover(pool.name());
+            ctx.fallbacks += 1;
+            ctx.tried.clear();
+            ctx.pool_attempts = 0;
+            ctx.permit = None;
+            ctx.pool = Some(next.clone());
+            pool = next;
+        }
         if ctx.permit.is_none() {
             // Load shedding, then origin protection: a slot under max_inflight for the whole
             // request, across its attempts. Refused requests get a stale copy if there is one,
@@ -384,6 +404,7 @@ impl ProxyHttp for Edge {
             pool.origins.get(index).map(|o| o.health.wait_for_answer())
         };
         ctx.attempts += 1;
+        ctx.pool_attempts += 1;
         ctx.attempt_started = Some(std::time::Instant::now());
         ctx.attempt_recorded = false;
         match pool.peer(index) {
@@ -886,7 +907,8 @@ fn https_redirect(session: &Session, ctx: &RequestCtx, https_port: Option<u16>) 
 /// Whether the pool allows another attempt and has an origin left to try.
 fn may_try_again(ctx: &RequestCtx) -> bool {
     let Some(pool) = &ctx.pool else { return false };
-    ctx.attempts < pool.config.max_attempts && ctx.tried.len() < pool.origins.len()
+    let here = ctx.pool_attempts < pool.config.max_attempts && ctx.tried.len() < pool.origins.len();
+    here || (pool.fallback.is_some() && ctx.fallbacks < ctx.snapshot.pools.len())
 }
 
 /// Whether the origin may have acted on the request without harm to a second try: only

@@ -328,3 +328,47 @@ async fn hash_pools_send_each_object_to_one_origin_from_every_node() {
     assert_ne!(code, 0);
     assert!(out.contains("pool[0].select"), "{out}");
 }
+
+/// `fallback`: when no origin of a pool can be used, the request goes on to the fallback pool
+/// (shields, then the origin), counted as a failover; chains are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_nothing_left_hands_over_to_its_fallback() {
+    let shield = Origin::start("shield").await;
+    let origin = Origin::start("origin").await;
+    let body = format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"shields\"\n\
+         [[pool]]\nname = \"shields\"\nselect = \"hash\"\nfallback = \"origin\"\nconnect_timeout = \"300ms\"\n\
+           [[pool.origin]]\n  addr = \"{}\"\n\
+         [[pool]]\nname = \"origin\"\nconnect_timeout = \"300ms\"\n\
+           [[pool.origin]]\n  addr = \"{}\"\n",
+        shield.addr, origin.addr
+    );
+    let onair = Onair::start(Setup::new(body.clone())).await;
+    let r = get(onair.http, "a", "/one").await.unwrap();
+    assert_eq!(r.header("x-origin"), Some("shield"));
+    // The shield goes: its requests go on to the origin pool, not to the maintenance page.
+    shield.kill();
+    for i in 0..5 {
+        let r = get(onair.http, "a", &format!("/two/{i}")).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-origin"), Some("origin"));
+    }
+    assert!(
+        onair
+            .metric("onair_failovers_total{pool=\"shields\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // Chains must name pools and must not loop.
+    let looped = body.replace(
+        "[[pool]]\nname = \"origin\"\n",
+        "[[pool]]\nname = \"origin\"\nfallback = \"shields\"\n",
+    );
+    let (code, out) = check(&looped);
+    assert_ne!(code, 0);
+    assert!(out.contains("fallback chain comes back"), "{out}");
+    let (code, out) = check(&body.replace("fallback = \"origin\"", "fallback = \"nowhere\""));
+    assert_ne!(code, 0);
+    assert!(out.contains("pool[0].fallback"), "{out}");
+}
