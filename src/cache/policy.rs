@@ -74,8 +74,14 @@ pub fn decide(
     {
         return transient("authorization");
     }
-    let explicit = calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_HEURISTICS);
-    let Some(fresh_until) = explicit.or_else(|| default_freshness(cc.as_ref(), resp, now, grants))
+    // The response may have aged in caches before us (a shield): its age counts against its
+    // freshness, and the stored copy's clock starts when it was made, not when we got it
+    // (RFC 9111 §4.2.3). So a copy a shield held for 50 s of its 60 is fresh here for 10 s,
+    // and readers are told Age 50 and up.
+    let made = now.checked_sub(upstream_age(resp)).unwrap_or(now);
+    let explicit = calculate_fresh_until(made, cc.as_ref(), resp, authorization, &NO_HEURISTICS)
+        .map(|until| expires_by_origin_clock(cc.as_ref(), resp, made).unwrap_or(until));
+    let Some(fresh_until) = explicit.or_else(|| default_freshness(cc.as_ref(), resp, made, grants))
     else {
         return uncacheable;
     };
@@ -99,7 +105,58 @@ pub fn decide(
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, made, swr, sie, header))
+}
+
+/// The response's `Age` (RFC 9111 §5.1): delta-seconds; one that does not parse, or a list,
+/// counts as none. Bounded to a year: a bogus huge value must not make time run backwards.
+fn upstream_age(resp: &ResponseHeader) -> Duration {
+    let mut values = resp.headers.get_all(http::header::AGE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Duration::ZERO;
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |secs| {
+            Duration::from_secs(secs.min(365 * 86_400))
+        })
+}
+
+/// Freshness from `Expires` is measured on the origin's clock, `Expires - Date` (RFC 9111
+/// §4.2.1), not against ours: an origin whose clock is off by an hour must not make its pages
+/// stale (or fresh) for an hour. Only when no Cache-Control lifetime applies (it wins); a
+/// missing or invalid Date is taken as now.
+fn expires_by_origin_clock(
+    cc: Option<&CacheControl>,
+    resp: &ResponseHeader,
+    made: SystemTime,
+) -> Option<SystemTime> {
+    if cc.and_then(|c| c.fresh_duration()).is_some() {
+        return None;
+    }
+    let date_of = |name: http::header::HeaderName| -> Option<SystemTime> {
+        let mut values = resp.headers.get_all(name).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return None;
+        };
+        httpdate::parse_http_date(v.to_str().ok()?).ok()
+    };
+    let expires = match date_of(http::header::EXPIRES) {
+        Some(t) => t,
+        // Present but invalid (or repeated): already in the past (§5.3).
+        None if resp.headers.contains_key(http::header::EXPIRES) => {
+            return made.checked_sub(Duration::from_secs(1))
+        }
+        None => return None,
+    };
+    let date = date_of(http::header::DATE).unwrap_or(made);
+    match expires.duration_since(date) {
+        Ok(lifetime) if !lifetime.is_zero() => made.checked_add(lifetime),
+        _ => made.checked_sub(Duration::from_secs(1)),
+    }
 }
 
 /// Statuses RFC 9110 §15.1 calls heuristically cacheable (5xx excluded, see the module doc).
@@ -372,5 +429,89 @@ mod tests {
         if let Some(m) = meta(&r, false, &GRANTS) {
             assert!(m.headers().get("x-user").is_none());
         }
+    }
+
+    #[test]
+    fn age_from_upstream_counts_against_freshness() {
+        // A shield held it 50 s of its 60.
+        let m = meta(
+            &resp(200, &[("Cache-Control", "max-age=60"), ("Age", "50")]),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 10);
+        assert_eq!(
+            m.created(),
+            now() - Duration::from_secs(50),
+            "Age goes on counting from there"
+        );
+        // Older than its lifetime: stored, but stale at once.
+        let m = meta(
+            &resp(200, &[("Cache-Control", "max-age=60"), ("Age", "90")]),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert!(!m.is_fresh(now()));
+        // s-maxage and CDN-Cache-Control too.
+        let m = meta(
+            &resp(200, &[("CDN-Cache-Control", "max-age=30"), ("Age", "20")]),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 10);
+        // Nonsense Age counts as none.
+        for bad in ["-5", "abc", "1.5", ""] {
+            let m = meta(
+                &resp(200, &[("Cache-Control", "max-age=60"), ("Age", bad)]),
+                false,
+                &GRANTS,
+            )
+            .unwrap();
+            assert_eq!(ttl(&m), 60, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn expires_runs_on_the_origin_clock() {
+        // The origin's clock is an hour behind ours; its page is good for 120 s.
+        let origin_now = now() - Duration::from_secs(3600);
+        let date = httpdate::fmt_http_date(origin_now);
+        let expires = httpdate::fmt_http_date(origin_now + Duration::from_secs(120));
+        let m = meta(
+            &resp(200, &[("Date", &date), ("Expires", &expires)]),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 120);
+        // With Age, the lifetime runs from when it was made.
+        let m = meta(
+            &resp(
+                200,
+                &[("Date", &date), ("Expires", &expires), ("Age", "100")],
+            ),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 20);
+        // Cache-Control wins over Expires.
+        let m = meta(
+            &resp(
+                200,
+                &[
+                    ("Date", &date),
+                    ("Expires", &expires),
+                    ("Cache-Control", "max-age=5"),
+                ],
+            ),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 5);
     }
 }

@@ -972,8 +972,14 @@ impl Onair {
         } else {
             "grace_period = \"1s\"\n"
         };
+        // ... and its own node id.
+        let id = if setup.node_extra.contains("id = ") {
+            ""
+        } else {
+            "id = \"edge-test\"\n"
+        };
         format!(
-            "[node]\nid = \"edge-test\"\nthreads = 1\n{grace}state_dir = \"{state}\"\n{extra}\n\
+            "[node]\n{id}threads = 1\n{grace}state_dir = \"{state}\"\n{extra}\n\
              [listen]\nhttp = [\"127.0.0.1:{http}\"]\nadmin = \"127.0.0.1:{admin}\"\nmetrics = \"127.0.0.1:{metrics}\"\n{listen}\n\
              {token}\n[log]\naccess = \"access.log\"\nlevel = \"info\"\n\n{body}\n",
             state = dir.join("state").display(),

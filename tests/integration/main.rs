@@ -17,5 +17,6 @@ mod lifecycle;
 mod protect;
 mod proxying;
 mod reload;
+mod tiers;
 mod tls_edge;
 mod upstream_tls;
