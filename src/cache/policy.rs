@@ -108,6 +108,52 @@ pub fn decide(
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, made, swr, sie, header))
 }
 
+/// Fields a 304 never changes in the stored copy: they describe the stored body's framing and
+/// encoding, or only the hop that carried the 304 (RFC 9111 §3.2, §4.3.4).
+const NOT_FROM_304: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "age",
+];
+
+/// The stored metadata updated with every field of a 304 but the framing ones (RFC 9111
+/// §4.3.4); freshness and the rest as decided.
+pub fn with_fields_of_304(meta: &CacheMeta, fields: &http::HeaderMap) -> CacheMeta {
+    let mut header = meta.response_header().clone();
+    for name in fields.keys() {
+        if NOT_FROM_304.contains(&name.as_str()) {
+            continue;
+        }
+        header.remove_header(name);
+        for value in fields.get_all(name) {
+            let _ = header.append_header(name.clone(), value.clone());
+        }
+    }
+    let mut updated = CacheMeta::new(
+        meta.fresh_until(),
+        meta.created(),
+        meta.stale_while_revalidate_sec(),
+        meta.stale_if_error_sec(),
+        header,
+    );
+    if meta.epoch() != meta.created() {
+        updated.set_epoch_override(meta.epoch());
+    }
+    if let Some(v) = meta.variance() {
+        updated.set_variance(v);
+    }
+    updated
+}
+
 /// The response's `Age` (RFC 9111 §5.1): delta-seconds; one that does not parse, or a list,
 /// counts as none. Bounded to a year: a bogus huge value must not make time run backwards.
 fn upstream_age(resp: &ResponseHeader) -> Duration {

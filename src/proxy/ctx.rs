@@ -73,6 +73,8 @@ pub struct RequestCtx {
     /// read, and whether the client was found too slow (answered 408, the origin not blamed).
     pub body_started: Option<Instant>,
     pub client_stalled: bool,
+    /// The fields of a 304 from the origin, to update the stored copy's (RFC 9111 §4.3.4).
+    pub not_modified: Option<http::HeaderMap>,
 }
 
 impl RequestCtx {
@@ -111,6 +113,7 @@ impl RequestCtx {
             fill_ticket: None,
             body_started: None,
             client_stalled: false,
+            not_modified: None,
         }
     }
 

@@ -270,6 +270,11 @@ impl ProxyHttp for Edge {
         // nothing will be stored it is dropped now: kept open by a long answer (a WebSocket, a
         // stream) it would only make the fence remember purges for nothing.
         let ticket = ctx.fill_ticket.take();
+        if let (RespCacheable::Cacheable(meta), Some(fields)) = (&mut decision, &ctx.not_modified) {
+            // A revalidation: Pingora merged a few of the 304's fields; the stored copy takes
+            // all of them but the framing ones, so a field the origin changed shows next time.
+            *meta = cache::policy::with_fields_of_304(meta, fields);
+        }
         if let (RespCacheable::Cacheable(meta), Some(ticket)) = (&mut decision, ticket) {
             meta.extensions_mut().insert(ticket);
         }
@@ -431,6 +436,9 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::NOT_MODIFIED && ctx.cache_on {
+            ctx.not_modified = Some(resp.headers.clone());
+        }
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // A WebSocket can stay open for hours; it is not load waiting to be answered.
             ctx.in_progress = None;

@@ -91,3 +91,33 @@ async fn age_from_upstream_counts_at_the_edge() {
     let age: u64 = r.header("age").unwrap().parse().unwrap();
     assert!((50..55).contains(&age), "Age {age}");
 }
+
+/// A 304 updates the stored copy's fields (all but the framing ones), so a field the origin
+/// changed shows on the next hit (RFC 9111 §4.3.4).
+#[tokio::test]
+async fn a_304_updates_the_stored_fields() {
+    let origin = Origin::start("origin").await;
+    origin.set(cached(&[("ETag", "\"e1\""), ("X-Version", "1")]));
+    let edge = Onair::start(Setup::new(one_site(origin.addr, "", ""))).await;
+    get(edge.http, "a", "/page").await.unwrap();
+    let out = edge
+        .admin_post("/purge", r#"{"urls": ["http://a/page"], "soft": true}"#)
+        .await;
+    assert_eq!(out.status, 200);
+    origin.set(Behaviour {
+        status: 304,
+        body: bytes::Bytes::new(),
+        ..cached(&[("ETag", "\"e1\""), ("X-Version", "2")])
+    });
+    let r = get(edge.http, "a", "/page").await.unwrap();
+    assert_eq!(r.text(), "hello");
+    let r = get(edge.http, "a", "/page").await.unwrap();
+    assert!(
+        r.header("cache-status").unwrap().contains("hit"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("x-version"), Some("2"));
+    assert_eq!(r.text(), "hello");
+    assert_eq!(r.header("content-length"), Some("5"));
+}
