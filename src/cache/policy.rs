@@ -105,6 +105,11 @@ pub fn decide(
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
+    // The stored copy's age is `created` (which the upstream Age moved back); a stored Age
+    // field would be stale at once, and a revalidation would count it a second time.
+    if header.headers.contains_key(http::header::AGE) {
+        header.remove_header(&http::header::AGE);
+    }
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, made, swr, sie, header))
 }
 
