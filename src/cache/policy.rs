@@ -35,10 +35,27 @@ pub struct EdgeRules {
 }
 
 /// The edge's cache directives: CDN-Cache-Control, else Surrogate-Control, else Cache-Control.
+/// A CDN-Cache-Control that is not a valid structured-field dictionary is ignored as a whole
+/// (RFC 9213 §2.1): a lenient reading of a broken one could cache what the origin meant to keep
+/// out, or for longer.
 pub fn edge_directives(resp: &ResponseHeader) -> Option<CacheControl> {
-    CacheControl::from_resp_headers_named("cdn-cache-control", resp)
-        .or_else(|| CacheControl::from_resp_headers_named("surrogate-control", resp))
+    let cdn = valid_dictionary(resp, "cdn-cache-control")
+        .then(|| CacheControl::from_resp_headers_named("cdn-cache-control", resp))
+        .flatten();
+    cdn.or_else(|| CacheControl::from_resp_headers_named("surrogate-control", resp))
         .or_else(|| CacheControl::from_resp_headers(resp))
+}
+
+/// Whether every line of `name` together parses as an RFC 8941 dictionary (absent: false).
+fn valid_dictionary(resp: &ResponseHeader, name: &str) -> bool {
+    let mut joined: Vec<u8> = Vec::new();
+    for (i, line) in resp.headers.get_all(name).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line.as_bytes());
+    }
+    !joined.is_empty() && sfv::Parser::parse_dictionary(&joined).is_ok()
 }
 
 /// Decides cacheability and builds the stored metadata.
@@ -564,5 +581,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ttl(&m), 5);
+    }
+
+    #[test]
+    fn a_cdn_cache_control_that_does_not_parse_is_ignored_whole() {
+        let valid = resp(
+            200,
+            &[
+                ("CDN-Cache-Control", "max-age=60"),
+                ("Cache-Control", "max-age=5"),
+            ],
+        );
+        assert_eq!(ttl(&meta(&valid, false, &GRANTS).unwrap()), 60);
+        for broken in [
+            "max-age=60, ===",
+            "Max-Age=60",
+            "max-age=60;;",
+            "max-age=6 0",
+        ] {
+            let r = resp(
+                200,
+                &[
+                    ("CDN-Cache-Control", broken),
+                    ("Cache-Control", "max-age=5"),
+                ],
+            );
+            assert_eq!(ttl(&meta(&r, false, &GRANTS).unwrap()), 5, "{broken:?}");
+        }
+        // Broken, and nothing else: not stored on its say-so.
+        let r = resp(200, &[("CDN-Cache-Control", "max-age=60, ===")]);
+        assert!(meta(&r, false, &GRANTS).is_none());
     }
 }
