@@ -590,14 +590,8 @@ impl DiskStore {
         }
         // Soft-purged while we scanned: marked stale (which indexes them) before the scan
         // counts as done, so that lookups keep applying the purge to them until then.
-        let stale_at = SystemTime::now() - Duration::from_secs(1);
         for (key, ticket) in soft {
-            if !matches!(
-                self.rewrite_meta(&key, None, |m| m.expire_at(stale_at), ticket),
-                Ok(true)
-            ) {
-                self.remove(&key);
-            }
+            self.expire(&key, ticket);
         }
         if incomplete.get() {
             tracing::warn!("disk cache index incomplete: scanning again shortly");
@@ -652,21 +646,11 @@ impl DiskStore {
                     }
                     Some(true) => {
                         drop(index);
-                        let stale_at = SystemTime::now() - Duration::from_secs(1);
                         let ticket = ticket.unwrap_or_else(|| self.fence.open());
-                        match self.rewrite_loaded(
-                            key,
-                            head,
-                            file,
-                            None,
-                            |m| m.expire_at(stale_at),
-                            ticket,
-                        ) {
-                            Ok(true) => read_head_and_file(&path).ok(),
-                            _ => {
-                                self.remove(key);
-                                None
-                            }
+                        if self.expire_loaded(key, head, file, ticket) {
+                            read_head_and_file(&path).ok()
+                        } else {
+                            None
                         }
                     }
                 }
@@ -1142,11 +1126,30 @@ impl DiskStore {
     /// concurrent purge refused the rewrite, a write error, a damaged body) goes: a purge never
     /// leaves a fresh copy behind. Blocking.
     pub fn mark_stale(&self, key: &HashBinary, running: &Running) {
+        self.expire(key, running.ticket());
+    }
+
+    /// Marks a copy stale under `ticket`, or removes it when that fails; whether it was
+    /// marked. Reads the file itself rather than through [`DiskStore::load`], whose start-up
+    /// scan check would mark it a second time. Blocking.
+    fn expire(&self, key: &HashBinary, ticket: Ticket) -> bool {
+        match read_head_and_file(&self.path_of(key)) {
+            Ok((head, file)) => self.expire_loaded(key, head, file, ticket),
+            Err(_) => {
+                self.remove(key);
+                false
+            }
+        }
+    }
+
+    /// As [`DiskStore::expire`], for a file already read.
+    fn expire_loaded(&self, key: &HashBinary, head: Head, file: File, ticket: Ticket) -> bool {
         let stale_at = SystemTime::now() - Duration::from_secs(1);
-        let marked = self.rewrite_meta(key, None, |m| m.expire_at(stale_at), running.ticket());
+        let marked = self.rewrite_loaded(key, head, file, None, |m| m.expire_at(stale_at), ticket);
         if !matches!(marked, Ok(true)) {
             self.remove(key);
         }
+        matches!(marked, Ok(true))
     }
 
     /// A purge of this tier alone (tests, tools): records it in the fence, walks, and removes

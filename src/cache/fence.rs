@@ -281,9 +281,7 @@ impl Running {
         ticket.on_behalf_of = Some(self.id);
         ticket
     }
-}
 
-impl Running {
     /// Waits (blocking) for the publishes this purge overtook and returns their keys: they
     /// finished after the purge walked the tiers, so the caller removes them again.
     pub fn overtaken(&self) -> Vec<HashBinary> {

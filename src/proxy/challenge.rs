@@ -18,8 +18,8 @@ static NOJS_BUDGET: std::sync::LazyLock<challenge::NoJsBudget> =
 
 /// The no-JavaScript wait in seconds on this request's site, None where the site has it off.
 fn nojs_wait(ctx: &RequestCtx) -> Option<u64> {
-    let site = ctx.site.and_then(|i| ctx.snapshot.config.sites.get(i))?;
-    site.nojs_challenge
+    ctx.site_config()?
+        .nojs_challenge
         .then(|| ctx.snapshot.config.protect.attack.nojs_wait.as_secs())
 }
 

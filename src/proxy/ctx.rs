@@ -132,6 +132,17 @@ impl RequestCtx {
         pool.origins.get(*self.tried.last()?)
     }
 
+    /// The matched site's config.
+    pub fn site_config(&self) -> Option<&crate::config::Site> {
+        self.site.and_then(|i| self.snapshot.config.sites.get(i))
+    }
+
+    /// The request headers the site passes to its origins and keys on (`pass_headers`).
+    pub fn pass_headers(&self) -> &[String] {
+        self.site_config()
+            .map_or(&[], |s| s.pass_headers.as_slice())
+    }
+
     /// The site's name for metrics and logs; `-` when no site matched.
     pub fn site_name(&self) -> &str {
         self.site

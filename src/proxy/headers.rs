@@ -109,10 +109,7 @@ pub const UNKEYED: &[&str] = &[
 /// strips the unkeyed ones (see [`UNKEYED`]). Host and X-Forwarded-Host carry the host and port
 /// the cache key was built from, never the client's spelling of them.
 pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str) -> Result<()> {
-    let passed = ctx
-        .site
-        .and_then(|i| ctx.snapshot.config.sites.get(i))
-        .map_or(&[][..], |s| s.pass_headers.as_slice());
+    let passed = ctx.pass_headers();
     // One pass over the request's few headers rather than a lookup per listed name (misses
     // pay this on every request): usually nothing matches and nothing is allocated.
     let strip: Vec<HeaderName> = req

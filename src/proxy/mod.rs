@@ -256,10 +256,7 @@ impl ProxyHttp for Edge {
             default_ttl: ctx.default_ttl,
             while_revalidate: cfg.stale_while_revalidate,
             if_error: cfg.stale_if_error,
-            force: ctx
-                .site
-                .and_then(|i| ctx.snapshot.config.sites.get(i))
-                .is_some_and(|s| s.force_stale_if_error),
+            force: ctx.site_config().is_some_and(|s| s.force_stale_if_error),
         };
         let authorization = session
             .req_header()
@@ -443,10 +440,7 @@ impl ProxyHttp for Edge {
             // A WebSocket can stay open for hours; it is not load waiting to be answered.
             ctx.in_progress = None;
         }
-        let passed = ctx
-            .site
-            .and_then(|i| ctx.snapshot.config.sites.get(i))
-            .map_or(&[][..], |s| s.pass_headers.as_slice());
+        let passed = ctx.pass_headers();
         for path in cache::invalidated_by(session.req_header(), resp, &ctx.host) {
             let path = cache::key::keyed_target(&path, ctx.query_key);
             // Both schemes hold a copy of the URL; a change through either stales both. Keyed
@@ -786,10 +780,7 @@ impl Edge {
         let req = session.req_header();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = cache::key::keyed_target(path, ctx.query_key);
-        let passed = ctx
-            .site
-            .and_then(|i| ctx.snapshot.config.sites.get(i))
-            .map_or(&[][..], |s| s.pass_headers.as_slice());
+        let passed = ctx.pass_headers();
         cache::key::cache_key_with(
             ctx.scheme(),
             &ctx.host,
