@@ -81,6 +81,7 @@ pub struct Metrics {
     tls_handshake_failures: IntCounterVec,
     challenges: IntCounterVec,
     purged: IntCounter,
+    refetches: IntCounter,
 }
 
 impl Metrics {
@@ -144,6 +145,11 @@ impl Metrics {
         let purged = plain_counter(
             "onair_purged_objects_total",
             "Cached objects removed or marked stale by purges (admin API and PURGE method).",
+        );
+
+        let refetches = plain_counter(
+            "onair_upstream_refetches_total",
+            "Upstream caches' copies asked for again with no-cache: made before a purge here.",
         );
 
         Metrics {
@@ -244,6 +250,7 @@ impl Metrics {
             ),
             coalesced,
             purged,
+            refetches,
             connections_denied: counter(
                 "onair_connections_denied_total",
                 "Connections closed at accept, by reason: deny (the address is in \
@@ -314,6 +321,11 @@ impl Metrics {
     /// Objects purged.
     pub fn purged(&self, count: usize) {
         self.purged.inc_by(count as u64);
+    }
+
+    /// An upstream cache's copy asked for again because it may predate a purge made here.
+    pub fn refetched(&self) {
+        self.refetches.inc();
     }
 
     /// Publishes a cache tier's occupancy.

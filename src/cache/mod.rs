@@ -8,6 +8,7 @@
 
 pub mod disk;
 pub mod fence;
+pub mod history;
 pub mod journal;
 pub mod key;
 pub mod memory;
@@ -45,6 +46,8 @@ pub struct EdgeCache {
     lock: &'static CacheKeyLockImpl,
     predictor: &'static Predictor<16>,
     max_object: usize,
+    /// Operator purges and when they began, to judge upstream caches' copies (see `history`).
+    pub history: &'static history::PurgeHistory,
 }
 
 impl EdgeCache {
@@ -99,6 +102,7 @@ impl EdgeCache {
                 Some(policy::transient_refusal),
             ))),
             max_object,
+            history: Box::leak(Box::default()),
         })
     }
 
@@ -122,6 +126,7 @@ impl EdgeCache {
     /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier;
     /// reports how many. The tiers are walked on a blocking thread: no request waits for it.
     pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> purge::Report {
+        self.history.record(selector);
         let store = self.store;
         let selector = selector.clone();
         let walked =
@@ -228,6 +233,26 @@ pub(crate) fn seek_range(
         );
     }
     Ok((start, end.map_or(len, |e| (e as u64).min(len))))
+}
+
+/// Whether a request asks for a copy revalidated with the origin: `Cache-Control: no-cache`
+/// (or `Pragma: no-cache` without Cache-Control, RFC 9111 §5.4). Honoured only from another
+/// tier (see `proxy::ctx::RequestCtx::revalidate`): from readers it would let anyone send every
+/// request to the origin.
+pub fn asks_revalidation(req: &RequestHeader) -> bool {
+    let has = |name: http::header::HeaderName| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+    };
+    if req.headers.contains_key(http::header::CACHE_CONTROL) {
+        has(http::header::CACHE_CONTROL)
+    } else {
+        has(http::header::PRAGMA)
+    }
 }
 
 /// Whether a request may be answered from (and fill) the cache at all: GET and HEAD without

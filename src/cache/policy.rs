@@ -179,18 +179,21 @@ pub fn with_fields_of_304(meta: &CacheMeta, fields: &http::HeaderMap) -> CacheMe
 /// The response's `Age` (RFC 9111 §5.1): delta-seconds; one that does not parse, or a list,
 /// counts as none. Bounded to a year: a bogus huge value must not make time run backwards.
 fn upstream_age(resp: &ResponseHeader) -> Duration {
+    age_of(resp).unwrap_or(Duration::ZERO)
+}
+
+/// The response's valid `Age`, if it has one: the answer came from a cache, made that long ago.
+pub fn age_of(resp: &ResponseHeader) -> Option<Duration> {
     let mut values = resp.headers.get_all(http::header::AGE).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
-        return Duration::ZERO;
+        return None;
     };
     value
         .to_str()
         .ok()
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::ZERO, |secs| {
-            Duration::from_secs(secs.min(365 * 86_400))
-        })
+        .map(|secs| Duration::from_secs(secs.min(365 * 86_400)))
 }
 
 /// Freshness from `Expires` is measured on the origin's clock, `Expires - Date` (RFC 9111
@@ -248,11 +251,14 @@ fn default_freshness(
     now.checked_add(ttl)
 }
 
+/// Why an upstream cache's copy was passed on unstored: it predates a purge made here.
+pub const PREDATES_PURGE: &str = "predates-purge";
+
 /// The predictor's filter: refusals with these reasons are not remembered for the URL.
 pub fn transient_refusal(reason: &'static str) -> bool {
     matches!(
         reason,
-        "partial" | "set-cookie" | "vary-star" | "authorization"
+        "partial" | "set-cookie" | "vary-star" | "authorization" | PREDATES_PURGE
     )
 }
 

@@ -67,6 +67,29 @@ impl Outcome {
     }
 }
 
+/// Whether the cache closest to us upstream (the last `Cache-Status` entry, RFC 9211 §2) says
+/// it answered from a stale copy. Such an answer is stored here as stale too: its Age counts
+/// from when the upstream stored it, not from when it stopped being fresh, so by Age alone a
+/// copy the shield could only serve because the origin is down would look fresh for a whole
+/// lifetime. Only ever makes a copy staler, so any upstream may say it.
+pub fn upstream_served_stale(resp: &pingora::http::ResponseHeader) -> bool {
+    let Some(last) = resp
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+    else {
+        return false;
+    };
+    last.split(';').skip(1).any(|param| {
+        let param = param.trim();
+        param.eq_ignore_ascii_case("detail=stale-if-error")
+            || param.eq_ignore_ascii_case("detail=stale-while-revalidate")
+    })
+}
+
 /// Seconds of freshness left, as RFC 9211's `ttl` (negative once stale).
 pub fn ttl(fresh_until: SystemTime, now: SystemTime) -> i64 {
     match fresh_until.duration_since(now) {
@@ -99,6 +122,32 @@ mod tests {
             "e; hit; detail=stale-while-revalidate"
         );
         assert_eq!(Outcome::Bypass.header("e", None), "e; fwd=bypass");
+    }
+
+    #[test]
+    fn an_upstream_stale_answer_is_read_from_its_last_entry() {
+        let with = |values: &[&str]| {
+            let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
+            for v in values {
+                resp.append_header("Cache-Status", *v).unwrap();
+            }
+            upstream_served_stale(&resp)
+        };
+        assert!(with(&["shield; hit; detail=stale-if-error"]));
+        assert!(with(&[
+            "o; fwd=uri-miss",
+            "shield; hit; detail=stale-while-revalidate"
+        ]));
+        assert!(with(&[
+            "o; fwd=uri-miss, shield; hit; detail=stale-if-error"
+        ]));
+        // An older entry (a farther cache, maybe stored long ago) does not decide.
+        assert!(!with(&[
+            "o; hit; detail=stale-if-error",
+            "shield; fwd=stale; fwd-status=304"
+        ]));
+        assert!(!with(&["shield; hit; ttl=5"]));
+        assert!(!with(&[]));
     }
 
     #[test]

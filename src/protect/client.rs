@@ -49,6 +49,14 @@ pub fn identify(peer: IpAddr, req: &pingora::http::RequestHeader, protect: &Prot
     client_ip(peer, forwarded, &protect.trusted_proxies)
 }
 
+/// Whether the request comes from another cache tier: a trusted proxy (a shield trusts its
+/// edges) that names itself in `Via`, as every onair node does. Load balancers usually add no
+/// `Via`, so a reader's request through one is not taken for a tier's.
+pub fn from_tier(peer: IpAddr, req: &pingora::http::RequestHeader, protect: &Protect) -> bool {
+    req.headers.contains_key(http::header::VIA)
+        && protect.trusted_proxies.iter().any(|c| c.contains(peer))
+}
+
 /// One `X-Forwarded-For` entry: an address, possibly with a port or in brackets.
 fn parse_entry(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();

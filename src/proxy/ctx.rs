@@ -75,6 +75,17 @@ pub struct RequestCtx {
     pub client_stalled: bool,
     /// The fields of a 304 from the origin, to update the stored copy's (RFC 9111 §4.3.4).
     pub not_modified: Option<http::HeaderMap>,
+    /// The request comes from another cache tier (`protect::client::from_tier`): it gets the
+    /// tags and surrogate fields a reader does not, and its `no-cache` is honoured.
+    pub from_tier: bool,
+    /// A tier asked for a copy revalidated with the origin (`Cache-Control: no-cache`): the
+    /// stored copy, fresh or not, is revalidated once before it is served.
+    pub revalidate: bool,
+    /// The upstream cache's first answer may have predated a purge made here, so it was asked
+    /// again with `no-cache` (see `cache::history`); at most once per request.
+    pub refetch: bool,
+    /// Even the second answer predates a purge made here: pass it on, do not store it.
+    pub predates_purge: bool,
 }
 
 impl RequestCtx {
@@ -114,6 +125,10 @@ impl RequestCtx {
             body_started: None,
             client_stalled: false,
             not_modified: None,
+            from_tier: false,
+            revalidate: false,
+            refetch: false,
+            predates_purge: false,
         }
     }
 

@@ -121,6 +121,19 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
     for name in strip {
         req.remove_header(&name);
     }
+    if ctx.cache_on {
+        // A cache decides freshness for its readers: a reader's no-cache must not make every
+        // tier behind this one revalidate with the origin. Only this node's own refetch of a
+        // copy that may predate a purge asks the next tier to (see `cache::history`).
+        for name in [http::header::CACHE_CONTROL, http::header::PRAGMA] {
+            if req.headers.contains_key(&name) {
+                req.remove_header(&name);
+            }
+        }
+        if ctx.refetch {
+            req.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+        }
+    }
     let default_port = if scheme == "https" { 443 } else { 80 };
     let original_host: Option<HeaderValue> = match ctx.port.filter(|p| *p != default_port) {
         Some(port) => HeaderValue::from_str(&format!("{}:{port}", ctx.host)).ok(),
@@ -201,11 +214,15 @@ pub fn from_origin(resp: &mut ResponseHeader) {
 /// acted on), `Surrogate-Key` / `Cache-Tag` name purge groups that readers need not see.
 const EDGE_ONLY: &[&str] = &["surrogate-control", "surrogate-key", "cache-tag"];
 
-/// Adds this node's `Via` entry and the request id to the client's answer.
+/// Adds this node's `Via` entry and the request id to the client's answer. Another tier (an
+/// edge asking a shield) gets the edge-only fields too: it needs the tags to purge by and the
+/// surrogate lifetime to cache by, exactly as this node did.
 pub fn to_client(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    for name in EDGE_ONLY {
-        if resp.headers.contains_key(*name) {
-            resp.remove_header(*name);
+    if !ctx.from_tier {
+        for name in EDGE_ONLY {
+            if resp.headers.contains_key(*name) {
+                resp.remove_header(*name);
+            }
         }
     }
     if let Some(v) = append_list(&resp.headers, http::header::VIA, &ctx.snapshot.via) {

@@ -41,6 +41,8 @@ use ctx::RequestCtx;
 
 /// A request body that grew past `protect.max_body` while streaming.
 const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("request body too large");
+/// The upstream cache's copy may predate a purge made here: ask again (see `cache::history`).
+const PREDATES_PURGE: ErrorType = ErrorType::Custom("upstream copy may predate a purge");
 
 /// The edge proxy.
 pub struct Edge {
@@ -101,6 +103,9 @@ impl ProxyHttp for Edge {
         ctx.client_ip = ctx
             .peer_ip
             .map(|peer| protect::client::identify(peer, session.req_header(), protect));
+        ctx.from_tier = ctx
+            .peer_ip
+            .is_some_and(|peer| protect::client::from_tier(peer, session.req_header(), protect));
         // Slow readers: the gate's send clock cuts HTTP/1 connections; other sessions get
         // Pingora's per-write timeout.
         if !gated {
@@ -191,6 +196,7 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
+        ctx.revalidate = ctx.cache_on && ctx.from_tier && cache::asks_revalidation(req);
         ctx.query_key = route.query;
         if ctx.cache_on && route.query != crate::config::QueryKey::Keep {
             // The origin gets the query as the key holds it (sorted, or none): what it answers
@@ -203,7 +209,7 @@ impl ProxyHttp for Edge {
             self.purge_method(session, ctx).await?;
             return Ok(true);
         }
-        if ctx.cache_on && hit::plain(req) {
+        if ctx.cache_on && !ctx.revalidate && hit::plain(req) {
             let key = self.cache_key(session, ctx);
             let hash = pingora::cache::key::CacheHashKey::combined_bin(&key);
             let served = hit::serve_fresh(self.cache.memory, session, ctx, &hash).await?;
@@ -238,6 +244,23 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut pingora::cache::HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<pingora::cache::ForcedFreshness>> {
+        // A tier's no-cache: revalidate the stored copy once. Readers wait for the origin (no
+        // stale while revalidating: the tier asked precisely because its copy may be stale).
+        // Once only: after waiting on another request's fill, that fill is new enough.
+        if std::mem::take(&mut ctx.revalidate) {
+            return Ok(Some(pingora::cache::ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         Ok(match ctx.cache_key.take() {
             Some(key) => key,
@@ -262,7 +285,13 @@ impl ProxyHttp for Edge {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
-        let mut decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
+        let mut decision = if ctx.predates_purge {
+            RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom(
+                cache::policy::PREDATES_PURGE,
+            ))
+        } else {
+            cache::policy::decide(resp, authorization, SystemTime::now(), &grants)
+        };
         // The store holds the ticket from here (Pingora gives the same meta to the fill). When
         // nothing will be stored it is dropped now: kept open by a long answer (a WebSocket, a
         // stream) it would only make the fence remember purges for nothing.
@@ -271,6 +300,11 @@ impl ProxyHttp for Edge {
             // A revalidation: Pingora merged a few of the 304's fields; the stored copy takes
             // all of them but the framing ones, so a field the origin changed shows next time.
             *meta = cache::policy::with_fields_of_304(meta, fields);
+        }
+        if let RespCacheable::Cacheable(meta) = &mut decision {
+            if cache::status::upstream_served_stale(resp) {
+                meta.expire_at(SystemTime::now());
+            }
         }
         if let (RespCacheable::Cacheable(meta), Some(ticket)) = (&mut decision, ticket) {
             meta.extensions_mut().insert(ticket);
@@ -479,6 +513,9 @@ impl ProxyHttp for Edge {
                 return Err(e);
             }
         }
+        if ctx.cache_on && !resp.status.is_server_error() {
+            self.judge_upstream_copy(session, resp, ctx)?;
+        }
         headers::from_origin(resp);
         Ok(())
     }
@@ -603,6 +640,14 @@ impl ProxyHttp for Edge {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("origin {peer}"));
+        if *e.etype() == PREDATES_PURGE {
+            // The origin (an upstream cache) answered well: ask the same one again, as a
+            // new attempt outside max_attempts and the retry budget (once per request).
+            ctx.tried.pop();
+            ctx.pool_attempts = ctx.pool_attempts.saturating_sub(1);
+            e.set_retry(replayable(session));
+            return e;
+        }
         if protect::upload::stalled_origin_wait(session, &e) {
             // The origin timed out waiting for an HTTP/2 upload that stopped coming: the
             // client's fault, not the origin's (no health penalty, no retry).
@@ -747,6 +792,57 @@ impl ProxyHttp for Edge {
 impl Edge {
     /// Counts the request against the client's limits (node-wide, then the route's); when it is
     /// over one, how long until it may try again.
+    /// Whether an upstream cache's copy may predate a purge made here (`cache::history`): the
+    /// first time, the request is asked again with `no-cache` (an error Pingora retries);
+    /// after that, a copy that still predates the purge is passed on but not stored.
+    fn judge_upstream_copy(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // No Age: the answer did not come from a cache, it is as new as it gets.
+        let Some(age) = cache::policy::age_of(resp) else {
+            return Ok(());
+        };
+        let target = self.purge_target(session, ctx);
+        let tags = cache::purge::tags_of(resp);
+        let verdict = self
+            .cache
+            .history
+            .judge(SystemTime::now(), age, &target, &tags);
+        use cache::history::Verdict;
+        match verdict {
+            Verdict::Current => {}
+            Verdict::MayPredate | Verdict::Predates if !ctx.refetch => {
+                ctx.refetch = true;
+                record_attempt(ctx, OriginOutcome::Ok);
+                METRICS.refetched();
+                let mut e =
+                    Error::explain(PREDATES_PURGE, "upstream copy made before a purge").into_up();
+                e.set_retry(true);
+                return Err(e);
+            }
+            // Asked again with no-cache: within the second Age cannot resolve, the upstream
+            // revalidated it; a copy still clearly older than the purge is not stored.
+            Verdict::MayPredate => {}
+            Verdict::Predates => ctx.predates_purge = true,
+        }
+        Ok(())
+    }
+
+    /// `host[:port]/path?query` of this request, as purges name objects.
+    fn purge_target(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let path = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let path = cache::key::keyed_target(path, ctx.query_key);
+        let default_port = if ctx.tls { 443 } else { 80 };
+        cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != default_port), &path)
+    }
+
     fn over_rate(&self, ctx: &RequestCtx, route: &RouteTarget) -> Option<Duration> {
         let ip = ctx.client_ip?;
         let (client, block) = (
@@ -813,12 +909,8 @@ impl Edge {
             .await?;
             return Ok(());
         }
+        let target = self.purge_target(session, ctx);
         let req = session.req_header();
-        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let path = cache::key::keyed_target(path, ctx.query_key);
-        let default_port = if ctx.tls { 443 } else { 80 };
-        let target =
-            cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != default_port), &path);
         let soft = req
             .headers
             .get("soft-purge")

@@ -32,18 +32,7 @@ async fn an_edge_filling_from_a_shield_keeps_both_tiers_honest() {
         .unwrap();
     assert_eq!(r.status, 200);
     // One entry per cache, the edge's (closest to the reader) last.
-    let statuses: Vec<String> = r
-        .headers
-        .get_all("cache-status")
-        .iter()
-        .flat_map(|v| {
-            v.to_str()
-                .unwrap()
-                .split(',')
-                .map(|e| e.trim().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let statuses = statuses(&r);
     assert_eq!(statuses.len(), 2, "{statuses:?}");
     assert!(
         statuses[0].starts_with("shield-hn-1; fwd=uri-miss"),
@@ -120,4 +109,155 @@ async fn a_304_updates_the_stored_fields() {
     assert_eq!(r.header("x-version"), Some("2"));
     assert_eq!(r.text(), "hello");
     assert_eq!(r.header("content-length"), Some("5"));
+}
+
+/// A shield trusting the edges (loopback here) in front of `origin`, and an edge filling from it.
+async fn shield_and_edge(origin: &Origin) -> (Onair, Onair) {
+    // The edges connect from 127.0.0.1; other loopback addresses stand for readers.
+    let mut shield_setup = Setup::new(format!(
+        "[protect]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        one_site(origin.addr, "", "")
+    ));
+    shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
+    let shield = Onair::start(shield_setup).await;
+    let edge = Onair::start(Setup::new(one_site(shield.http, "", ""))).await;
+    (shield, edge)
+}
+
+fn version(v: &str, extra: &[(&str, &str)]) -> Behaviour {
+    Behaviour {
+        body: bytes::Bytes::from(v.to_owned()),
+        ..cached(extra)
+    }
+}
+
+/// A purge that reached the edge and not the shield (sent to one node, or still on its way):
+/// the edge must not fill again from the shield's copy made before it. It asks again with
+/// no-cache, the shield revalidates with the origin, and the reader gets the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_purge_is_not_undone_by_the_shields_older_copy() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[("Surrogate-Key", "home story")]));
+    let (shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
+    // A reader never sees the tags; the edge got them from the shield (it purges by them).
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.header("surrogate-key"), None, "{:?}", r.headers);
+    assert_eq!(origin.proxied_hits(), 1);
+
+    origin.set(version("v2", &[("Surrogate-Key", "home story")]));
+    let out = edge
+        .admin_post("/purge", r#"{"urls": ["http://a/story"]}"#)
+        .await;
+    assert_eq!(out.status, 200, "{}", out.text());
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v2", "{:?}", r.headers);
+    assert_eq!(origin.proxied_hits(), 2);
+    assert!(
+        edge.metric_becomes("onair_upstream_refetches_total", |v| v == 1.0)
+            .await
+    );
+    // The new version is stored at both tiers: the next readers cost nothing.
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v2");
+    assert!(
+        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
+        "{:?}",
+        r.headers
+    );
+
+    // The same by tag (the edge knows the tags from the shield's answer).
+    origin.set(version("v3", &[("Surrogate-Key", "home story")]));
+    let out = edge.admin_post("/purge", r#"{"tags": ["home"]}"#).await;
+    assert_eq!(out.status, 200, "{}", out.text());
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v3", "{:?}", r.headers);
+    assert_eq!(origin.proxied_hits(), 3);
+    drop(shield);
+}
+
+/// A reader's no-cache does not reach past the edge: only a tier's own refetch makes the
+/// shield revalidate with the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readers_no_cache_does_not_make_the_shield_ask_the_origin() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[]));
+    let (shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/page").await.unwrap().text(), "v1");
+    // Another edge, cold: its miss goes to the shield with the reader's headers.
+    let edge2 = Onair::start(Setup::new(one_site(shield.http, "", ""))).await;
+    let r = request(
+        edge2.http,
+        "GET",
+        "a",
+        "/page",
+        &[("Cache-Control", "no-cache"), ("Pragma", "no-cache")],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.text(), "v1");
+    assert_eq!(origin.proxied_hits(), 1, "{:?}", r.headers);
+    // A reader reaching the shield directly is no tier, whatever Via it writes.
+    let r = get_from(
+        shield.http,
+        [127, 0, 0, 9],
+        "/page",
+        &[("Cache-Control", "no-cache"), ("Via", "1.1 edge-test")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.text(), "v1");
+    assert_eq!(r.header("surrogate-key"), None);
+    assert_eq!(origin.proxied_hits(), 1);
+}
+
+/// The Cache-Status entries of an answer, farthest cache first.
+pub fn statuses(r: &Resp) -> Vec<String> {
+    r.headers
+        .get_all("cache-status")
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .map(|e| e.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The origin is down and the shield serves a stale copy: it says so, the edge passes that on,
+/// and the edge keeps the copy as stale (asking the shield again next time), not as fresh for
+/// the object's whole lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shields_stale_answer_is_announced_and_stays_stale_at_the_edge() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[]));
+    let (shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/page").await.unwrap().text(), "v1");
+    // Only the shield's copy goes stale; this edge never had it.
+    let out = shield
+        .admin_post("/purge", r#"{"urls": ["http://a/page"], "soft": true}"#)
+        .await;
+    assert_eq!(out.status, 200);
+    origin.kill();
+    let edge2 = Onair::start(Setup::new(one_site(shield.http, "", ""))).await;
+    for round in 0..2 {
+        let r = get(edge2.http, "a", "/page").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "v1");
+        let statuses = statuses(&r);
+        assert_eq!(statuses.len(), 2, "round {round}: {statuses:?}");
+        assert!(
+            statuses[0].starts_with("shield-hn-1; hit; detail=stale-if-error"),
+            "round {round}: {statuses:?}"
+        );
+        // Not a fresh hit at the edge the second time: it asked the shield again.
+        assert!(
+            !statuses[1].contains("hit; ttl"),
+            "round {round}: {statuses:?}"
+        );
+    }
+    drop(edge);
 }

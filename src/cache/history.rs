@@ -1,0 +1,210 @@
+//! What this node's operators purged and when, to judge the copies another cache hands it.
+//!
+//! An edge that purges an object must not fill it again from a shield's copy made before the
+//! purge: the purge may have reached this node and not the shield (sent to one node, or still
+//! on its way to the others). The upstream's `Age` says when its copy was made (now − Age,
+//! RFC 9111 §4.2.3); a copy that may predate a matching purge is asked for again with
+//! `Cache-Control: no-cache`, which makes an onair shield revalidate it with the origin.
+//!
+//! Only operator purges (admin API, `PURGE`) are kept. An unsafe method's invalidation went
+//! through the shield too (it invalidated its own copy), and leaving those out keeps a client
+//! flooding POSTs from pushing real purges out of the record.
+//!
+//! Bounded: past [`MAX_KEPT`] purges or [`MAX_BYTES`] of selectors the oldest fold into
+//! `refuse_before`, and every upstream copy made before that is asked for again. Refusing is
+//! always safe; it costs one revalidation at the origin.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use super::purge::Selector;
+
+/// Purges remembered at most.
+const MAX_KEPT: usize = 65_536;
+/// Selector bytes remembered at most (a purge may list thousands of URLs).
+const MAX_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct State {
+    /// Purges in the order they began (times never go backwards, see [`PurgeHistory::record`]).
+    kept: VecDeque<(SystemTime, Selector)>,
+    bytes: usize,
+    /// Copies made before this are treated as predating a purge: the purges that would say
+    /// were folded away.
+    refuse_before: Option<SystemTime>,
+}
+
+/// The record of recent operator purges; one per process, shared by every request.
+#[derive(Default)]
+pub struct PurgeHistory {
+    state: Mutex<State>,
+}
+
+/// What an upstream cache's copy is, judged against the purges made here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Made after every matching purge began (or no purge matches): use it.
+    Current,
+    /// Made within a second of a matching purge (Age counts whole seconds): it may predate it.
+    MayPredate,
+    /// Made before a matching purge began.
+    Predates,
+}
+
+impl PurgeHistory {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Records a purge beginning now; call it before the purge touches any tier.
+    pub fn record(&self, selector: &Selector) {
+        self.record_at(SystemTime::now(), selector);
+    }
+
+    fn record_at(&self, at: SystemTime, selector: &Selector) {
+        let mut state = self.lock();
+        // A clock stepped back must not make a later purge look older than an earlier one:
+        // the lookup stops at the first purge older than the copy.
+        let at = state.kept.back().map_or(at, |(last, _)| at.max(*last));
+        state.bytes += weight(selector);
+        state.kept.push_back((at, selector.clone()));
+        while state.kept.len() > MAX_KEPT || state.bytes > MAX_BYTES {
+            let Some((folded, old)) = state.kept.pop_front() else {
+                break;
+            };
+            state.bytes = state.bytes.saturating_sub(weight(&old));
+            state.refuse_before = Some(state.refuse_before.map_or(folded, |r| r.max(folded)));
+        }
+    }
+
+    /// Judges a copy of `target` (with `tags`) that an upstream cache says is `age` old, `now`.
+    pub fn judge(&self, now: SystemTime, age: Duration, target: &str, tags: &[String]) -> Verdict {
+        // Age is whole seconds, rounded down: the copy was made in (now − age − 1 s, now − age].
+        let latest = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let earliest = latest
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let state = self.lock();
+        if state.refuse_before.is_some_and(|r| earliest < r) {
+            return if state.refuse_before.is_some_and(|r| latest < r) {
+                Verdict::Predates
+            } else {
+                Verdict::MayPredate
+            };
+        }
+        let mut verdict = Verdict::Current;
+        for (at, selector) in state.kept.iter().rev() {
+            if *at <= earliest {
+                break;
+            }
+            if selector.matches(target, tags) {
+                if *at > latest {
+                    return Verdict::Predates;
+                }
+                verdict = Verdict::MayPredate;
+            }
+        }
+        verdict
+    }
+}
+
+/// About what a selector costs to keep.
+fn weight(selector: &Selector) -> usize {
+    64 + match selector {
+        Selector::Urls(set) | Selector::Tags(set) => set.iter().map(|s| s.len() + 32).sum(),
+        Selector::Prefix(p) => p.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(list: &[&str]) -> Selector {
+        Selector::Urls(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn a_copy_made_before_a_matching_purge_predates_it() {
+        let h = PurgeHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        h.record_at(t0, &urls(&["a/story"]));
+        let now = t0 + Duration::from_secs(10);
+        // Made 20 s ago: before the purge.
+        let v = h.judge(now, Duration::from_secs(20), "a/story", &[]);
+        assert_eq!(v, Verdict::Predates);
+        // Made 5 s ago: after it.
+        let v = h.judge(now, Duration::from_secs(5), "a/story", &[]);
+        assert_eq!(v, Verdict::Current);
+        // Another object: untouched by the purge.
+        let v = h.judge(now, Duration::from_secs(20), "a/other", &[]);
+        assert_eq!(v, Verdict::Current);
+        // Made "10 s ago", which Age rounds down: maybe a moment before the purge.
+        let v = h.judge(now, Duration::from_secs(10), "a/story", &[]);
+        assert_eq!(v, Verdict::MayPredate);
+    }
+
+    #[test]
+    fn tags_and_prefixes_match_as_purges_do() {
+        let h = PurgeHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        h.record_at(t0, &Selector::Tags(["home".to_string()].into()));
+        h.record_at(t0, &Selector::Prefix("a/news/".into()));
+        let now = t0 + Duration::from_secs(3);
+        let old = Duration::from_secs(30);
+        assert_eq!(
+            h.judge(now, old, "a/x", &["home".into()]),
+            Verdict::Predates
+        );
+        assert_eq!(h.judge(now, old, "a/news/1", &[]), Verdict::Predates);
+        assert_eq!(h.judge(now, old, "a/sport/1", &[]), Verdict::Current);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_keeps_purges_in_order() {
+        let h = PurgeHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        h.record_at(t0, &urls(&["a/late"]));
+        // Recorded after, with a clock 100 s behind: still counts as after the first.
+        h.record_at(t0 - Duration::from_secs(100), &urls(&["a/early"]));
+        let now = t0 + Duration::from_secs(10);
+        assert_eq!(
+            h.judge(now, Duration::from_secs(60), "a/late", &[]),
+            Verdict::Predates
+        );
+        assert_eq!(
+            h.judge(now, Duration::from_secs(60), "a/early", &[]),
+            Verdict::Predates
+        );
+    }
+
+    #[test]
+    fn past_the_bound_old_copies_are_refused_not_forgotten() {
+        let h = PurgeHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for i in 0..MAX_KEPT + 10 {
+            h.record_at(
+                t0 + Duration::from_millis(i as u64),
+                &urls(&[&format!("a/{i}")]),
+            );
+        }
+        let state = h.lock();
+        assert_eq!(state.kept.len(), MAX_KEPT);
+        drop(state);
+        let now = t0 + Duration::from_secs(600);
+        // The first purge was folded away; a copy older than the fold is refused anyway.
+        assert_eq!(
+            h.judge(now, Duration::from_secs(700), "a/0", &[]),
+            Verdict::Predates
+        );
+        // A copy made after every purge is current.
+        assert_eq!(
+            h.judge(now, Duration::from_secs(1), "a/0", &[]),
+            Verdict::Current
+        );
+    }
+}
