@@ -54,7 +54,7 @@ fn config() -> Config {
 
 fn routing(c: &mut Criterion) {
     let registry = HealthRegistry::default();
-    let snap = Snapshot::build(config(), 1, &registry);
+    let snap = Snapshot::build(config(), 1, &registry, &Default::default());
     c.bench_function("route: host + path -> pool", |b| {
         b.iter(|| {
             let host = normalize_host(black_box("Live.Site17.example.vn:80")).unwrap();

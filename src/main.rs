@@ -42,6 +42,15 @@ enum Command {
     },
     /// Run a self-contained showcase on 127.0.0.1:8080 with sample origins.
     Demo,
+    /// Serve the demo's sample news site alone (the local fleet's origin; see scripts/fleet.sh).
+    SampleOrigin {
+        /// Address to listen on, e.g. 127.0.0.1:8000.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The name shown in `X-Origin` and page footers.
+        #[arg(long, default_value = "origin")]
+        name: String,
+    },
     /// Print version and build information.
     Version,
 }
@@ -78,7 +87,12 @@ fn main() -> ExitCode {
             upgrade,
         })),
         Command::Check { source } => match Config::load(&source.config, &source.overrides()) {
-            Ok(_) => {
+            Ok(config) => {
+                // A name that does not resolve now is a warning, not an error: a node must be
+                // able to start (and serve what it has) while DNS is down.
+                for (name, why) in onair::origin::dns::check_names(&config) {
+                    eprintln!("warning: origin name {name:?} does not resolve now: {why}");
+                }
                 println!("config ok");
                 ExitCode::SUCCESS
             }
@@ -90,6 +104,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => report(onair::demo::run()),
+        Command::SampleOrigin { listen, name } => {
+            report(onair::demo::serve_sample_origin(listen, name))
+        }
         Command::Version => {
             println!(
                 "onair {} (pingora 0.9.1, rustls/ring, {}-{}, {} build)",

@@ -82,6 +82,7 @@ pub struct Metrics {
     challenges: IntCounterVec,
     purged: IntCounter,
     refetches: IntCounter,
+    dns_failures: IntCounter,
 }
 
 impl Metrics {
@@ -150,6 +151,11 @@ impl Metrics {
         let refetches = plain_counter(
             "onair_upstream_refetches_total",
             "Upstream caches' copies asked for again with no-cache: made before a purge here.",
+        );
+
+        let dns_failures = plain_counter(
+            "onair_dns_failures_total",
+            "Origin name resolutions that failed (the name's last good addresses stay in use).",
         );
 
         Metrics {
@@ -251,6 +257,7 @@ impl Metrics {
             coalesced,
             purged,
             refetches,
+            dns_failures,
             connections_denied: counter(
                 "onair_connections_denied_total",
                 "Connections closed at accept, by reason: deny (the address is in \
@@ -321,6 +328,11 @@ impl Metrics {
     /// Objects purged.
     pub fn purged(&self, count: usize) {
         self.purged.inc_by(count as u64);
+    }
+
+    /// An origin name that could not be resolved.
+    pub fn dns_failure(&self) {
+        self.dns_failures.inc();
     }
 
     /// An upstream cache's copy asked for again because it may predate a purge made here.

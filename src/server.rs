@@ -105,7 +105,8 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let live = Live::new(config.clone(), source, overrides);
+    let resolved = Live::resolve_first(&config);
+    let live = Live::new(config.clone(), source, overrides, resolved);
 
     let edge_cache = EdgeCache::new(&config.cache)
         .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
@@ -204,6 +205,10 @@ pub fn serve(
     server.add_service(background_service(
         "onair reloader",
         Reloader { live: live.clone() },
+    ));
+    server.add_service(background_service(
+        "onair origin names",
+        NameRefresher { live: live.clone() },
     ));
 
     let pid_file = state_dir.join("onair.pid");
@@ -310,6 +315,30 @@ impl BackgroundService for CacheMaintenance {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Re-resolves origin names by their TTL (see `origin::dns`).
+struct NameRefresher {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for NameRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // With no names configured this wakes now and then in case a reload added some.
+        const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+        loop {
+            let next = self.live.refresh_names().await;
+            let wait = next.map_or(IDLE, |due| {
+                due.saturating_duration_since(std::time::Instant::now())
+                    .clamp(std::time::Duration::from_millis(50), IDLE)
+            });
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigErrors, Overrides};
 use crate::metrics::{SiteSeries, METRICS};
+use crate::origin::dns::{Addresses, Resolved};
 use crate::origin::health::HealthRegistry;
 use crate::origin::Pool;
 use crate::router::{self, HostTable, SiteRoutes};
@@ -49,11 +50,17 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot; the config is already validated, so every name resolves.
-    pub fn build(config: Config, version: u64, registry: &HealthRegistry) -> Snapshot {
+    /// Origins given by DNS name take the addresses in `resolved`.
+    pub fn build(
+        config: Config,
+        version: u64,
+        registry: &HealthRegistry,
+        resolved: &Addresses,
+    ) -> Snapshot {
         let mut built: Vec<Pool> = config
             .pools
             .iter()
-            .map(|p| Pool::new(p, registry, config.admin.origin_addresses))
+            .map(|p| Pool::new(p, registry, config.admin.origin_addresses, resolved))
             .collect();
         let fallbacks: Vec<Option<usize>> = built
             .iter()
@@ -107,6 +114,8 @@ pub struct Live {
     source: Option<PathBuf>,
     overrides: Overrides,
     registry: HealthRegistry,
+    /// The addresses of origins given by DNS name (see `origin::dns`).
+    resolved: Resolved,
     /// Attack mode, which outlives snapshots (an admin override, the measured rate).
     attack: crate::protect::attack::AttackState,
     /// Serializes reloads so two concurrent ones cannot interleave build and swap.
@@ -116,9 +125,15 @@ pub struct Live {
 
 impl Live {
     /// Wraps an already validated config as version 1. `source` is the file reloads re-read.
-    pub fn new(config: Config, source: Option<PathBuf>, overrides: Overrides) -> Arc<Live> {
+    /// `resolved` holds the origin names resolved so far (see [`Live::resolve_first`]).
+    pub fn new(
+        config: Config,
+        source: Option<PathBuf>,
+        overrides: Overrides,
+        resolved: Resolved,
+    ) -> Arc<Live> {
         let registry = HealthRegistry::default();
-        let snapshot = Snapshot::build(config, 1, &registry);
+        let snapshot = Snapshot::build(config, 1, &registry, &resolved.addresses());
         publish_origin_gauges(None, &snapshot);
         METRICS.initial_config(1);
         let (changed, _) = watch::channel(1);
@@ -134,6 +149,7 @@ impl Live {
             source,
             overrides,
             registry,
+            resolved,
             reload_lock: tokio::sync::Mutex::new(()),
             changed,
         })
@@ -168,18 +184,11 @@ impl Live {
         };
         match result {
             Ok(config) => {
-                let version = old.version + 1;
-                let snapshot = Snapshot::build(config, version, &self.registry);
-                let keep: Vec<_> = snapshot
-                    .pools
-                    .iter()
-                    .flat_map(|p| p.origins.iter().map(|o| (p.name().to_owned(), o.addr)))
-                    .collect();
-                self.registry.retain(&keep);
-                publish_origin_gauges(Some(&old), &snapshot);
-                warn_restart_only_changes(&old.config, &snapshot.config);
-                self.current.store(Arc::new(snapshot));
-                self.changed.send_replace(version);
+                // Names the new config adds are resolved before it goes live (the others keep
+                // their addresses and their schedule).
+                self.resolved.refresh(&config, false).await;
+                warn_restart_only_changes(&old.config, &config);
+                let version = self.swap(&old, config);
                 METRICS.reload(true, version);
                 tracing::info!(version, "config reloaded");
                 Ok(version)
@@ -190,6 +199,59 @@ impl Live {
                 Err(errors)
             }
         }
+    }
+}
+
+impl Live {
+    /// Resolves every origin name of a config before the first snapshot: run once, before the
+    /// node serves. Names that do not resolve now are logged and retried in the background;
+    /// the node starts anyway.
+    pub fn resolve_first(config: &Config) -> Resolved {
+        let resolved = Resolved::default();
+        if config.origin_names().is_empty() {
+            return resolved;
+        }
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => {
+                rt.block_on(resolved.refresh(config, true));
+            }
+            Err(e) => tracing::error!("cannot resolve origin names at start: {e}"),
+        }
+        resolved
+    }
+
+    /// Re-resolves the origin names that are due; when an address changed, rebuilds the
+    /// snapshot with the same config (a reload in all but the file). Returns when the next
+    /// name is due.
+    pub async fn refresh_names(&self) -> Option<std::time::Instant> {
+        let _guard = self.reload_lock.lock().await;
+        let old = self.current();
+        let round = self.resolved.refresh(&old.config, false).await;
+        if round.changed {
+            let version = self.swap(&old, old.config.clone());
+            tracing::info!(version, "origin addresses changed: pools rebuilt");
+        }
+        self.resolved.next_due()
+    }
+
+    /// Builds a snapshot of `config` with the current addresses and swaps it in, as the next
+    /// version after `old`; the caller holds the reload lock.
+    fn swap(&self, old: &Snapshot, config: Config) -> u64 {
+        let version = old.version + 1;
+        let snapshot = Snapshot::build(config, version, &self.registry, &self.resolved.addresses());
+        let keep: Vec<_> = snapshot
+            .pools
+            .iter()
+            .flat_map(|p| p.origins.iter().map(|o| (p.name().to_owned(), o.addr)))
+            .collect();
+        self.registry.retain(&keep);
+        publish_origin_gauges(Some(old), &snapshot);
+        self.current.store(Arc::new(snapshot));
+        self.changed.send_replace(version);
+        version
     }
 }
 

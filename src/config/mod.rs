@@ -78,6 +78,56 @@ pub struct Config {
     pub tls: Tls,
     pub sites: Vec<Site>,
     pub pools: Vec<Pool>,
+    pub dns: Dns,
+}
+
+/// `[dns]`: how origins given by name are resolved (see `origin::dns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers (`IP:port`); empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// Bounds on how long a resolution is used before it is asked again, whatever its TTL:
+    /// a TTL of 0 must not mean a query per request, a TTL of a week must not pin a moved
+    /// origin for a week.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// One resolution's deadline.
+    pub timeout: Duration,
+}
+
+/// Where an origin is: an address, or a DNS name and port (re-resolved by its TTL; every
+/// address it resolves to is an origin).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OriginAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl std::fmt::Display for OriginAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OriginAddr::Ip(a) => write!(f, "{a}"),
+            OriginAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl Config {
+    /// The DNS names origins are given by, each once.
+    pub fn origin_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pools
+            .iter()
+            .flat_map(|p| &p.origins)
+            .filter_map(|o| match &o.addr {
+                OriginAddr::Name { host, .. } => Some(host.clone()),
+                OriginAddr::Ip(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// `[tls]`: the HTTPS side of the edge.
@@ -477,7 +527,7 @@ pub struct Health {
 /// `[[pool.origin]]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    pub addr: SocketAddr,
+    pub addr: OriginAddr,
     /// What metrics and `/status` call it (see `Admin::origin_addresses`).
     pub name: Option<String>,
     pub region: Option<String>,

@@ -20,6 +20,17 @@ pub struct RawConfig {
     pub tls: RawTls,
     pub site: Vec<RawSite>,
     pub pool: Vec<RawPool>,
+    pub dns: RawDns,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawDns {
+    pub servers: Option<Vec<String>>,
+    pub min_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// `[node]`

@@ -237,21 +237,21 @@ name = "api"
         p.origins,
         vec![
             Origin {
-                addr: addr("10.0.1.10:8080"),
+                addr: OriginAddr::Ip(addr("10.0.1.10:8080")),
                 name: None,
                 region: Some("hn".into()),
                 tier: 0,
                 weight: 10,
             },
             Origin {
-                addr: addr("10.1.1.10:8080"),
+                addr: OriginAddr::Ip(addr("10.1.1.10:8080")),
                 name: None,
                 region: Some("hcm".into()),
                 tier: 0,
                 weight: 1,
             },
             Origin {
-                addr: addr("[2001:db8::1]:443"),
+                addr: OriginAddr::Ip(addr("[2001:db8::1]:443")),
                 name: None,
                 region: None,
                 tier: 1,
@@ -574,10 +574,46 @@ name = \"portal\"
   [[pool.origin]]
   addr = \"10.0.1.10:8080\"
   [[pool.origin]]
-  addr = \"origin.daihoi.example.vn:8080\"
+  addr = \"origin.daihoi.example.vn\"
 "
     );
     assert_only(&text, "pool[0].origin[1].addr", "not an IP:port");
+}
+
+#[test]
+fn origins_by_dns_name() {
+    let text = format!(
+        "{LISTEN}{PORTAL_SITE}
+[dns]
+servers = [\"10.0.0.53\", \"10.0.0.54:5353\"]
+min_ttl = \"10s\"
+max_ttl = \"10m\"
+[[pool]]
+name = \"portal\"
+  [[pool.origin]]
+  addr = \"Origin.DaiHoi.example.vn.:8080\"
+  [[pool.origin]]
+  addr = \"10.0.1.10:8080\"
+"
+    );
+    let cfg = Config::parse(&text, Path::new("."), &Overrides::default()).unwrap();
+    assert_eq!(
+        cfg.pools[0].origins[0].addr,
+        OriginAddr::Name {
+            host: "origin.daihoi.example.vn".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(cfg.origin_names(), vec!["origin.daihoi.example.vn"]);
+    assert_eq!(
+        cfg.dns.servers,
+        vec![addr("10.0.0.53:53"), addr("10.0.0.54:5353")]
+    );
+    assert_eq!(cfg.dns.max_ttl, Duration::from_secs(600));
+    let bad = format!("{LISTEN}{PORTAL_SITE}\n[dns]\nservers = [\"dns.example\"]\nmin_ttl = \"1m\"\nmax_ttl = \"10s\"\n[[pool]]\nname = \"portal\"\n  [[pool.origin]]\n  addr = \"10.0.1.10:8080\"\n");
+    let errs = Config::parse(&bad, Path::new("."), &Overrides::default()).unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["dns.servers[0]", "dns.max_ttl"], "{errs:#?}");
 }
 
 #[test]

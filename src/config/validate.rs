@@ -168,6 +168,7 @@ pub(super) fn validate(
         tls,
         site,
         pool,
+        dns,
     } = raw;
 
     let node = validate_node(node, overrides, &mut e);
@@ -208,6 +209,7 @@ pub(super) fn validate(
              PROXY header is believed",
         );
     }
+    let dns = validate_dns(dns, &mut e);
     Config {
         node,
         listen,
@@ -218,6 +220,80 @@ pub(super) fn validate(
         tls,
         sites,
         pools,
+        dns,
+    }
+}
+
+fn validate_dns(d: RawDns, e: &mut Errors<'_>) -> Dns {
+    let servers = d
+        .servers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            // A bare address means the DNS port.
+            let with_port = match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, 53)),
+                Err(_) => text.parse::<SocketAddr>().ok(),
+            };
+            if with_port.is_none() {
+                e.push(
+                    format!("dns.servers[{i}]"),
+                    format!("{text:?} is not an IP or IP:port address"),
+                );
+            }
+            with_port
+        })
+        .collect();
+    let min_ttl = e.duration("dns.min_ttl", &d.min_ttl, Duration::from_secs(5));
+    let max_ttl = e.duration("dns.max_ttl", &d.max_ttl, Duration::from_secs(300));
+    let timeout = e.duration("dns.timeout", &d.timeout, Duration::from_secs(2));
+    if min_ttl.is_zero() {
+        e.push("dns.min_ttl", "must be more than 0");
+    }
+    if max_ttl < min_ttl {
+        e.push("dns.max_ttl", "must be at least dns.min_ttl");
+    }
+    if timeout.is_zero() {
+        e.push("dns.timeout", "must be more than 0");
+    }
+    Dns {
+        servers,
+        min_ttl,
+        max_ttl,
+        timeout,
+    }
+}
+
+/// An origin's `addr`: `IP:port`, or `name:port` for a DNS name.
+fn origin_addr(e: &mut Errors<'_>, path: &str, text: &str) -> Option<OriginAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(OriginAddr::Ip(a));
+    }
+    // A trailing dot (fully qualified) is allowed; names are looked up fully qualified anyway.
+    let named = text
+        .rsplit_once(':')
+        .and_then(|(host, port)| {
+            Some((
+                host.strip_suffix('.').unwrap_or(host),
+                port.parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(host, port)| {
+            *port != 0 && is_dns_name(host) && host.parse::<std::net::IpAddr>().is_err()
+        });
+    match named {
+        Some((host, port)) => Some(OriginAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        }),
+        None => {
+            e.push(
+                path,
+                format!("{text:?} is not an IP:port address or a DNS name with a port"),
+            );
+            None
+        }
     }
 }
 
@@ -800,9 +876,9 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
                         e.push(format!("{oat}.addr"), "is required");
                         None
                     }
-                    Some(a) => e.addr(&format!("{oat}.addr"), &a),
+                    Some(a) => origin_addr(e, &format!("{oat}.addr"), &a),
                 }?;
-                if !addrs.insert(addr) {
+                if !addrs.insert(addr.clone()) {
                     e.push(
                         format!("{oat}.addr"),
                         format!("{addr} is listed twice in this pool"),

@@ -43,6 +43,31 @@ pub fn run() -> Result<(), StartError> {
     served
 }
 
+/// `onair sample-origin`: one sample origin in the foreground until Ctrl-C or SIGTERM, for
+/// setups that run origins as their own processes (the local fleet of scripts/fleet.sh).
+pub fn serve_sample_origin(listen: SocketAddr, name: String) -> Result<(), StartError> {
+    crate::logging::init("info");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Io(format!("runtime: {e}")))?;
+    // The sample origin names itself with a static string; one per process, so leaking is fine.
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    rt.block_on(async move {
+        let origin = origin::SampleOrigin::start(name, listen)
+            .await
+            .map_err(|e| StartError::Io(format!("cannot listen on {listen}: {e}")))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| StartError::Io(format!("signal: {e}")))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        origin.stop().await;
+        Ok(())
+    })
+}
+
 /// Runs both origins and the control endpoint on their own runtime thread; returns the
 /// origins' addresses once they listen.
 fn start_origins() -> Result<(SocketAddr, SocketAddr), StartError> {

@@ -5,6 +5,7 @@
 //! origin is down. Choice order (DESIGN.md): the lowest tier that has a healthy origin; inside
 //! that tier, origins of this node's region first; among equals, weighted round robin.
 
+pub mod dns;
 pub mod health;
 pub mod protect;
 
@@ -131,33 +132,62 @@ fn rendezvous_score(key: u64, placement: u64, weight: u32) -> f64 {
     -f64::from(weight) / u.ln()
 }
 
-/// An origin's label (see [`Origin::label`]).
-fn label(o: &config::Origin, index: usize, addresses: bool) -> String {
-    match (&o.name, addresses) {
-        (_, true) => o.addr.to_string(),
+/// An origin's label (see [`Origin::label`]). One resolved from a DNS name is told apart
+/// by its address: `shield-1/10.0.0.5` (bounded: a name gives at most
+/// [`dns::MAX_ADDRESSES`] addresses, and those that leave are forgotten).
+fn label(o: &config::Origin, index: usize, addr: SocketAddr, addresses: bool) -> String {
+    let base = match (&o.name, addresses) {
+        (_, true) => return addr.to_string(),
         (Some(name), false) => name.clone(),
         (None, false) => format!("origin-{index}"),
+    };
+    match &o.addr {
+        config::OriginAddr::Ip(_) => base,
+        config::OriginAddr::Name { .. } => format!("{base}/{}", addr.ip()),
     }
 }
 
 impl Pool {
     /// Builds a pool, attaching each origin to its (possibly existing) health state.
-    pub fn new(config: &config::Pool, registry: &HealthRegistry, addresses: bool) -> Pool {
+    /// Origins given by DNS name become one origin per address in `resolved` (none while the
+    /// name has never resolved); health state is per address, so it follows an address that
+    /// stays across re-resolutions.
+    pub fn new(
+        config: &config::Pool,
+        registry: &HealthRegistry,
+        addresses: bool,
+        resolved: &dns::Addresses,
+    ) -> Pool {
+        let mut seen = std::collections::HashSet::new();
         let origins = config
             .origins
             .iter()
             .enumerate()
-            .map(|(i, o)| (label(o, i, addresses), o))
-            .map(|(label, o)| Origin {
-                addr: o.addr,
-                addr_text: o.addr.to_string(),
-                placement: stable_hash(o.addr.to_string().as_bytes()),
-                metrics: METRICS.origin_series(&config.name, &label),
-                label,
-                region: o.region.clone(),
-                tier: o.tier,
-                weight: o.weight,
-                health: registry.get(&config.name, o.addr, config.health.is_some()),
+            .flat_map(|(i, o)| {
+                let addrs: Vec<SocketAddr> = match &o.addr {
+                    config::OriginAddr::Ip(a) => vec![*a],
+                    config::OriginAddr::Name { host, port } => resolved
+                        .get(host)
+                        .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect())
+                        .unwrap_or_default(),
+                };
+                addrs.into_iter().map(move |addr| (i, o, addr))
+            })
+            // A name may resolve to an address the pool also lists: one origin per address.
+            .filter(|(_, _, addr)| seen.insert(*addr))
+            .map(|(i, o, addr)| {
+                let label = label(o, i, addr, addresses);
+                Origin {
+                    addr,
+                    addr_text: addr.to_string(),
+                    placement: stable_hash(addr.to_string().as_bytes()),
+                    metrics: METRICS.origin_series(&config.name, &label),
+                    label,
+                    region: o.region.clone(),
+                    tier: o.tier,
+                    weight: o.weight,
+                    health: registry.get(&config.name, addr, config.health.is_some()),
+                }
             })
             .collect();
         let (limiter, budget) = registry.protection(config);
@@ -375,7 +405,7 @@ mod tests {
             origins: origins
                 .iter()
                 .map(|(a, r, t, w)| config::Origin {
-                    addr: a.parse().unwrap(),
+                    addr: config::OriginAddr::Ip(a.parse().unwrap()),
                     name: None,
                     region: r.map(str::to_owned),
                     tier: *t,
@@ -383,7 +413,10 @@ mod tests {
                 })
                 .collect(),
         };
-        (Pool::new(&cfg, &registry, true), registry)
+        (
+            Pool::new(&cfg, &registry, true, &dns::Addresses::default()),
+            registry,
+        )
     }
 
     #[test]
@@ -457,7 +490,7 @@ mod tests {
         let (mut pool, _) = pool(&spec);
         let mut cfg = pool.config.clone();
         cfg.select = config::Select::Hash;
-        pool = Pool::new(&cfg, &registry, true);
+        pool = Pool::new(&cfg, &registry, true, &dns::Addresses::default());
         (pool, registry)
     }
 

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dns;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,6 +139,19 @@ impl Origin {
             state,
             task: Mutex::new(Some(task)),
         }
+    }
+
+    /// As [`Origin::start`], on exactly `addr` (several origins on one port and different
+    /// loopback addresses stand for the addresses a DNS name resolves to).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Origin> {
+        let listener = TcpListener::bind(addr).await?;
+        let state = OriginState::new(name);
+        let task = tokio::spawn(serve(listener, state.clone()));
+        Ok(Origin {
+            addr,
+            state,
+            task: Mutex::new(Some(task)),
+        })
     }
 
     /// Replaces the behaviour for the next requests.

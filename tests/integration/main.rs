@@ -12,6 +12,7 @@ mod cache;
 mod cache_trust;
 mod chaos;
 mod config_check;
+mod dns;
 mod failover;
 mod lifecycle;
 mod protect;
