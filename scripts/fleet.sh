@@ -4,7 +4,7 @@
 #
 #   scripts/fleet.sh up       start whatever of the fleet is not running, and print what to try
 #   scripts/fleet.sh status   each process up or down, and what each node's /status says
-#   scripts/fleet.sh tour     tiered caching, a lost shield, a lost origin: run and explained
+#   scripts/fleet.sh tour     shared misses, a lost shield, a lost origin: explained and run
 #   scripts/fleet.sh down     stop the whole fleet (SIGTERM, then wait)
 #
 # Builds nothing: it runs $ONAIR_BIN, else target/release/onair, else target/debug/onair.
@@ -29,9 +29,8 @@ ROOT=$PWD
 # The host every edge is asked for in the guide and the tour: the host is part of the cache
 # key, so one host makes one object across the whole fleet.
 HOST=news.onair.test
-ORIGIN_IP=127.0.0.10
-ORIGIN_ADDR=$ORIGIN_IP:8000
-# name, role, region, address; shields before edges, so that an edge starts with its shields up.
+ORIGIN_ADDR=127.0.0.10:8000
+# name, role, region, address; shields first, so that an edge starts with its shields up.
 NODES=(
   "shield-hn  shield hn  127.0.0.21"
   "shield-hcm shield hcm 127.0.0.22"
@@ -50,7 +49,7 @@ die() {
   exit 1
 }
 
-# The fields of one NODES line: node_name, node_role, node_region, node_ip.
+# The fields of one NODES line, into node_name, node_role, node_region, node_ip.
 node_fields() {
   local line
   for line in "${NODES[@]}"; do
@@ -65,6 +64,8 @@ node_ip() {
   printf '%s' "$node_ip"
 }
 
+# The binary `up` runs. It is remembered in the runtime directory, so that the tour restarts a
+# node with the binary the fleet was started with, whatever ONAIR_BIN says then.
 find_bin() {
   if [ -n "${ONAIR_BIN:-}" ]; then
     BIN=$ONAIR_BIN
@@ -75,8 +76,8 @@ find_bin() {
   else
     die "no onair binary: build one (cargo build --release) or set ONAIR_BIN"
   fi
-  [ -x "$BIN" ] || die "ONAIR_BIN=$BIN is not an executable file"
-  # The processes outlive this script and must not depend on its directory.
+  [ -f "$BIN" ] && [ -x "$BIN" ] || die "ONAIR_BIN=$BIN is not an executable file"
+  # The processes outlive this script and must not depend on the directory it ran in.
   case $BIN in
     /*) ;;
     *) BIN=$ROOT/$BIN ;;
@@ -90,7 +91,11 @@ live_pid() {
   [ -f "$DIR/$name/pid" ] || return 0
   pid=$(cat "$DIR/$name/pid")
   case $pid in '' | *[!0-9]*) return 0 ;; esac
-  if [ "$name" = origin ]; then marker="sample-origin --listen $ORIGIN_ADDR"; else marker="$DIR/$name/onair.toml"; fi
+  if [ "$name" = origin ]; then
+    marker="sample-origin --listen $ORIGIN_ADDR"
+  else
+    marker="run -c $DIR/$name/onair.toml"
+  fi
   if kill -0 "$pid" 2>/dev/null && ps -o args= -p "$pid" 2>/dev/null | grep -qF -- "$marker"; then
     printf '%s' "$pid"
   fi
@@ -107,7 +112,7 @@ launch() {
   printf '%s\n' "$!" >"$DIR/$name/pid"
 }
 
-# Waits until `url` answers, or fails with the end of the process's log if it died or never
+# Waits until `url` answers; fails with the end of the process's log if it died or never
 # answered (a debug build with a large disk cache can take a few seconds).
 wait_answers() {
   local name=$1 url=$2 pid
@@ -124,8 +129,19 @@ wait_answers() {
   die "$name does not answer on $url after 20 s; its log: $DIR/$name/out.log"
 }
 
-# Writes a node's config from its role's template. The values are plain text in TOML strings:
-# the runtime directory must not hold characters that would need escaping there.
+start_origin() {
+  launch origin "$BIN" sample-origin --listen "$ORIGIN_ADDR" --name origin
+  wait_answers origin "http://$ORIGIN_ADDR/healthz"
+}
+
+start_node() {
+  node_fields "$1"
+  launch "$1" "$BIN" run -c "$DIR/$1/onair.toml"
+  wait_answers "$1" "http://$node_ip:9091/readyz"
+}
+
+# Writes a node's config from its role's template. The values land in TOML strings as they
+# are, which is why the runtime directory may not hold characters TOML would need escaped.
 render() {
   node_fields "$1"
   local conf
@@ -149,21 +165,22 @@ cmd_up() {
   fi
 
   # Every config is checked before anything starts: a broken template starts nothing.
-  local line
+  local line out
   for line in "${NODES[@]}"; do
     read -r node_name _ <<<"$line"
     mkdir -p "$DIR/$node_name"
     render "$node_name"
-    "$BIN" check -c "$DIR/$node_name/onair.toml" >/dev/null ||
-      die "$DIR/$node_name/onair.toml: $("$BIN" check -c "$DIR/$node_name/onair.toml" 2>&1)"
+    if ! out=$("$BIN" check -c "$DIR/$node_name/onair.toml" 2>&1); then
+      die "$DIR/$node_name/onair.toml:"$'\n'"$out"
+    fi
   done
+  printf '%s\n' "$BIN" >"$DIR/bin"
 
   say "onair fleet in $DIR, binary $BIN"
   if [ -n "$(live_pid origin)" ]; then
     say "  origin      already running"
   else
-    launch origin "$BIN" sample-origin --listen "$ORIGIN_ADDR" --name origin
-    wait_answers origin "http://$ORIGIN_ADDR/healthz"
+    start_origin
     say "  origin      http://$ORIGIN_ADDR (pid $(cat "$DIR/origin/pid"))"
   fi
   for line in "${NODES[@]}"; do
@@ -172,8 +189,7 @@ cmd_up() {
       printf '  %-11s already running\n' "$node_name"
       continue
     fi
-    launch "$node_name" "$BIN" run -c "$DIR/$node_name/onair.toml"
-    wait_answers "$node_name" "http://$node_ip:9091/readyz"
+    start_node "$node_name"
     printf '  %-11s http://%s:8080 (pid %s)\n' "$node_name" "$node_ip" "$(cat "$DIR/$node_name/pid")"
   done
   guide
@@ -182,54 +198,49 @@ cmd_up() {
 guide() {
   cat <<EOF
 
-The fleet is up. Readers talk to the edges; each edge asks its region's shield, and only the
-shields talk to the origin. Every node has its own address, with the same ports:
-:8080 traffic, :9090 metrics, :9091 admin (token in $TOKEN_FILE).
+Readers talk to the edges; each edge asks its region's shield (the other region's while its
+own is down), and only the shields talk to the origin. Each node has its own address, all with
+the same ports: :8080 traffic, :9090 metrics, :9091 admin (token in $TOKEN_FILE).
 
-  region hn:  edge-hn-1 127.0.0.31, edge-hn-2 127.0.0.32  ->  shield-hn 127.0.0.21  \\
-  region hcm: edge-hcm-1 127.0.0.41, edge-hcm-2 127.0.0.42 -> shield-hcm 127.0.0.22 -> origin $ORIGIN_ADDR
+  hn:  edge-hn-1  127.0.0.31, edge-hn-2  127.0.0.32 -> shield-hn  127.0.0.21 -> origin $ORIGIN_ADDR
+  hcm: edge-hcm-1 127.0.0.41, edge-hcm-2 127.0.0.42 -> shield-hcm 127.0.0.22 -> origin $ORIGIN_ADDR
 
-Try (the Host header is part of the cache key: the same one on every edge shares the shields'
-copies):
-  curl -si -H 'Host: $HOST' http://127.0.0.31:8080/news/ket-qua-bau-cu | grep -i -e cache-status -e x-origin
+Try it (the host is part of the cache key: send every edge the same one):
+  curl -si -H 'Host: $HOST' http://127.0.0.31:8080/news/ket-qua-bau-cu | grep -i cache-status
   curl -si -H 'Host: $HOST' http://127.0.0.32:8080/news/ket-qua-bau-cu | grep -i cache-status
-  curl -s http://127.0.0.21:9090/metrics | grep ^onair_origin_requests_total
+  curl -s http://127.0.0.21:9090/metrics | grep '^onair_origin_requests_total'
   curl -s -H "Authorization: Bearer \$(cat $TOKEN_FILE)" http://127.0.0.31:9091/status
-  open http://127.0.0.31:8080/ in a browser (keyed by that address, so apart from the above)
+  a browser on http://127.0.0.31:8080/ (that host keys its own copies)
 
-  scripts/fleet.sh tour      the guided tour: shared misses, a lost shield, a lost origin
+  scripts/fleet.sh tour      shared misses, a lost shield, a lost origin, explained and run
   scripts/fleet.sh status    what runs, and what each node sees
   scripts/fleet.sh down      stop it all
-Logs: $DIR/<node>/out.log (process), $DIR/<node>/access.log (requests).
+Logs: $DIR/<node>/out.log (the process), $DIR/<node>/access.log (its requests).
 EOF
 }
 
-# Stops one process: SIGTERM, then wait for it to drain (grace_period is 2s) and exit.
+# Stops one process: SIGTERM, then waits while it drains (grace_period is 2s) and exits.
 stop_one() {
   local name=$1 pid
   pid=$(live_pid "$name")
-  if [ -z "$pid" ]; then
-    rm -f "$DIR/$name/pid"
-    return 0
-  fi
+  rm -f "$DIR/$name/pid"
+  [ -n "$pid" ] || return 0
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    say "  $name (pid $pid) still runs 10 s after SIGTERM: SIGKILL"
+    printf '  %-11s still runs 10 s after SIGTERM: SIGKILL\n' "$name"
     kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.2
   fi
-  rm -f "$DIR/$name/pid"
   printf '  %-11s stopped (pid %s)\n' "$name" "$pid"
 }
 
 cmd_down() {
-  # Outside in, as a real fleet drains: the edges, then the shields, then the origin. The
-  # processes are stopped together in each group, each waited for.
-  local name pids=()
+  # Outside in, as a fleet is drained: the edges, then the shields, then the origin; the
+  # processes of a group stop together.
+  local group name pid pids
   for group in "${EDGES[*]}" "${SHIELDS[*]}" origin; do
     pids=()
     for name in $group; do
@@ -238,6 +249,7 @@ cmd_down() {
     done
     for pid in "${pids[@]}"; do wait "$pid"; done
   done
+  say "fleet stopped; its caches and logs stay in $DIR (rm -rf it to start afresh)"
 }
 
 # GET on a node's admin API with the fleet's token.
@@ -245,36 +257,169 @@ admin_get() {
   curl -fsS --max-time 2 -H "Authorization: Bearer $(cat "$TOKEN_FILE")" "http://$(node_ip "$1"):9091$2"
 }
 
+# One line from GET /status: region, config version, each pool's origins with their state,
+# cached objects per tier.
+STATUS_JQ='"\(.region) v\(.config_version)  "
+  + ([.pools[] | "\(.name): " + ([.origins[] | "\(.name) \(.state)"] | join(", "))] | join("; "))
+  + "  cached: \(.cache.memory.objects) mem, \(.cache.disk.objects // 0) disk"'
+
 cmd_status() {
   local line pid summary
-  if [ -n "$(live_pid origin)" ]; then
-    printf '%-11s up    pid %-7s http://%s\n' origin "$(live_pid origin)" "$ORIGIN_ADDR"
+  pid=$(live_pid origin)
+  if [ -n "$pid" ]; then
+    printf '%-11s up    pid %-7s %s\n' origin "$pid" "http://$ORIGIN_ADDR"
   else
     printf '%-11s DOWN\n' origin
   fi
   for line in "${NODES[@]}"; do
-    read -r node_name _ node_region node_ip <<<"$line"
+    read -r node_name _ _ node_ip <<<"$line"
     pid=$(live_pid "$node_name")
     if [ -z "$pid" ]; then
       printf '%-11s DOWN\n' "$node_name"
       continue
     fi
-    if ! summary=$(admin_get "$node_name" /status 2>/dev/null); then
-      printf '%-11s up    pid %-7s http://%s:8080  (admin API does not answer)\n' "$node_name" "$pid" "$node_ip"
-      continue
-    fi
     printf '%-11s up    pid %-7s http://%s:8080' "$node_name" "$pid" "$node_ip"
-    if command -v jq >/dev/null 2>&1; then
+    if ! summary=$(admin_get "$node_name" /status 2>/dev/null); then
+      printf '  (its admin API does not answer)\n'
+    elif command -v jq >/dev/null 2>&1; then
       printf '  %s\n' "$(jq -r "$STATUS_JQ" <<<"$summary")"
     else
-      printf '\n    %s\n' "$summary"
+      printf '  answers; /status:\n%s\n' "$summary"
     fi
   done
 }
 
-# One line per node from GET /status: region, config version, each pool's origins and state,
-# cached objects per tier.
-STATUS_JQ='.'
+# --- the tour -----------------------------------------------------------------------------
+
+step() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+# Prints a command as the reader would type it.
+shows() { printf '  $ %s\n' "$*"; }
+
+# GET `path` from a node as a reader: the status and the Cache-Status entries, the
+# nearest the origin first (each cache appends its own).
+fetch() {
+  local name=$1 path=$2 head code statuses
+  head=$(curl -s -o /dev/null -D - --max-time 10 -H "Host: $HOST" "http://$(node_ip "$name"):8080$path" | tr -d '\r') || true
+  code=$(sed -n '1s/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p' <<<"$head")
+  statuses=$(grep -i '^cache-status:' <<<"$head" | sed 's/^[^:]*: *//' | paste -sd '|' - | sed 's/|/  |  /g') || true
+  printf '  %-11s %s  %s\n' "$name" "${code:-(no answer)}" "${statuses:-(no Cache-Status)}"
+}
+
+# Requests a node made to the origin pool (misses, revalidations), from its metrics.
+origin_requests() {
+  { curl -s --max-time 2 "http://$(node_ip "$1"):9090/metrics" || true; } |
+    awk '/^onair_origin_requests_total\{/ && /pool="origin"/ { n += $NF } END { print n + 0 }'
+}
+
+# Answers a node served stale (onair_stale_served_total, every reason), from its metrics.
+stale_served() {
+  { curl -s --max-time 2 "http://$(node_ip "$1"):9090/metrics" || true; } |
+    awk '/^onair_stale_served_total/ { n += $NF } END { print n + 0 }'
+}
+
+# An origin's state as a node sees it (up, down, ejected, trial), from its /status.
+origin_state() {
+  admin_get "$1" /status 2>/dev/null | tr -d '\n ' |
+    grep -o "\"name\":\"$2\"[^}]*\"state\":\"[a-z]*\"" |
+    sed 's/.*"state":"\([a-z]*\)"/\1/' | head -n 1
+}
+
+# Waits until every node after the first two arguments sees `origin` in `state` (up to 20 s).
+wait_state() {
+  local origin=$1 state=$2 name seen
+  shift 2
+  for _ in $(seq 1 40); do
+    seen=0
+    for name in "$@"; do
+      [ "$(origin_state "$name" "$origin")" = "$state" ] && seen=$((seen + 1))
+    done
+    [ "$seen" -eq $# ] && return 0
+    sleep 0.5
+  done
+  say "  (not every node saw $origin $state within 20 s)"
+}
+
+cmd_tour() {
+  local name missing=() run article other fresh before after n total=0 pid wait_s
+  for name in origin "${SHIELDS[@]}" "${EDGES[@]}"; do
+    [ -n "$(live_pid "$name")" ] || missing+=("$name")
+  done
+  [ ${#missing[@]} -eq 0 ] || die "not running: ${missing[*]}; start them with scripts/fleet.sh up"
+  BIN=$(cat "$DIR/bin")
+  # A new URL for every tour, so that the first requests are misses even on a warm fleet: the
+  # query string is part of the cache key, and the sample origin ignores it.
+  run=$(date +%s)
+  article="/news/ket-qua-bau-cu?tour=$run"
+  other="/news/hop-bao-chinh-phu?tour=$run"
+  fresh="/news/du-bao-thoi-tiet?tour=$run"
+
+  step "1. One object, four edges, two regions"
+  say "  Every edge is asked for the same new article. An edge that misses asks its region's"
+  say "  shield; the first edge of a region makes its shield miss too, the second finds the"
+  say "  shield's copy. The origin sees one request per region. Cache-Status lists the shield's"
+  say "  entry, then the edge's."
+  declare -A before_of
+  for name in "${SHIELDS[@]}" "${EDGES[@]}"; do before_of[$name]=$(origin_requests "$name"); done
+  shows "curl -si -H 'Host: $HOST' http://127.0.0.31:8080$article"
+  local t0
+  t0=$(date +%s)
+  for name in "${EDGES[@]}"; do fetch "$name" "$article"; done
+  say "  Requests to the origin during this step (onair_origin_requests_total{pool=\"origin\"}):"
+  for name in "${SHIELDS[@]}" "${EDGES[@]}"; do
+    n=$(($(origin_requests "$name") - ${before_of[$name]}))
+    total=$((total + n))
+    printf '    %-11s %s\n' "$name" "$n"
+  done
+  say "    all nodes   $total   (four edge misses; one origin request per region)"
+  say "  And again: every edge now answers from its own copy."
+  for name in "${EDGES[@]}"; do fetch "$name" "$article"; done
+
+  step "2. A shield dies"
+  pid=$(live_pid shield-hn)
+  shows "kill -KILL $pid   # shield-hn"
+  kill -KILL "$pid"
+  say "  The hn edges go on serving: what they hold is a hit, and a miss goes to the other"
+  say "  region's shield (a refused connection moves a request to the next origin at once)."
+  for name in edge-hn-1 edge-hn-2; do fetch "$name" "$other"; done
+  wait_state shield-hn down edge-hn-1 edge-hn-2
+  say "  Their health checks mark it down: edge-hn-1 sees shield-hn $(origin_state edge-hn-1 shield-hn)," \
+    "shield-hcm $(origin_state edge-hn-1 shield-hcm)."
+  say "  Bring it back: its disk tier kept its copies, and the edges take it back once its"
+  say "  health checks pass."
+  shows "scripts/fleet.sh up   # starts whatever is not running"
+  start_node shield-hn
+  wait_state shield-hn up edge-hn-1 edge-hn-2
+  say "  edge-hn-1 sees shield-hn $(origin_state edge-hn-1 shield-hn). shield-hn itself, asked directly:"
+  fetch shield-hn "$article"
+
+  step "3. The origin dies"
+  pid=$(live_pid origin)
+  shows "kill -KILL $pid   # the origin"
+  kill -KILL "$pid"
+  wait_state origin down "${SHIELDS[@]}"
+  say "  The shields see it down: shield-hn says origin $(origin_state shield-hn origin)."
+  say "  The article is fresh for 60 s (max-age=60, stale-if-error=604800); until then every"
+  say "  edge just answers from its copy. Past it, each edge asks its shield, whose own copy"
+  say "  is stale too and whose origin fails: the shield answers with its stale copy"
+  say "  (detail=stale-if-error) and the edge serves the page on (fwd=stale)."
+  wait_s=$((t0 + 62 - $(date +%s)))
+  if [ "$wait_s" -gt 0 ]; then
+    say "  Waiting ${wait_s} s for the copies to go stale..."
+    sleep "$wait_s"
+  fi
+  for name in "${EDGES[@]}"; do fetch "$name" "$article"; done
+  say "  Something no node ever cached cannot be served: the maintenance page, 503 with"
+  say "  Retry-After (never a bare 502)."
+  fetch edge-hcm-1 "$fresh"
+  say "  Stale answers the shields gave (onair_stale_served_total):"
+  for name in "${SHIELDS[@]}"; do
+    printf '    %-11s %s\n' "$name" "$(stale_served "$name")"
+  done
+
+  step "End of the tour"
+  say "  The origin is still down: scripts/fleet.sh up brings it back, scripts/fleet.sh down"
+  say "  stops everything. Logs: $DIR/<node>/out.log and access.log."
+}
 
 case ${1:-} in
   up) cmd_up ;;

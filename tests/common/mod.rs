@@ -818,6 +818,8 @@ pub struct Setup {
     /// `[admin]` keys beside the token. Tests name origins by address in metrics and
     /// `/status` (`origin_addresses = true`) unless they set this to "".
     pub admin_extra: String,
+    /// The loopback address every listener binds (127.0.0.x): several nodes of a fleet.
+    pub ip: [u8; 4],
 }
 
 impl Setup {
@@ -830,7 +832,14 @@ impl Setup {
             args: Vec::new(),
             listen_extra: String::new(),
             admin_extra: "origin_addresses = true\n".to_owned(),
+            ip: [127, 0, 0, 1],
         }
+    }
+
+    /// Listens on `ip` (127.0.0.x) instead of 127.0.0.1.
+    pub fn on(mut self, ip: [u8; 4]) -> Self {
+        self.ip = ip;
+        self
     }
 
     pub fn with_listen(mut self, keys: &str) -> Self {
@@ -950,13 +959,13 @@ impl Onair {
             std::fs::write(&config_path, &config).unwrap();
             let args: Vec<&str> = setup.args.iter().map(String::as_str).collect();
             let mut child = spawn(&config_path, &args);
-            let http: SocketAddr = ([127, 0, 0, 1], http).into();
-            let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+            let http: SocketAddr = (setup.ip, http).into();
+            let admin: SocketAddr = (setup.ip, admin).into();
             if wait_ready(&mut child, admin, http, Duration::from_secs(20)).await {
                 return Onair {
                     http,
                     admin,
-                    metrics: ([127, 0, 0, 1], metrics).into(),
+                    metrics: (setup.ip, metrics).into(),
                     config_path,
                     token: TOKEN.to_owned(),
                     child,
@@ -995,9 +1004,10 @@ impl Onair {
         };
         format!(
             "[node]\n{id}threads = 1\n{grace}state_dir = \"{state}\"\n{extra}\n\
-             [listen]\nhttp = [\"127.0.0.1:{http}\"]\nadmin = \"127.0.0.1:{admin}\"\nmetrics = \"127.0.0.1:{metrics}\"\n{listen}\n\
+             [listen]\nhttp = [\"{ip}:{http}\"]\nadmin = \"{ip}:{admin}\"\nmetrics = \"{ip}:{metrics}\"\n{listen}\n\
              {token}\n[log]\naccess = \"access.log\"\nlevel = \"info\"\n\n{body}\n",
             state = dir.join("state").display(),
+            ip = std::net::Ipv4Addr::from(setup.ip),
             extra = setup.node_extra,
             listen = setup.listen_extra,
             body = setup.body,

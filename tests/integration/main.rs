@@ -14,6 +14,7 @@ mod chaos;
 mod config_check;
 mod dns;
 mod failover;
+mod fleet;
 mod lifecycle;
 mod protect;
 mod proxying;
