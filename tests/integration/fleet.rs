@@ -13,6 +13,9 @@ use crate::common::*;
 
 const ORIGIN_IP: [u8; 4] = [127, 0, 0, 10];
 
+/// The shields each (phase, key) was answered through.
+type Placements = HashMap<(usize, usize), HashSet<String>>;
+
 /// A shield in `region` in front of `origin`, trusting the edges (all of 127.0.0.0/24).
 async fn shield(id: &str, ip: [u8; 4], region: &str, origin: &Origin) -> Onair {
     let mut setup = Setup::new(format!(
@@ -159,7 +162,7 @@ async fn a_shield_dying_under_load_moves_only_its_keys_and_they_come_back() {
     let failures = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicUsize::new(0));
     let phase = Arc::new(AtomicUsize::new(0));
-    let seen: Arc<Mutex<HashMap<(usize, usize), HashSet<String>>>> = Arc::default();
+    let seen: Arc<Mutex<Placements>> = Arc::default();
     let mut readers = Vec::new();
     for r in 0..6 {
         let addr = edges[r % 3].http;
