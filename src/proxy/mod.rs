@@ -189,8 +189,13 @@ impl ProxyHttp for Edge {
             challenge::answer(session, ctx).await?;
             return Ok(true);
         }
-        ctx.uncleared =
-            !background && self.live.attack().active() && !challenge::cleared(session, ctx);
+        // Another tier's requests are not challenged: the edge challenged its readers already
+        // (a miss reaches the shield only from a cleared reader), and its misses are all the
+        // shield exists for.
+        ctx.uncleared = !background
+            && !ctx.from_tier
+            && self.live.attack().active()
+            && !challenge::cleared(session, ctx);
         // Counted for load shedding from here: past the refusals (a tarpitted 429 is no load).
         ctx.in_progress = Some(protect::shed::enter());
         let req = session.req_header();

@@ -261,3 +261,27 @@ async fn a_shields_stale_answer_is_announced_and_stays_stale_at_the_edge() {
     }
     drop(edge);
 }
+
+/// A shield in attack mode does not challenge its edges (they challenged their readers), but
+/// still challenges a reader who reaches it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_under_attack_mode_serves_its_edges() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[]));
+    let (shield, edge) = shield_and_edge(&origin).await;
+    let r = shield
+        .admin_post("/attack-mode", "{\"mode\": \"on\"}")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(edge.http, "a", "/through-the-edge").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get_from(
+        shield.http,
+        [127, 0, 0, 9],
+        "/direct",
+        &[("Via", "1.1 edge-test"), ("Accept", "text/html")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403, "{:?}", r.headers);
+}
