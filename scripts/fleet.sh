@@ -120,13 +120,13 @@ wait_answers() {
   for _ in $(seq 1 100); do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 20 "$DIR/$name/out.log" >&2 || true
-      die "$name exited at start; its log: $DIR/$name/out.log"
+      die "$name exited at start (its log: $DIR/$name/out.log); what had started still runs: scripts/fleet.sh down stops it"
     fi
     curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
     sleep 0.2
   done
   tail -n 20 "$DIR/$name/out.log" >&2 || true
-  die "$name does not answer on $url after 20 s; its log: $DIR/$name/out.log"
+  die "$name does not answer on $url after 20 s (its log: $DIR/$name/out.log); scripts/fleet.sh down stops what runs"
 }
 
 start_origin() {
@@ -340,7 +340,7 @@ wait_state() {
 }
 
 cmd_tour() {
-  local name missing=() run article other fresh before after n total=0 pid wait_s
+  local name missing=() run article other fresh n total=0 pid wait_s t0
   for name in origin "${SHIELDS[@]}" "${EDGES[@]}"; do
     [ -n "$(live_pid "$name")" ] || missing+=("$name")
   done
@@ -358,17 +358,17 @@ cmd_tour() {
   say "  shield; the first edge of a region makes its shield miss too, the second finds the"
   say "  shield's copy. The origin sees one request per region. Cache-Status lists the shield's"
   say "  entry, then the edge's."
-  declare -A before_of
-  for name in "${SHIELDS[@]}" "${EDGES[@]}"; do before_of[$name]=$(origin_requests "$name"); done
+  # Counted before and after, per node (an indexed array: macOS's bash 3.2 has no other kind).
+  local counted=("${SHIELDS[@]}" "${EDGES[@]}") before=() i
+  for name in "${counted[@]}"; do before+=("$(origin_requests "$name")"); done
   shows "curl -si -H 'Host: $HOST' http://127.0.0.31:8080$article"
-  local t0
   t0=$(date +%s)
   for name in "${EDGES[@]}"; do fetch "$name" "$article"; done
   say "  Requests to the origin during this step (onair_origin_requests_total{pool=\"origin\"}):"
-  for name in "${SHIELDS[@]}" "${EDGES[@]}"; do
-    n=$(($(origin_requests "$name") - ${before_of[$name]}))
+  for i in "${!counted[@]}"; do
+    n=$(($(origin_requests "${counted[$i]}") - before[i]))
     total=$((total + n))
-    printf '    %-11s %s\n' "$name" "$n"
+    printf '    %-11s %s\n' "${counted[$i]}" "$n"
   done
   say "    all nodes   $total   (four edge misses; one origin request per region)"
   say "  And again: every edge now answers from its own copy."
