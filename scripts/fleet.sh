@@ -7,13 +7,14 @@
 #   scripts/fleet.sh tour     shared misses, a lost shield, a lost origin: explained and run
 #   scripts/fleet.sh down     stop the whole fleet (SIGTERM, then wait)
 #
-# Builds nothing: it runs $ONAIR_BIN, else target/release/onair, else target/debug/onair.
+# Builds nothing: it runs $ONAIR_BIN, else the binary the running fleet was started with, else
+# target/release/onair, else target/debug/onair.
 # Runtime files (configs, pids, logs, caches, the admin token) go to $ONAIR_FLEET_DIR,
 # default /tmp/onair-fleet; `down` keeps them, so caches survive a restart as on real nodes.
 set -euo pipefail
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -42,6 +43,8 @@ NODES=(
 EDGES=(edge-hn-1 edge-hn-2 edge-hcm-1 edge-hcm-2)
 SHIELDS=(shield-hn shield-hcm)
 TOKEN_FILE=$DIR/admin.token
+# Every address of the fleet is on loopback: curl must never send it to a configured proxy.
+export no_proxy='*' NO_PROXY='*'
 
 say() { printf '%s\n' "$*"; }
 die() {
@@ -64,11 +67,14 @@ node_ip() {
   printf '%s' "$node_ip"
 }
 
-# The binary `up` runs. It is remembered in the runtime directory, so that the tour restarts a
-# node with the binary the fleet was started with, whatever ONAIR_BIN says then.
+# The binary `up` runs: $ONAIR_BIN, else the one the running fleet was started with (so that
+# restarting a node after the tour runs what the others run), else a release build, else a
+# debug build.
 find_bin() {
   if [ -n "${ONAIR_BIN:-}" ]; then
     BIN=$ONAIR_BIN
+  elif [ -s "$DIR/bin" ] && [ -x "$(cat "$DIR/bin")" ]; then
+    BIN=$(cat "$DIR/bin")
   elif [ -x target/release/onair ]; then
     BIN=target/release/onair
   elif [ -x target/debug/onair ]; then
@@ -76,7 +82,7 @@ find_bin() {
   else
     die "no onair binary: build one (cargo build --release) or set ONAIR_BIN"
   fi
-  [ -f "$BIN" ] && [ -x "$BIN" ] || die "ONAIR_BIN=$BIN is not an executable file"
+  if [ ! -f "$BIN" ] || [ ! -x "$BIN" ]; then die "$BIN is not an executable file"; fi
   # The processes outlive this script and must not depend on the directory it ran in.
   case $BIN in
     /*) ;;
@@ -112,32 +118,55 @@ launch() {
   printf '%s\n' "$!" >"$DIR/$name/pid"
 }
 
-# Waits until `url` answers; fails with the end of the process's log if it died or never
-# answered (a debug build with a large disk cache can take a few seconds).
+# Fails unless nothing listens on ip:port. A node whose address is taken does not exit: onair
+# logs that it will try again, then runs on without that listener, and another process (a
+# fleet started from another ONAIR_FLEET_DIR) would answer for it.
+must_be_free() {
+  local rc=0
+  curl -s -o /dev/null --max-time 1 "http://$1:$2/" || rc=$?
+  # 7: nothing accepted the connection.
+  [ "$rc" -eq 7 ] || die "$1:$2 is in use by another process (another fleet? see: ss -ltnp | grep $1:$2)"
+}
+
+# Waits until the process `name` answers: the origin on its /healthz; a node on its admin
+# /healthz, which must name the node's pid (not another process on that address), then on
+# /readyz (config loaded, cache open). Fails with the end of the process's log if it died or
+# never answered (a debug build with a large disk cache can take seconds).
 wait_answers() {
-  local name=$1 url=$2 pid
+  local name=$1 base=$2 pid answer
   pid=$(cat "$DIR/$name/pid")
   for _ in $(seq 1 100); do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 20 "$DIR/$name/out.log" >&2 || true
       die "$name exited at start (its log: $DIR/$name/out.log); what had started still runs: scripts/fleet.sh down stops it"
     fi
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+    if answer=$(curl -fsS --max-time 1 "$base/healthz" 2>/dev/null); then
+      if [ "$name" = origin ]; then
+        return 0
+      fi
+      if tr -d ' \n' <<<"$answer" | grep -qE "\"pid\":${pid}[,}]" &&
+        curl -fsS -o /dev/null --max-time 1 "$base/readyz" 2>/dev/null; then
+        return 0
+      fi
+    fi
     sleep 0.2
   done
   tail -n 20 "$DIR/$name/out.log" >&2 || true
-  die "$name does not answer on $url after 20 s (its log: $DIR/$name/out.log); scripts/fleet.sh down stops what runs"
+  die "$name does not answer on $base after 20 s (its log: $DIR/$name/out.log); scripts/fleet.sh down stops what runs"
 }
 
 start_origin() {
+  must_be_free "${ORIGIN_ADDR%:*}" "${ORIGIN_ADDR#*:}"
   launch origin "$BIN" sample-origin --listen "$ORIGIN_ADDR" --name origin
-  wait_answers origin "http://$ORIGIN_ADDR/healthz"
+  wait_answers origin "http://$ORIGIN_ADDR"
 }
 
 start_node() {
+  local port
   node_fields "$1"
+  for port in 8080 9090 9091; do must_be_free "$node_ip" "$port"; done
   launch "$1" "$BIN" run -c "$DIR/$1/onair.toml"
-  wait_answers "$1" "http://$node_ip:9091/readyz"
+  wait_answers "$1" "http://$node_ip:9091"
 }
 
 # Writes a node's config from its role's template. The values land in TOML strings as they
@@ -156,7 +185,7 @@ render() {
 
 cmd_up() {
   find_bin
-  case $DIR in *'"'* | *'\'* | *$'\n'*)
+  case $DIR in *'"'* | *\\* | *$'\n'*)
     die "ONAIR_FLEET_DIR must not contain quotes, backslashes or newlines: $DIR" ;;
   esac
   mkdir -p "$DIR/origin"
@@ -249,6 +278,8 @@ cmd_down() {
     done
     for pid in "${pids[@]}"; do wait "$pid"; done
   done
+  # The next `up` chooses its binary afresh.
+  rm -f "$DIR/bin"
   say "fleet stopped; its caches and logs stay in $DIR (rm -rf it to start afresh)"
 }
 
@@ -291,7 +322,10 @@ cmd_status() {
 
 # --- the tour -----------------------------------------------------------------------------
 
-step() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+# A step's title, in bold on a terminal.
+step() {
+  if [ -t 1 ]; then printf '\n\033[1m%s\033[0m\n' "$*"; else printf '\n%s\n' "$*"; fi
+}
 # Prints a command as the reader would type it.
 shows() { printf '  $ %s\n' "$*"; }
 
@@ -345,7 +379,8 @@ cmd_tour() {
     [ -n "$(live_pid "$name")" ] || missing+=("$name")
   done
   [ ${#missing[@]} -eq 0 ] || die "not running: ${missing[*]}; start them with scripts/fleet.sh up"
-  BIN=$(cat "$DIR/bin")
+  # Shield-hn comes back with the binary the fleet runs.
+  if [ -s "$DIR/bin" ]; then BIN=$(cat "$DIR/bin"); else find_bin; fi
   # A new URL for every tour, so that the first requests are misses even on a warm fleet: the
   # query string is part of the cache key, and the sample origin ignores it.
   run=$(date +%s)
@@ -401,7 +436,8 @@ cmd_tour() {
   say "  The article is fresh for 60 s (max-age=60, stale-if-error=604800); until then every"
   say "  edge just answers from its copy. Past it, each edge asks its shield, whose own copy"
   say "  is stale too and whose origin fails: the shield answers with its stale copy"
-  say "  (detail=stale-if-error) and the edge serves the page on (fwd=stale)."
+  say "  (detail=stale-if-error), here a 304 since the edge's copy is the same, and the edge"
+  say "  serves its own (fwd=stale; fwd-status=304)."
   wait_s=$((t0 + 62 - $(date +%s)))
   if [ "$wait_s" -gt 0 ]; then
     say "  Waiting ${wait_s} s for the copies to go stale..."
