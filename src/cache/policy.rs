@@ -144,13 +144,18 @@ const NOT_FROM_304: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
-    "age",
 ];
 
-/// The stored metadata updated with every field of a 304 but the framing ones (RFC 9111
-/// §4.3.4); freshness and the rest as decided.
-pub fn with_fields_of_304(meta: &CacheMeta, fields: &http::HeaderMap) -> CacheMeta {
-    let mut header = meta.response_header().clone();
+/// The stored header updated with every field of a 304 but the framing ones (RFC 9111
+/// §4.3.4), to decide on as if it were a full answer: Pingora merges only a few fields, and
+/// the 304's `Age` (an upstream cache revalidated its copy: the age starts again) and
+/// `Cache-Status` (it answered from stale) must count as they would on a 200.
+pub fn merged_with_304(stored: &ResponseHeader, fields: &http::HeaderMap) -> ResponseHeader {
+    let mut header = stored.clone();
+    // A stored Age is never kept (see `decide`); an Age in the merged header is the 304's.
+    if header.headers.contains_key(http::header::AGE) {
+        header.remove_header(&http::header::AGE);
+    }
     for name in fields.keys() {
         if NOT_FROM_304.contains(&name.as_str()) {
             continue;
@@ -160,20 +165,7 @@ pub fn with_fields_of_304(meta: &CacheMeta, fields: &http::HeaderMap) -> CacheMe
             let _ = header.append_header(name.clone(), value.clone());
         }
     }
-    let mut updated = CacheMeta::new(
-        meta.fresh_until(),
-        meta.created(),
-        meta.stale_while_revalidate_sec(),
-        meta.stale_if_error_sec(),
-        header,
-    );
-    if meta.epoch() != meta.created() {
-        updated.set_epoch_override(meta.epoch());
-    }
-    if let Some(v) = meta.variance() {
-        updated.set_variance(v);
-    }
-    updated
+    header
 }
 
 /// The response's `Age` (RFC 9111 §5.1): delta-seconds; one that does not parse, or a list,
@@ -546,6 +538,49 @@ mod tests {
             .unwrap();
             assert_eq!(ttl(&m), 60, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_304_is_decided_with_all_its_fields() {
+        // Stored from a shield, then revalidated: the shield's 304 says its copy is 40 s old
+        // and was served stale; the stored header's own fields stay but the framing.
+        let stored = resp(
+            200,
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Content-Type", "text/html"),
+                ("Content-Length", "5"),
+                ("ETag", "\"e1\""),
+                ("X-Old", "kept"),
+            ],
+        );
+        let mut fields = http::HeaderMap::new();
+        fields.insert("age", "40".parse().unwrap());
+        fields.insert("cache-control", "max-age=100".parse().unwrap());
+        fields.insert("content-length", "0".parse().unwrap());
+        fields.insert(
+            "cache-status",
+            "shield; hit; detail=stale-if-error".parse().unwrap(),
+        );
+        let merged = merged_with_304(&stored, &fields);
+        assert_eq!(merged.headers["content-length"], "5");
+        assert_eq!(merged.headers["x-old"], "kept");
+        assert!(crate::cache::status::upstream_served_stale(&merged));
+        let m = meta(&merged, false, &GRANTS).unwrap();
+        // Fresh for what is left of the 304's lifetime, not a whole new one.
+        assert_eq!(ttl(&m), 60);
+        // The stored header keeps no Age (its age is the meta's).
+        assert!(!m.response_header().headers.contains_key("age"));
+        // A 304 without Age: made now; an Age stored by mistake does not count.
+        let mut with_age = stored.clone();
+        with_age.append_header("Age", "50").unwrap();
+        let m = meta(
+            &merged_with_304(&with_age, &http::HeaderMap::new()),
+            false,
+            &GRANTS,
+        )
+        .unwrap();
+        assert_eq!(ttl(&m), 60);
     }
 
     #[test]

@@ -67,12 +67,34 @@ impl Outcome {
     }
 }
 
+/// The `Cache-Status` entry of a maintenance answer: this node is a cache that could not
+/// reach any origin for the request (`fwd=bypass` when the request was not for the cache).
+pub fn origin_unavailable(node: &str, cache_on: bool) -> String {
+    let fwd = if cache_on { "uri-miss" } else { "bypass" };
+    format!("{node}; fwd={fwd}; detail=origin-unavailable")
+}
+
 /// Whether the cache closest to us upstream (the last `Cache-Status` entry, RFC 9211 §2) says
 /// it answered from a stale copy. Such an answer is stored here as stale too: its Age counts
 /// from when the upstream stored it, not from when it stopped being fresh, so by Age alone a
 /// copy the shield could only serve because the origin is down would look fresh for a whole
 /// lifetime. Only ever makes a copy staler, so any upstream may say it.
 pub fn upstream_served_stale(resp: &pingora::http::ResponseHeader) -> bool {
+    last_entry_says(
+        resp,
+        &["detail=stale-if-error", "detail=stale-while-revalidate"],
+    )
+}
+
+/// Whether the cache closest to us upstream says its own origins failed (its maintenance
+/// answer, [`origin_unavailable`]): that upstream is a healthy tier with nothing to serve, not
+/// a failing origin.
+pub fn upstream_origin_unavailable(resp: &pingora::http::ResponseHeader) -> bool {
+    last_entry_says(resp, &["detail=origin-unavailable"])
+}
+
+/// Whether the last `Cache-Status` entry has one of `params`.
+fn last_entry_says(resp: &pingora::http::ResponseHeader, params: &[&str]) -> bool {
     let Some(last) = resp
         .headers
         .get_all("cache-status")
@@ -85,8 +107,7 @@ pub fn upstream_served_stale(resp: &pingora::http::ResponseHeader) -> bool {
     };
     last.split(';').skip(1).any(|param| {
         let param = param.trim();
-        param.eq_ignore_ascii_case("detail=stale-if-error")
-            || param.eq_ignore_ascii_case("detail=stale-while-revalidate")
+        params.iter().any(|p| param.eq_ignore_ascii_case(p))
     })
 }
 

@@ -160,6 +160,10 @@ pub struct TlsCert {
 pub struct Protect {
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front of onair).
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// Peers that are other cache tiers (a shield lists its edges): their requests may ask for
+    /// a copy revalidated with the origin, are not challenged in attack mode, and their
+    /// `X-Forwarded-For` is believed like a trusted proxy's.
+    pub tiers: Vec<crate::cidr::Cidr>,
     /// Refused ranges, and exceptions to them (see `protect::acl`).
     pub deny: Vec<crate::cidr::Cidr>,
     pub allow: Vec<crate::cidr::Cidr>,
@@ -274,10 +278,23 @@ impl fmt::Debug for AttackKey {
     }
 }
 
+impl Protect {
+    /// Whether `ip` sends other people's requests (a trusted proxy, or an edge of this
+    /// shield): its `X-Forwarded-For` names the client, and limits meant for one client do
+    /// not apply to the connection.
+    pub fn forwards_for_others(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .chain(&self.tiers)
+            .any(|c| c.contains(ip))
+    }
+}
+
 impl Default for Protect {
     fn default() -> Self {
         Protect {
             trusted_proxies: Vec::new(),
+            tiers: Vec::new(),
             deny: Vec::new(),
             allow: Vec::new(),
             rate: None,

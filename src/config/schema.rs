@@ -134,6 +134,7 @@ pub struct RawTlsCert {
 #[serde(default)]
 pub struct RawProtect {
     pub trusted_proxies: Option<Vec<String>>,
+    pub tiers: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
     pub rate: Option<String>,

@@ -1431,6 +1431,15 @@ fn protect_rates_and_trusted_proxies() {
         "{errs:#?}"
     );
     assert!(has(&errs, "protect.rate", "not a rate"), "{errs:#?}");
+    // A shield's edges: believed for X-Forwarded-For, and exempt from per-client limits.
+    let c = parse(&format!(
+        "{MINIMAL}\n[protect]\ntiers = [\"10.1.0.0/16\"]\n"
+    ))
+    .unwrap();
+    assert!(c.protect.forwards_for_others("10.1.2.3".parse().unwrap()));
+    assert!(!c.protect.forwards_for_others("10.2.0.1".parse().unwrap()));
+    let errs = errors(&format!("{MINIMAL}\n[protect]\ntiers = [\"edges\"]\n"));
+    assert!(has(&errs, "protect.tiers[0]", ""), "{errs:#?}");
     let errs = errors(&format!("{MINIMAL}\n[protect]\nburst = 5\n"));
     assert!(
         has(&errs, "protect.burst", "needs protect.rate"),

@@ -310,6 +310,7 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
             .collect()
     };
     let trusted_proxies = ranges("trusted_proxies", p.trusted_proxies);
+    let tiers = ranges("tiers", p.tiers);
     let deny = ranges("deny", p.deny);
     let allow = ranges("allow", p.allow);
     let d = Protect::default();
@@ -329,6 +330,7 @@ fn validate_protect(p: RawProtect, base: &Path, e: &mut Errors<'_>) -> Protect {
     }
     Protect {
         trusted_proxies,
+        tiers,
         deny,
         allow,
         block_rate,

@@ -55,7 +55,7 @@ impl ConnectionFilter for AcceptFilter {
         }
         // A balancer's connections carry other clients: never refused for one of them.
         let over_rate = protect.rate.is_some()
-            && !protect.trusted_proxies.iter().any(|c| c.contains(ip))
+            && !protect.forwards_for_others(ip)
             && self
                 .limiter
                 .told_off(super::client::limit_key(ip), std::time::Instant::now());

@@ -14,7 +14,16 @@ pub fn client_ip<'a>(
     forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
     trusted: &[Cidr],
 ) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    client_ip_by(peer, forwarded_for, |ip| {
+        trusted.iter().any(|c| c.contains(ip))
+    })
+}
+
+fn client_ip_by<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    is_trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
     if !is_trusted(peer) {
         return peer;
     }
@@ -36,9 +45,10 @@ pub fn client_ip<'a>(
 }
 
 /// The client of a request from `peer`: [`client_ip`] over the request's `X-Forwarded-For`
-/// lines, or the peer itself when no proxy is trusted (the usual edge: nothing to parse).
+/// lines, or the peer itself when no proxy is trusted (the usual edge: nothing to parse). A
+/// shield's edges (`protect.tiers`) are proxies too: behind them is the reader.
 pub fn identify(peer: IpAddr, req: &pingora::http::RequestHeader, protect: &Protect) -> IpAddr {
-    if protect.trusted_proxies.is_empty() {
+    if protect.trusted_proxies.is_empty() && protect.tiers.is_empty() {
         return peer;
     }
     let forwarded = req
@@ -46,15 +56,15 @@ pub fn identify(peer: IpAddr, req: &pingora::http::RequestHeader, protect: &Prot
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok());
-    client_ip(peer, forwarded, &protect.trusted_proxies)
+    client_ip_by(peer, forwarded, |ip| protect.forwards_for_others(ip))
 }
 
-/// Whether the request comes from another cache tier: a trusted proxy (a shield trusts its
-/// edges) that names itself in `Via`, as every onair node does. Load balancers usually add no
-/// `Via`, so a reader's request through one is not taken for a tier's.
-pub fn from_tier(peer: IpAddr, req: &pingora::http::RequestHeader, protect: &Protect) -> bool {
-    req.headers.contains_key(http::header::VIA)
-        && protect.trusted_proxies.iter().any(|c| c.contains(peer))
+/// Whether the request comes from another cache tier: its peer is one of `protect.tiers` (a
+/// shield lists its edges). Only the connection's own peer counts, never a header: a reader
+/// behind a load balancer can write any `Via` or `X-Forwarded-For` it likes, and a tier's
+/// requests are trusted to ask for revalidation and are not challenged.
+pub fn from_tier(peer: IpAddr, protect: &Protect) -> bool {
+    protect.tiers.iter().any(|c| c.contains(peer))
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port or in brackets.

@@ -779,8 +779,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
 
 /// Peers the connection cap does not apply to.
 fn exempt(ip: IpAddr, protect: &Protect) -> bool {
-    protect.trusted_proxies.iter().any(|c| c.contains(ip))
-        || protect.allow.iter().any(|c| c.contains(ip))
+    protect.forwards_for_others(ip) || protect.allow.iter().any(|c| c.contains(ip))
 }
 
 #[cfg(test)]

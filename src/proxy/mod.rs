@@ -105,7 +105,7 @@ impl ProxyHttp for Edge {
             .map(|peer| protect::client::identify(peer, session.req_header(), protect));
         ctx.from_tier = ctx
             .peer_ip
-            .is_some_and(|peer| protect::client::from_tier(peer, session.req_header(), protect));
+            .is_some_and(|peer| protect::client::from_tier(peer, protect));
         // Slow readers: the gate's send clock cuts HTTP/1 connections; other sessions get
         // Pingora's per-write timeout.
         if !gated {
@@ -259,7 +259,10 @@ impl ProxyHttp for Edge {
     ) -> Result<Option<pingora::cache::ForcedFreshness>> {
         // A tier's no-cache: revalidate the stored copy once. Readers wait for the origin (no
         // stale while revalidating: the tier asked precisely because its copy may be stale).
-        // Once only: after waiting on another request's fill, that fill is new enough.
+        // Nor stale if the origin fails: a tier asks this after a purge of the object, and a
+        // purged page must not come back because the origin is down (the tier still has its
+        // own stale-if-error window, if its purge was soft). Once only: after waiting on
+        // another request's fill, that fill is new enough.
         if std::mem::take(&mut ctx.revalidate) {
             return Ok(Some(pingora::cache::ForcedFreshness::ForceExpired));
         }
@@ -290,6 +293,14 @@ impl ProxyHttp for Edge {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
+        // A revalidation: Pingora merged a few of the 304's fields into the stored header; the
+        // decision takes all of them but the framing ones (its Age and Cache-Status included),
+        // so a field the origin changed shows next time.
+        let merged = ctx
+            .not_modified
+            .as_ref()
+            .map(|fields| cache::policy::merged_with_304(resp, fields));
+        let resp = merged.as_ref().unwrap_or(resp);
         let mut decision = if ctx.predates_purge {
             RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom(
                 cache::policy::PREDATES_PURGE,
@@ -301,11 +312,6 @@ impl ProxyHttp for Edge {
         // nothing will be stored it is dropped now: kept open by a long answer (a WebSocket, a
         // stream) it would only make the fence remember purges for nothing.
         let ticket = ctx.fill_ticket.take();
-        if let (RespCacheable::Cacheable(meta), Some(fields)) = (&mut decision, &ctx.not_modified) {
-            // A revalidation: Pingora merged a few of the 304's fields; the stored copy takes
-            // all of them but the framing ones, so a field the origin changed shows next time.
-            *meta = cache::policy::with_fields_of_304(meta, fields);
-        }
         if let RespCacheable::Cacheable(meta) = &mut decision {
             if cache::status::upstream_served_stale(resp) {
                 meta.expire_at(SystemTime::now());
@@ -459,10 +465,13 @@ impl ProxyHttp for Edge {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.cache_on && !ctx.refetch {
+            self.judge_stored_copy(session, ctx);
+        }
         headers::to_origin(upstream, ctx, ctx.scheme())
     }
 
@@ -497,7 +506,11 @@ impl ProxyHttp for Edge {
             }
         }
         if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            let outcome = if resp.status.is_server_error() {
+            // A cache tier's maintenance answer: the tier is up and answering, its origins are
+            // not. Ejecting it would lose the stale copies it still serves for other objects.
+            let outcome = if resp.status.is_server_error()
+                && !cache::status::upstream_origin_unavailable(resp)
+            {
                 OriginOutcome::Status5xx
             } else {
                 OriginOutcome::Ok
@@ -795,11 +808,31 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
-    /// Counts the request against the client's limits (node-wide, then the route's); when it is
-    /// over one, how long until it may try again.
+    /// Revalidating a stored copy that may predate a purge made here (a soft purge marked it
+    /// stale, or it came from an upstream cache before the purge): the upstream is asked with
+    /// `no-cache`, so an upstream onair node revalidates its own copy with the origin before it
+    /// answers. Decided before the request leaves, because Pingora serves a 304 from the stored
+    /// copy whatever this node thinks of it afterwards: it cannot be refused and asked again.
+    fn judge_stored_copy(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(meta) = session.cache.maybe_cache_meta() else {
+            return;
+        };
+        let now = SystemTime::now();
+        // The copy as of its last validation (`epoch`), which the upstream's Age moved back.
+        let age = now.duration_since(meta.epoch()).unwrap_or_default();
+        let target = self.purge_target(session, ctx);
+        let tags = cache::purge::tags_of(meta.response_header());
+        if self.cache.history.judge(now, age, &target, &tags) != cache::history::Verdict::Current {
+            ctx.refetch = true;
+            METRICS.refetched();
+        }
+    }
+
     /// Whether an upstream cache's copy may predate a purge made here (`cache::history`): the
-    /// first time, the request is asked again with `no-cache` (an error Pingora retries);
-    /// after that, a copy that still predates the purge is passed on but not stored.
+    /// first time, the request is asked again with `no-cache` (an error Pingora retries, on
+    /// the same origin of a hash pool); after that, a copy that still predates the purge is
+    /// passed on but not stored. A 304 is never refused (Pingora would send it bare): the
+    /// request that got it was judged before it left (`judge_stored_copy`).
     fn judge_upstream_copy(
         &self,
         session: &Session,
@@ -817,9 +850,10 @@ impl Edge {
             .history
             .judge(SystemTime::now(), age, &target, &tags);
         use cache::history::Verdict;
+        let not_modified = resp.status == http::StatusCode::NOT_MODIFIED;
         match verdict {
             Verdict::Current => {}
-            Verdict::MayPredate | Verdict::Predates if !ctx.refetch => {
+            Verdict::MayPredate | Verdict::Predates if !ctx.refetch && !not_modified => {
                 ctx.refetch = true;
                 record_attempt(ctx, OriginOutcome::Ok);
                 METRICS.refetched();
@@ -829,7 +863,10 @@ impl Edge {
                 return Err(e);
             }
             // Asked again with no-cache: within the second Age cannot resolve, the upstream
-            // revalidated it; a copy still clearly older than the purge is not stored.
+            // revalidated it. A copy still clearly older than the purge (an upstream that
+            // ignores a request's no-cache, as Varnish and nginx do by default) goes to the
+            // reader, as it would without this node, but is not stored: the purge stays final
+            // here, and the next request asks again.
             Verdict::MayPredate => {}
             Verdict::Predates => ctx.predates_purge = true,
         }
@@ -848,6 +885,8 @@ impl Edge {
         cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != default_port), &path)
     }
 
+    /// Counts the request against the client's limits (node-wide, then the route's); when it is
+    /// over one, how long until it may try again.
     fn over_rate(&self, ctx: &RequestCtx, route: &RouteTarget) -> Option<Duration> {
         let ip = ctx.client_ip?;
         let (client, block) = (

@@ -119,7 +119,8 @@ pub async fn text(
     .await
 }
 
-/// The site's maintenance page with 503 and `Retry-After`.
+/// The site's maintenance page with 503 and `Retry-After`, and a `Cache-Status` that tells
+/// a cache tier in front of this node that its origins, not this node, failed.
 pub async fn maintenance(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16> {
     let page = ctx
         .site
@@ -128,13 +129,15 @@ pub async fn maintenance(session: &mut Session, ctx: &mut RequestCtx) -> Result<
             || Bytes::from_static(BUILTIN_MAINTENANCE),
             |s| s.maintenance_page.clone(),
         );
+    let status =
+        crate::cache::status::origin_unavailable(&ctx.snapshot.config.node.id, ctx.cache_on);
     send(
         session,
         ctx,
         503,
         "text/html; charset=utf-8",
         page,
-        &[("Retry-After", RETRY_AFTER)],
+        &[("Retry-After", RETRY_AFTER), ("Cache-Status", &status)],
     )
     .await
 }

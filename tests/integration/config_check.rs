@@ -209,6 +209,11 @@ fn reference_config_documents_every_key() {
         "cert",
         "key", // [listen], [tls]
         "trusted_proxies",
+        "tiers",
+        "select",
+        "fallback",
+        "min_ttl",
+        "max_ttl",
         "deny",
         "allow",
         "rate",

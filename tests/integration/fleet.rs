@@ -19,7 +19,7 @@ type Placements = HashMap<(usize, usize), HashSet<String>>;
 /// A shield in `region` in front of `origin`, trusting the edges (all of 127.0.0.0/24).
 async fn shield(id: &str, ip: [u8; 4], region: &str, origin: &Origin) -> Onair {
     let mut setup = Setup::new(format!(
-        "[protect]\ntrusted_proxies = [\"127.0.0.0/24\"]\n{}",
+        "[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
         one_site(origin.addr, "", "")
     ))
     .on(ip);

@@ -20,7 +20,7 @@ async fn an_edge_filling_from_a_shield_keeps_both_tiers_honest() {
     origin.set(cached(&[]));
     // The shield trusts the edges (loopback here) to say who the reader is.
     let mut shield_setup = Setup::new(format!(
-        "[protect]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        "[protect]\ntiers = [\"127.0.0.1/32\"]\n{}",
         one_site(origin.addr, "", "")
     ));
     shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
@@ -114,8 +114,10 @@ async fn a_304_updates_the_stored_fields() {
 /// A shield trusting the edges (loopback here) in front of `origin`, and an edge filling from it.
 async fn shield_and_edge(origin: &Origin) -> (Onair, Onair) {
     // The edges connect from 127.0.0.1; other loopback addresses stand for readers.
+    // 127.0.0.7 stands for a load balancer in front of the shield: trusted to say who the
+    // reader is, but no tier.
     let mut shield_setup = Setup::new(format!(
-        "[protect]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        "[protect]\ntiers = [\"127.0.0.1/32\"]\ntrusted_proxies = [\"127.0.0.7/32\"]\n{}",
         one_site(origin.addr, "", "")
     ));
     shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
@@ -210,6 +212,22 @@ async fn a_readers_no_cache_does_not_make_the_shield_ask_the_origin() {
     assert_eq!(r.text(), "v1");
     assert_eq!(r.header("surrogate-key"), None);
     assert_eq!(origin.proxied_hits(), 1);
+    // Nor is a reader behind a trusted load balancer, which passes on the reader's Via.
+    let r = get_from(
+        shield.http,
+        [127, 0, 0, 7],
+        "/page",
+        &[
+            ("Cache-Control", "no-cache"),
+            ("Via", "1.1 edge-test"),
+            ("X-Forwarded-For", "198.51.100.7"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.text(), "v1");
+    assert_eq!(r.header("surrogate-key"), None);
+    assert_eq!(origin.proxied_hits(), 1);
 }
 
 /// The Cache-Status entries of an answer, farthest cache first.
@@ -284,4 +302,124 @@ async fn a_shield_under_attack_mode_serves_its_edges() {
     .await
     .unwrap();
     assert_eq!(r.status, 403, "{:?}", r.headers);
+}
+
+/// After a purge at the edge, a shield copy that the origin confirms unchanged (304) is as good
+/// as new: the edge stores it again (its Age restarts at the revalidation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_copy_revalidated_after_an_edge_purge_is_stored_again() {
+    let origin = Origin::start("origin").await;
+    // Already 30 s old when the shield got it (the origin is a cache too): clearly older
+    // than the purge to come, with no waiting.
+    origin.set(version("v1", &[("ETag", "\"e1\""), ("Age", "30")]));
+    let (_shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
+    origin.set(Behaviour {
+        status: 304,
+        body: bytes::Bytes::new(),
+        ..cached(&[("ETag", "\"e1\"")])
+    });
+    let out = edge
+        .admin_post("/purge", r#"{"urls": ["http://a/story"]}"#)
+        .await;
+    assert_eq!(out.status, 200);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v1", "{:?}", r.headers);
+    let age: u64 = r.header("age").unwrap_or("0").parse().unwrap();
+    assert!(age < 5, "the revalidated copy is new: Age {age}");
+    assert_eq!(origin.proxied_hits(), 2);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert!(
+        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(origin.proxied_hits(), 2);
+}
+
+/// A soft purge at the edge: the stale copy is revalidated through the shield, which
+/// revalidates its own copy with the origin. A changed page comes back whole; an unchanged one
+/// comes back as the stored copy, with its age restarted. Never a bare 304, never the old page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_purge_at_the_edge_revalidates_through_the_shield() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[("ETag", "\"e1\""), ("Age", "30")]));
+    let (_shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
+
+    // Changed at the origin.
+    origin.set(version("v2", &[("ETag", "\"e2\"")]));
+    let soft = r#"{"urls": ["http://a/story"], "soft": true}"#;
+    assert_eq!(edge.admin_post("/purge", soft).await.status, 200);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.text(), "v2", "{:?}", r.headers);
+    assert_eq!(origin.proxied_hits(), 2);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v2");
+    assert!(
+        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
+        "{:?}",
+        r.headers
+    );
+
+    // Unchanged at the origin: the 304 travels back and the stored copy is served.
+    origin.set(Behaviour {
+        status: 304,
+        body: bytes::Bytes::new(),
+        ..cached(&[("ETag", "\"e2\"")])
+    });
+    assert_eq!(edge.admin_post("/purge", soft).await.status, 200);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.text(), "v2", "{:?}", r.headers);
+    assert_eq!(origin.proxied_hits(), 3);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v2");
+    assert!(
+        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(origin.proxied_hits(), 3);
+}
+
+/// With the origin down, a shield answers what it has not got with its maintenance page, which
+/// says in Cache-Status that its origins failed: the edges do not take that for the shield
+/// failing, so they keep it in service for the stale copies it still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_whose_origin_is_down_stays_in_service() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[]));
+    let (shield, edge) = shield_and_edge(&origin).await;
+    // Only the shield has this one.
+    let r = get_from(shield.http, [127, 0, 0, 9], "/shield-only", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "v1");
+    origin.kill();
+    let direct = get_from(shield.http, [127, 0, 0, 9], "/never-fetched", &[])
+        .await
+        .unwrap();
+    assert_eq!(direct.status, 503);
+    assert_eq!(
+        statuses(&direct),
+        ["shield-hn-1; fwd=uri-miss; detail=origin-unavailable"]
+    );
+    // More maintenance answers in a row than passive health's failures (3).
+    for i in 0..6 {
+        let r = get(edge.http, "a", &format!("/never-fetched-{i}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503, "{:?}", r.headers);
+    }
+    let ejections = format!(
+        "onair_origin_ejections_total{{origin=\"{}\",pool=\"p\"}}",
+        shield.http
+    );
+    assert_eq!(edge.metric(&ejections).await.unwrap_or(0.0), 0.0);
+    // The edge still asks the shield, which has this copy.
+    let r = get(edge.http, "a", "/shield-only").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.text(), "v1");
 }
