@@ -499,9 +499,18 @@ impl Metrics {
         self.inflight.with_label_values(&[pool]);
     }
 
-    /// Drops the label sets of origins that left the config, so dashboards do not show ghosts.
+    /// Drops every series of an origin that left the config (or an address its name no longer
+    /// resolves to), so dashboards do not show ghosts and DNS churn does not grow the scrape
+    /// for ever. A counter that comes back starts again from 0, which `rate()` takes as a reset.
     pub fn forget_origin(&self, pool: &str, origin: &str) {
         let _ = self.origin_up.remove_label_values(&[pool, origin]);
+        for outcome in OriginOutcome::ALL {
+            let _ = self
+                .origin_requests
+                .remove_label_values(&[pool, origin, outcome.label()]);
+        }
+        let _ = self.origin_duration.remove_label_values(&[pool, origin]);
+        let _ = self.ejections.remove_label_values(&[pool, origin]);
     }
 
     /// A reload attempt; `version` is the snapshot now in use.
@@ -635,6 +644,19 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_forgotten_origin_leaves_no_series() {
+        let (pool, origin) = ("gone-pool", "10.9.9.9:80");
+        let series = METRICS.origin_series(pool, origin);
+        series.attempt(OriginOutcome::Ok, Duration::from_millis(3));
+        series.ejected();
+        METRICS.set_origin_up(pool, origin, true);
+        assert!(render().contains(origin));
+        METRICS.forget_origin(pool, origin);
+        let text = render();
+        assert!(!text.contains(origin), "{text}");
     }
 
     #[test]

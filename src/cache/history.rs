@@ -11,10 +11,14 @@
 //! flooding POSTs from pushing real purges out of the record.
 //!
 //! Bounded: past [`MAX_KEPT`] purges or [`MAX_BYTES`] of selectors the oldest fold into
-//! `refuse_before`, and every upstream copy made before that is asked for again. Refusing is
-//! always safe; it costs one revalidation at the origin.
+//! `refuse_before`, and every upstream copy made before that is asked for again. Refusing costs
+//! one revalidation at the origin for an object that was not purged, never a purge undone.
+//!
+//! Indexed: each upstream answer with an `Age` is judged, so a lookup is a hash probe per URL
+//! and tag, plus a scan of only the prefix purges newer than the copy, not a walk over every
+//! purge since it was made.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -25,14 +29,62 @@ const MAX_KEPT: usize = 65_536;
 /// Selector bytes remembered at most (a purge may list thousands of URLs).
 const MAX_BYTES: usize = 64 << 20;
 
+/// When a purge began, and its place in the record (times can be equal; places cannot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    at: SystemTime,
+    seq: u64,
+}
+
 #[derive(Default)]
 struct State {
-    /// Purges in the order they began (times never go backwards, see [`PurgeHistory::record`]).
-    kept: VecDeque<(SystemTime, Selector)>,
+    /// Purges in the order they began (times never go backwards, see [`PurgeHistory::record`]),
+    /// for folding the oldest away.
+    kept: VecDeque<(Mark, Selector)>,
     bytes: usize,
+    next_seq: u64,
+    /// The latest purge naming each URL, and each tag.
+    urls: HashMap<String, Mark>,
+    tags: HashMap<String, Mark>,
+    /// Prefix purges, oldest first.
+    prefixes: VecDeque<(Mark, String)>,
     /// Copies made before this are treated as predating a purge: the purges that would say
     /// were folded away.
     refuse_before: Option<SystemTime>,
+}
+
+impl State {
+    /// Forgets the oldest purge, folding its time into `refuse_before`.
+    fn fold_oldest(&mut self) -> bool {
+        let Some((mark, old)) = self.kept.pop_front() else {
+            return false;
+        };
+        self.bytes = self.bytes.saturating_sub(weight(&old));
+        // An index entry belongs to this purge only if no later purge named the same URL/tag.
+        match old {
+            Selector::Urls(set) => {
+                for url in set {
+                    if self.urls.get(&url) == Some(&mark) {
+                        self.urls.remove(&url);
+                    }
+                }
+            }
+            Selector::Tags(set) => {
+                for tag in set {
+                    if self.tags.get(&tag) == Some(&mark) {
+                        self.tags.remove(&tag);
+                    }
+                }
+            }
+            Selector::Prefix(_) => {
+                if self.prefixes.front().is_some_and(|(m, _)| *m == mark) {
+                    self.prefixes.pop_front();
+                }
+            }
+        }
+        self.refuse_before = Some(self.refuse_before.map_or(mark.at, |r| r.max(mark.at)));
+        true
+    }
 }
 
 /// The record of recent operator purges; one per process, shared by every request.
@@ -67,18 +119,29 @@ impl PurgeHistory {
 
     fn record_at(&self, at: SystemTime, selector: &Selector) {
         let mut state = self.lock();
-        // A clock stepped back must not make a later purge look older than an earlier one:
-        // the lookup stops at the first purge older than the copy.
-        let at = state.kept.back().map_or(at, |(last, _)| at.max(*last));
-        state.bytes += weight(selector);
-        state.kept.push_back((at, selector.clone()));
-        while state.kept.len() > MAX_KEPT || state.bytes > MAX_BYTES {
-            let Some((folded, old)) = state.kept.pop_front() else {
-                break;
-            };
-            state.bytes = state.bytes.saturating_sub(weight(&old));
-            state.refuse_before = Some(state.refuse_before.map_or(folded, |r| r.max(folded)));
+        // A clock stepped back must not make a later purge look older than an earlier one.
+        let at = state.kept.back().map_or(at, |(last, _)| at.max(last.at));
+        let mark = Mark {
+            at,
+            seq: state.next_seq,
+        };
+        state.next_seq += 1;
+        match selector {
+            Selector::Urls(set) => {
+                for url in set {
+                    state.urls.insert(url.clone(), mark);
+                }
+            }
+            Selector::Tags(set) => {
+                for tag in set {
+                    state.tags.insert(tag.clone(), mark);
+                }
+            }
+            Selector::Prefix(prefix) => state.prefixes.push_back((mark, prefix.clone())),
         }
+        state.bytes += weight(selector);
+        state.kept.push_back((mark, selector.clone()));
+        while (state.kept.len() > MAX_KEPT || state.bytes > MAX_BYTES) && state.fold_oldest() {}
     }
 
     /// Judges a copy of `target` (with `tags`) that an upstream cache says is `age` old, `now`.
@@ -89,26 +152,31 @@ impl PurgeHistory {
             .checked_sub(Duration::from_secs(1))
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let state = self.lock();
-        if state.refuse_before.is_some_and(|r| earliest < r) {
-            return if state.refuse_before.is_some_and(|r| latest < r) {
-                Verdict::Predates
-            } else {
-                Verdict::MayPredate
-            };
+        // The latest purge matching the copy.
+        let mut last = state.refuse_before;
+        let mut newer = |at: SystemTime| last = Some(last.map_or(at, |l| l.max(at)));
+        if let Some(mark) = state.urls.get(target) {
+            newer(mark.at);
         }
-        let mut verdict = Verdict::Current;
-        for (at, selector) in state.kept.iter().rev() {
-            if *at <= earliest {
+        for tag in tags {
+            if let Some(mark) = state.tags.get(tag) {
+                newer(mark.at);
+            }
+        }
+        for (mark, prefix) in state.prefixes.iter().rev() {
+            if mark.at <= earliest {
                 break;
             }
-            if selector.matches(target, tags) {
-                if *at > latest {
-                    return Verdict::Predates;
-                }
-                verdict = Verdict::MayPredate;
+            if target.starts_with(prefix.as_str()) {
+                newer(mark.at);
+                break;
             }
         }
-        verdict
+        match last {
+            Some(at) if at > latest => Verdict::Predates,
+            Some(at) if at > earliest => Verdict::MayPredate,
+            _ => Verdict::Current,
+        }
     }
 }
 
@@ -180,6 +248,40 @@ mod tests {
             h.judge(now, Duration::from_secs(60), "a/early", &[]),
             Verdict::Predates
         );
+    }
+
+    #[test]
+    fn folding_a_purge_keeps_a_later_purge_of_the_same_object() {
+        let h = PurgeHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // Same URL and tag twice, at the same instant (a clock that did not move).
+        h.record_at(t0, &urls(&["a/story"]));
+        h.record_at(t0, &Selector::Tags(["home".to_string()].into()));
+        h.record_at(t0, &Selector::Prefix("a/news/".into()));
+        let t1 = t0 + Duration::from_secs(100);
+        h.record_at(t1, &urls(&["a/story"]));
+        h.record_at(t1, &Selector::Tags(["home".to_string()].into()));
+        h.record_at(t1, &Selector::Prefix("a/news/".into()));
+        {
+            let mut state = h.lock();
+            for _ in 0..3 {
+                assert!(state.fold_oldest());
+            }
+            assert_eq!(state.refuse_before, Some(t0));
+        }
+        let now = t1 + Duration::from_secs(10);
+        // Made between the two purges: the second still counts.
+        let between = Duration::from_secs(60);
+        assert_eq!(h.judge(now, between, "a/story", &[]), Verdict::Predates);
+        assert_eq!(
+            h.judge(now, between, "a/x", &["home".into()]),
+            Verdict::Predates
+        );
+        assert_eq!(h.judge(now, between, "a/news/1", &[]), Verdict::Predates);
+        assert_eq!(h.judge(now, between, "a/other", &[]), Verdict::Current);
+        // Made after both.
+        let after = Duration::from_secs(5);
+        assert_eq!(h.judge(now, after, "a/story", &[]), Verdict::Current);
     }
 
     #[test]

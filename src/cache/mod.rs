@@ -63,12 +63,15 @@ impl EdgeCache {
             memory_max_object(settings),
             fence.clone(),
         )));
+        let history: &'static history::PurgeHistory = Box::leak(Box::default());
         let disk = match &settings.disk_path {
             Some(path) => {
                 let disk = DiskStore::open(path, settings.disk, fence.clone())?;
-                // Another process's purges (a graceful upgrade) reach this memory tier too.
+                // Another process's purges (a graceful upgrade) reach this memory tier too, and
+                // this process's record of purges: an upstream copy older than one is judged.
                 disk.on_foreign_purge(Box::new(move |entry| match entry {
                     journal::Entry::Purge { selector, soft, .. } => {
+                        history.record(selector);
                         memory.purge_matching(selector, *soft);
                     }
                     journal::Entry::Stale { key } => {
@@ -102,7 +105,7 @@ impl EdgeCache {
                 Some(policy::transient_refusal),
             ))),
             max_object,
-            history: Box::leak(Box::default()),
+            history,
         })
     }
 

@@ -614,6 +614,15 @@ name = \"portal\"
     let errs = Config::parse(&bad, Path::new("."), &Overrides::default()).unwrap_err();
     let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, vec!["dns.servers[0]", "dns.max_ttl"], "{errs:#?}");
+    // Bounded above: a TTL of years, or a timeout of an hour, is a typo.
+    let huge = format!("{LISTEN}{PORTAL_SITE}\n[dns]\nmin_ttl = \"400d\"\nmax_ttl = \"500d\"\ntimeout = \"1h\"\n[[pool]]\nname = \"portal\"\n  [[pool.origin]]\n  addr = \"10.0.1.10:8080\"\n");
+    let errs = Config::parse(&huge, Path::new("."), &Overrides::default()).unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["dns.min_ttl", "dns.max_ttl", "dns.timeout"],
+        "{errs:#?}"
+    );
 }
 
 #[test]

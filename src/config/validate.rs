@@ -248,14 +248,17 @@ fn validate_dns(d: RawDns, e: &mut Errors<'_>) -> Dns {
     let min_ttl = e.duration("dns.min_ttl", &d.min_ttl, Duration::from_secs(5));
     let max_ttl = e.duration("dns.max_ttl", &d.max_ttl, Duration::from_secs(300));
     let timeout = e.duration("dns.timeout", &d.timeout, Duration::from_secs(2));
-    if min_ttl.is_zero() {
-        e.push("dns.min_ttl", "must be more than 0");
+    // A day at most: a moved origin must not stay pinned longer (and the next lookup's time
+    // must stay representable).
+    const DAY: Duration = Duration::from_secs(86_400);
+    if min_ttl.is_zero() || min_ttl > DAY {
+        e.push("dns.min_ttl", "must be more than 0 and at most 1d");
     }
-    if max_ttl < min_ttl {
-        e.push("dns.max_ttl", "must be at least dns.min_ttl");
+    if max_ttl < min_ttl || max_ttl > DAY {
+        e.push("dns.max_ttl", "must be at least dns.min_ttl and at most 1d");
     }
-    if timeout.is_zero() {
-        e.push("dns.timeout", "must be more than 0");
+    if timeout.is_zero() || timeout > Duration::from_secs(30) {
+        e.push("dns.timeout", "must be more than 0 and at most 30s");
     }
     Dns {
         servers,
