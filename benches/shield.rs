@@ -4,7 +4,7 @@
 //! 1. origin requests per object for a miss storm over four edges (every object asked for by
 //!    40 readers at once, ten per edge), with the edges going straight to the origin, and with
 //!    the edges filling from two consistent-hashed shields;
-//! 2. reader latency (p50 / p99 over one keep-alive connection, one request at a time) for an
+//! 2. reader latency (p50 / p99 over keep-alive connections, one request at a time) for an
 //!    edge miss straight to the origin, an edge miss through a shield that misses too, an edge
 //!    miss that the shield answers from its cache, and an edge hit;
 //! 3. the share of keys that move when one of four shields leaves a `select = "hash"` pool
@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{connect, get, read_whole, Behaviour, Onair, Origin, Setup};
 
-/// A shield in front of `origin`, trusting the edges (all of 127.0.0.0/24).
+/// A shield in front of `origin`, whose tiers are the edges (all of 127.0.0.0/24).
 async fn shield(id: &str, ip: [u8; 4], origin: &Origin) -> Onair {
     let mut setup = Setup::new(format!(
-        "[protect]\ntrusted_proxies = [\"127.0.0.0/24\"]\n{}",
+        "[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
         common::one_site(origin.addr, "", "")
     ))
     .on(ip);
@@ -61,7 +61,7 @@ fn cached(delay: Duration) -> Behaviour {
 }
 
 /// Origin requests per object when `objects` objects are each asked for by 40 readers at once,
-/// spread over four edges.
+/// spread over four edges (five objects at a time).
 async fn miss_storm(with_shields: bool, objects: usize) -> f64 {
     let origin = Origin::start_on("origin", [127, 0, 0, 10]).await;
     origin.set(cached(Duration::from_millis(100)));
@@ -87,24 +87,30 @@ async fn miss_storm(with_shields: bool, objects: usize) -> f64 {
             .await,
         );
     }
-    let mut asks = tokio::task::JoinSet::new();
-    for object in 0..objects {
-        for n in 0..40 {
-            let addr = edges[n % 4].http;
-            asks.spawn(async move {
-                get(addr, "a", &format!("/o/{object}"))
-                    .await
-                    .map(|r| r.status)
-            });
+    // Five objects at a time: 200 readers, 50 on each edge, all from one address, under the
+    // edges' per-address connection cap (256).
+    let objects_list: Vec<usize> = (0..objects).collect();
+    for batch in objects_list.chunks(5) {
+        let mut asks = tokio::task::JoinSet::new();
+        for &object in batch {
+            for n in 0..40 {
+                let addr = edges[n % 4].http;
+                asks.spawn(async move {
+                    get(addr, "a", &format!("/o/{object}"))
+                        .await
+                        .map(|r| r.status)
+                });
+            }
         }
-    }
-    while let Some(done) = asks.join_next().await {
-        assert_eq!(done.unwrap().unwrap(), 200);
+        while let Some(done) = asks.join_next().await {
+            assert_eq!(done.unwrap().unwrap(), 200);
+        }
     }
     origin.proxied_hits() as f64 / objects as f64
 }
 
-/// Latencies of `n` sequential GETs on one keep-alive connection; `path(i)` names each.
+/// Latencies of `n` sequential GETs on keep-alive connections (500 requests each, under the
+/// nodes' keepalive_requests); `path(i)` names each.
 async fn timed(
     addr: std::net::SocketAddr,
     n: usize,
@@ -114,6 +120,10 @@ async fn timed(
     let mut sender = connect(addr).await.unwrap();
     let mut took = Vec::with_capacity(n);
     for i in 0..n {
+        // A connection carries at most protect.keepalive_requests (1000) requests.
+        if i > 0 && i % 500 == 0 {
+            sender = connect(addr).await.unwrap();
+        }
         let req = hyper::Request::get(path(i))
             .header("Host", "a")
             .body(

@@ -266,10 +266,12 @@ fn publish_origin_gauges(old: Option<&Snapshot>, new: &Snapshot) {
     let Some(old) = old else { return };
     for pool in &old.pools {
         for o in &pool.origins {
+            // By label, as the series are named: an origin whose address changed under the
+            // same name keeps its series (the new one's handles are the same label set).
             let still = new
                 .pools
                 .iter()
-                .any(|p| p.name() == pool.name() && p.origins.iter().any(|n| n.addr == o.addr));
+                .any(|p| p.name() == pool.name() && p.origins.iter().any(|n| n.label == o.label));
             if !still {
                 METRICS.forget_origin(pool.name(), &o.label);
             }

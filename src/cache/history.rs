@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::purge::Selector;
 
@@ -32,7 +32,7 @@ const MAX_BYTES: usize = 64 << 20;
 /// When a purge began, and its place in the record (times can be equal; places cannot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
-    at: SystemTime,
+    at: Instant,
     seq: u64,
 }
 
@@ -50,7 +50,7 @@ struct State {
     prefixes: VecDeque<(Mark, String)>,
     /// Copies made before this are treated as predating a purge: the purges that would say
     /// were folded away.
-    refuse_before: Option<SystemTime>,
+    refuse_before: Option<Instant>,
 }
 
 impl State {
@@ -114,12 +114,12 @@ impl PurgeHistory {
 
     /// Records a purge beginning now; call it before the purge touches any tier.
     pub fn record(&self, selector: &Selector) {
-        self.record_at(SystemTime::now(), selector);
+        self.record_at(Instant::now(), selector);
     }
 
-    fn record_at(&self, at: SystemTime, selector: &Selector) {
+    fn record_at(&self, at: Instant, selector: &Selector) {
         let mut state = self.lock();
-        // A clock stepped back must not make a later purge look older than an earlier one.
+        // Callers record in order; a test's explicit time must not break the order either.
         let at = state.kept.back().map_or(at, |(last, _)| at.max(last.at));
         let mark = Mark {
             at,
@@ -144,17 +144,24 @@ impl PurgeHistory {
         while (state.kept.len() > MAX_KEPT || state.bytes > MAX_BYTES) && state.fold_oldest() {}
     }
 
-    /// Judges a copy of `target` (with `tags`) that an upstream cache says is `age` old, `now`.
-    pub fn judge(&self, now: SystemTime, age: Duration, target: &str, tags: &[String]) -> Verdict {
+    /// Judges a copy of `target` (with `tags`) that an upstream cache says is `age` old.
+    pub fn judge(&self, age: Duration, target: &str, tags: &[String]) -> Verdict {
+        self.judge_at(Instant::now(), age, target, tags)
+    }
+
+    /// Ages only, on the monotonic clock: a wall clock stepped forward and back would leave
+    /// purges "in the future", and every copy would predate them until it caught up.
+    fn judge_at(&self, now: Instant, age: Duration, target: &str, tags: &[String]) -> Verdict {
         // Age is whole seconds, rounded down: the copy was made in (now − age − 1 s, now − age].
-        let latest = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
-        let earliest = latest
-            .checked_sub(Duration::from_secs(1))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        // A time before this process's clock began (None) is before every purge it recorded.
+        let latest = now.checked_sub(age);
+        let earliest = latest.and_then(|l| l.checked_sub(Duration::from_secs(1)));
+        let after_latest = |at: Instant| latest.is_none_or(|l| at > l);
+        let after_earliest = |at: Instant| earliest.is_none_or(|e| at > e);
         let state = self.lock();
         // The latest purge matching the copy.
         let mut last = state.refuse_before;
-        let mut newer = |at: SystemTime| last = Some(last.map_or(at, |l| l.max(at)));
+        let mut newer = |at: Instant| last = Some(last.map_or(at, |l| l.max(at)));
         if let Some(mark) = state.urls.get(target) {
             newer(mark.at);
         }
@@ -164,7 +171,7 @@ impl PurgeHistory {
             }
         }
         for (mark, prefix) in state.prefixes.iter().rev() {
-            if mark.at <= earliest {
+            if !after_earliest(mark.at) {
                 break;
             }
             if target.starts_with(prefix.as_str()) {
@@ -173,8 +180,8 @@ impl PurgeHistory {
             }
         }
         match last {
-            Some(at) if at > latest => Verdict::Predates,
-            Some(at) if at > earliest => Verdict::MayPredate,
+            Some(at) if after_latest(at) => Verdict::Predates,
+            Some(at) if after_earliest(at) => Verdict::MayPredate,
             _ => Verdict::Current,
         }
     }
@@ -199,61 +206,55 @@ mod tests {
     #[test]
     fn a_copy_made_before_a_matching_purge_predates_it() {
         let h = PurgeHistory::default();
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = Instant::now();
         h.record_at(t0, &urls(&["a/story"]));
         let now = t0 + Duration::from_secs(10);
         // Made 20 s ago: before the purge.
-        let v = h.judge(now, Duration::from_secs(20), "a/story", &[]);
+        let v = h.judge_at(now, Duration::from_secs(20), "a/story", &[]);
         assert_eq!(v, Verdict::Predates);
         // Made 5 s ago: after it.
-        let v = h.judge(now, Duration::from_secs(5), "a/story", &[]);
+        let v = h.judge_at(now, Duration::from_secs(5), "a/story", &[]);
         assert_eq!(v, Verdict::Current);
         // Another object: untouched by the purge.
-        let v = h.judge(now, Duration::from_secs(20), "a/other", &[]);
+        let v = h.judge_at(now, Duration::from_secs(20), "a/other", &[]);
         assert_eq!(v, Verdict::Current);
         // Made "10 s ago", which Age rounds down: maybe a moment before the purge.
-        let v = h.judge(now, Duration::from_secs(10), "a/story", &[]);
+        let v = h.judge_at(now, Duration::from_secs(10), "a/story", &[]);
         assert_eq!(v, Verdict::MayPredate);
     }
 
     #[test]
     fn tags_and_prefixes_match_as_purges_do() {
         let h = PurgeHistory::default();
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = Instant::now();
         h.record_at(t0, &Selector::Tags(["home".to_string()].into()));
         h.record_at(t0, &Selector::Prefix("a/news/".into()));
         let now = t0 + Duration::from_secs(3);
         let old = Duration::from_secs(30);
         assert_eq!(
-            h.judge(now, old, "a/x", &["home".into()]),
+            h.judge_at(now, old, "a/x", &["home".into()]),
             Verdict::Predates
         );
-        assert_eq!(h.judge(now, old, "a/news/1", &[]), Verdict::Predates);
-        assert_eq!(h.judge(now, old, "a/sport/1", &[]), Verdict::Current);
+        assert_eq!(h.judge_at(now, old, "a/news/1", &[]), Verdict::Predates);
+        assert_eq!(h.judge_at(now, old, "a/sport/1", &[]), Verdict::Current);
     }
 
     #[test]
-    fn a_clock_stepped_back_keeps_purges_in_order() {
+    fn a_copy_older_than_the_process_clock_predates_its_purges() {
         let h = PurgeHistory::default();
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        h.record_at(t0, &urls(&["a/late"]));
-        // Recorded after, with a clock 100 s behind: still counts as after the first.
-        h.record_at(t0 - Duration::from_secs(100), &urls(&["a/early"]));
-        let now = t0 + Duration::from_secs(10);
-        assert_eq!(
-            h.judge(now, Duration::from_secs(60), "a/late", &[]),
-            Verdict::Predates
-        );
-        assert_eq!(
-            h.judge(now, Duration::from_secs(60), "a/early", &[]),
-            Verdict::Predates
-        );
+        let t0 = Instant::now();
+        h.record_at(t0, &urls(&["a/story"]));
+        // Ten years: before this machine's monotonic clock began.
+        let ancient = Duration::from_secs(10 * 365 * 86_400);
+        let now = t0 + Duration::from_secs(1);
+        assert_eq!(h.judge_at(now, ancient, "a/story", &[]), Verdict::Predates);
+        assert_eq!(h.judge_at(now, ancient, "a/other", &[]), Verdict::Current);
     }
 
     #[test]
     fn folding_a_purge_keeps_a_later_purge_of_the_same_object() {
         let h = PurgeHistory::default();
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = Instant::now();
         // Same URL and tag twice, at the same instant (a clock that did not move).
         h.record_at(t0, &urls(&["a/story"]));
         h.record_at(t0, &Selector::Tags(["home".to_string()].into()));
@@ -272,22 +273,22 @@ mod tests {
         let now = t1 + Duration::from_secs(10);
         // Made between the two purges: the second still counts.
         let between = Duration::from_secs(60);
-        assert_eq!(h.judge(now, between, "a/story", &[]), Verdict::Predates);
+        assert_eq!(h.judge_at(now, between, "a/story", &[]), Verdict::Predates);
         assert_eq!(
-            h.judge(now, between, "a/x", &["home".into()]),
+            h.judge_at(now, between, "a/x", &["home".into()]),
             Verdict::Predates
         );
-        assert_eq!(h.judge(now, between, "a/news/1", &[]), Verdict::Predates);
-        assert_eq!(h.judge(now, between, "a/other", &[]), Verdict::Current);
+        assert_eq!(h.judge_at(now, between, "a/news/1", &[]), Verdict::Predates);
+        assert_eq!(h.judge_at(now, between, "a/other", &[]), Verdict::Current);
         // Made after both.
         let after = Duration::from_secs(5);
-        assert_eq!(h.judge(now, after, "a/story", &[]), Verdict::Current);
+        assert_eq!(h.judge_at(now, after, "a/story", &[]), Verdict::Current);
     }
 
     #[test]
     fn past_the_bound_old_copies_are_refused_not_forgotten() {
         let h = PurgeHistory::default();
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = Instant::now();
         for i in 0..MAX_KEPT + 10 {
             h.record_at(
                 t0 + Duration::from_millis(i as u64),
@@ -300,12 +301,12 @@ mod tests {
         let now = t0 + Duration::from_secs(600);
         // The first purge was folded away; a copy older than the fold is refused anyway.
         assert_eq!(
-            h.judge(now, Duration::from_secs(700), "a/0", &[]),
+            h.judge_at(now, Duration::from_secs(700), "a/0", &[]),
             Verdict::Predates
         );
         // A copy made after every purge is current.
         assert_eq!(
-            h.judge(now, Duration::from_secs(1), "a/0", &[]),
+            h.judge_at(now, Duration::from_secs(1), "a/0", &[]),
             Verdict::Current
         );
     }

@@ -152,9 +152,16 @@ const NOT_FROM_304: &[&str] = &[
 /// `Cache-Status` (it answered from stale) must count as they would on a 200.
 pub fn merged_with_304(stored: &ResponseHeader, fields: &http::HeaderMap) -> ResponseHeader {
     let mut header = stored.clone();
-    // A stored Age is never kept (see `decide`); an Age in the merged header is the 304's.
-    if header.headers.contains_key(http::header::AGE) {
-        header.remove_header(&http::header::AGE);
+    // A stored Age is never kept (see `decide`): an Age in the merged header is the 304's. Nor
+    // the stored Cache-Status: it described the answer that filled the copy (perhaps a stale
+    // one, which would expire every revalidation at once); the 304's, if any, describes now.
+    for name in [
+        http::header::AGE,
+        http::header::HeaderName::from_static("cache-status"),
+    ] {
+        if header.headers.contains_key(&name) {
+            header.remove_header(&name);
+        }
     }
     for name in fields.keys() {
         if NOT_FROM_304.contains(&name.as_str()) {
@@ -243,14 +250,11 @@ fn default_freshness(
     now.checked_add(ttl)
 }
 
-/// Why an upstream cache's copy was passed on unstored: it predates a purge made here.
-pub const PREDATES_PURGE: &str = "predates-purge";
-
 /// The predictor's filter: refusals with these reasons are not remembered for the URL.
 pub fn transient_refusal(reason: &'static str) -> bool {
     matches!(
         reason,
-        "partial" | "set-cookie" | "vary-star" | "authorization" | PREDATES_PURGE
+        "partial" | "set-cookie" | "vary-star" | "authorization"
     )
 }
 
@@ -571,6 +575,14 @@ mod tests {
         assert_eq!(ttl(&m), 60);
         // The stored header keeps no Age (its age is the meta's).
         assert!(!m.response_header().headers.contains_key("age"));
+        // The stored Cache-Status described the fill, not this 304: a copy once filled from
+        // stale is not expired again by every revalidation.
+        let mut filled_stale = stored.clone();
+        filled_stale
+            .append_header("Cache-Status", "shield; hit; detail=stale-if-error")
+            .unwrap();
+        let merged = merged_with_304(&filled_stale, &http::HeaderMap::new());
+        assert!(!crate::cache::status::upstream_served_stale(&merged));
         // A 304 without Age: made now; an Age stored by mistake does not count.
         let mut with_age = stored.clone();
         with_age.append_header("Age", "50").unwrap();

@@ -67,8 +67,9 @@ impl Outcome {
     }
 }
 
-/// The `Cache-Status` entry of a maintenance answer: this node is a cache that could not
-/// reach any origin for the request (`fwd=bypass` when the request was not for the cache).
+/// The `Cache-Status` entry of a maintenance answer: this node is a cache that could not get
+/// an answer from any origin for the request (`fwd=bypass` when the request was not for the
+/// cache). Tells an operator looking at a 503 which tier gave up.
 pub fn origin_unavailable(node: &str, cache_on: bool) -> String {
     let fwd = if cache_on { "uri-miss" } else { "bypass" };
     format!("{node}; fwd={fwd}; detail=origin-unavailable")
@@ -84,13 +85,6 @@ pub fn upstream_served_stale(resp: &pingora::http::ResponseHeader) -> bool {
         resp,
         &["detail=stale-if-error", "detail=stale-while-revalidate"],
     )
-}
-
-/// Whether the cache closest to us upstream says its own origins failed (its maintenance
-/// answer, [`origin_unavailable`]): that upstream is a healthy tier with nothing to serve, not
-/// a failing origin.
-pub fn upstream_origin_unavailable(resp: &pingora::http::ResponseHeader) -> bool {
-    last_entry_says(resp, &["detail=origin-unavailable"])
 }
 
 /// Whether the last `Cache-Status` entry has one of `params`.

@@ -461,6 +461,10 @@ pub struct Pool {
     /// The pool requests go on to when none of this pool's origins can be used (all down or
     /// ejected, or its attempts spent): regional shields, then other regions', then the origin.
     pub fallback: Option<String>,
+    /// The origins are onair shields (another cache tier): a 503 from one is its maintenance
+    /// answer (its own origins failed, or it is shedding load), which moves the request on but
+    /// does not eject it, so it stays in service for the copies it still holds.
+    pub shields: bool,
     pub tls: bool,
     pub sni: Option<String>,
     pub host: Option<String>,

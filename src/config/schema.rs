@@ -181,6 +181,7 @@ pub struct RawPool {
     pub name: Option<String>,
     pub select: Option<String>,
     pub fallback: Option<String>,
+    pub shields: Option<bool>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub host: Option<String>,

@@ -1051,6 +1051,7 @@ fn validate_pools(pools: Vec<RawPool>, base: &Path, e: &mut Errors<'_>) -> Vec<P
             name,
             select,
             fallback: p.fallback.filter(|f| !f.is_empty()),
+            shields: p.shields.unwrap_or(false),
             tls,
             sni: p.sni.filter(|s| !s.is_empty()),
             host: p.host.filter(|s| !s.is_empty()),

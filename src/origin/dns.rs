@@ -170,15 +170,29 @@ pub async fn resolve(
     settings: &config::Dns,
     name: &str,
 ) -> Result<(Vec<IpAddr>, Duration), String> {
-    let resolver = resolver(settings)?;
     // Fully qualified: no search-domain guesses, one query.
     let fqdn = format!("{}.", name.trim_end_matches('.'));
-    // hickory has its own per-query timeout; this bounds the whole lookup (both families, every
-    // server, the retries).
-    let lookup = tokio::time::timeout(settings.timeout, resolver.lookup_ip(fqdn.as_str()))
+    // IPv4 addresses when the name has any; IPv6 only for a name that has no A record at all.
+    // Not on any failure of the A query (hickory's Ipv4thenIpv6): one lost A answer must not
+    // swap a pool to IPv6 addresses an edge may have no route to. Every address becomes an
+    // origin, so mixing both families would also fail over through each unreachable one.
+    // hickory has its own per-query timeout; this bounds the whole lookup (every server, the
+    // retries, the second family).
+    let lookup = async {
+        match resolver(settings, LookupIpStrategy::Ipv4Only)?
+            .lookup_ip(fqdn.as_str())
+            .await
+        {
+            Err(e) if e.is_no_records_found() => resolver(settings, LookupIpStrategy::Ipv6Only)?
+                .lookup_ip(fqdn.as_str())
+                .await
+                .map_err(|e| e.to_string()),
+            other => other.map_err(|e| e.to_string()),
+        }
+    };
+    let lookup = tokio::time::timeout(settings.timeout, lookup)
         .await
-        .map_err(|_| format!("no answer within {:?}", settings.timeout))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| format!("no answer within {:?}", settings.timeout))??;
     let addrs: Vec<IpAddr> = lookup.iter().collect();
     if addrs.is_empty() {
         return Err("no address in the answer".to_owned());
@@ -189,7 +203,7 @@ pub async fn resolve(
     Ok((addrs, ttl))
 }
 
-fn resolver(settings: &config::Dns) -> Result<TokioResolver, String> {
+fn resolver(settings: &config::Dns, family: LookupIpStrategy) -> Result<TokioResolver, String> {
     let mut builder = if settings.servers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| format!("system DNS settings: {e}"))?
     } else {
@@ -210,15 +224,12 @@ fn resolver(settings: &config::Dns) -> Result<TokioResolver, String> {
         )
     };
     let options = builder.options_mut();
-    // Half the whole lookup's bound per query: an A query that times out still leaves time
-    // for the AAAA one (the strategy below), within `dns.timeout`.
+    // Half the whole lookup's bound per query: an A query that finds no record still leaves
+    // time for the AAAA one, within `dns.timeout`.
     options.timeout = (settings.timeout / 2).max(Duration::from_millis(100));
     options.attempts = 1;
-    // IPv4 addresses when the name has any, else IPv6: every address becomes an origin, and
-    // an edge without an IPv6 route would otherwise fail over through each AAAA address.
-    options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
-    // Nothing to gain from its cache (see the module note); a small one still merges the two
-    // families' queries.
+    options.ip_strategy = family;
+    // Nothing to gain from its cache (see the module note): each resolver lives for one lookup.
     options.cache_size = 8;
     builder.build().map_err(|e| format!("resolver: {e}"))
 }

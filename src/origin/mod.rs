@@ -386,6 +386,7 @@ mod tests {
             name: "p".into(),
             select: config::Select::RoundRobin,
             fallback: None,
+            shields: false,
             tls: false,
             sni: None,
             host: None,

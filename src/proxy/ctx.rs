@@ -81,11 +81,10 @@ pub struct RequestCtx {
     /// A tier asked for a copy revalidated with the origin (`Cache-Control: no-cache`): the
     /// stored copy, fresh or not, is revalidated once before it is served.
     pub revalidate: bool,
-    /// The upstream cache's first answer may have predated a purge made here, so it was asked
-    /// again with `no-cache` (see `cache::history`); at most once per request.
+    /// The upstream is asked with `no-cache` (see `cache::history`): the stored copy or the
+    /// upstream's first answer may predate a purge made here, or a tier asked this node so.
+    /// At most once per request.
     pub refetch: bool,
-    /// Even the second answer predates a purge made here: pass it on, do not store it.
-    pub predates_purge: bool,
 }
 
 impl RequestCtx {
@@ -128,7 +127,6 @@ impl RequestCtx {
             from_tier: false,
             revalidate: false,
             refetch: false,
-            predates_purge: false,
         }
     }
 

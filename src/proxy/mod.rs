@@ -202,6 +202,8 @@ impl ProxyHttp for Edge {
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
         ctx.revalidate = ctx.cache_on && ctx.from_tier && cache::asks_revalidation(req);
+        // And passed on: behind this node may be another cache tier whose copy is as old.
+        ctx.refetch = ctx.revalidate;
         ctx.query_key = route.query;
         if ctx.cache_on && route.query != crate::config::QueryKey::Keep {
             // The origin gets the query as the key holds it (sorted, or none): what it answers
@@ -301,13 +303,7 @@ impl ProxyHttp for Edge {
             .as_ref()
             .map(|fields| cache::policy::merged_with_304(resp, fields));
         let resp = merged.as_ref().unwrap_or(resp);
-        let mut decision = if ctx.predates_purge {
-            RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom(
-                cache::policy::PREDATES_PURGE,
-            ))
-        } else {
-            cache::policy::decide(resp, authorization, SystemTime::now(), &grants)
-        };
+        let mut decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
         // The store holds the ticket from here (Pingora gives the same meta to the fill). When
         // nothing will be stored it is dropped now: kept open by a long answer (a WebSocket, a
         // stream) it would only make the fence remember purges for nothing.
@@ -350,11 +346,10 @@ impl ProxyHttp for Edge {
                 if upstream {
                     // A 5xx answered from a stale copy never reaches upstream_response_filter:
                     // count the attempt here, so passive health sees it (no-op if counted).
-                    let outcome = match e.etype() {
-                        ErrorType::HTTPStatus(_) => OriginOutcome::Status5xx,
-                        _ => outcome_of(e),
-                    };
-                    record_attempt(ctx, outcome);
+                    match e.etype() {
+                        ErrorType::HTTPStatus(status) => record_5xx(ctx, *status),
+                        _ => record_attempt(ctx, outcome_of(e)),
+                    }
                 }
                 upstream
             }
@@ -506,16 +501,11 @@ impl ProxyHttp for Edge {
             }
         }
         if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            // A cache tier's maintenance answer: the tier is up and answering, its origins are
-            // not. Ejecting it would lose the stale copies it still serves for other objects.
-            let outcome = if resp.status.is_server_error()
-                && !cache::status::upstream_origin_unavailable(resp)
-            {
-                OriginOutcome::Status5xx
+            if resp.status.is_server_error() {
+                record_5xx(ctx, resp.status.as_u16());
             } else {
-                OriginOutcome::Ok
-            };
-            record_attempt(ctx, outcome);
+                record_attempt(ctx, OriginOutcome::Ok);
+            }
             // A gateway-class answer from one origin (overloaded, restarting, its own backend
             // gone): like a refused connection, an idempotent request whose client has seen
             // nothing yet moves to the next origin, within max_attempts and the retry budget.
@@ -727,6 +717,9 @@ impl ProxyHttp for Edge {
             }
         } else {
             // Origins failed (or none is left): the site's maintenance page, never a bare 502.
+            // The connection closes after it (Pingora does not reuse it): say so, or a cache
+            // tier in front pools it and meets a reset on its next request.
+            session.set_keepalive(None);
             respond::maintenance(session, ctx).await.unwrap_or(0)
         };
         FailToProxy {
@@ -822,17 +815,20 @@ impl Edge {
         let age = now.duration_since(meta.epoch()).unwrap_or_default();
         let target = self.purge_target(session, ctx);
         let tags = cache::purge::tags_of(meta.response_header());
-        if self.cache.history.judge(now, age, &target, &tags) != cache::history::Verdict::Current {
+        if self.cache.history.judge(age, &target, &tags) != cache::history::Verdict::Current {
             ctx.refetch = true;
             METRICS.refetched();
         }
     }
 
-    /// Whether an upstream cache's copy may predate a purge made here (`cache::history`): the
-    /// first time, the request is asked again with `no-cache` (an error Pingora retries, on
-    /// the same origin of a hash pool); after that, a copy that still predates the purge is
-    /// passed on but not stored. A 304 is never refused (Pingora would send it bare): the
-    /// request that got it was judged before it left (`judge_stored_copy`).
+    /// Whether an upstream cache's copy may predate a purge made here (`cache::history`): if
+    /// so, the request is asked again with `no-cache` (an error Pingora retries, on the same
+    /// origin of a hash pool), once. Whatever that second answer is, it is the best the
+    /// upstream has: an onair shield revalidated it with the origin (or failed, and said so),
+    /// and an upstream that ignores a request's no-cache (Varnish and nginx by default) would
+    /// hand the same copy to every refetch; it is stored, so that such an upstream costs one
+    /// refetch per object lifetime, not one per request. A 304 is never refused (Pingora would
+    /// send it bare): the request that got it was judged before it left (`judge_stored_copy`).
     fn judge_upstream_copy(
         &self,
         session: &Session,
@@ -845,30 +841,16 @@ impl Edge {
         };
         let target = self.purge_target(session, ctx);
         let tags = cache::purge::tags_of(resp);
-        let verdict = self
-            .cache
-            .history
-            .judge(SystemTime::now(), age, &target, &tags);
-        use cache::history::Verdict;
+        let verdict = self.cache.history.judge(age, &target, &tags);
         let not_modified = resp.status == http::StatusCode::NOT_MODIFIED;
-        match verdict {
-            Verdict::Current => {}
-            Verdict::MayPredate | Verdict::Predates if !ctx.refetch && !not_modified => {
-                ctx.refetch = true;
-                record_attempt(ctx, OriginOutcome::Ok);
-                METRICS.refetched();
-                let mut e =
-                    Error::explain(PREDATES_PURGE, "upstream copy made before a purge").into_up();
-                e.set_retry(true);
-                return Err(e);
-            }
-            // Asked again with no-cache: within the second Age cannot resolve, the upstream
-            // revalidated it. A copy still clearly older than the purge (an upstream that
-            // ignores a request's no-cache, as Varnish and nginx do by default) goes to the
-            // reader, as it would without this node, but is not stored: the purge stays final
-            // here, and the next request asks again.
-            Verdict::MayPredate => {}
-            Verdict::Predates => ctx.predates_purge = true,
+        if verdict != cache::history::Verdict::Current && !ctx.refetch && !not_modified {
+            ctx.refetch = true;
+            record_attempt(ctx, OriginOutcome::Ok);
+            METRICS.refetched();
+            let mut e =
+                Error::explain(PREDATES_PURGE, "upstream copy made before a purge").into_up();
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -1082,8 +1064,32 @@ fn outcome_of(e: &Error) -> OriginOutcome {
     }
 }
 
+/// Counts a 5xx answer. From a pool of shields, a 503 is a shield's maintenance answer: the
+/// shield is up and says its own origins failed (or it is shedding load). The request still
+/// moves on (a retry, a fallback, a stale copy), but ejecting the shield would lose every
+/// stale copy it still serves; active health checks judge whether it is up.
+fn record_5xx(ctx: &mut RequestCtx, status: u16) {
+    let shields = ctx.pool.as_ref().is_some_and(|p| p.config.shields);
+    let seen = if shields && status == 503 {
+        Seen::Ok
+    } else {
+        Seen::Failure
+    };
+    record(ctx, OriginOutcome::Status5xx, seen);
+}
+
 /// Counts the current attempt once in the origin metrics.
 fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
+    let seen = match outcome {
+        OriginOutcome::Ok => Seen::Ok,
+        OriginOutcome::Timeout => Seen::Timeout,
+        OriginOutcome::Error | OriginOutcome::Status5xx => Seen::Failure,
+    };
+    record(ctx, outcome, seen);
+}
+
+/// Counts the current attempt once: `outcome` in the metrics, `seen` for its health.
+fn record(ctx: &mut RequestCtx, outcome: OriginOutcome, seen: Seen) {
     if ctx.attempt_recorded {
         return;
     }
@@ -1097,11 +1103,6 @@ fn record_attempt(ctx: &mut RequestCtx, outcome: OriginOutcome) {
         if outcome != OriginOutcome::Timeout {
             origin.health.answered();
         }
-        let seen = match outcome {
-            OriginOutcome::Ok => Seen::Ok,
-            OriginOutcome::Timeout => Seen::Timeout,
-            OriginOutcome::Error | OriginOutcome::Status5xx => Seen::Failure,
-        };
         if let Some(change) =
             origin
                 .health

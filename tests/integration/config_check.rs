@@ -212,6 +212,7 @@ fn reference_config_documents_every_key() {
         "tiers",
         "select",
         "fallback",
+        "shields",
         "min_ttl",
         "max_ttl",
         "deny",

@@ -42,7 +42,7 @@ fn edge_config(pools: &[(&str, Vec<(&Onair, &str)>)], origin: &Origin, health: b
     for (i, (name, shields)) in pools.iter().enumerate() {
         let next = pools.get(i + 1).map_or("origin", |p| p.0);
         text.push_str(&format!(
-            "[[pool]]\nname = \"{name}\"\nselect = \"hash\"\nfallback = \"{next}\"\nconnect_timeout = \"500ms\"\n{health}"
+            "[[pool]]\nname = \"{name}\"\nselect = \"hash\"\nshields = true\nfallback = \"{next}\"\nconnect_timeout = \"500ms\"\n{health}"
         ));
         for (shield, region) in shields {
             text.push_str(&format!(

@@ -60,6 +60,40 @@ async fn sighup_swaps_origins_and_keeps_requests_in_flight() {
     )));
 }
 
+/// Origins named by position (`origin_addresses = false`): one whose address changes under the
+/// same name keeps its series, and counts the requests it gets after the reload.
+#[tokio::test]
+async fn an_origin_renumbered_under_the_same_name_keeps_its_series() {
+    let old = Origin::start("old").await;
+    let new = Origin::start("new").await;
+    let mut setup = one_origin(&old, "");
+    setup.admin_extra = String::new();
+    let onair = Onair::start(setup).await;
+    get(onair.http, "a", "/").await.unwrap();
+    let mut setup = one_origin(&new, "");
+    setup.admin_extra = String::new();
+    onair.rewrite(&setup);
+    onair.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            onair.metric("onair_config_version").await == Some(2.0)
+        })
+        .await
+    );
+    let r = get(onair.http, "a", "/").await.unwrap();
+    assert_eq!(r.header("x-origin"), Some("new"));
+    let series = "onair_origin_requests_total{origin=\"origin-0\",outcome=\"ok\",pool=\"p\"}";
+    assert!(
+        onair.metric(series).await.is_some_and(|v| v >= 1.0),
+        "{}",
+        onair.metrics_text().await
+    );
+    assert!(onair
+        .metrics_text()
+        .await
+        .contains("onair_origin_up{origin=\"origin-0\",pool=\"p\"} 1"));
+}
+
 #[tokio::test]
 async fn bad_file_changes_nothing() {
     let origin = Origin::start("o").await;

@@ -122,7 +122,7 @@ async fn shield_and_edge(origin: &Origin) -> (Onair, Onair) {
     ));
     shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
     let shield = Onair::start(shield_setup).await;
-    let edge = Onair::start(Setup::new(one_site(shield.http, "", ""))).await;
+    let edge = Onair::start(Setup::new(one_site(shield.http, "shields = true", ""))).await;
     (shield, edge)
 }
 
@@ -384,14 +384,16 @@ async fn a_soft_purge_at_the_edge_revalidates_through_the_shield() {
     assert_eq!(origin.proxied_hits(), 3);
 }
 
-/// With the origin down, a shield answers what it has not got with its maintenance page, which
-/// says in Cache-Status that its origins failed: the edges do not take that for the shield
-/// failing, so they keep it in service for the stale copies it still holds.
+/// With the origin down, a shield answers what it cannot serve with its maintenance page (503,
+/// and Cache-Status says which tier gave up): edges whose pool is `shields = true` do not take
+/// that for the shield failing, on a miss or when they serve their own stale copy instead, so
+/// they keep it in service for the copies it still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shield_whose_origin_is_down_stays_in_service() {
     let origin = Origin::start("origin").await;
     origin.set(version("v1", &[]));
     let (shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/page").await.unwrap().text(), "v1");
     // Only the shield has this one.
     let r = get_from(shield.http, [127, 0, 0, 9], "/shield-only", &[])
         .await
@@ -413,6 +415,16 @@ async fn a_shield_whose_origin_is_down_stays_in_service() {
             .unwrap();
         assert_eq!(r.status, 503, "{:?}", r.headers);
     }
+    // The edge's own copy, soft-purged: revalidated through the shield with no-cache, which
+    // the shield cannot do (and will not answer from stale after a purge): the edge serves
+    // its stale copy, and the shield's 503 does not count against it either.
+    let soft = r#"{"urls": ["http://a/page"], "soft": true}"#;
+    assert_eq!(edge.admin_post("/purge", soft).await.status, 200);
+    for _ in 0..6 {
+        let r = get(edge.http, "a", "/page").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.headers);
+        assert_eq!(r.text(), "v1");
+    }
     let ejections = format!(
         "onair_origin_ejections_total{{origin=\"{}\",pool=\"p\"}}",
         shield.http
@@ -422,4 +434,66 @@ async fn a_shield_whose_origin_is_down_stays_in_service() {
     let r = get(edge.http, "a", "/shield-only").await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.headers);
     assert_eq!(r.text(), "v1");
+}
+
+/// Three tiers (edge → regional shield → central shield → origin), the purge at the edge only:
+/// the edge's no-cache travels through every tier, so no tier's older copy undoes the purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_at_the_edge_reaches_through_every_tier() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[("Age", "30")]));
+    let shield = |upstream: std::net::SocketAddr, id: &str, pool: &str| {
+        let mut setup = Setup::new(format!(
+            "[protect]\ntiers = [\"127.0.0.1/32\"]\n{}",
+            one_site(upstream, pool, "")
+        ));
+        setup.node_extra = format!("id = \"{id}\"\n");
+        Onair::start(setup)
+    };
+    let central = shield(origin.addr, "central", "").await;
+    let regional = shield(central.http, "regional", "shields = true").await;
+    let edge = Onair::start(Setup::new(one_site(regional.http, "shields = true", ""))).await;
+    assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
+    assert_eq!(origin.proxied_hits(), 1);
+
+    origin.set(version("v2", &[]));
+    let out = edge
+        .admin_post("/purge", r#"{"urls": ["http://a/story"]}"#)
+        .await;
+    assert_eq!(out.status, 200);
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v2", "{:?}", r.headers);
+    assert_eq!(origin.proxied_hits(), 2);
+    // Stored at every tier: the next reader costs nothing.
+    let r = get(edge.http, "a", "/story").await.unwrap();
+    assert_eq!(r.text(), "v2");
+    assert_eq!(origin.proxied_hits(), 2);
+    let r = get_from(regional.http, [127, 0, 0, 9], "/story", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "v2");
+    assert_eq!(origin.proxied_hits(), 2);
+}
+
+/// An origin that is itself a cache sends an old Age on every answer: after a purge at the edge
+/// the shield's copy is asked for again once, and the answer is stored however old it says it
+/// is. Not a refetch on every request (the origin would take each one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_is_always_old_costs_one_refetch_per_purge() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[("Age", "30")]));
+    let (_shield, edge) = shield_and_edge(&origin).await;
+    assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
+    let out = edge
+        .admin_post("/purge", r#"{"urls": ["http://a/story"]}"#)
+        .await;
+    assert_eq!(out.status, 200);
+    for _ in 0..5 {
+        assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
+    }
+    assert_eq!(origin.proxied_hits(), 2);
+    assert!(
+        edge.metric_becomes("onair_upstream_refetches_total", |v| v == 1.0)
+            .await
+    );
 }
