@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use super::purge::Selector;
 
-/// Purges remembered at most.
-const MAX_KEPT: usize = 65_536;
+/// Purges remembered at most (lookups are indexed: the bound is for memory, see MAX_BYTES).
+const MAX_KEPT: usize = 262_144;
 /// Selector bytes remembered at most (a purge may list thousands of URLs).
 const MAX_BYTES: usize = 64 << 20;
 
@@ -187,11 +187,12 @@ impl PurgeHistory {
     }
 }
 
-/// About what a selector costs to keep.
+/// About what a selector costs to keep: each URL, tag or prefix is held twice (the selector
+/// and its index entry).
 fn weight(selector: &Selector) -> usize {
     64 + match selector {
-        Selector::Urls(set) | Selector::Tags(set) => set.iter().map(|s| s.len() + 32).sum(),
-        Selector::Prefix(p) => p.len(),
+        Selector::Urls(set) | Selector::Tags(set) => set.iter().map(|s| 2 * s.len() + 96).sum(),
+        Selector::Prefix(p) => 2 * p.len() + 64,
     }
 }
 

@@ -121,10 +121,12 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
     for name in strip {
         req.remove_header(&name);
     }
-    if ctx.cache_on {
+    let to_shields = ctx.pool.as_ref().is_some_and(|p| p.config.shields);
+    if ctx.cache_on || to_shields {
         // A cache decides freshness for its readers: a reader's no-cache must not make every
-        // tier behind this one revalidate with the origin. Only this node's own refetch of a
-        // copy that may predate a purge asks the next tier to (see `cache::history`).
+        // tier behind this one revalidate with the origin (nor on a route this node does not
+        // cache, when a shield behind it does). Only this node's own refetch of a copy that may
+        // predate a purge asks the next tier to (see `cache::history`).
         for name in [http::header::CACHE_CONTROL, http::header::PRAGMA] {
             if req.headers.contains_key(&name) {
                 req.remove_header(&name);

@@ -497,3 +497,33 @@ async fn an_upstream_that_is_always_old_costs_one_refetch_per_purge() {
             .await
     );
 }
+
+/// A route the edge does not cache, in front of a shield that does: the reader's no-cache does
+/// not pass through the edge to make the shield ask the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readers_no_cache_on_an_uncached_edge_route_stays_at_the_edge() {
+    let origin = Origin::start("origin").await;
+    origin.set(version("v1", &[]));
+    let (shield, _) = shield_and_edge(&origin).await;
+    let edge = Onair::start(Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n  [[site.route]]\n  path = \"/api/\"\n  cache = false\n\
+         [[pool]]\nname = \"p\"\nshields = true\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        shield.http
+    )))
+    .await;
+    for _ in 0..3 {
+        let r = request(
+            edge.http,
+            "GET",
+            "a",
+            "/api/feed",
+            &[("Cache-Control", "no-cache"), ("Pragma", "no-cache")],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.text(), "v1");
+    }
+    // The shield cached it once and served the rest.
+    assert_eq!(origin.proxied_hits(), 1);
+}
