@@ -97,6 +97,9 @@ pub fn serve(
         ))
     })?;
 
+    if !upgrade {
+        listeners_free(&config.listen)?;
+    }
     let server_conf = server_conf(&config, &state_dir);
     let opt = Opt {
         upgrade,
@@ -264,6 +267,40 @@ fn write_pid_file(path: &Path) {
     if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
         tracing::warn!("cannot write pid file {}: {e}", path.display());
     }
+}
+
+/// Fails unless every listener's address can be bound. Pingora binds in each service's own
+/// thread and, when an address stays in use, that thread panics while the process runs on
+/// without the listener: a node that looks started and answers nothing there. Checked before
+/// anything starts, so `onair run` exits with the address instead. (Not on a graceful
+/// upgrade: the old process holds the addresses and hands them over.)
+fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
+    let named = [
+        ("listen.http", &listen.http),
+        ("listen.https", &listen.https),
+        ("listen.proxy_protocol", &listen.proxy_protocol),
+    ];
+    let single = [
+        ("listen.admin", listen.admin),
+        ("listen.metrics", listen.metrics),
+    ];
+    let all = named
+        .iter()
+        .flat_map(|(key, addrs)| addrs.iter().map(move |a| (*key, *a)))
+        .chain(single.iter().filter_map(|(key, a)| a.map(|a| (*key, a))));
+    for (key, addr) in all {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "in use by another process".to_owned()
+            } else {
+                e.to_string()
+            };
+            return Err(StartError::Io(format!(
+                "{key}: cannot listen on {addr}: {why}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Removes the pid file unless a newer process (graceful upgrade) has taken it over.

@@ -363,3 +363,27 @@ fn run_refuses_a_broken_config_with_the_same_errors_on_stderr() {
     );
     assert!(String::from_utf8_lossy(&ran.stdout).is_empty());
 }
+
+/// A listener address another process holds: `onair run` exits at once, naming it, rather than
+/// run on without that listener.
+#[test]
+fn run_exits_when_a_listen_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[node]\nstate_dir = \"{}\"\n[listen]\nhttp = [\"{addr}\"]\n\
+         [[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"127.0.0.1:9\"\n",
+        dir.path().join("state").display()
+    );
+    let (_config_dir, path) = write_config(&text);
+    let ran = run_to_end(&["run"], &path, Duration::from_secs(20));
+    assert_eq!(ran.status.code(), Some(1), "{ran:?}");
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        stderr.contains(&format!("listen.http: cannot listen on {addr}: in use")),
+        "{stderr}"
+    );
+    drop(taken);
+}
