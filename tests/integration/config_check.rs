@@ -44,7 +44,7 @@ name = "portal"
 [[pool]]
 name = "api"
   [[pool.origin]]
-  addr = "api.daihoi.example.vn:9000"
+  addr = "api.daihoi.example.vn"
   tier = 300
   [[pool.origin]]
   adrr = "10.0.2.11:9000"
@@ -272,7 +272,9 @@ fn check_prints_every_error_with_its_key_path_in_one_run() {
         lines
             .iter()
             .any(|l| l.starts_with("pool[1].origin[0].addr: ")
-                && l.contains("api.daihoi.example.vn:9000")),
+                && l.contains(
+                    "\"api.daihoi.example.vn\" is not an IP:port address or a DNS name with a port"
+                )),
         "{stdout}"
     );
     assert!(

@@ -160,13 +160,7 @@ async fn an_edge_purge_is_not_undone_by_the_shields_older_copy() {
             .await
     );
     // The new version is stored at both tiers: the next readers cost nothing.
-    let r = get(edge.http, "a", "/story").await.unwrap();
-    assert_eq!(r.text(), "v2");
-    assert!(
-        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
-        "{:?}",
-        r.headers
-    );
+    assert_eq!(edge_hit(&edge, "/story").await.text(), "v2");
 
     // The same by tag (the edge knows the tags from the shield's answer).
     origin.set(version("v3", &[("Surrogate-Key", "home story")]));
@@ -228,6 +222,26 @@ async fn a_readers_no_cache_does_not_make_the_shield_ask_the_origin() {
     assert_eq!(r.text(), "v1");
     assert_eq!(r.header("surrogate-key"), None);
     assert_eq!(origin.proxied_hits(), 1);
+}
+
+/// GETs `path` through the edge and checks that the edge answered from its own copy.
+async fn edge_hit(edge: &Onair, path: &str) -> Resp {
+    let r = get(edge.http, "a", path).await.unwrap();
+    assert!(
+        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
+        "{:?}",
+        r.headers
+    );
+    r
+}
+
+/// The origin's answer to a conditional request: unchanged, still `etag`.
+fn not_modified(etag: &str) -> Behaviour {
+    Behaviour {
+        status: 304,
+        body: bytes::Bytes::new(),
+        ..cached(&[("ETag", etag)])
+    }
 }
 
 /// The Cache-Status entries of an answer, farthest cache first.
@@ -314,11 +328,7 @@ async fn a_shield_copy_revalidated_after_an_edge_purge_is_stored_again() {
     origin.set(version("v1", &[("ETag", "\"e1\""), ("Age", "30")]));
     let (_shield, edge) = shield_and_edge(&origin).await;
     assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "v1");
-    origin.set(Behaviour {
-        status: 304,
-        body: bytes::Bytes::new(),
-        ..cached(&[("ETag", "\"e1\"")])
-    });
+    origin.set(not_modified("\"e1\""));
     let out = edge
         .admin_post("/purge", r#"{"urls": ["http://a/story"]}"#)
         .await;
@@ -328,12 +338,7 @@ async fn a_shield_copy_revalidated_after_an_edge_purge_is_stored_again() {
     let age: u64 = r.header("age").unwrap_or("0").parse().unwrap();
     assert!(age < 5, "the revalidated copy is new: Age {age}");
     assert_eq!(origin.proxied_hits(), 2);
-    let r = get(edge.http, "a", "/story").await.unwrap();
-    assert!(
-        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
-        "{:?}",
-        r.headers
-    );
+    edge_hit(&edge, "/story").await;
     assert_eq!(origin.proxied_hits(), 2);
 }
 
@@ -355,32 +360,16 @@ async fn a_soft_purge_at_the_edge_revalidates_through_the_shield() {
     assert_eq!(r.status, 200, "{:?}", r.headers);
     assert_eq!(r.text(), "v2", "{:?}", r.headers);
     assert_eq!(origin.proxied_hits(), 2);
-    let r = get(edge.http, "a", "/story").await.unwrap();
-    assert_eq!(r.text(), "v2");
-    assert!(
-        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
-        "{:?}",
-        r.headers
-    );
+    assert_eq!(edge_hit(&edge, "/story").await.text(), "v2");
 
     // Unchanged at the origin: the 304 travels back and the stored copy is served.
-    origin.set(Behaviour {
-        status: 304,
-        body: bytes::Bytes::new(),
-        ..cached(&[("ETag", "\"e2\"")])
-    });
+    origin.set(not_modified("\"e2\""));
     assert_eq!(edge.admin_post("/purge", soft).await.status, 200);
     let r = get(edge.http, "a", "/story").await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.headers);
     assert_eq!(r.text(), "v2", "{:?}", r.headers);
     assert_eq!(origin.proxied_hits(), 3);
-    let r = get(edge.http, "a", "/story").await.unwrap();
-    assert_eq!(r.text(), "v2");
-    assert!(
-        statuses(&r).last().unwrap().starts_with("edge-test; hit"),
-        "{:?}",
-        r.headers
-    );
+    assert_eq!(edge_hit(&edge, "/story").await.text(), "v2");
     assert_eq!(origin.proxied_hits(), 3);
 }
 
