@@ -272,9 +272,13 @@ fn write_pid_file(path: &Path) {
 /// Fails unless every listener's address can be bound. Pingora binds in each service's own
 /// thread and, when an address stays in use, that thread panics while the process runs on
 /// without the listener: a node that looks started and answers nothing there. Checked before
-/// anything starts, so `onair run` exits with the address instead. (Not on a graceful
-/// upgrade: the old process holds the addresses and hands them over.)
+/// anything starts, so `onair run` exits with the address instead. Every test socket stays
+/// open until all are bound, so listeners that overlap each other (`0.0.0.0:80` and
+/// `127.0.0.1:80`) are caught too; an address in use is tried again for a few seconds, as
+/// Pingora would, for a process that is still on its way out. (Not on a graceful upgrade: the
+/// old process holds the addresses and hands them over.)
 fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
     let named = [
         ("listen.http", &listen.http),
         ("listen.https", &listen.https),
@@ -288,18 +292,36 @@ fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
         .iter()
         .flat_map(|(key, addrs)| addrs.iter().map(move |a| (*key, *a)))
         .chain(single.iter().filter_map(|(key, a)| a.map(|a| (*key, a))));
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
     for (key, addr) in all {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "in use by another process".to_owned()
-            } else {
-                e.to_string()
-            };
-            return Err(StartError::Io(format!(
-                "{key}: cannot listen on {addr}: {why}"
-            )));
+        let bound = loop {
+            match std::net::TcpListener::bind(addr) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && started.elapsed() < PATIENCE =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                other => break other,
+            }
+        };
+        match bound {
+            Ok(listener) => held.push(listener),
+            Err(e) => {
+                let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    "in use (by another process, or by another listener of this config)".to_owned()
+                } else {
+                    e.to_string()
+                };
+                return Err(StartError::Io(format!(
+                    "{key}: cannot listen on {addr}: {why}"
+                )));
+            }
         }
     }
+    // Pingora binds them for real next.
+    drop(held);
     Ok(())
 }
 

@@ -238,24 +238,17 @@ pub(crate) fn seek_range(
     Ok((start, end.map_or(len, |e| (e as u64).min(len))))
 }
 
-/// Whether a request asks for a copy revalidated with the origin: `Cache-Control: no-cache`
-/// (or `Pragma: no-cache` without Cache-Control, RFC 9111 §5.4). Honoured only from another
-/// tier (see `proxy::ctx::RequestCtx::revalidate`): from readers it would let anyone send every
+/// The request header with which an onair node asks the next tier for a copy revalidated with
+/// the origin (beside `Cache-Control: no-cache`, which other caches may act on). Every node
+/// removes it from what it forwards and adds it only to its own refetches, so a reader's copy
+/// never gets through an edge, whatever the route; and a node honours it only from its tiers
+/// (see `proxy::ctx::RequestCtx::revalidate`): from readers it would let anyone send every
 /// request to the origin.
+pub const REFETCH_HEADER: &str = "onair-refetch";
+
+/// Whether a request is another tier's refetch ([`REFETCH_HEADER`]).
 pub fn asks_revalidation(req: &RequestHeader) -> bool {
-    let has = |name: http::header::HeaderName| {
-        req.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
-    };
-    if req.headers.contains_key(http::header::CACHE_CONTROL) {
-        has(http::header::CACHE_CONTROL)
-    } else {
-        has(http::header::PRAGMA)
-    }
+    req.headers.contains_key(REFETCH_HEADER)
 }
 
 /// Whether a request may be answered from (and fill) the cache at all: GET and HEAD without

@@ -87,6 +87,23 @@ pub fn upstream_served_stale(resp: &pingora::http::ResponseHeader) -> bool {
     )
 }
 
+/// Whether an onair cache upstream said its own origins failed (its maintenance answer,
+/// [`origin_unavailable`]), in any entry: a tier between it and us passes the answer on and
+/// adds an entry of its own.
+pub fn upstream_origin_unavailable(resp: &pingora::http::ResponseHeader) -> bool {
+    resp.headers
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|entry| {
+            entry
+                .split(';')
+                .skip(1)
+                .any(|p| p.trim().eq_ignore_ascii_case("detail=origin-unavailable"))
+        })
+}
+
 /// Whether the last `Cache-Status` entry has one of `params`.
 fn last_entry_says(resp: &pingora::http::ResponseHeader, params: &[&str]) -> bool {
     let Some(last) = resp

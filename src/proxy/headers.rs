@@ -121,20 +121,24 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
     for name in strip {
         req.remove_header(&name);
     }
-    let to_shields = ctx.pool.as_ref().is_some_and(|p| p.config.shields);
-    if ctx.cache_on || to_shields {
-        // A cache decides freshness for its readers: a reader's no-cache must not make every
-        // tier behind this one revalidate with the origin (nor on a route this node does not
-        // cache, when a shield behind it does). Only this node's own refetch of a copy that may
-        // predate a purge asks the next tier to (see `cache::history`).
+    if ctx.cache_on {
+        // A cache decides freshness for its readers: their no-cache is not the origin's
+        // business (nor any tier's behind this one).
         for name in [http::header::CACHE_CONTROL, http::header::PRAGMA] {
             if req.headers.contains_key(&name) {
                 req.remove_header(&name);
             }
         }
-        if ctx.refetch {
-            req.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
-        }
+    }
+    // Only this node's own refetch of a copy that may predate a purge (or a tier's refetch,
+    // passed on) asks the next tier to revalidate (see `cache::history`); a reader's copy of
+    // the header never gets through, whatever the route.
+    if req.headers.contains_key(crate::cache::REFETCH_HEADER) {
+        req.remove_header(crate::cache::REFETCH_HEADER);
+    }
+    if ctx.refetch {
+        req.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+        req.insert_header(crate::cache::REFETCH_HEADER, "1")?;
     }
     let default_port = if scheme == "https" { 443 } else { 80 };
     let original_host: Option<HeaderValue> = match ctx.port.filter(|p| *p != default_port) {

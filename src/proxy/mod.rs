@@ -201,9 +201,11 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
-        ctx.revalidate = ctx.cache_on && ctx.from_tier && cache::asks_revalidation(req);
-        // And passed on: behind this node may be another cache tier whose copy is as old.
-        ctx.refetch = ctx.revalidate;
+        let refetch_asked = ctx.from_tier && cache::asks_revalidation(req);
+        ctx.revalidate = ctx.cache_on && refetch_asked;
+        // And passed on, cached here or not: behind this node may be another cache tier whose
+        // copy is as old.
+        ctx.refetch = refetch_asked;
         ctx.query_key = route.query;
         if ctx.cache_on && route.query != crate::config::QueryKey::Keep {
             // The origin gets the query as the key holds it (sorted, or none): what it answers
@@ -253,7 +255,7 @@ impl ProxyHttp for Edge {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _meta: &CacheMeta,
         _hit_handler: &mut pingora::cache::HitHandler,
         _is_fresh: bool,
@@ -265,7 +267,7 @@ impl ProxyHttp for Edge {
         // purged page must not come back because the origin is down (the tier still has its
         // own stale-if-error window, if its purge was soft). Once only: after waiting on
         // another request's fill, that fill is new enough.
-        if std::mem::take(&mut ctx.revalidate) {
+        if std::mem::take(&mut ctx.revalidate) && session.cache.lock_duration().is_none() {
             return Ok(Some(pingora::cache::ForcedFreshness::ForceExpired));
         }
         Ok(None)
@@ -347,7 +349,7 @@ impl ProxyHttp for Edge {
                     // A 5xx answered from a stale copy never reaches upstream_response_filter:
                     // count the attempt here, so passive health sees it (no-op if counted).
                     match e.etype() {
-                        ErrorType::HTTPStatus(status) => record_5xx(ctx, *status),
+                        ErrorType::HTTPStatus(status) => record_5xx(ctx, *status, None),
                         _ => record_attempt(ctx, outcome_of(e)),
                     }
                 }
@@ -502,7 +504,7 @@ impl ProxyHttp for Edge {
         }
         if !resp.status.is_informational() || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             if resp.status.is_server_error() {
-                record_5xx(ctx, resp.status.as_u16());
+                record_5xx(ctx, resp.status.as_u16(), Some(resp));
             } else {
                 record_attempt(ctx, OriginOutcome::Ok);
             }
@@ -1064,17 +1066,17 @@ fn outcome_of(e: &Error) -> OriginOutcome {
     }
 }
 
-/// Counts a 5xx answer. From a pool of shields, a 503 is a shield's maintenance answer: the
-/// shield is up and says its own origins failed (or it is shedding load). The request still
-/// moves on (a retry, a fallback, a stale copy), but ejecting the shield would lose every
-/// stale copy it still serves; active health checks judge whether it is up.
-fn record_5xx(ctx: &mut RequestCtx, status: u16) {
+/// Counts a 5xx answer. From a pool of shields, a shield's maintenance answer (503, with a
+/// Cache-Status entry saying `detail=origin-unavailable`) means the shield is up and its own
+/// origins failed. The request still moves on (a retry, a fallback, a stale copy), but
+/// ejecting the shield would lose every stale copy it still serves. A bare 503 (a balancer in
+/// front of a dead shield) counts as a failure. On the stale-if-error path Pingora hands over
+/// the status alone (`resp` None): a 503 from a shields pool is taken for a maintenance answer.
+fn record_5xx(ctx: &mut RequestCtx, status: u16, resp: Option<&ResponseHeader>) {
     let shields = ctx.pool.as_ref().is_some_and(|p| p.config.shields);
-    let seen = if shields && status == 503 {
-        Seen::Ok
-    } else {
-        Seen::Failure
-    };
+    let maintenance =
+        shields && status == 503 && resp.is_none_or(cache::status::upstream_origin_unavailable);
+    let seen = if maintenance { Seen::Ok } else { Seen::Failure };
     record(ctx, OriginOutcome::Status5xx, seen);
 }
 

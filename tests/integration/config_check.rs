@@ -388,4 +388,20 @@ fn run_exits_when_a_listen_address_is_taken() {
         "{stderr}"
     );
     drop(taken);
+    // Two listeners of the config that overlap: the loopback one, then every address.
+    let port = addr.port();
+    let overlapping = text.replace(
+        &format!("http = [\"{addr}\"]"),
+        &format!("http = [\"127.0.0.1:{port}\"]\nmetrics = \"0.0.0.0:{port}\""),
+    );
+    let (_config_dir, path) = write_config(&overlapping);
+    let ran = run_to_end(&["run"], &path, Duration::from_secs(20));
+    assert_eq!(ran.status.code(), Some(1), "{ran:?}");
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "listen.metrics: cannot listen on 0.0.0.0:{port}: in use"
+        )),
+        "{stderr}"
+    );
 }

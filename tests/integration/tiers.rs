@@ -199,7 +199,11 @@ async fn a_readers_no_cache_does_not_make_the_shield_ask_the_origin() {
         shield.http,
         [127, 0, 0, 9],
         "/page",
-        &[("Cache-Control", "no-cache"), ("Via", "1.1 edge-test")],
+        &[
+            ("Cache-Control", "no-cache"),
+            ("Via", "1.1 edge-test"),
+            ("Onair-Refetch", "1"),
+        ],
     )
     .await
     .unwrap();
@@ -215,6 +219,7 @@ async fn a_readers_no_cache_does_not_make_the_shield_ask_the_origin() {
             ("Cache-Control", "no-cache"),
             ("Via", "1.1 edge-test"),
             ("X-Forwarded-For", "198.51.100.7"),
+            ("Onair-Refetch", "1"),
         ],
     )
     .await
@@ -423,6 +428,23 @@ async fn a_shield_whose_origin_is_down_stays_in_service() {
     let r = get(edge.http, "a", "/shield-only").await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.headers);
     assert_eq!(r.text(), "v1");
+
+    // A bare 503 (a balancer in front of a dead shield) is no maintenance answer: it ejects.
+    let dead = Origin::start("balancer").await;
+    dead.set(Behaviour {
+        status: 503,
+        ..version("down", &[])
+    });
+    let edge2 = Onair::start(Setup::new(one_site(dead.addr, "shields = true", ""))).await;
+    for i in 0..4 {
+        let r = get(edge2.http, "a", &format!("/x{i}")).await.unwrap();
+        assert_eq!(r.status, 503);
+    }
+    let ejections = format!(
+        "onair_origin_ejections_total{{origin=\"{}\",pool=\"p\"}}",
+        dead.addr
+    );
+    assert!(edge2.metric_becomes(&ejections, |v| v >= 1.0).await);
 }
 
 /// Three tiers (edge → regional shield → central shield → origin), the purge at the edge only:
@@ -487,8 +509,9 @@ async fn an_upstream_that_is_always_old_costs_one_refetch_per_purge() {
     );
 }
 
-/// A route the edge does not cache, in front of a shield that does: the reader's no-cache does
-/// not pass through the edge to make the shield ask the origin.
+/// A route the edge does not cache, in front of a shield that does (and a pool not marked
+/// `shields`): the reader's no-cache, even with the tiers' own refetch header, does not pass
+/// through the edge to make the shield ask the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readers_no_cache_on_an_uncached_edge_route_stays_at_the_edge() {
     let origin = Origin::start("origin").await;
@@ -496,7 +519,7 @@ async fn a_readers_no_cache_on_an_uncached_edge_route_stays_at_the_edge() {
     let (shield, _) = shield_and_edge(&origin).await;
     let edge = Onair::start(Setup::new(format!(
         "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n  [[site.route]]\n  path = \"/api/\"\n  cache = false\n\
-         [[pool]]\nname = \"p\"\nshields = true\n  [[pool.origin]]\n  addr = \"{}\"\n",
+         [[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
         shield.http
     )))
     .await;
@@ -506,7 +529,11 @@ async fn a_readers_no_cache_on_an_uncached_edge_route_stays_at_the_edge() {
             "GET",
             "a",
             "/api/feed",
-            &[("Cache-Control", "no-cache"), ("Pragma", "no-cache")],
+            &[
+                ("Cache-Control", "no-cache"),
+                ("Pragma", "no-cache"),
+                ("Onair-Refetch", "1"),
+            ],
             bytes::Bytes::new(),
         )
         .await
@@ -514,5 +541,38 @@ async fn a_readers_no_cache_on_an_uncached_edge_route_stays_at_the_edge() {
         assert_eq!(r.text(), "v1");
     }
     // The shield cached it once and served the rest.
+    assert_eq!(origin.proxied_hits(), 1);
+}
+
+/// Several edges refetch the same object from a shield at once (after a purge that reached them
+/// all): the shield fetches it from the origin once, and the others take that fill, new enough
+/// for them, rather than revalidating it again one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refetches_at_a_shield_cost_the_origin_one_request() {
+    let origin = Origin::start("origin").await;
+    origin.set(Behaviour {
+        delay: std::time::Duration::from_millis(300),
+        ..version("v1", &[])
+    });
+    let (shield, _edge) = shield_and_edge(&origin).await;
+    let mut asks = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let addr = shield.http;
+        asks.spawn(async move {
+            request(
+                addr,
+                "GET",
+                "a",
+                "/story",
+                &[("Cache-Control", "no-cache"), ("Onair-Refetch", "1")],
+                bytes::Bytes::new(),
+            )
+            .await
+            .map(|r| r.text())
+        });
+    }
+    while let Some(done) = asks.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), "v1");
+    }
     assert_eq!(origin.proxied_hits(), 1);
 }
