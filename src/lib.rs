@@ -12,6 +12,7 @@
 //! - [`proxy`]: the `ProxyHttp` phases, which only dispatch to the modules above.
 //! - [`admin`]: the admin API. [`metrics`]: every Prometheus metric.
 //! - [`access_log`], [`logging`]: what onair tells operators.
+//! - [`fleet`]: the fleet control plane (signed operations over NATS JetStream).
 //! - [`server`]: process lifecycle. [`demo`]: the `onair demo` showcase.
 
 pub mod access_log;
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod cidr;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod logging;
 pub mod metrics;
 pub mod origin;

@@ -1,0 +1,172 @@
+//! The operators' Ed25519 keys, in the PEM forms OpenSSL writes them:
+//! `openssl genpkey -algorithm ed25519 -out operator.key` (a PKCS#8 `PRIVATE KEY`) and
+//! `openssl pkey -in operator.key -pubout -out operators.pub` (an SPKI `PUBLIC KEY`).
+//!
+//! ring does the signing and verifying: it is already in the tree as rustls's provider, so the
+//! fleet adds no crypto code.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410 §4): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (0 unused bits) } around the 32-byte key.
+const SPKI_ED25519_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// A public key operations are verified with, and the short id that names it in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifyKey {
+    key: [u8; 32],
+}
+
+impl VerifyKey {
+    /// From a PEM `PUBLIC KEY` (SPKI) holding an Ed25519 key.
+    pub fn from_pem(pem: &[u8]) -> Result<VerifyKey, String> {
+        let mut reader = pem;
+        loop {
+            match rustls_pemfile::read_one(&mut reader) {
+                Ok(Some(rustls_pemfile::Item::SubjectPublicKeyInfo(spki))) => {
+                    let der = spki.as_ref();
+                    let key = der
+                        .strip_prefix(&SPKI_ED25519_PREFIX[..])
+                        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                        .ok_or("the PUBLIC KEY is not an Ed25519 key")?;
+                    return Ok(VerifyKey { key });
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err("no PEM PUBLIC KEY block (make one with `openssl pkey -in \
+                                KEY -pubout`)"
+                        .to_owned())
+                }
+                Err(e) => return Err(format!("not PEM: {e:?}")),
+            }
+        }
+    }
+
+    /// Whether `signature` signs `message` under this key.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.key)
+            .verify(message, signature)
+            .is_ok()
+    }
+
+    /// The first 8 bytes of the key, in hex: enough to tell an operator which key signed.
+    pub fn id(&self) -> String {
+        self.key[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VerifyKey({})", self.id())
+    }
+}
+
+/// A private key this node (or the CLI) signs operations with. Shared, never printed.
+#[derive(Clone)]
+pub struct SignKey(Arc<Ed25519KeyPair>);
+
+impl SignKey {
+    /// From a PEM `PRIVATE KEY` (PKCS#8) holding an Ed25519 key.
+    pub fn from_pem(pem: &[u8]) -> Result<SignKey, String> {
+        let mut reader = pem;
+        loop {
+            match rustls_pemfile::read_one(&mut reader) {
+                Ok(Some(rustls_pemfile::Item::Pkcs8Key(der))) => {
+                    // OpenSSL writes PKCS#8 v1 (no public key inside): ring checks the pair
+                    // only for v2, which is why the "maybe unchecked" form is the one to use.
+                    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+                        .map_err(|_| "the PRIVATE KEY is not an Ed25519 key")?;
+                    return Ok(SignKey(Arc::new(pair)));
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err("no PEM PRIVATE KEY block (make one with `openssl genpkey \
+                                -algorithm ed25519`)"
+                        .to_owned())
+                }
+                Err(e) => return Err(format!("not PEM: {e:?}")),
+            }
+        }
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.0.sign(message).as_ref().to_vec()
+    }
+
+    /// The public half.
+    pub fn verify_key(&self) -> VerifyKey {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(self.0.public_key().as_ref());
+        VerifyKey { key }
+    }
+}
+
+impl fmt::Debug for SignKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignKey(<redacted>, public {})", self.verify_key().id())
+    }
+}
+
+impl PartialEq for SignKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.verify_key() == other.verify_key()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A key pair as OpenSSL 3 writes it (`openssl genpkey -algorithm ed25519`, then
+    /// `openssl pkey -pubout`).
+    pub const PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEID6vAVZ+XTg04VFCNLDkj7coIiTEo9OnafWfp1Jbvv25
+-----END PRIVATE KEY-----
+";
+    pub const PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAmMF8Fe/utKBvvW7CPwS4KxM+WHCZeXoVJpzPnT22I+0=
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn openssl_keys_sign_and_verify() {
+        let sign = SignKey::from_pem(PRIVATE_PEM.as_bytes()).unwrap();
+        let verify = VerifyKey::from_pem(PUBLIC_PEM.as_bytes()).unwrap();
+        assert_eq!(
+            sign.verify_key(),
+            verify,
+            "the public file is the private key's half"
+        );
+        let sig = sign.sign(b"purge home");
+        assert!(verify.verifies(b"purge home", &sig));
+        assert!(!verify.verifies(b"purge sport", &sig));
+        let mut bent = sig.clone();
+        bent[0] ^= 1;
+        assert!(!verify.verifies(b"purge home", &bent));
+    }
+
+    #[test]
+    fn wrong_or_broken_pem_is_a_clear_error() {
+        assert!(VerifyKey::from_pem(PRIVATE_PEM.as_bytes())
+            .unwrap_err()
+            .contains("PUBLIC KEY"));
+        assert!(SignKey::from_pem(PUBLIC_PEM.as_bytes())
+            .unwrap_err()
+            .contains("PRIVATE KEY"));
+        assert!(VerifyKey::from_pem(b"hello").is_err());
+        // An ECDSA P-256 public key: PEM, but not Ed25519.
+        let p256 = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEt2P+XItfukSvk0MgYzV2YFRBkQnt
+kATdd9A78JyHwPJGZacuF9n16rOW7KjGJhWOaqNuZBhpSYUmhzZtJ9mXMQ==
+-----END PUBLIC KEY-----
+";
+        assert!(VerifyKey::from_pem(p256.as_bytes())
+            .unwrap_err()
+            .contains("Ed25519"));
+    }
+}

@@ -1,0 +1,430 @@
+//! Fleet operations: what the operators ask of every node (purge, attack mode), as a small JSON
+//! document signed with their Ed25519 key, and how a node decides whether to act on one.
+//!
+//! On the bus an operation travels as an envelope `{"v": 1, "payload": B64, "sig": B64}`: the
+//! payload is the operation's JSON bytes exactly as signed, so no node ever has to re-encode
+//! JSON the same way the signer did. The signature covers [`CONTEXT`] then the payload, so a
+//! signature made for anything else with the same key can never pass for an operation.
+//!
+//! A node acts on an operation only if it is signed by one of `fleet.verify_key`, was issued
+//! within `fleet.max_skew` of when the bus stored it (an old operation published again is
+//! refused), and its id has not been seen within that window (the same operation published
+//! twice acts once). Whoever gets hold of the bus can delay or drop operations, not forge one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{SignKey, VerifyKey};
+use crate::cache::purge::PurgeRequest;
+
+/// What every signature covers before the payload (domain separation).
+pub const CONTEXT: &[u8] = b"onair fleet operation v1\n";
+
+/// Largest envelope a node reads: a purge of a few thousand URLs fits.
+pub const MAX_ENVELOPE: usize = 1 << 20;
+
+/// One operation, as signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// Random, 128 bits in hex: names the operation in logs and replies, and catches a replay.
+    pub id: String,
+    /// When the operator issued it, UNIX milliseconds.
+    pub issued_at: u64,
+    /// Which nodes it is for: `fleet`, `region:NAME` or `nodes:ID,ID`.
+    pub scope: Scope,
+    pub action: Action,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Action {
+    /// Everything `POST /purge` takes.
+    Purge {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        urls: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<String>,
+        #[serde(default)]
+        soft: bool,
+    },
+    /// `on`, `off` or `auto`, as `POST /attack-mode` takes it.
+    AttackMode { mode: String },
+}
+
+impl Action {
+    /// The `kind` label of `onair_fleet_ops_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Purge { .. } => "purge",
+            Action::AttackMode { .. } => "attack-mode",
+        }
+    }
+
+    /// A purge as the admin API's request, for the same checks and URL shaping.
+    pub fn purge_request(&self) -> Option<PurgeRequest> {
+        match self {
+            Action::Purge {
+                urls,
+                prefix,
+                tags,
+                soft,
+            } => Some(PurgeRequest {
+                urls: urls.clone(),
+                prefix: prefix.clone(),
+                tags: tags.clone(),
+                soft: *soft,
+            }),
+            Action::AttackMode { .. } => None,
+        }
+    }
+}
+
+/// Which nodes an operation is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Fleet,
+    Region(String),
+    Nodes(Vec<String>),
+}
+
+impl Scope {
+    /// `fleet`, `region:NAME` or `nodes:ID,ID,...`.
+    pub fn parse(text: &str) -> Result<Scope, String> {
+        let bad = || format!("{text:?} is not a scope: fleet, region:NAME or nodes:ID,ID");
+        if text == "fleet" {
+            return Ok(Scope::Fleet);
+        }
+        if let Some(region) = text.strip_prefix("region:") {
+            return (!region.is_empty())
+                .then(|| Scope::Region(region.to_owned()))
+                .ok_or_else(bad);
+        }
+        if let Some(nodes) = text.strip_prefix("nodes:") {
+            let ids: Vec<String> = nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return (!ids.is_empty())
+                .then_some(Scope::Nodes(ids))
+                .ok_or_else(bad);
+        }
+        Err(bad())
+    }
+
+    /// Whether a node with this id and region is in scope.
+    pub fn includes(&self, node: &str, region: &str) -> bool {
+        match self {
+            Scope::Fleet => true,
+            Scope::Region(r) => r == region,
+            Scope::Nodes(ids) => ids.iter().any(|id| id == node),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Fleet => f.write_str("fleet"),
+            Scope::Region(r) => write!(f, "region:{r}"),
+            Scope::Nodes(ids) => write!(f, "nodes:{}", ids.join(",")),
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Scope::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    v: u32,
+    payload: String,
+    sig: String,
+}
+
+impl Operation {
+    /// A new operation with a fresh id, issued now.
+    pub fn new(scope: Scope, action: Action) -> Operation {
+        let id: [u8; 16] = rand::random();
+        Operation {
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            issued_at: unix_ms(std::time::SystemTime::now()),
+            scope,
+            action,
+        }
+    }
+
+    /// The envelope to publish: the operation signed with `key`.
+    pub fn sign(&self, key: &SignKey) -> Vec<u8> {
+        // Serializing plain data to a Vec cannot fail.
+        let payload = serde_json::to_vec(self).unwrap_or_default();
+        let mut message = CONTEXT.to_vec();
+        message.extend_from_slice(&payload);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let envelope = Envelope {
+            v: 1,
+            payload: b64.encode(&payload),
+            sig: b64.encode(key.sign(&message)),
+        };
+        serde_json::to_vec(&envelope).unwrap_or_default()
+    }
+}
+
+/// Why an operation was not acted on: the `result` label of `onair_fleet_ops_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not an envelope, or its payload is not an operation this node knows.
+    Malformed,
+    /// No signature.
+    Unsigned,
+    /// A signature none of the operators' keys made.
+    Forged,
+    /// Issued further than `max_skew` from when the bus stored it.
+    Stale,
+    /// Its id was seen already.
+    Replayed,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::Unsigned => "unsigned",
+            Refusal::Forged => "forged",
+            Refusal::Stale => "stale",
+            Refusal::Replayed => "replayed",
+        }
+    }
+}
+
+/// The ids acted on recently: only within `max_skew`, since anything older is refused as stale
+/// anyway, so the set stays as small as the operators' own rate.
+#[derive(Debug, Default)]
+pub struct Seen {
+    ids: HashMap<String, u64>,
+}
+
+impl Seen {
+    /// Remembers `op` (issued at `issued_at` ms); false if it was already there.
+    fn insert(&mut self, id: &str, issued_at: u64, window_ms: u64) -> bool {
+        let newest = self.ids.values().copied().max().unwrap_or(0).max(issued_at);
+        // Forget what has left the window (issued_at is signed, so an attacker cannot push
+        // real ids out early with forged times).
+        self.ids
+            .retain(|_, at| at.saturating_add(2 * window_ms) >= newest);
+        if self.ids.contains_key(id) {
+            return false;
+        }
+        self.ids.insert(id.to_owned(), issued_at);
+        true
+    }
+}
+
+/// Checks an envelope the bus stored at `stored_at` (UNIX ms) and returns the operation to act
+/// on, or why not.
+pub fn verify(
+    envelope: &[u8],
+    keys: &[VerifyKey],
+    stored_at: u64,
+    max_skew: Duration,
+    seen: &mut Seen,
+) -> Result<Operation, Refusal> {
+    if envelope.len() > MAX_ENVELOPE {
+        return Err(Refusal::Malformed);
+    }
+    let envelope: Envelope = serde_json::from_slice(envelope).map_err(|_| Refusal::Malformed)?;
+    if envelope.v != 1 {
+        return Err(Refusal::Malformed);
+    }
+    if envelope.sig.is_empty() {
+        return Err(Refusal::Unsigned);
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64
+        .decode(envelope.payload.as_bytes())
+        .map_err(|_| Refusal::Malformed)?;
+    let sig = b64
+        .decode(envelope.sig.as_bytes())
+        .map_err(|_| Refusal::Forged)?;
+    let mut message = CONTEXT.to_vec();
+    message.extend_from_slice(&payload);
+    if !keys.iter().any(|k| k.verifies(&message, &sig)) {
+        return Err(Refusal::Forged);
+    }
+    // Signed by an operator: only now is the payload worth parsing.
+    let op: Operation = serde_json::from_slice(&payload).map_err(|_| Refusal::Malformed)?;
+    let window_ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
+    if op.issued_at.abs_diff(stored_at) > window_ms {
+        return Err(Refusal::Stale);
+    }
+    if !seen.insert(&op.id, op.issued_at, window_ms) {
+        return Err(Refusal::Replayed);
+    }
+    Ok(op)
+}
+
+/// UNIX milliseconds of `t` (0 before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::keys::tests::{PRIVATE_PEM, PUBLIC_PEM};
+    use super::*;
+
+    fn keys() -> (SignKey, Vec<VerifyKey>) {
+        (
+            SignKey::from_pem(PRIVATE_PEM.as_bytes()).unwrap(),
+            vec![VerifyKey::from_pem(PUBLIC_PEM.as_bytes()).unwrap()],
+        )
+    }
+
+    fn purge_tags(tags: &[&str]) -> Action {
+        Action::Purge {
+            urls: vec![],
+            prefix: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            soft: false,
+        }
+    }
+
+    const SKEW: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_signed_operation_verifies_once() {
+        let (sign, verify_keys) = keys();
+        let op = Operation::new(Scope::Region("hn".into()), purge_tags(&["home"]));
+        let env = op.sign(&sign);
+        let mut seen = Seen::default();
+        let got = verify(&env, &verify_keys, op.issued_at + 40, SKEW, &mut seen).unwrap();
+        assert_eq!(got, op);
+        assert_eq!(got.action.kind(), "purge");
+        assert!(got.scope.includes("edge-hn-1", "hn"));
+        assert!(!got.scope.includes("edge-hcm-1", "hcm"));
+        // The same envelope again (published twice): acted on once.
+        assert_eq!(
+            verify(&env, &verify_keys, op.issued_at + 50, SKEW, &mut seen),
+            Err(Refusal::Replayed)
+        );
+    }
+
+    #[test]
+    fn forged_unsigned_stale_and_malformed_are_refused() {
+        let (sign, verify_keys) = keys();
+        let mut seen = Seen::default();
+        let op = Operation::new(Scope::Fleet, purge_tags(&["home"]));
+        let now = op.issued_at;
+        // Another key.
+        let other =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(other.as_ref())
+        );
+        let intruder = SignKey::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(
+            verify(&op.sign(&intruder), &verify_keys, now, SKEW, &mut seen),
+            Err(Refusal::Forged)
+        );
+        // A payload changed after signing.
+        let env = op.sign(&sign);
+        let mut parsed: serde_json::Value = serde_json::from_slice(&env).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut changed = op.clone();
+        changed.action = purge_tags(&["sport"]);
+        parsed["payload"] = b64.encode(serde_json::to_vec(&changed).unwrap()).into();
+        let tampered = serde_json::to_vec(&parsed).unwrap();
+        assert_eq!(
+            verify(&tampered, &verify_keys, now, SKEW, &mut seen),
+            Err(Refusal::Forged)
+        );
+        // No signature.
+        parsed["sig"] = "".into();
+        let unsigned = serde_json::to_vec(&parsed).unwrap();
+        assert_eq!(
+            verify(&unsigned, &verify_keys, now, SKEW, &mut seen),
+            Err(Refusal::Unsigned)
+        );
+        // Issued an hour before the bus stored it: an old operation published again.
+        assert_eq!(
+            verify(&env, &verify_keys, now + 3_600_000, SKEW, &mut seen),
+            Err(Refusal::Stale)
+        );
+        for junk in [
+            &b"{}"[..],
+            b"not json",
+            b"{\"v\":2,\"payload\":\"\",\"sig\":\"x\"}",
+        ] {
+            assert_eq!(
+                verify(junk, &verify_keys, now, SKEW, &mut seen),
+                Err(Refusal::Malformed)
+            );
+        }
+        // Refused ones were not remembered: the real one still acts.
+        assert!(verify(&env, &verify_keys, now, SKEW, &mut seen).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_kind_signed_by_an_operator_is_malformed_not_applied() {
+        let (sign, verify_keys) = keys();
+        let payload = br#"{"id":"ab","issued_at":1,"scope":"fleet","action":{"kind":"freeze"}}"#;
+        let mut message = CONTEXT.to_vec();
+        message.extend_from_slice(payload);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let env = serde_json::json!({
+            "v": 1,
+            "payload": b64.encode(payload),
+            "sig": b64.encode(sign.sign(&message)),
+        });
+        let env = serde_json::to_vec(&env).unwrap();
+        assert_eq!(
+            verify(&env, &verify_keys, 1, SKEW, &mut Seen::default()),
+            Err(Refusal::Malformed)
+        );
+    }
+
+    #[test]
+    fn scopes_parse_and_print() {
+        for text in ["fleet", "region:hn", "nodes:edge-1,shield-2"] {
+            assert_eq!(Scope::parse(text).unwrap().to_string(), text);
+        }
+        for bad in ["", "region:", "nodes:", "everyone", "Region:hn"] {
+            assert!(Scope::parse(bad).is_err(), "{bad:?}");
+        }
+        let nodes = Scope::parse("nodes:a, b").unwrap();
+        assert!(nodes.includes("b", "x"));
+        assert!(!nodes.includes("c", "x"));
+    }
+
+    #[test]
+    fn the_seen_set_forgets_what_left_the_window() {
+        let mut seen = Seen::default();
+        let window = 1_000;
+        assert!(seen.insert("a", 10_000, window));
+        assert!(!seen.insert("a", 10_000, window));
+        assert!(seen.insert("b", 50_000, window));
+        assert_eq!(seen.ids.len(), 1, "a is far out of the window now");
+    }
+}
