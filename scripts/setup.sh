@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine with Rust lacks to build and test onair:
 # cmake (Pingora builds zlib-ng with it), a C compiler (ring, zstd), promtool (the metrics
-# test runs `promtool check metrics`) and node (a test runs the challenge page's script).
+# test runs `promtool check metrics`), node (a test runs the challenge page's script) and
+# nats-server (the fleet tests run NATS JetStream).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The attack-mode test runs the challenge page's JavaScript.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# The fleet tests start real NATS JetStream servers (Debian installs it in /usr/sbin).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

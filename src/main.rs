@@ -51,8 +51,50 @@ enum Command {
         #[arg(long, default_value = "origin")]
         name: String,
     },
+    /// Sign a fleet operation with an operator's key and publish it to the bus (NATS
+    /// JetStream): every node it is meant for applies it, now or when it is back.
+    Fleet {
+        #[command(subcommand)]
+        op: FleetOp,
+        /// A node's config file: its [fleet] gives the servers, credentials, stream, subject.
+        #[arg(short = 'c', long = "config", global = true)]
+        config: Option<PathBuf>,
+        /// NATS URLs, comma-separated (over the config's).
+        #[arg(long, global = true, value_delimiter = ',')]
+        servers: Vec<String>,
+        /// The operator's private key (PEM, `openssl genpkey -algorithm ed25519`).
+        #[arg(long, global = true)]
+        key: Option<PathBuf>,
+        /// Only the nodes of this region.
+        #[arg(long, global = true, conflicts_with = "nodes")]
+        region: Option<String>,
+        /// Only these nodes (ids, comma-separated).
+        #[arg(long, global = true, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
     /// Print version and build information.
     Version,
+}
+
+#[derive(Subcommand)]
+enum FleetOp {
+    /// Purge by URL, prefix or tag (one kind per operation), everywhere in scope.
+    Purge {
+        /// An absolute URL (repeat for more).
+        #[arg(long = "url")]
+        urls: Vec<String>,
+        /// A URL prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// A Surrogate-Key / Cache-Tag tag (repeat for more).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Mark stale instead of removing.
+        #[arg(long)]
+        soft: bool,
+    },
+    /// Attack mode: on, off or auto.
+    AttackMode { mode: String },
 }
 
 /// The config file and the command-line values that override it (`run` and `check` alike).
@@ -106,6 +148,53 @@ fn main() -> ExitCode {
         Command::Demo => report(onair::demo::run()),
         Command::SampleOrigin { listen, name } => {
             report(onair::demo::serve_sample_origin(listen, name))
+        }
+        Command::Fleet {
+            op,
+            config,
+            servers,
+            key,
+            region,
+            nodes,
+        } => {
+            let Some(key) = key else {
+                eprintln!("onair fleet: --key FILE is required (the operator's private key)");
+                return ExitCode::FAILURE;
+            };
+            let scope = match (region, nodes.is_empty()) {
+                (Some(region), _) => onair::fleet::op::Scope::Region(region),
+                (None, false) => onair::fleet::op::Scope::Nodes(nodes),
+                (None, true) => onair::fleet::op::Scope::Fleet,
+            };
+            let action = match op {
+                FleetOp::Purge {
+                    urls,
+                    prefix,
+                    tags,
+                    soft,
+                } => onair::fleet::op::Action::Purge {
+                    urls,
+                    prefix,
+                    tags,
+                    soft,
+                },
+                FleetOp::AttackMode { mode } => onair::fleet::op::Action::AttackMode { mode },
+            };
+            let publisher = onair::fleet::cli::Publisher {
+                config,
+                servers,
+                key,
+            };
+            match onair::fleet::cli::run(publisher, scope, action) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("onair fleet: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Version => {
             println!(

@@ -83,6 +83,10 @@ pub struct Metrics {
     purged: IntCounter,
     refetches: IntCounter,
     dns_failures: IntCounter,
+    fleet_connected: IntGauge,
+    fleet_applied: IntGauge,
+    fleet_lag: prometheus::Gauge,
+    fleet_ops: IntCounterVec,
 }
 
 impl Metrics {
@@ -156,6 +160,29 @@ impl Metrics {
         let dns_failures = plain_counter(
             "onair_dns_failures_total",
             "Origin name resolutions that failed (the name's last good addresses stay in use).",
+        );
+        let fleet_connected = plain_gauge(
+            "onair_fleet_connected",
+            "1 while the node is connected to the fleet bus (NATS JetStream) and reading \
+             operations; 0 without a bus or while it is out of reach (the node serves anyway).",
+        );
+        let fleet_applied = plain_gauge(
+            "onair_fleet_applied_sequence",
+            "The last fleet operation (stream sequence) this node applied or refused for good.",
+        );
+        let fleet_lag = prometheus::Gauge::new(
+            "onair_fleet_lag_seconds",
+            "Age of the newest fleet operation not applied yet (0 when caught up).",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(fleet_lag.clone()))
+            .expect("registered once");
+        let fleet_ops = counter(
+            "onair_fleet_ops_total",
+            "Fleet operations read from the bus, by kind (purge, attack-mode, unknown) and \
+             result: applied, not_in_scope, or refused (unsigned, forged, stale, replayed, \
+             malformed, invalid).",
+            &["kind", "result"],
         );
 
         Metrics {
@@ -258,6 +285,10 @@ impl Metrics {
             purged,
             refetches,
             dns_failures,
+            fleet_connected,
+            fleet_applied,
+            fleet_lag,
+            fleet_ops,
             connections_denied: counter(
                 "onair_connections_denied_total",
                 "Connections closed at accept, by reason: deny (the address is in \
@@ -338,6 +369,23 @@ impl Metrics {
     /// An upstream cache's copy asked for again because it may predate a purge made here.
     pub fn refetched(&self) {
         self.refetches.inc();
+    }
+
+    /// Whether the fleet bus is connected.
+    pub fn fleet_connected(&self, up: bool) {
+        self.fleet_connected.set(i64::from(up));
+    }
+
+    /// A fleet operation read: `kind` and `result` from fixed sets (see the help text).
+    pub fn fleet_op(&self, kind: &'static str, result: &'static str) {
+        self.fleet_ops.with_label_values(&[kind, result]).inc();
+    }
+
+    /// The position in the operation stream, and how far behind it is.
+    pub fn fleet_position(&self, seq: u64, lag: Duration) {
+        self.fleet_applied
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        self.fleet_lag.set(lag.as_secs_f64());
     }
 
     /// Publishes a cache tier's occupancy.

@@ -213,6 +213,14 @@ pub fn serve(
         "onair origin names",
         NameRefresher { live: live.clone() },
     ));
+    // The fleet bus: never on the request path; idle without [fleet].
+    server.add_service(background_service(
+        "onair fleet",
+        crate::fleet::service::FleetService {
+            live: live.clone(),
+            cache: edge_cache,
+        },
+    ));
 
     let pid_file = state_dir.join("onair.pid");
     write_pid_file(&pid_file);

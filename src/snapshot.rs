@@ -49,6 +49,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What a purge request selects, its URLs matched the way their route keys them
+    /// (`query = "sort" | "drop"`): the admin API's and the fleet's purges alike.
+    pub fn purge_selector(
+        &self,
+        request: &crate::cache::purge::PurgeRequest,
+    ) -> Result<crate::cache::purge::Selector, String> {
+        let shape = |host: &str, path_and_query: &str| -> String {
+            let path = path_and_query.split('?').next().unwrap_or("/");
+            let mode = self
+                .hosts
+                .site_for(host)
+                .and_then(|i| self.sites.get(i))
+                .map_or(crate::config::QueryKey::Keep, |s| {
+                    s.routes.route_for(path).query
+                });
+            crate::cache::key::keyed_target(path_and_query, mode).into_owned()
+        };
+        request.selector_shaped(&shape)
+    }
+
     /// Builds a snapshot; the config is already validated, so every name resolves.
     /// Origins given by DNS name take the addresses in `resolved`.
     pub fn build(

@@ -158,20 +158,7 @@ impl AdminApp {
                 )
             }
         };
-        // URLs are matched the way their route keys them (`query = "sort" | "drop"`).
-        let snapshot = self.live.current();
-        let shape = |host: &str, path_and_query: &str| -> String {
-            let path = path_and_query.split('?').next().unwrap_or("/");
-            let mode = snapshot
-                .hosts
-                .site_for(host)
-                .and_then(|i| snapshot.sites.get(i))
-                .map_or(crate::config::QueryKey::Keep, |s| {
-                    s.routes.route_for(path).query
-                });
-            crate::cache::key::keyed_target(path_and_query, mode).into_owned()
-        };
-        match request.selector_shaped(&shape) {
+        match self.live.current().purge_selector(&request) {
             Ok(selector) => {
                 let report = self.cache.purge(&selector, request.soft).await;
                 (

@@ -8,6 +8,7 @@
 //! Files the config points at (admin token, maintenance pages) are read here too, so that a
 //! missing file is a config error and a reload picks up their new contents.
 
+mod fleet;
 pub mod schema;
 pub mod units;
 mod validate;
@@ -79,6 +80,50 @@ pub struct Config {
     pub sites: Vec<Site>,
     pub pools: Vec<Pool>,
     pub dns: Dns,
+    /// The fleet control plane; None: the node runs alone.
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`: the NATS JetStream bus fleet operations come on, and the operators' keys (see
+/// `crate::fleet`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    /// NATS URLs (`nats://host:port`, `tls://host:port`).
+    pub servers: Vec<String>,
+    /// The bus credentials: a token, or a `.creds` file's contents (a JWT and an NKey seed).
+    pub auth: FleetAuth,
+    /// CA certificates (PEM) to verify the NATS servers' TLS with; None: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The JetStream stream, and the prefix of the subjects operations are published on.
+    pub stream: String,
+    pub subject: String,
+    /// The operators' public keys: an operation signed by none of them is refused.
+    pub verify_keys: Vec<crate::fleet::keys::VerifyKey>,
+    /// Lets this node's admin API sign fleet-scoped operations for its operators.
+    pub sign_key: Option<crate::fleet::keys::SignKey>,
+    /// How far an operation's issue time may be from when the bus stored it.
+    pub max_skew: Duration,
+    /// How long the stream keeps operations: at least the longest stale window, so a node
+    /// that comes back can always learn what it missed while it could still serve.
+    pub retention: Duration,
+}
+
+/// How a node proves itself to NATS.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FleetAuth {
+    None,
+    Token(String),
+    Creds(String),
+}
+
+impl fmt::Debug for FleetAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FleetAuth::None => "None",
+            FleetAuth::Token(_) => "Token(<redacted>)",
+            FleetAuth::Creds(_) => "Creds(<redacted>)",
+        })
+    }
 }
 
 /// `[dns]`: how origins given by name are resolved (see `origin::dns`).

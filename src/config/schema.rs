@@ -21,6 +21,23 @@ pub struct RawConfig {
     pub site: Vec<RawSite>,
     pub pool: Vec<RawPool>,
     pub dns: RawDns,
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawFleet {
+    pub servers: Option<Vec<String>>,
+    pub token_file: Option<String>,
+    pub creds_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub stream: Option<String>,
+    pub subject: Option<String>,
+    pub verify_key: Option<Vec<String>>,
+    pub sign_key: Option<String>,
+    pub max_skew: Option<String>,
+    pub retention: Option<String>,
 }
 
 /// `[dns]`

@@ -1587,3 +1587,70 @@ fn tls_certificates_are_checked_at_load() {
     assert!(has(&e, "tls.cert[0]", "needs both"), "{e:#?}");
     assert!(has(&e, "tls.hsts", "max-age"), "{e:#?}");
 }
+
+#[test]
+fn fleet_bus_and_operator_keys() {
+    use crate::fleet::keys::tests::{PRIVATE_PEM, PUBLIC_PEM};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("operators.pub"), PUBLIC_PEM).unwrap();
+    std::fs::write(dir.path().join("operator.key"), PRIVATE_PEM).unwrap();
+    std::fs::write(dir.path().join("nats.token"), "s3cret-token\n").unwrap();
+    let text = format!(
+        "{MINIMAL}\n[fleet]\nservers = [\"nats://10.0.0.5:4222\"]\ntoken_file = \"nats.token\"\n\
+         verify_key = [\"operators.pub\"]\nsign_key = \"operator.key\"\n"
+    );
+    let c = parse_in(&text, dir.path()).unwrap();
+    let fleet = c.fleet.unwrap();
+    assert_eq!(fleet.stream, "ONAIR");
+    assert_eq!(fleet.subject, "onair");
+    assert_eq!(fleet.auth, FleetAuth::Token("s3cret-token".into()));
+    assert_eq!(fleet.verify_keys.len(), 1);
+    assert!(fleet.sign_key.is_some());
+    // Kept at least as long as a copy may be served stale (7 days by default).
+    assert_eq!(fleet.retention, Duration::from_secs(7 * 86_400));
+    assert!(
+        !format!("{fleet:?}").contains("s3cret"),
+        "secrets stay out of logs"
+    );
+    // Without [fleet] a node runs alone.
+    assert!(parse(MINIMAL).unwrap().fleet.is_none());
+
+    // Everything wrong at once, each with its path.
+    std::fs::write(dir.path().join("other.pub"), PRIVATE_PEM).unwrap();
+    let bad = format!(
+        "{MINIMAL}\n[fleet]\nservers = [\"10.0.0.5:4222\"]\nverify_key = [\"other.pub\", \"missing.pub\"]\n\
+         sign_key = \"operators.pub\"\nmax_skew = \"2d\"\nretention = \"1h\"\nstream = \"ON AIR\"\n"
+    );
+    let errs = Config::parse(&bad, dir.path(), &Overrides::default()).unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    for path in [
+        "fleet.servers[0]",
+        "fleet.verify_key[0]",
+        "fleet.verify_key[1]",
+        "fleet.verify_key",
+        "fleet.sign_key",
+        "fleet.max_skew",
+        "fleet.retention",
+        "fleet.stream",
+    ] {
+        assert!(paths.contains(&path), "{path} missing in {errs:#?}");
+    }
+    // A signing key whose public half no node accepts.
+    let other =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    use base64::Engine;
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(other.as_ref())
+    );
+    std::fs::write(dir.path().join("stranger.key"), pem).unwrap();
+    let text = format!(
+        "{MINIMAL}\n[fleet]\nservers = [\"nats://10.0.0.5:4222\"]\nverify_key = [\"operators.pub\"]\n\
+         sign_key = \"stranger.key\"\n"
+    );
+    let errs = Config::parse(&text, dir.path(), &Overrides::default()).unwrap_err();
+    assert!(errs
+        .0
+        .iter()
+        .any(|e| e.path == "fleet.sign_key" && e.message.contains("not among fleet.verify_key")));
+}

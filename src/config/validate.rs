@@ -21,17 +21,22 @@ use super::*;
 /// outage, so anything bigger is a mistake rather than a page.
 const MAX_MAINTENANCE_PAGE: u64 = 1 << 20;
 
-struct Errors<'a>(&'a mut Vec<ConfigError>);
+pub(super) struct Errors<'a>(pub(super) &'a mut Vec<ConfigError>);
 
 impl Errors<'_> {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn duration(&mut self, path: &str, value: &Option<String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         match value {
             None => default,
             Some(text) => parse_duration(text).unwrap_or_else(|e| {
@@ -107,7 +112,13 @@ impl Errors<'_> {
         }
     }
 
-    fn file(&mut self, path: &str, base: &Path, file: &str, max: u64) -> Option<Vec<u8>> {
+    pub(super) fn file(
+        &mut self,
+        path: &str,
+        base: &Path,
+        file: &str,
+        max: u64,
+    ) -> Option<Vec<u8>> {
         let full = resolve(base, file);
         let read = std::fs::metadata(&full).and_then(|m| {
             if m.len() > max {
@@ -134,7 +145,7 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn resolve(base: &Path, file: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {
         p.to_path_buf()
@@ -169,6 +180,7 @@ pub(super) fn validate(
         site,
         pool,
         dns,
+        fleet,
     } = raw;
 
     let node = validate_node(node, overrides, &mut e);
@@ -210,6 +222,7 @@ pub(super) fn validate(
         );
     }
     let dns = validate_dns(dns, &mut e);
+    let fleet = fleet.map(|f| super::fleet::validate(f, base, &cache, &mut e));
     Config {
         node,
         listen,
@@ -221,6 +234,7 @@ pub(super) fn validate(
         sites,
         pools,
         dns,
+        fleet,
     }
 }
 

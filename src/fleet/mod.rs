@@ -3,8 +3,16 @@
 //!
 //! - [`keys`]: the operators' Ed25519 keys in OpenSSL's PEM forms.
 //! - [`op`]: the signed operation document and the checks before a node acts on one.
+//! - [`bus`]: NATS: connecting, the operation stream, publishing.
+//! - [`cli`]: `onair fleet ...`: sign and publish without any node.
+//! - [`service`]: the node's background service that applies operations in order.
+//! - [`state`]: the node's position in the stream, stored durably.
 //!
 //! The bus is never on the request path: a node with no bus serves what it has.
 
+pub mod bus;
+pub mod cli;
 pub mod keys;
 pub mod op;
+pub mod service;
+pub mod state;

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod dns;
+pub mod nats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -15,6 +15,7 @@ mod config_check;
 mod dns;
 mod failover;
 mod fleet;
+mod fleet_bus;
 mod lifecycle;
 mod protect;
 mod proxying;

@@ -1,0 +1,151 @@
+//! `[fleet]` validation: the bus, its credentials, the operators' keys (read and parsed here,
+//! so a wrong key is a config error, not a refused purge during an incident).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::schema::RawFleet;
+use super::validate::{resolve, Errors};
+use super::{Cache, Fleet, FleetAuth};
+use crate::fleet::keys::{SignKey, VerifyKey};
+
+/// Largest key, token or credentials file read.
+const MAX_SECRET: u64 = 64 << 10;
+
+pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'_>) -> Fleet {
+    let servers = f.servers.unwrap_or_default();
+    if servers.is_empty() {
+        e.push(
+            "fleet.servers",
+            "is required: the NATS URLs, e.g. [\"nats://10.0.0.5:4222\"]",
+        );
+    }
+    for (i, url) in servers.iter().enumerate() {
+        let scheme_ok = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+        let has_host = url
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty());
+        if !scheme_ok || !has_host {
+            e.push(
+                format!("fleet.servers[{i}]"),
+                format!("{url:?} is not a NATS URL (nats://host:port or tls://host:port)"),
+            );
+        }
+    }
+    let auth = match (&f.token_file, &f.creds_file) {
+        (Some(_), Some(_)) => {
+            e.push(
+                "fleet.creds_file",
+                "give token_file or creds_file, not both",
+            );
+            FleetAuth::None
+        }
+        (Some(file), None) => e
+            .file("fleet.token_file", base, file, MAX_SECRET)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .filter(|t| {
+                let ok = !t.is_empty();
+                if !ok {
+                    e.push("fleet.token_file", "the token file is empty");
+                }
+                ok
+            })
+            .map_or(FleetAuth::None, FleetAuth::Token),
+        (None, Some(file)) => e
+            .file("fleet.creds_file", base, file, MAX_SECRET)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_or(FleetAuth::None, FleetAuth::Creds),
+        (None, None) => FleetAuth::None,
+    };
+    let ca_file = f.ca_file.map(|file| {
+        let path = resolve(base, &file);
+        if let Some(pem) = e.file("fleet.ca_file", base, &file, 1 << 20) {
+            let mut reader = pem.as_slice();
+            let certs = rustls_pemfile::certs(&mut reader)
+                .filter(|c| c.is_ok())
+                .count();
+            if certs == 0 {
+                e.push("fleet.ca_file", "holds no PEM CERTIFICATE");
+            }
+        }
+        path
+    });
+    let name = |e: &mut Errors<'_>, key: &str, value: Option<String>, default: &str| {
+        let v = value.unwrap_or_else(|| default.to_owned());
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            e.push(
+                format!("fleet.{key}"),
+                format!("{v:?} may only use letters, digits, '_' and '-' (at most 64)"),
+            );
+        }
+        v
+    };
+    let stream = name(e, "stream", f.stream, "ONAIR");
+    let subject = name(e, "subject", f.subject, "onair");
+    let verify_keys: Vec<VerifyKey> = f
+        .verify_key
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, file)| {
+            let path = format!("fleet.verify_key[{i}]");
+            let pem = e.file(&path, base, file, MAX_SECRET)?;
+            VerifyKey::from_pem(&pem)
+                .map_err(|err| e.push(path, err))
+                .ok()
+        })
+        .collect();
+    if verify_keys.is_empty() {
+        e.push(
+            "fleet.verify_key",
+            "needs at least one operators' public key (PEM): without it no operation is applied",
+        );
+    }
+    let sign_key = f.sign_key.and_then(|file| {
+        let pem = e.file("fleet.sign_key", base, &file, MAX_SECRET)?;
+        SignKey::from_pem(&pem)
+            .map_err(|err| e.push("fleet.sign_key", err))
+            .ok()
+    });
+    if let Some(key) = &sign_key {
+        if !verify_keys.is_empty() && !verify_keys.contains(&key.verify_key()) {
+            e.push(
+                "fleet.sign_key",
+                "its public half is not among fleet.verify_key: every node would refuse what \
+                 this one signs",
+            );
+        }
+    }
+    let max_skew = e.duration("fleet.max_skew", &f.max_skew, Duration::from_secs(300));
+    if max_skew < Duration::from_secs(1) || max_skew > Duration::from_secs(86_400) {
+        e.push("fleet.max_skew", "must be between 1s and 1d");
+    }
+    // A node must be able to learn every purge it missed for as long as it may serve a copy
+    // stale: the stream keeps operations at least that long.
+    let floor = cache.stale_if_error.max(Duration::from_secs(3600));
+    let retention = e.duration("fleet.retention", &f.retention, floor);
+    if retention < floor {
+        e.push(
+            "fleet.retention",
+            format!(
+                "must be at least cache.stale_if_error (and 1h): {floor:?}; a node away longer \
+                 than the stream keeps operations could serve what was purged meanwhile"
+            ),
+        );
+    }
+    Fleet {
+        servers,
+        auth,
+        ca_file,
+        stream,
+        subject,
+        verify_keys,
+        sign_key,
+        max_skew,
+        retention,
+    }
+}

@@ -1,0 +1,78 @@
+//! The NATS side: connecting with the configured credentials, the stream that holds the
+//! operations, and publishing one. Used by the node's fleet service, its admin API and the
+//! `onair fleet` CLI alike.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::{Fleet, FleetAuth};
+
+/// How long a connection attempt may take before the caller moves on (the node keeps serving
+/// and tries again; the CLI reports it).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The subject operations are published on.
+pub fn ops_subject(cfg: &Fleet) -> String {
+    format!("{}.ops", cfg.subject)
+}
+
+/// A client for `cfg`'s servers. `name` shows in the servers' connection lists.
+pub async fn connect(cfg: &Fleet, name: &str) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(CONNECT_TIMEOUT)
+        // After the first connection, the client reconnects by itself, with its backoff.
+        .max_reconnects(None);
+    match &cfg.auth {
+        FleetAuth::None => {}
+        FleetAuth::Token(token) => options = options.token(token.clone()),
+        FleetAuth::Creds(creds) => {
+            options = options
+                .credentials(creds)
+                .map_err(|e| format!("fleet.creds_file: {e}"))?
+        }
+    }
+    if let Some(ca) = &cfg.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let servers: Vec<async_nats::ServerAddr> =
+        cfg.servers.iter().filter_map(|s| s.parse().ok()).collect();
+    tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers))
+        .await
+        .map_err(|_| format!("no NATS server answered within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot connect to NATS: {e}"))
+}
+
+/// The operation stream, created if it does not exist yet (the first node or CLI to come up
+/// creates it; later ones find it).
+pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stream, String> {
+    js.get_or_create_stream(stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![ops_subject(cfg)],
+        max_age: cfg.retention,
+        storage: stream::StorageType::File,
+        // An operation is small; a flood of them must not fill the servers' disks.
+        max_message_size: i32::try_from(super::op::MAX_ENVELOPE).unwrap_or(i32::MAX),
+        max_bytes: 1 << 30,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("JetStream stream {}: {e}", cfg.stream))
+}
+
+/// Publishes a signed operation; returns its stream sequence once the stream has stored it.
+pub async fn publish(
+    js: &jetstream::Context,
+    cfg: &Fleet,
+    envelope: Vec<u8>,
+) -> Result<u64, String> {
+    stream(js, cfg).await?;
+    let ack = js
+        .publish(ops_subject(cfg), envelope.into())
+        .await
+        .map_err(|e| format!("publish: {e}"))?
+        .await
+        .map_err(|e| format!("publish not acknowledged: {e}"))?;
+    Ok(ack.sequence)
+}

@@ -1,0 +1,241 @@
+//! The node's fleet service: reads the operation stream from where this node left off,
+//! verifies each operation, applies those meant for it, and records its position durably.
+//!
+//! A background service, never on the request path. With `[fleet]` absent it idles; with the
+//! bus out of reach (at start or later) the node serves as it is and this service tries again
+//! with a capped backoff, then carries on from its stored position, so what was published
+//! meanwhile is applied in order. A reload that changes `[fleet]` reconnects with it.
+//!
+//! The position is the node's own (`state::Position`, fsynced before the next operation is
+//! read), not a durable consumer's on the server: the server keeps no state per node, a node
+//! restored from a backup replays from where its state dir says, and retiring a node leaves
+//! nothing behind on the bus.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, consumer};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::op::{self, Action, Operation, Seen};
+use super::{bus, state};
+use crate::cache::EdgeCache;
+use crate::config::{AttackMode, Fleet};
+use crate::metrics::METRICS;
+use crate::snapshot::{Live, Snapshot};
+
+/// The first wait after a failed connection; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the service looks for a changed `[fleet]` (a reload) while it reads.
+const CONFIG_CHECK: Duration = Duration::from_secs(1);
+
+pub struct FleetService {
+    pub live: Arc<Live>,
+    pub cache: EdgeCache,
+}
+
+/// Why a session with the bus ended without an error.
+enum Ended {
+    Shutdown,
+    Reconfigured,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = FIRST_BACKOFF;
+        // Kept across reconnects: an operation delivered again after one is not applied twice.
+        let mut seen = Seen::default();
+        loop {
+            let snapshot = self.live.current();
+            let Some(cfg) = snapshot.config.fleet.clone() else {
+                METRICS.fleet_connected(false);
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(CONFIG_CHECK) => continue,
+                }
+            };
+            let result = self
+                .session(&cfg, &snapshot, &mut seen, &mut shutdown)
+                .await;
+            METRICS.fleet_connected(false);
+            match result {
+                Ok(Ended::Shutdown) => return,
+                Ok(Ended::Reconfigured) => backoff = FIRST_BACKOFF,
+                Err(e) => {
+                    tracing::warn!("fleet: {e}; the node serves on, trying again in {backoff:?}");
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+impl FleetService {
+    /// One connection to the bus: catch up from the stored position, then follow the stream.
+    async fn session(
+        &self,
+        cfg: &Fleet,
+        snapshot: &Snapshot,
+        seen: &mut Seen,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<Ended, String> {
+        let node = snapshot.config.node.id.clone();
+        let state_dir = snapshot.config.node.state_dir.clone();
+        let client = bus::connect(cfg, &node).await?;
+        let js = jetstream::new(client.clone());
+        let mut stream = bus::stream(&js, cfg).await?;
+        let mut position = load(&state_dir).await;
+        let first = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream info: {e}"))?
+            .state
+            .first_sequence;
+        if position.seq > 0 && position.seq + 1 < first {
+            // Operations this node never saw have left the stream: it cannot know what they
+            // purged.
+            tracing::error!(
+                "fleet: this node applied up to operation {} but the stream now starts at {first}: \
+                 operations in between are lost to retention",
+                position.seq
+            );
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: bus::ops_subject(cfg),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: position.seq + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("consumer: {e}"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("reading operations: {e}"))?;
+        METRICS.fleet_connected(true);
+        tracing::info!(
+            "fleet: connected; reading operations from sequence {}",
+            position.seq + 1
+        );
+        let mut check = tokio::time::interval(CONFIG_CHECK);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(Ended::Shutdown),
+                _ = check.tick() => {
+                    // The client reconnects by itself; the metric follows its state.
+                    let up = client.connection_state() == async_nats::connection::State::Connected;
+                    METRICS.fleet_connected(up);
+                    if self.live.current().config.fleet.as_ref() != Some(cfg) {
+                        tracing::info!("fleet: [fleet] changed; reconnecting with it");
+                        return Ok(Ended::Reconfigured);
+                    }
+                }
+                next = messages.next() => {
+                    let Some(message) = next else {
+                        return Err("the operation stream ended".to_owned());
+                    };
+                    let message = message.map_err(|e| format!("reading operations: {e}"))?;
+                    let (seq, stored_at, pending) = {
+                        let info = message.info().map_err(|e| format!("operation metadata: {e}"))?;
+                        let ms = info.published.unix_timestamp_nanos() / 1_000_000;
+                        (info.stream_sequence, u64::try_from(ms).unwrap_or(0), info.pending)
+                    };
+                    self.handle(&message.payload, stored_at, cfg, seen).await;
+                    position = state::Position {
+                        seq,
+                        at: op::unix_ms(SystemTime::now()),
+                    };
+                    store(&state_dir, position).await?;
+                    let lag = if pending > 0 {
+                        Duration::from_millis(position.at.saturating_sub(stored_at))
+                    } else {
+                        Duration::ZERO
+                    };
+                    METRICS.fleet_position(seq, lag);
+                }
+            }
+        }
+    }
+
+    /// Verifies one operation and applies it if it is meant for this node; counts the result.
+    async fn handle(&self, envelope: &[u8], stored_at: u64, cfg: &Fleet, seen: &mut Seen) {
+        let op = match op::verify(envelope, &cfg.verify_keys, stored_at, cfg.max_skew, seen) {
+            Ok(op) => op,
+            Err(refusal) => {
+                METRICS.fleet_op("unknown", refusal.label());
+                tracing::warn!(
+                    "fleet: refused an operation ({}): only operations signed by \
+                     fleet.verify_key, issued within fleet.max_skew, and new, are applied",
+                    refusal.label()
+                );
+                return;
+            }
+        };
+        let snapshot = self.live.current();
+        let node = &snapshot.config.node;
+        let kind = op.action.kind();
+        if !op.scope.includes(&node.id, &node.region) {
+            METRICS.fleet_op(kind, "not_in_scope");
+            return;
+        }
+        match self.apply(&op, &snapshot).await {
+            Ok(what) => {
+                METRICS.fleet_op(kind, "applied");
+                tracing::info!(id = %op.id, scope = %op.scope, "fleet: applied {kind}: {what}");
+            }
+            Err(e) => {
+                METRICS.fleet_op(kind, "invalid");
+                tracing::warn!(id = %op.id, "fleet: cannot apply {kind}: {e}");
+            }
+        }
+    }
+
+    async fn apply(&self, op: &Operation, snapshot: &Snapshot) -> Result<String, String> {
+        match &op.action {
+            Action::Purge { .. } => {
+                let request = op
+                    .action
+                    .purge_request()
+                    .ok_or_else(|| "not a purge".to_owned())?;
+                let selector = snapshot.purge_selector(&request)?;
+                let report = self.cache.purge(&selector, request.soft).await;
+                Ok(format!("{} objects", report.purged))
+            }
+            Action::AttackMode { mode } => {
+                let mode = AttackMode::parse(mode)
+                    .ok_or_else(|| format!("{mode:?} is not on, off or auto"))?;
+                self.live
+                    .attack()
+                    .set(mode, &snapshot.config.protect.attack, Instant::now());
+                Ok(mode.as_str().to_owned())
+            }
+        }
+    }
+}
+
+async fn load(state_dir: &Path) -> state::Position {
+    let dir = state_dir.to_owned();
+    tokio::task::spawn_blocking(move || state::load(&dir))
+        .await
+        .unwrap_or_default()
+}
+
+async fn store(state_dir: &Path, position: state::Position) -> Result<(), String> {
+    let dir = state_dir.to_owned();
+    tokio::task::spawn_blocking(move || state::store(&dir, position))
+        .await
+        .map_err(|e| format!("storing the fleet position: {e}"))?
+        .map_err(|e| format!("storing the fleet position in {}: {e}", state_dir.display()))
+}

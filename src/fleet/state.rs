@@ -1,0 +1,71 @@
+//! Where a node is in the operation stream: the last sequence it applied, in its state dir,
+//! written to a temporary file, fsynced and renamed over the old one, so that after a crash it
+//! is either the old position or the new one, never a torn file. A node that lost it (a new
+//! machine, a wiped state dir) starts from the beginning of the stream: applying purges again
+//! is harmless.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FILE: &str = "fleet.position";
+
+/// The applied position of this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// The last stream sequence applied (or refused for good); 0: none yet.
+    pub seq: u64,
+    /// When it was applied, UNIX milliseconds.
+    pub at: u64,
+}
+
+fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+/// The stored position; a missing or unreadable file is the start of the stream.
+pub fn load(state_dir: &Path) -> Position {
+    match std::fs::read(path(state_dir)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(
+                "fleet: {} is unreadable ({e}); replaying the operation stream from its start",
+                path(state_dir).display()
+            );
+            Position::default()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Position::default(),
+        Err(e) => {
+            tracing::warn!(
+                "fleet: cannot read {} ({e}); replaying the operation stream from its start",
+                path(state_dir).display()
+            );
+            Position::default()
+        }
+    }
+}
+
+/// Stores `position` durably. Blocking (fsync): call it from a blocking thread.
+pub fn store(state_dir: &Path, position: Position) -> std::io::Result<()> {
+    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(&position).unwrap_or_default())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path(state_dir))?;
+    // The rename itself must survive a crash too.
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_survives_and_garbage_is_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()), Position::default());
+        let p = Position { seq: 42, at: 7 };
+        store(dir.path(), p).unwrap();
+        assert_eq!(load(dir.path()), p);
+        std::fs::write(dir.path().join(FILE), b"{torn").unwrap();
+        assert_eq!(load(dir.path()), Position::default());
+    }
+}

@@ -1,0 +1,206 @@
+//! The fleet control plane against a real NATS JetStream server: operations signed by the
+//! operators' key, published by the CLI with no node involved, applied by every node in scope;
+//! forged ones refused and counted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::common::nats::Nats;
+use crate::common::*;
+
+/// An operator's key pair as PEM files in `dir`: (private, public).
+fn operator_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let private = dir.join(format!("{name}.key"));
+    std::fs::write(
+        &private,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            b64.encode(pkcs8.as_ref())
+        ),
+    )
+    .unwrap();
+    // SPKI: the Ed25519 algorithm identifier, then the 32-byte key (RFC 8410).
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .iter()
+        .for_each(|b| spki.push(*b));
+    let public = dir.join(format!("{name}.pub"));
+    std::fs::write(
+        &public,
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            b64.encode(&spki)
+        ),
+    )
+    .unwrap();
+    (private, public)
+}
+
+/// A node of `region` on the bus at `url`, trusting `public`, in front of `origin`.
+async fn node(id: &str, region: &str, url: &str, public: &Path, origin: &Origin) -> Onair {
+    let mut setup = Setup::new(format!(
+        "{}\n[fleet]\nservers = [\"{url}\"]\nverify_key = [\"{}\"]\n",
+        one_site(origin.addr, "", ""),
+        public.display()
+    ));
+    setup.node_extra = format!("id = \"{id}\"\nregion = \"{region}\"\n");
+    Onair::start(setup).await
+}
+
+/// `onair fleet ARGS` against the bus at `url`; its JSON answer.
+fn fleet_cli(url: &str, key: &Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(onair_bin())
+        .arg("fleet")
+        .args(args)
+        .arg("--servers")
+        .arg(url)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "onair fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn tagged(tag: &str, body: &'static str) -> Behaviour {
+    Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("Surrogate-Key".into(), tag.into()),
+        ],
+        body: bytes::Bytes::from_static(body.as_bytes()),
+        ..Behaviour::default()
+    }
+}
+
+const APPLIED_PURGES: &str = "onair_fleet_ops_total{kind=\"purge\",result=\"applied\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_purge_from_the_cli_reaches_every_node_and_a_forged_one_none() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let (intruder, _) = operator_keys(keys.path(), "intruder");
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let hn = node("edge-hn-1", "hn", &nats.url, &public, &origin).await;
+    let hcm = node("edge-hcm-1", "hcm", &nats.url, &public, &origin).await;
+    for n in [&hn, &hcm] {
+        assert!(
+            n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+                .await
+        );
+        assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+    }
+    assert_eq!(origin.proxied_hits(), 2);
+    origin.set(tagged("election", "v2"));
+
+    // Forged (another key) and then a real one, straight from the CLI: no node is asked.
+    let forged = fleet_cli(&nats.url, &intruder, &["purge", "--tag", "election"]);
+    assert_eq!(forged["kind"], "purge");
+    let real = fleet_cli(&nats.url, &operator, &["purge", "--tag", "election"]);
+    assert!(real["seq"].as_u64().unwrap() > forged["seq"].as_u64().unwrap());
+    for n in [&hn, &hcm] {
+        assert!(n.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+        let forged = "onair_fleet_ops_total{kind=\"unknown\",result=\"forged\"}";
+        assert_eq!(n.metric(forged).await, Some(1.0));
+        assert_eq!(
+            n.metric("onair_fleet_applied_sequence").await,
+            real["seq"].as_f64()
+        );
+        assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v2");
+    }
+    assert_eq!(origin.proxied_hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_mode_for_one_region_switches_only_that_region() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    let hn = node("edge-hn-1", "hn", &nats.url, &public, &origin).await;
+    let hcm = node("edge-hcm-1", "hcm", &nats.url, &public, &origin).await;
+    for n in [&hn, &hcm] {
+        assert!(
+            n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+                .await
+        );
+    }
+    fleet_cli(
+        &nats.url,
+        &operator,
+        &["attack-mode", "on", "--region", "hn"],
+    );
+    assert!(hn.metric_becomes("onair_attack_mode", |v| v == 1.0).await);
+    let skipped = "onair_fleet_ops_total{kind=\"attack-mode\",result=\"not_in_scope\"}";
+    assert!(hcm.metric_becomes(skipped, |v| v == 1.0).await);
+    assert_eq!(hcm.metric("onair_attack_mode").await, Some(0.0));
+}
+
+/// The bus is not on the request path: a node whose NATS is gone serves on, and applies what
+/// was published meanwhile once the bus is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_bus_a_node_serves_and_catches_up_when_it_returns() {
+    let mut nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let n = node("edge-hn-1", "hn", &nats.url, &public, &origin).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+
+    nats.kill();
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 0.0)
+            .await
+    );
+    for _ in 0..20 {
+        assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 200);
+    }
+    // Published while this node cannot hear it: by another client once the server is back,
+    // before the node has reconnected.
+    nats.restart().await;
+    origin.set(tagged("election", "v2"));
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "election"]);
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            n.metric(APPLIED_PURGES).await == Some(1.0)
+        })
+        .await
+    );
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v2");
+}
+
+/// No bus at all when the node starts: it starts and serves, and says it is not connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_and_serves_with_no_bus() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = operator_keys(keys.path(), "operator");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let n = node("edge-hn-1", "hn", &url, &public, &origin).await;
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+    assert_eq!(n.metric("onair_fleet_connected").await, Some(0.0));
+}
