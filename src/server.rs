@@ -113,6 +113,11 @@ pub fn serve(
 
     let edge_cache = EdgeCache::new(&config.cache)
         .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
+    if config.fleet.is_some() && !upgrade {
+        // What the disk kept may have been purged by the fleet while this node was away.
+        // (An upgrade hands over from a process that was reading the bus all along.)
+        edge_cache.catch_up.close(std::time::SystemTime::now());
+    }
     let limiter = Arc::new(crate::protect::rate::RateLimiter::default());
     server.add_service(background_service(
         "onair cache maintenance",

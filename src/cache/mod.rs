@@ -6,6 +6,7 @@
 //! per-request settings (lock wait, stale grants, route bypass) come from the live snapshot and
 //! follow reloads.
 
+pub mod catch_up;
 pub mod disk;
 pub mod fence;
 pub mod history;
@@ -48,6 +49,8 @@ pub struct EdgeCache {
     max_object: usize,
     /// Operator purges and when they began, to judge upstream caches' copies (see `history`).
     pub history: &'static history::PurgeHistory,
+    /// Closed after a start with `[fleet]` until the fleet's operations are caught up.
+    pub catch_up: &'static catch_up::CatchUp,
 }
 
 impl EdgeCache {
@@ -106,6 +109,7 @@ impl EdgeCache {
             ))),
             max_object,
             history,
+            catch_up: Box::leak(Box::default()),
         })
     }
 

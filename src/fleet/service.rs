@@ -55,6 +55,8 @@ impl BackgroundService for FleetService {
             let snapshot = self.live.current();
             let Some(cfg) = snapshot.config.fleet.clone() else {
                 METRICS.fleet_connected(false);
+                // No fleet (any more): nothing to catch up with.
+                self.cache.catch_up.open();
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(CONFIG_CHECK) => continue,
@@ -95,20 +97,30 @@ impl FleetService {
         let js = jetstream::new(client.clone());
         let mut stream = bus::stream(&js, cfg).await?;
         let mut position = load(&state_dir).await;
-        let first = stream
-            .info()
-            .await
-            .map_err(|e| format!("stream info: {e}"))?
-            .state
-            .first_sequence;
+        let (first, last) = {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| format!("stream info: {e}"))?;
+            (info.state.first_sequence, info.state.last_sequence)
+        };
         if position.seq > 0 && position.seq + 1 < first {
             // Operations this node never saw have left the stream: it cannot know what they
-            // purged.
+            // purged, so it keeps nothing it stored before them. Anything that old is past the
+            // stale window the stream's retention covers anyway.
             tracing::error!(
-                "fleet: this node applied up to operation {} but the stream now starts at {first}: \
-                 operations in between are lost to retention",
+                "fleet: this node applied up to operation {} but the stream now starts at \
+                 {first}: the operations in between are lost to retention; dropping every \
+                 cached object",
                 position.seq
             );
+            let everything = crate::cache::purge::Selector::Prefix(String::new());
+            let report = self.cache.purge(&everything, false).await;
+            tracing::error!("fleet: dropped {} cached objects", report.purged);
+        }
+        // Caught up once everything stored before this connection is applied.
+        if position.seq >= last {
+            self.caught_up(position.seq);
         }
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
@@ -158,6 +170,9 @@ impl FleetService {
                         at: op::unix_ms(SystemTime::now()),
                     };
                     store(&state_dir, position).await?;
+                    if seq >= last {
+                        self.caught_up(seq);
+                    }
                     let lag = if pending > 0 {
                         Duration::from_millis(position.at.saturating_sub(stored_at))
                     } else {
@@ -166,6 +181,15 @@ impl FleetService {
                     METRICS.fleet_position(seq, lag);
                 }
             }
+        }
+    }
+
+    /// Everything published until this connection is applied: copies stored before the start
+    /// are current again.
+    fn caught_up(&self, seq: u64) {
+        if !self.cache.catch_up.is_open() {
+            tracing::info!("fleet: caught up at operation {seq}");
+            self.cache.catch_up.open();
         }
     }
 

@@ -218,7 +218,7 @@ impl ProxyHttp for Edge {
             self.purge_method(session, ctx).await?;
             return Ok(true);
         }
-        if ctx.cache_on && !ctx.revalidate && hit::plain(req) {
+        if ctx.cache_on && !ctx.revalidate && self.cache.catch_up.is_open() && hit::plain(req) {
             let key = self.cache_key(session, ctx);
             let hash = pingora::cache::key::CacheHashKey::combined_bin(&key);
             let served = hit::serve_fresh(self.cache.memory, session, ctx, &hash).await?;
@@ -256,7 +256,7 @@ impl ProxyHttp for Edge {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut pingora::cache::HitHandler,
         _is_fresh: bool,
         ctx: &mut RequestCtx,
@@ -269,6 +269,13 @@ impl ProxyHttp for Edge {
         // another request's fill, that fill is new enough.
         if std::mem::take(&mut ctx.revalidate) && session.cache.lock_duration().is_none() {
             return Ok(Some(pingora::cache::ForcedFreshness::ForceExpired));
+        }
+        // Stored before this start, with fleet operations still to catch up: it may have been
+        // purged meanwhile. Revalidated first; served stale only if the origin fails.
+        if self.cache.catch_up.suspect(meta.epoch()) {
+            return Ok(Some(
+                pingora::cache::ForcedFreshness::ForceExpiredServeStale { expired_at: None },
+            ));
         }
         Ok(None)
     }

@@ -204,3 +204,109 @@ async fn a_node_starts_and_serves_with_no_bus() {
     assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
     assert_eq!(n.metric("onair_fleet_connected").await, Some(0.0));
 }
+
+/// A node with a disk cache and the fleet bus, in front of `origin`.
+async fn node_with_disk(id: &str, url: &str, public: &Path, origin: &Origin, disk: &Path) -> Onair {
+    let mut setup = Setup::new(format!(
+        "{}\n[cache]\ndisk_path = \"{}\"\ndisk = \"64MiB\"\n\n[fleet]\nservers = [\"{url}\"]\n\
+         verify_key = [\"{}\"]\n",
+        one_site(origin.addr, "", ""),
+        disk.display(),
+        public.display()
+    ));
+    setup.node_extra = format!("id = \"{id}\"\nregion = \"hn\"\n");
+    Onair::start(setup).await
+}
+
+/// A node killed while three pages are purged fleet-wide, restarted while the bus is still
+/// out of reach: its disk copies of them are not served as they are (each is revalidated
+/// first), and once the bus is back it applies the three purges in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_during_purges_does_not_serve_them_from_disk() {
+    let mut nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let disk = tempfile::tempdir().unwrap();
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "forged"));
+    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    for i in 1..=3 {
+        let r = get(n.http, "a", &format!("/story/{i}")).await.unwrap();
+        assert_eq!(r.text(), "forged");
+    }
+    assert_eq!(origin.proxied_hits(), 3);
+
+    n.signal("KILL");
+    origin.set(tagged("election", "fixed"));
+    let mut last = 0;
+    for i in 1..=3 {
+        let url = format!("http://a/story/{i}");
+        last = fleet_cli(&nats.url, &operator, &["purge", "--url", &url])["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    nats.kill();
+    n.restart().await;
+    // The disk still holds the forged pages, fresh for ten minutes: not served as they are.
+    for i in 1..=3 {
+        let r = get(n.http, "a", &format!("/story/{i}")).await.unwrap();
+        assert_eq!(r.text(), "fixed", "{:?}", r.headers);
+    }
+    assert_eq!(origin.proxied_hits(), 6);
+
+    nats.restart().await;
+    let applied = |seq: u64| move |v: f64| v == seq as f64;
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            n.metric("onair_fleet_applied_sequence").await == Some(last as f64)
+        })
+        .await
+    );
+    assert!(n.metric_becomes(APPLIED_PURGES, applied(3)).await);
+}
+
+/// A node whose position fell off the stream (the operations it missed are gone) cannot know
+/// what they purged: it drops what it had stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_position_fell_off_the_stream_drops_its_copies() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let disk = tempfile::tempdir().unwrap();
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "nothing-yet"]);
+    assert!(
+        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 1.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
+
+    n.signal("KILL");
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "something"]);
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "something-else"]);
+    // Retention took them (here: the whole stream is emptied).
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_stream("ONAIR").await.unwrap().purge().await.unwrap();
+
+    origin.set(tagged("election", "v2"));
+    n.restart().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            n.stderr().contains("lost to retention")
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            get(n.http, "a", "/kept").await.unwrap().text() == "v2"
+        })
+        .await
+    );
+}
