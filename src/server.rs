@@ -118,6 +118,8 @@ pub fn serve(
         // (An upgrade hands over from a process that was reading the bus all along.)
         edge_cache.catch_up.close(std::time::SystemTime::now());
     }
+    // The admin API publishes fleet-scoped calls through the fleet service's connection.
+    let fleet_link = Arc::new(crate::fleet::link::Link::default());
     let limiter = Arc::new(crate::protect::rate::RateLimiter::default());
     server.add_service(background_service(
         "onair cache maintenance",
@@ -192,7 +194,7 @@ pub fn serve(
         let mut admin = Service::new(
             "onair admin".to_owned(),
             crate::admin::Capped::new(
-                AdminApp::new(live.clone(), edge_cache),
+                AdminApp::new(live.clone(), edge_cache, fleet_link.clone()),
                 crate::admin::MAX_CONNECTIONS,
             ),
         );
@@ -224,6 +226,7 @@ pub fn serve(
         crate::fleet::service::FleetService {
             live: live.clone(),
             cache: edge_cache,
+            link: fleet_link.clone(),
         },
     ));
 

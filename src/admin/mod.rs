@@ -18,6 +18,8 @@ use subtle::ConstantTimeEq;
 use crate::cache::purge::PurgeRequest;
 use crate::cache::EdgeCache;
 use crate::config::{Attack, AttackMode};
+use crate::fleet::link::LinkError;
+use crate::fleet::op::{Action, Operation, Scope};
 use crate::protect::attack::AttackState;
 use crate::snapshot::Live;
 
@@ -63,11 +65,12 @@ async fn read_body(
 pub struct AdminApp {
     live: Arc<Live>,
     cache: EdgeCache,
+    fleet: Arc<crate::fleet::link::Link>,
 }
 
 impl AdminApp {
-    pub fn new(live: Arc<Live>, cache: EdgeCache) -> Self {
-        AdminApp { live, cache }
+    pub fn new(live: Arc<Live>, cache: EdgeCache, fleet: Arc<crate::fleet::link::Link>) -> Self {
+        AdminApp { live, cache, fleet }
     }
 
     async fn route(
@@ -107,7 +110,7 @@ impl AdminApp {
                         ),
                     },
                     (&Method::POST, "/purge") => self.purge(body).await,
-                    (&Method::POST, "/attack-mode") => self.attack_mode(body),
+                    (&Method::POST, "/attack-mode") => self.attack_mode(body).await,
                     (_, "/status" | "/reload" | "/purge" | "/attack-mode") => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({"error": "method not allowed"}),
@@ -147,9 +150,14 @@ impl AdminApp {
     }
 
     /// `POST /purge`: `{"urls": [...]}`, `{"prefix": "..."}` or `{"tags": [...]}`, with an
-    /// optional `"soft": true`.
+    /// optional `"soft": true`, and an optional `"scope"` (`fleet`, `region:NAME`,
+    /// `nodes:ID,ID`) that also publishes it to the fleet, signed with `fleet.sign_key`.
     async fn purge(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
-        let request: PurgeRequest = match serde_json::from_slice(body) {
+        let (scope, rest) = match split_scope(body) {
+            Ok(split) => split,
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
+        };
+        let request: PurgeRequest = match serde_json::from_value(rest) {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -158,41 +166,94 @@ impl AdminApp {
                 )
             }
         };
-        match self.live.current().purge_selector(&request) {
-            Ok(selector) => {
-                let report = self.cache.purge(&selector, request.soft).await;
-                (
-                    StatusCode::OK,
-                    json!({
-                        "purged": report.purged,
-                        "soft": request.soft,
-                        "index_ready": report.index_ready,
-                    }),
-                )
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, json!({"error": e})),
+        let snapshot = self.live.current();
+        let selector = match snapshot.purge_selector(&request) {
+            Ok(selector) => selector,
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
+        };
+        let action = Action::Purge {
+            urls: request.urls.clone(),
+            prefix: request.prefix.clone(),
+            tags: request.tags.clone(),
+            soft: request.soft,
+        };
+        let published = match self.publish(scope, action, &snapshot).await {
+            Ok(published) => published,
+            Err(answer) => return answer,
+        };
+        let mut answer = json!({"soft": request.soft});
+        if published.as_ref().is_none_or(|p| p.here) {
+            // Here at once: this node does not wait for its own operation to come back.
+            let report = self.cache.purge(&selector, request.soft).await;
+            answer["purged"] = report.purged.into();
+            answer["index_ready"] = report.index_ready.into();
         }
+        if let Some(p) = published {
+            p.add_to(&mut answer);
+        }
+        (StatusCode::OK, answer)
     }
 
     /// `POST /attack-mode`: `{"mode": "on" | "off" | "auto"}`. Overrides the file's mode
-    /// until the next call or a restart.
-    fn attack_mode(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
-        let mode = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("mode")?.as_str().and_then(AttackMode::parse));
-        let Some(mode) = mode else {
+    /// until the next call or a restart. With `"scope"`, also published to the fleet.
+    async fn attack_mode(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
+        let (scope, rest) = match split_scope(body) {
+            Ok(split) => split,
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
+        };
+        let text = rest.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+        let Some(mode) = AttackMode::parse(text) else {
             return (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "expected {\"mode\": \"on\" | \"off\" | \"auto\"}"}),
             );
         };
         let snap = self.live.current();
+        let action = Action::AttackMode {
+            mode: mode.as_str().to_owned(),
+        };
+        let published = match self.publish(scope, action, &snap).await {
+            Ok(published) => published,
+            Err(answer) => return answer,
+        };
         let attack = self.live.attack();
-        attack.set(mode, &snap.config.protect.attack, std::time::Instant::now());
-        (
-            StatusCode::OK,
-            attack_json(attack, &snap.config.protect.attack),
-        )
+        if published.as_ref().is_none_or(|p| p.here) {
+            attack.set(mode, &snap.config.protect.attack, std::time::Instant::now());
+        }
+        let mut answer = attack_json(attack, &snap.config.protect.attack);
+        if let Some(p) = published {
+            p.add_to(&mut answer);
+        }
+        (StatusCode::OK, answer)
+    }
+
+    /// Publishes `action` to the fleet when the call has a scope: None for a local call; the
+    /// answer to give when it cannot be published (403: not allowed here, 503: bus down).
+    async fn publish(
+        &self,
+        scope: Option<Scope>,
+        action: Action,
+        snapshot: &crate::snapshot::Snapshot,
+    ) -> Result<Option<Published>, (StatusCode, serde_json::Value)> {
+        let Some(scope) = scope else {
+            return Ok(None);
+        };
+        let node = &snapshot.config.node;
+        let here = scope.includes(&node.id, &node.region);
+        let op = Operation::new(scope, action);
+        match self
+            .fleet
+            .publish(snapshot.config.fleet.as_ref(), &op)
+            .await
+        {
+            Ok(seq) => Ok(Some(Published { seq, op, here })),
+            Err(LinkError::NotAllowed(why)) => {
+                Err((StatusCode::FORBIDDEN, json!({ "error": why })))
+            }
+            Err(LinkError::Down(why)) => {
+                Err((StatusCode::SERVICE_UNAVAILABLE, json!({ "error": why })))
+            }
+        }
     }
 
     fn status(&self) -> serde_json::Value {
@@ -326,6 +387,40 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
     async fn cleanup(&self) {
         self.inner.cleanup().await;
     }
+}
+
+/// A fleet operation an admin call published.
+struct Published {
+    seq: u64,
+    op: Operation,
+    /// The scope includes this node.
+    here: bool,
+}
+
+impl Published {
+    /// The operation's `seq`, `id` and `scope`, next to the local result.
+    fn add_to(&self, answer: &mut serde_json::Value) {
+        answer["seq"] = self.seq.into();
+        answer["id"] = self.op.id.clone().into();
+        answer["scope"] = self.op.scope.to_string().into();
+    }
+}
+
+/// Takes an optional `"scope"` out of a JSON object body; the rest is the call's own fields.
+fn split_scope(body: &[u8]) -> Result<(Option<Scope>, serde_json::Value), String> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err("expected a JSON object".to_owned());
+    };
+    let scope = match fields.remove("scope") {
+        None => None,
+        Some(serde_json::Value::String(text)) => Some(Scope::parse(&text)?),
+        Some(_) => {
+            return Err("\"scope\" must be a string: fleet, region:NAME or nodes:ID,ID".to_owned())
+        }
+    };
+    Ok((scope, value))
 }
 
 /// Attack mode as `/status` and `/attack-mode` show it.

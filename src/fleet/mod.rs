@@ -2,6 +2,7 @@
 //! operators and carried by NATS JetStream, which keeps them for nodes that were away.
 //!
 //! - [`keys`]: the operators' Ed25519 keys in OpenSSL's PEM forms.
+//! - [`link`]: the admin API's way onto the bus, lent by the service.
 //! - [`op`]: the signed operation document and the checks before a node acts on one.
 //! - [`bus`]: NATS: connecting, the operation stream, publishing.
 //! - [`cli`]: `onair fleet ...`: sign and publish without any node.
@@ -13,6 +14,7 @@
 pub mod bus;
 pub mod cli;
 pub mod keys;
+pub mod link;
 pub mod op;
 pub mod service;
 pub mod state;

@@ -37,6 +37,8 @@ const CONFIG_CHECK: Duration = Duration::from_secs(1);
 pub struct FleetService {
     pub live: Arc<Live>,
     pub cache: EdgeCache,
+    /// Lent the connection while there is one (the admin API publishes through it).
+    pub link: Arc<super::link::Link>,
 }
 
 /// Why a session with the bus ended without an error.
@@ -65,6 +67,7 @@ impl BackgroundService for FleetService {
             let result = self
                 .session(&cfg, &snapshot, &mut seen, &mut shutdown)
                 .await;
+            self.link.take_back();
             METRICS.fleet_connected(false);
             match result {
                 Ok(Ended::Shutdown) => return,
@@ -137,6 +140,7 @@ impl FleetService {
             .await
             .map_err(|e| format!("reading operations: {e}"))?;
         METRICS.fleet_connected(true);
+        self.link.lend(client.clone(), js.clone(), cfg.clone());
         tracing::info!(
             "fleet: connected; reading operations from sequence {}",
             position.seq + 1

@@ -310,3 +310,74 @@ async fn a_node_whose_position_fell_off_the_stream_drops_its_copies() {
         .await
     );
 }
+
+/// The admin API's `"scope"`: a node with `fleet.sign_key` signs and publishes the call for
+/// its operators (its answer carries the operation's seq and id), a node without one says why
+/// (403), and with the bus gone the call is refused (503) while local calls still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_with_a_scope_go_to_the_fleet() {
+    let mut nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let mut setup = Setup::new(format!(
+        "{}\n[fleet]\nservers = [\"{}\"]\nverify_key = [\"{}\"]\nsign_key = \"{}\"\n",
+        one_site(origin.addr, "", ""),
+        nats.url,
+        public.display(),
+        operator.display()
+    ));
+    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".into();
+    let signer = Onair::start(setup).await;
+    let other = node("edge-hcm-1", "hcm", &nats.url, &public, &origin).await;
+    for n in [&signer, &other] {
+        assert!(
+            n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+                .await
+        );
+        assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+    }
+    origin.set(tagged("election", "v2"));
+
+    let r = signer
+        .admin_post("/purge", r#"{"tags": ["election"], "scope": "fleet"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["purged"], 1, "applied here at once: {answer}");
+    assert!(
+        answer["seq"].as_u64().is_some() && answer["id"].is_string(),
+        "{answer}"
+    );
+    assert!(other.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+    assert_eq!(get(other.http, "a", "/story").await.unwrap().text(), "v2");
+
+    // Without a signing key: refused, with the reason.
+    let r = other
+        .admin_post("/attack-mode", r#"{"mode": "on", "scope": "region:hn"}"#)
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("sign_key"), "{}", r.text());
+    // A scope that is not one.
+    let r = signer
+        .admin_post("/purge", r#"{"tags": ["x"], "scope": "everyone"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // The bus gone: fleet calls 503, local ones as ever.
+    nats.kill();
+    assert!(
+        signer
+            .metric_becomes("onair_fleet_connected", |v| v == 0.0)
+            .await
+    );
+    let r = signer
+        .admin_post("/purge", r#"{"tags": ["election"], "scope": "fleet"}"#)
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = signer
+        .admin_post("/purge", r#"{"tags": ["election"]}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

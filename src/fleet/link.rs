@@ -1,0 +1,86 @@
+//! The node's way onto the bus for its admin API: the fleet service lends its connection here
+//! while it has one, and `POST /purge` or `/attack-mode` with a `"scope"` signs the operation
+//! with `fleet.sign_key` and publishes it through it.
+
+use std::sync::Mutex;
+
+use async_nats::jetstream;
+
+use super::op::Operation;
+use crate::config::Fleet;
+
+/// Why a fleet-scoped admin call could not be published.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The node has no `[fleet]`, or no `fleet.sign_key` to sign with (403).
+    NotAllowed(&'static str),
+    /// The bus is out of reach right now (503).
+    Down(String),
+}
+
+struct Lent {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    cfg: Fleet,
+}
+
+/// Shared by the fleet service (which lends) and the admin API (which borrows).
+#[derive(Default)]
+pub struct Link {
+    lent: Mutex<Option<Lent>>,
+}
+
+impl Link {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Lent>> {
+        match self.lent.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The service connected with `cfg`.
+    pub fn lend(&self, client: async_nats::Client, js: jetstream::Context, cfg: Fleet) {
+        *self.lock() = Some(Lent { client, js, cfg });
+    }
+
+    /// The service's connection ended.
+    pub fn take_back(&self) {
+        *self.lock() = None;
+    }
+
+    /// Signs `op` with the node's `fleet.sign_key` (from `current`, the config in use) and
+    /// publishes it; its stream sequence.
+    pub async fn publish(&self, current: Option<&Fleet>, op: &Operation) -> Result<u64, LinkError> {
+        let Some(current) = current else {
+            return Err(LinkError::NotAllowed(
+                "this node has no [fleet]: it can only act locally (leave out \"scope\")",
+            ));
+        };
+        let Some(key) = &current.sign_key else {
+            return Err(LinkError::NotAllowed(
+                "this node has no fleet.sign_key to sign fleet operations with: use `onair \
+                 fleet` with an operator's key, or leave out \"scope\" to act locally",
+            ));
+        };
+        let (js, cfg) = {
+            let lent = self.lock();
+            match lent.as_ref() {
+                Some(l)
+                    if l.client.connection_state() == async_nats::connection::State::Connected =>
+                {
+                    (l.js.clone(), l.cfg.clone())
+                }
+                _ => {
+                    return Err(LinkError::Down(
+                        "the fleet bus is out of reach: nothing was published; local calls \
+                         (without \"scope\") still work"
+                            .to_owned(),
+                    ))
+                }
+            }
+        };
+        super::bus::publish(&js, &cfg, op.sign(key))
+            .await
+            .map_err(LinkError::Down)
+    }
+}
