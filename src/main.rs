@@ -95,6 +95,15 @@ enum FleetOp {
     },
     /// Attack mode: on, off or auto.
     AttackMode { mode: String },
+    /// Every node's last heartbeat: who is up, who lags, who is in attack mode.
+    Status,
+    /// Wait until every node that is not silent has applied operation SEQ.
+    Wait {
+        seq: u64,
+        /// Give up after this many seconds (exit 1).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 /// The config file and the command-line values that override it (`run` and `check` alike).
@@ -157,9 +166,42 @@ fn main() -> ExitCode {
             region,
             nodes,
         } => {
-            let Some(key) = key else {
-                eprintln!("onair fleet: --key FILE is required (the operator's private key)");
-                return ExitCode::FAILURE;
+            let publisher = onair::fleet::cli::Publisher {
+                config,
+                servers,
+                key,
+            };
+            let op = match op {
+                FleetOp::Status => {
+                    return match onair::fleet::cli::status(&publisher) {
+                        Ok(table) => {
+                            print!("{table}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("onair fleet: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                FleetOp::Wait { seq, timeout } => {
+                    let timeout = std::time::Duration::from_secs(timeout);
+                    return match onair::fleet::cli::wait(&publisher, seq, timeout) {
+                        Ok(answer) => {
+                            println!("{answer}");
+                            if answer["done"] == true {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::FAILURE
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("onair fleet: {e}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                other => other,
             };
             let scope = match (region, nodes.is_empty()) {
                 (Some(region), _) => onair::fleet::op::Scope::Region(region),
@@ -179,11 +221,7 @@ fn main() -> ExitCode {
                     soft,
                 },
                 FleetOp::AttackMode { mode } => onair::fleet::op::Action::AttackMode { mode },
-            };
-            let publisher = onair::fleet::cli::Publisher {
-                config,
-                servers,
-                key,
+                FleetOp::Status | FleetOp::Wait { .. } => return ExitCode::FAILURE,
             };
             match onair::fleet::cli::run(publisher, scope, action) {
                 Ok(answer) => {

@@ -111,6 +111,16 @@ impl AdminApp {
                     },
                     (&Method::POST, "/purge") => self.purge(body).await,
                     (&Method::POST, "/attack-mode") => self.attack_mode(body).await,
+                    (&Method::GET, "/fleet") => self.fleet_status(None).await,
+                    (&Method::GET, p) if p.starts_with("/fleet/ops/") => {
+                        match p["/fleet/ops/".len()..].parse::<u64>() {
+                            Ok(seq) => self.fleet_status(Some(seq)).await,
+                            Err(_) => (
+                                StatusCode::BAD_REQUEST,
+                                json!({"error": "expected /fleet/ops/SEQ, SEQ a stream sequence"}),
+                            ),
+                        }
+                    }
                     (_, "/status" | "/reload" | "/purge" | "/attack-mode") => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({"error": "method not allowed"}),
@@ -225,6 +235,29 @@ impl AdminApp {
             p.add_to(&mut answer);
         }
         (StatusCode::OK, answer)
+    }
+
+    /// `GET /fleet` (every node's heartbeat), or `GET /fleet/ops/SEQ` (which nodes applied
+    /// operation SEQ); 503 while the bus is out of reach.
+    async fn fleet_status(&self, op: Option<u64>) -> (StatusCode, serde_json::Value) {
+        if self.live.current().config.fleet.is_none() {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"error": "this node has no [fleet]"}),
+            );
+        }
+        match self.fleet.heartbeats().await {
+            Ok(beats) => {
+                let now = crate::fleet::op::unix_ms(std::time::SystemTime::now());
+                let answer = match op {
+                    None => crate::fleet::status::fleet_json(&beats, now),
+                    Some(seq) => crate::fleet::status::op_json(&beats, seq, now),
+                };
+                (StatusCode::OK, answer)
+            }
+            Err(LinkError::NotAllowed(why)) => (StatusCode::FORBIDDEN, json!({ "error": why })),
+            Err(LinkError::Down(why)) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": why })),
+        }
     }
 
     /// Publishes `action` to the fleet when the call has a scope: None for a local call; the

@@ -15,8 +15,8 @@ pub struct Publisher {
     pub config: Option<PathBuf>,
     /// NATS URLs, instead of the config's.
     pub servers: Vec<String>,
-    /// The operator's private key (PEM).
-    pub key: PathBuf,
+    /// The operator's private key (PEM): needed to publish, not to look.
+    pub key: Option<PathBuf>,
 }
 
 impl Publisher {
@@ -51,10 +51,12 @@ impl Publisher {
     /// Signs `action` for `scope`, publishes it, and returns `{"seq", "id", "scope", "kind"}`.
     pub async fn publish(&self, scope: Scope, action: Action) -> Result<serde_json::Value, String> {
         let fleet = self.fleet()?;
-        let pem =
-            std::fs::read(&self.key).map_err(|e| format!("--key {}: {e}", self.key.display()))?;
-        let key =
-            SignKey::from_pem(&pem).map_err(|e| format!("--key {}: {e}", self.key.display()))?;
+        let path = self
+            .key
+            .as_ref()
+            .ok_or("--key FILE is required (the operator's private key)")?;
+        let pem = std::fs::read(path).map_err(|e| format!("--key {}: {e}", path.display()))?;
+        let key = SignKey::from_pem(&pem).map_err(|e| format!("--key {}: {e}", path.display()))?;
         let op = Operation::new(scope, action);
         let client = super::bus::connect(&fleet, "onair-cli").await?;
         let js = async_nats::jetstream::new(client);
@@ -86,9 +88,54 @@ pub fn run(
                 .ok_or_else(|| format!("{mode:?} is not on, off or auto"))?;
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    runtime()?.block_on(publisher.publish(scope, action))
+}
+
+/// Every node's last heartbeat, read from the bus.
+async fn heartbeats(publisher: &Publisher) -> Result<Vec<super::status::Heartbeat>, String> {
+    let fleet = publisher.fleet()?;
+    let client = super::bus::connect(&fleet, "onair-cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let store = super::status::store(&js, &fleet).await?;
+    super::status::all(&store).await
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(publisher.publish(scope, action))
+        .map_err(|e| format!("runtime: {e}"))
+}
+
+/// `onair fleet status`: the fleet as a table.
+pub fn status(publisher: &Publisher) -> Result<String, String> {
+    let beats = runtime()?.block_on(heartbeats(publisher))?;
+    if beats.is_empty() {
+        return Ok("no node has reported to this bus yet\n".to_owned());
+    }
+    Ok(super::status::table(
+        &beats,
+        super::op::unix_ms(std::time::SystemTime::now()),
+    ))
+}
+
+/// `onair fleet wait SEQ`: until every node that is not silent has applied operation `seq`,
+/// or `timeout`; the last answer either way (`done` says which).
+pub fn wait(
+    publisher: &Publisher,
+    seq: u64,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    runtime()?.block_on(async {
+        let started = std::time::Instant::now();
+        loop {
+            let beats = heartbeats(publisher).await?;
+            let now = super::op::unix_ms(std::time::SystemTime::now());
+            let answer = super::status::op_json(&beats, seq, now);
+            if answer["done"] == true || started.elapsed() >= timeout {
+                return Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
 }

@@ -22,6 +22,7 @@ struct Lent {
     client: async_nats::Client,
     js: jetstream::Context,
     cfg: Fleet,
+    heartbeats: async_nats::jetstream::kv::Store,
 }
 
 /// Shared by the fleet service (which lends) and the admin API (which borrows).
@@ -39,8 +40,39 @@ impl Link {
     }
 
     /// The service connected with `cfg`.
-    pub fn lend(&self, client: async_nats::Client, js: jetstream::Context, cfg: Fleet) {
-        *self.lock() = Some(Lent { client, js, cfg });
+    pub fn lend(
+        &self,
+        client: async_nats::Client,
+        js: jetstream::Context,
+        cfg: Fleet,
+        heartbeats: async_nats::jetstream::kv::Store,
+    ) {
+        *self.lock() = Some(Lent {
+            client,
+            js,
+            cfg,
+            heartbeats,
+        });
+    }
+
+    /// Every node's last heartbeat (`GET /fleet`).
+    pub async fn heartbeats(&self) -> Result<Vec<super::status::Heartbeat>, LinkError> {
+        let store = {
+            let lent = self.lock();
+            match lent.as_ref() {
+                Some(l)
+                    if l.client.connection_state() == async_nats::connection::State::Connected =>
+                {
+                    l.heartbeats.clone()
+                }
+                _ => {
+                    return Err(LinkError::Down(
+                        "the fleet bus is out of reach: no fleet status".to_owned(),
+                    ))
+                }
+            }
+        };
+        super::status::all(&store).await.map_err(LinkError::Down)
     }
 
     /// The service's connection ended.

@@ -8,6 +8,7 @@
 //! - [`cli`]: `onair fleet ...`: sign and publish without any node.
 //! - [`service`]: the node's background service that applies operations in order.
 //! - [`state`]: the node's position in the stream, stored durably.
+//! - [`status`]: heartbeats in a key-value bucket: the fleet at a glance.
 //!
 //! The bus is never on the request path: a node with no bus serves what it has.
 
@@ -18,3 +19,4 @@ pub mod link;
 pub mod op;
 pub mod service;
 pub mod state;
+pub mod status;

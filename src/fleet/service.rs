@@ -22,7 +22,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::op::{self, Action, Operation, Seen};
-use super::{bus, state};
+use super::{bus, state, status};
 use crate::cache::EdgeCache;
 use crate::config::{AttackMode, Fleet};
 use crate::metrics::METRICS;
@@ -139,16 +139,26 @@ impl FleetService {
             .messages()
             .await
             .map_err(|e| format!("reading operations: {e}"))?;
+        let heartbeats = status::store(&js, cfg).await?;
         METRICS.fleet_connected(true);
-        self.link.lend(client.clone(), js.clone(), cfg.clone());
+        self.link
+            .lend(client.clone(), js.clone(), cfg.clone(), heartbeats.clone());
         tracing::info!(
             "fleet: connected; reading operations from sequence {}",
             position.seq + 1
         );
         let mut check = tokio::time::interval(CONFIG_CHECK);
+        let mut beat = tokio::time::interval(status::INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Ended::Shutdown),
+                _ = beat.tick() => {
+                    // A missed heartbeat is not worth ending the session for: the next one
+                    // comes in a few seconds.
+                    if let Err(e) = status::put(&heartbeats, &self.heartbeat(position.seq)).await {
+                        tracing::debug!("fleet: {e}");
+                    }
+                }
                 _ = check.tick() => {
                     // The client reconnects by itself; the metric follows its state.
                     let up = client.connection_state() == async_nats::connection::State::Connected;
@@ -185,6 +195,33 @@ impl FleetService {
                     METRICS.fleet_position(seq, lag);
                 }
             }
+        }
+    }
+
+    /// This node as the fleet status shows it.
+    fn heartbeat(&self, applied: u64) -> status::Heartbeat {
+        let snapshot = self.live.current();
+        let origins_down = snapshot
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.origins
+                    .iter()
+                    .filter(|o| !o.health.is_up())
+                    .map(move |o| format!("{}/{}", p.name(), o.label))
+            })
+            .collect();
+        status::Heartbeat {
+            id: snapshot.config.node.id.clone(),
+            region: snapshot.config.node.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            config_version: snapshot.version,
+            applied,
+            attack_mode: self.live.attack().active(),
+            cache_memory_bytes: self.cache.memory.size(),
+            cache_memory_objects: self.cache.memory.objects(),
+            origins_down,
+            at: op::unix_ms(SystemTime::now()),
         }
     }
 

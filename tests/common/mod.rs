@@ -1098,6 +1098,21 @@ impl Onair {
         .unwrap()
     }
 
+    /// An authorized GET on the admin API.
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        let auth = format!("Bearer {}", self.token);
+        request(
+            self.admin,
+            "GET",
+            "admin",
+            path,
+            &[("Authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// The metrics text.
     pub async fn metrics_text(&self) -> String {
         get(self.metrics, "metrics", "/metrics")

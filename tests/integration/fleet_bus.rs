@@ -101,7 +101,9 @@ async fn a_signed_purge_from_the_cli_reaches_every_node_and_a_forged_one_none() 
     for n in [&hn, &hcm] {
         assert!(
             n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
-                .await
+                .await,
+            "{}",
+            n.stderr()
         );
         assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
     }
@@ -124,6 +126,49 @@ async fn a_signed_purge_from_the_cli_reaches_every_node_and_a_forged_one_none() 
         assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v2");
     }
     assert_eq!(origin.proxied_hits(), 4);
+
+    // Who applied it: the CLI waits on the nodes' heartbeats, any node shows the fleet.
+    let seq = real["seq"].as_u64().unwrap().to_string();
+    let out = std::process::Command::new(onair_bin())
+        .args([
+            "fleet",
+            "wait",
+            &seq,
+            "--timeout",
+            "20",
+            "--servers",
+            &nats.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        waited["applied"],
+        serde_json::json!(["edge-hcm-1", "edge-hn-1"])
+    );
+    let r = hn.admin_get("/fleet").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fleet: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let nodes = fleet["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{fleet}");
+    assert!(nodes.iter().all(|n| n["state"] == "up"), "{fleet}");
+    let r = hcm.admin_get(&format!("/fleet/ops/{seq}")).await;
+    let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(op["done"], true, "{op}");
+    let out = std::process::Command::new(onair_bin())
+        .args(["fleet", "status", "--servers", &nats.url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("edge-hn-1") && table.contains("edge-hcm-1"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

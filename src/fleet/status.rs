@@ -1,0 +1,225 @@
+//! Fleet status: every node puts a heartbeat (who it is, where it is in the operation stream,
+//! attack mode, cache, origins down) into a JetStream key-value bucket every few seconds, keyed
+//! by node id. Any node's `GET /fleet` and `onair fleet status` read the whole bucket: who is
+//! up, who lags, who is in attack mode, whose origins are down; a node whose heartbeat is older
+//! than [`SILENT_AFTER`] is shown as silent. `GET /fleet/ops/SEQ` and `onair fleet wait SEQ`
+//! tell which nodes have applied an operation.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Fleet;
+
+/// How often a node puts its heartbeat.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+/// A node whose last heartbeat is older than this is silent (down, or cut off from the bus).
+pub const SILENT_AFTER: Duration = Duration::from_secs(15);
+/// Heartbeats of nodes gone for good leave the bucket after this.
+const FORGET_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
+/// One node's heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: String,
+    pub region: String,
+    pub version: String,
+    pub config_version: u64,
+    /// The last operation (stream sequence) applied.
+    pub applied: u64,
+    pub attack_mode: bool,
+    pub cache_memory_bytes: u64,
+    pub cache_memory_objects: u64,
+    /// `pool/origin` of every origin this node sees down.
+    pub origins_down: Vec<String>,
+    /// When it was put, UNIX milliseconds.
+    pub at: u64,
+}
+
+impl Heartbeat {
+    pub fn silent(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.at) > u64::try_from(SILENT_AFTER.as_millis()).unwrap_or(0)
+    }
+}
+
+/// The bucket's name: the stream's, with `_nodes`.
+pub fn bucket(cfg: &Fleet) -> String {
+    format!("{}_nodes", cfg.stream)
+}
+
+/// The heartbeat bucket, created by the first node that needs it. Its stream is made here
+/// with the key-value conventions (`KV_<bucket>`, `$KV.<bucket>.>`, one value per key) rather
+/// than by the client's `create_key_value`, which first asks for account details in a form
+/// that nats-server 2.9 (Debian's) does not answer in.
+pub async fn store(js: &jetstream::Context, cfg: &Fleet) -> Result<kv::Store, String> {
+    let name = bucket(cfg);
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age: FORGET_AFTER,
+        max_message_size: 64 << 10,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("heartbeat bucket {name}: {e}"))?;
+    js.get_key_value(&name)
+        .await
+        .map_err(|e| format!("heartbeat bucket {name}: {e}"))
+}
+
+/// Puts this node's heartbeat.
+pub async fn put(store: &kv::Store, heartbeat: &Heartbeat) -> Result<(), String> {
+    let value = serde_json::to_vec(heartbeat).unwrap_or_default();
+    store
+        .put(&heartbeat.id, value.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("heartbeat: {e}"))
+}
+
+/// Every node's last heartbeat, sorted by region then id.
+pub async fn all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
+    let mut keys = store.keys().await.map_err(|e| format!("heartbeats: {e}"))?;
+    let mut ids = Vec::new();
+    while let Some(key) = keys.next().await {
+        ids.push(key.map_err(|e| format!("heartbeats: {e}"))?);
+    }
+    let mut beats = Vec::new();
+    for id in ids {
+        if let Ok(Some(value)) = store.get(id).await {
+            if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&value) {
+                beats.push(beat);
+            }
+        }
+    }
+    beats.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
+    Ok(beats)
+}
+
+/// `GET /fleet`: every node, whether it is silent, and how far behind the newest applied
+/// operation it is.
+pub fn fleet_json(beats: &[Heartbeat], now_ms: u64) -> serde_json::Value {
+    let newest = beats.iter().map(|b| b.applied).max().unwrap_or(0);
+    let nodes: Vec<_> = beats
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "id": b.id,
+                "region": b.region,
+                "state": if b.silent(now_ms) { "silent" } else { "up" },
+                "last_heartbeat_ms_ago": now_ms.saturating_sub(b.at),
+                "version": b.version,
+                "config_version": b.config_version,
+                "applied": b.applied,
+                "behind": newest.saturating_sub(b.applied),
+                "attack_mode": b.attack_mode,
+                "cache_memory_bytes": b.cache_memory_bytes,
+                "cache_memory_objects": b.cache_memory_objects,
+                "origins_down": b.origins_down,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "nodes": nodes,
+        "newest_applied": newest,
+        "silent_after_s": SILENT_AFTER.as_secs(),
+    })
+}
+
+/// `GET /fleet/ops/SEQ`: which nodes have applied operation `seq`, which have not yet, and
+/// which are silent (they will when they are back).
+pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value {
+    let (mut applied, mut pending, mut silent) = (Vec::new(), Vec::new(), Vec::new());
+    for b in beats {
+        if b.applied >= seq {
+            applied.push(b.id.clone());
+        } else if b.silent(now_ms) {
+            silent.push(b.id.clone());
+        } else {
+            pending.push(b.id.clone());
+        }
+    }
+    serde_json::json!({
+        "seq": seq,
+        "applied": applied,
+        "pending": pending,
+        "silent": silent,
+        "done": pending.is_empty(),
+    })
+}
+
+/// `onair fleet status`: the fleet as a table.
+pub fn table(beats: &[Heartbeat], now_ms: u64) -> String {
+    let newest = beats.iter().map(|b| b.applied).max().unwrap_or(0);
+    let mut out = format!(
+        "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
+        "NODE", "REGION", "STATE", "APPLIED", "BEHIND", "ATTACK", "ORIGINS DOWN"
+    );
+    for b in beats {
+        let state = if b.silent(now_ms) { "silent" } else { "up" };
+        out.push_str(&format!(
+            "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
+            b.id,
+            b.region,
+            state,
+            b.applied,
+            newest.saturating_sub(b.applied),
+            if b.attack_mode { "on" } else { "off" },
+            if b.origins_down.is_empty() {
+                "-".to_owned()
+            } else {
+                b.origins_down.join(" ")
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(id: &str, applied: u64, at: u64) -> Heartbeat {
+        Heartbeat {
+            id: id.into(),
+            region: "hn".into(),
+            version: "0.1.0".into(),
+            config_version: 1,
+            applied,
+            attack_mode: false,
+            cache_memory_bytes: 0,
+            cache_memory_objects: 0,
+            origins_down: vec![],
+            at,
+        }
+    }
+
+    #[test]
+    fn who_applied_who_lags_who_is_silent() {
+        let now = 100_000;
+        let beats = [
+            beat("a", 7, now - 1_000),
+            beat("b", 5, now - 2_000),
+            beat("c", 3, now - 60_000),
+        ];
+        let op = op_json(&beats, 6, now);
+        assert_eq!(op["applied"], serde_json::json!(["a"]));
+        assert_eq!(op["pending"], serde_json::json!(["b"]));
+        assert_eq!(op["silent"], serde_json::json!(["c"]));
+        assert_eq!(op["done"], false);
+        let fleet = fleet_json(&beats, now);
+        assert_eq!(fleet["nodes"][1]["behind"], 2);
+        assert_eq!(fleet["nodes"][2]["state"], "silent");
+        let table = table(&beats, now);
+        assert!(table.lines().nth(3).unwrap().contains("silent"), "{table}");
+    }
+}
