@@ -137,6 +137,19 @@ pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'
             ),
         );
     }
+    let replicas = match f.replicas {
+        None => 1,
+        Some(n @ (1 | 3 | 5)) => n as usize,
+        Some(n) => {
+            e.push(
+                "fleet.replicas",
+                format!(
+                    "{n} is not 1, 3 or 5 (JetStream replicates over an odd number of servers)"
+                ),
+            );
+            1
+        }
+    };
     Fleet {
         servers,
         auth,
@@ -147,5 +160,6 @@ pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'
         sign_key,
         max_skew,
         retention,
+        replicas,
     }
 }

@@ -106,6 +106,9 @@ pub struct Fleet {
     /// How long the stream keeps operations: at least the longest stale window, so a node
     /// that comes back can always learn what it missed while it could still serve.
     pub retention: Duration,
+    /// Copies JetStream keeps of the stream (1, 3 or 5): 3 on a 3-server cluster, so that one
+    /// server down loses nothing and delays nothing.
+    pub replicas: usize,
 }
 
 /// How a node proves itself to NATS.

@@ -38,6 +38,7 @@ pub struct RawFleet {
     pub sign_key: Option<String>,
     pub max_skew: Option<String>,
     pub retention: Option<String>,
+    pub replicas: Option<i64>,
 }
 
 /// `[dns]`

@@ -55,6 +55,7 @@ pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stre
         // An operation is small; a flood of them must not fill the servers' disks.
         max_message_size: i32::try_from(super::op::MAX_ENVELOPE).unwrap_or(i32::MAX),
         max_bytes: 1 << 30,
+        num_replicas: cfg.replicas,
         ..Default::default()
     })
     .await

@@ -37,6 +37,7 @@ impl Publisher {
                 sign_key: None,
                 max_skew: Duration::from_secs(300),
                 retention: Duration::from_secs(7 * 86_400),
+                replicas: 1,
             },
         };
         if !self.servers.is_empty() {

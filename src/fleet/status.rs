@@ -66,7 +66,7 @@ pub async fn store(js: &jetstream::Context, cfg: &Fleet) -> Result<kv::Store, St
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: cfg.replicas,
         ..Default::default()
     })
     .await

@@ -11,6 +11,8 @@ pub struct Nats {
     dir: tempfile::TempDir,
     pub url: String,
     port: u16,
+    /// Cluster flags, for a restart.
+    cluster: Vec<String>,
 }
 
 fn binary() -> PathBuf {
@@ -25,13 +27,48 @@ fn binary() -> PathBuf {
 impl Nats {
     pub async fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let (child, port) = spawn(&dir, -1).await;
+        let (child, port) = spawn(&dir, -1, &[]).await;
         Nats {
             child: Some(child),
             url: format!("nats://127.0.0.1:{port}"),
             dir,
             port,
+            cluster: Vec::new(),
         }
+    }
+
+    /// `n` servers routed into one JetStream cluster (streams may keep `n` replicas).
+    pub async fn cluster(n: usize) -> Vec<Nats> {
+        let routes: Vec<u16> = (0..n).map(|_| super::free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let port = super::free_port();
+            let cluster = vec![
+                "--server_name".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "onair-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_owned(),
+                route_list.clone(),
+            ];
+            let (child, port) = spawn(&dir, i32::from(port), &cluster).await;
+            servers.push(Nats {
+                child: Some(child),
+                url: format!("nats://127.0.0.1:{port}"),
+                dir,
+                port,
+                cluster,
+            });
+        }
+        servers
     }
 
     /// Stops the server (SIGKILL): the bus is gone.
@@ -45,7 +82,7 @@ impl Nats {
     /// Starts it again on the same port with the same store.
     pub async fn restart(&mut self) {
         self.kill();
-        let (child, _) = spawn(&self.dir, i32::from(self.port)).await;
+        let (child, _) = spawn(&self.dir, i32::from(self.port), &self.cluster).await;
         self.child = Some(child);
     }
 }
@@ -57,7 +94,7 @@ impl Drop for Nats {
 }
 
 /// Starts nats-server on `port` (-1: any) and waits until it accepts connections.
-async fn spawn(dir: &tempfile::TempDir, port: i32) -> (Child, u16) {
+async fn spawn(dir: &tempfile::TempDir, port: i32, extra: &[String]) -> (Child, u16) {
     let ports_dir = dir.path().join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).unwrap();
@@ -67,6 +104,7 @@ async fn spawn(dir: &tempfile::TempDir, port: i32) -> (Child, u16) {
         .arg(dir.path().join("store"))
         .arg("--ports_file_dir")
         .arg(&ports_dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("nats.log")).unwrap())

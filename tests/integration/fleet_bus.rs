@@ -426,3 +426,129 @@ async fn admin_calls_with_a_scope_go_to_the_fleet() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A NATS cluster of three, the stream kept on all three: one server killed (whichever), the
+/// node goes on receiving operations through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_three_keeps_delivering_with_one_server_down() {
+    let mut cluster = Nats::cluster(3).await;
+    let urls: Vec<String> = cluster.iter().map(|n| format!("\"{}\"", n.url)).collect();
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    let mut setup = Setup::new(format!(
+        "{}\n[fleet]\nservers = [{}]\nverify_key = [\"{}\"]\nreplicas = 3\n",
+        one_site(origin.addr, "", ""),
+        urls.join(", "),
+        public.display()
+    ));
+    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".into();
+    let n = Onair::start(setup).await;
+    // The cluster elects its JetStream leader first: the node retries until it can.
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            n.metric("onair_fleet_connected").await == Some(1.0)
+        })
+        .await,
+        "{}",
+        n.stderr()
+    );
+    fleet_cli(&cluster[1].url, &operator, &["purge", "--tag", "one"]);
+    assert!(n.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+
+    cluster[0].kill();
+    // Publishing waits for the stream's new leader, if server 0 was it: a few tries.
+    let mut published = false;
+    for _ in 0..60 {
+        let out = std::process::Command::new(onair_bin())
+            .args([
+                "fleet",
+                "purge",
+                "--tag",
+                "two",
+                "--servers",
+                &cluster[2].url,
+            ])
+            .arg("--key")
+            .arg(&operator)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        published,
+        "no server took the operation with one of three down"
+    );
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            n.metric(APPLIED_PURGES).await == Some(2.0)
+        })
+        .await,
+        "{}",
+        n.stderr()
+    );
+}
+
+/// A fleet purge reaches an edge before its shield (here: the shield gets it last, as if it
+/// lagged): the edge does not refill from the shield's older copy; the reader gets the new page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_applies_a_purge_before_its_shield_does_not_refill_the_old_page() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "forged"));
+    let fleet = format!(
+        "[fleet]\nservers = [\"{}\"]\nverify_key = [\"{}\"]\n",
+        nats.url,
+        public.display()
+    );
+    let mut setup = Setup::new(format!(
+        "[protect]\ntiers = [\"127.0.0.1/32\"]\n{}\n{fleet}",
+        one_site(origin.addr, "", "")
+    ));
+    setup.node_extra = "id = \"shield-hn\"\nregion = \"hn\"\n".into();
+    let shield = Onair::start(setup).await;
+    let mut setup = Setup::new(format!(
+        "{}\n{fleet}",
+        one_site(shield.http, "shields = true", "")
+    ));
+    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".into();
+    let edge = Onair::start(setup).await;
+    for n in [&shield, &edge] {
+        assert!(
+            n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+                .await
+        );
+    }
+    assert_eq!(
+        get(edge.http, "a", "/story").await.unwrap().text(),
+        "forged"
+    );
+
+    origin.set(tagged("election", "fixed"));
+    fleet_cli(
+        &nats.url,
+        &operator,
+        &["purge", "--tag", "election", "--nodes", "edge-hn-1"],
+    );
+    assert!(edge.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+    // The shield has not applied it (it is not in scope): its copy is the forged one.
+    assert_eq!(shield.metric(APPLIED_PURGES).await.unwrap_or(0.0), 0.0);
+    for _ in 0..3 {
+        let r = get(edge.http, "a", "/story").await.unwrap();
+        assert_eq!(r.text(), "fixed", "{:?}", r.headers);
+    }
+    // Then the shield applies it too: nothing changes for the reader.
+    fleet_cli(
+        &nats.url,
+        &operator,
+        &["purge", "--tag", "election", "--nodes", "shield-hn"],
+    );
+    assert!(shield.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+    assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "fixed");
+}
