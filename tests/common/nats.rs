@@ -15,7 +15,7 @@ pub struct Nats {
     cluster: Vec<String>,
 }
 
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     for candidate in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
         if std::path::Path::new(candidate).exists() {
             return candidate.into();

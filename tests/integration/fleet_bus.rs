@@ -552,3 +552,30 @@ async fn an_edge_that_applies_a_purge_before_its_shield_does_not_refill_the_old_
     assert!(shield.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
     assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "fixed");
 }
+
+/// The NATS configs shipped in deploy/nats/ are valid for the nats-server the tests run.
+#[test]
+fn the_shipped_nats_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "conf") {
+            let out = std::process::Command::new(crate::common::nats::binary())
+                .arg("-t")
+                .arg("-c")
+                .arg(&path)
+                .env("ONAIR_NATS_TOKEN", "test-token")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "{checked} configs");
+}
