@@ -274,11 +274,18 @@ impl AdminApp {
         let node = &snapshot.config.node;
         let here = scope.includes(&node.id, &node.region);
         let op = Operation::new(scope, action);
-        match self
+        if here {
+            // Before it is published: the bus may bring it back before this call applies it.
+            self.fleet.applied_here(&op.id);
+        }
+        let published = self
             .fleet
             .publish(snapshot.config.fleet.as_ref(), &op)
-            .await
-        {
+            .await;
+        if published.is_err() && here {
+            self.fleet.was_applied_here(&op.id);
+        }
+        match published {
             Ok(seq) => Ok(Some(Published { seq, op, here })),
             Err(LinkError::NotAllowed(why)) => {
                 Err((StatusCode::FORBIDDEN, json!({ "error": why })))

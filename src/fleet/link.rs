@@ -29,7 +29,15 @@ struct Lent {
 #[derive(Default)]
 pub struct Link {
     lent: Mutex<Option<Lent>>,
+    /// Ids of operations the admin API applies here itself: when the bus brings one back,
+    /// the service counts it without applying it again (and the admin's answer counts what
+    /// it purged, not zero because the bus was faster).
+    local: Mutex<std::collections::HashSet<String>>,
 }
+
+/// At most this many local operations await their return from the bus (a bus that never
+/// brings them back must not make the set grow for ever).
+const MAX_LOCAL: usize = 1024;
 
 impl Link {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Lent>> {
@@ -37,6 +45,27 @@ impl Link {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        match self.local.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The admin API applies operation `id` here itself.
+    pub fn applied_here(&self, id: &str) {
+        let mut local = self.local();
+        if local.len() >= MAX_LOCAL {
+            local.clear();
+        }
+        local.insert(id.to_owned());
+    }
+
+    /// Whether operation `id`, back from the bus, was applied here by the admin API already.
+    pub fn was_applied_here(&self, id: &str) -> bool {
+        self.local().remove(id)
     }
 
     /// The service connected with `cfg`.

@@ -255,6 +255,11 @@ impl FleetService {
             METRICS.fleet_op(kind, "not_in_scope");
             return;
         }
+        if self.link.was_applied_here(&op.id) {
+            // This node's admin API published it and applied it here itself.
+            METRICS.fleet_op(kind, "applied");
+            return;
+        }
         match self.apply(&op, &snapshot).await {
             Ok(what) => {
                 METRICS.fleet_op(kind, "applied");
