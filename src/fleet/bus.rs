@@ -56,6 +56,10 @@ pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stre
         max_message_size: i32::try_from(super::op::MAX_ENVELOPE).unwrap_or(i32::MAX),
         max_bytes: 1 << 30,
         num_replicas: cfg.replicas,
+        // Only retention takes operations away: a bus user cannot empty the stream to make
+        // every node drop its cache as if it had been away too long.
+        deny_purge: true,
+        deny_delete: true,
         ..Default::default()
     })
     .await
@@ -63,12 +67,19 @@ pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stre
 }
 
 /// Publishes a signed operation; returns its stream sequence once the stream has stored it.
+/// Publishers never create the stream (the nodes do, with their settings): an operation
+/// published where no node reads would be lost without a word.
 pub async fn publish(
     js: &jetstream::Context,
     cfg: &Fleet,
     envelope: Vec<u8>,
 ) -> Result<u64, String> {
-    stream(js, cfg).await?;
+    js.get_stream(&cfg.stream).await.map_err(|e| {
+        format!(
+            "stream {}: {e} (no node with this [fleet] has connected to the bus yet?)",
+            cfg.stream
+        )
+    })?;
     let ack = js
         .publish(ops_subject(cfg), envelope.into())
         .await

@@ -22,7 +22,7 @@ struct Lent {
     client: async_nats::Client,
     js: jetstream::Context,
     cfg: Fleet,
-    heartbeats: async_nats::jetstream::kv::Store,
+    heartbeats: Option<async_nats::jetstream::kv::Store>,
 }
 
 /// Shared by the fleet service (which lends) and the admin API (which borrows).
@@ -74,7 +74,7 @@ impl Link {
         client: async_nats::Client,
         js: jetstream::Context,
         cfg: Fleet,
-        heartbeats: async_nats::jetstream::kv::Store,
+        heartbeats: Option<async_nats::jetstream::kv::Store>,
     ) {
         *self.lock() = Some(Lent {
             client,
@@ -86,21 +86,23 @@ impl Link {
 
     /// Every node's last heartbeat (`GET /fleet`).
     pub async fn heartbeats(&self) -> Result<Vec<super::status::Heartbeat>, LinkError> {
-        let store = {
-            let lent = self.lock();
-            match lent.as_ref() {
-                Some(l)
-                    if l.client.connection_state() == async_nats::connection::State::Connected =>
-                {
-                    l.heartbeats.clone()
+        let store =
+            {
+                let lent = self.lock();
+                match lent.as_ref() {
+                    Some(Lent {
+                        client,
+                        heartbeats: Some(store),
+                        ..
+                    }) if client.connection_state() == async_nats::connection::State::Connected => {
+                        store.clone()
+                    }
+                    _ => return Err(LinkError::Down(
+                        "the fleet bus (or its heartbeat bucket) is out of reach: no fleet status"
+                            .to_owned(),
+                    )),
                 }
-                _ => {
-                    return Err(LinkError::Down(
-                        "the fleet bus is out of reach: no fleet status".to_owned(),
-                    ))
-                }
-            }
-        };
+            };
         super::status::all(&store).await.map_err(LinkError::Down)
     }
 

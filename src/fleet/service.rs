@@ -41,6 +41,35 @@ pub struct FleetService {
     pub link: Arc<super::link::Link>,
 }
 
+/// Refused operations are logged at most once a second (junk on the bus must not flood the
+/// log); the metric counts every one.
+#[derive(Default)]
+struct Refusals {
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn log(&mut self, why: &str) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            "fleet: refused an operation ({why}; {} more refused since the last line): only \
+             operations signed by fleet.verify_key, issued within fleet.max_skew, and new, are \
+             applied",
+            self.unlogged
+        );
+        self.last_log = Some(now);
+        self.unlogged = 0;
+    }
+}
+
 /// Why a session with the bus ended without an error.
 enum Ended {
     Shutdown,
@@ -53,6 +82,10 @@ impl BackgroundService for FleetService {
         let mut backoff = FIRST_BACKOFF;
         // Kept across reconnects: an operation delivered again after one is not applied twice.
         let mut seen = Seen::default();
+        let first = self.live.current();
+        if first.config.fleet.is_some() {
+            self.restore_attack_mode(&first.config.node.state_dir);
+        }
         loop {
             let snapshot = self.live.current();
             let Some(cfg) = snapshot.config.fleet.clone() else {
@@ -100,27 +133,42 @@ impl FleetService {
         let js = jetstream::new(client.clone());
         let mut stream = bus::stream(&js, cfg).await?;
         let mut position = load(&state_dir).await;
-        let (first, last) = {
+        let (first, last, identity) = {
             let info = stream
                 .info()
                 .await
                 .map_err(|e| format!("stream info: {e}"))?;
-            (info.state.first_sequence, info.state.last_sequence)
+            let created = info.created.unix_timestamp_nanos() / 1_000_000;
+            (
+                info.state.first_sequence,
+                info.state.last_sequence,
+                created.to_string(),
+            )
         };
-        if position.seq > 0 && position.seq + 1 < first {
-            // Operations this node never saw have left the stream: it cannot know what they
-            // purged, so it keeps nothing it stored before them. Anything that old is past the
-            // stale window the stream's retention covers anyway.
+        let reset = position.stream.as_ref().is_some_and(|s| *s != identity) || position.seq > last;
+        let fell_off = position.seq > 0 && position.seq.saturating_add(1) < first;
+        if reset || fell_off {
+            // Operations this node never saw are gone (retention took them, or the stream was
+            // made again): it cannot know what they purged. Everything it holds is marked
+            // stale, so each copy is revalidated before it is served again, and still served
+            // if the origin fails (never off air).
             tracing::error!(
-                "fleet: this node applied up to operation {} but the stream now starts at \
-                 {first}: the operations in between are lost to retention; dropping every \
-                 cached object",
-                position.seq
+                "fleet: this node applied up to operation {} of {}, the stream now holds {first} \
+                 to {last} of {identity}: operations it never saw are lost; every cached \
+                 object is marked stale",
+                position.seq,
+                position.stream.as_deref().unwrap_or("an unknown stream"),
             );
             let everything = crate::cache::purge::Selector::Prefix(String::new());
-            let report = self.cache.purge(&everything, false).await;
-            tracing::error!("fleet: dropped {} cached objects", report.purged);
+            let report = self.cache.purge(&everything, true).await;
+            tracing::error!("fleet: marked {} cached objects stale", report.purged);
+            position.seq = first.saturating_sub(1);
         }
+        if position.stream.as_deref() != Some(identity.as_str()) || reset || fell_off {
+            position.stream = Some(identity);
+            store(&state_dir, position.clone()).await?;
+        }
+        METRICS.fleet_position(position.seq, Duration::ZERO);
         // Caught up once everything stored before this connection is applied.
         if position.seq >= last {
             self.caught_up(position.seq);
@@ -129,7 +177,7 @@ impl FleetService {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: bus::ops_subject(cfg),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: position.seq + 1,
+                    start_sequence: position.seq.saturating_add(1),
                 },
                 ..Default::default()
             })
@@ -139,24 +187,34 @@ impl FleetService {
             .messages()
             .await
             .map_err(|e| format!("reading operations: {e}"))?;
-        let heartbeats = status::store(&js, cfg).await?;
+        // Best effort: without the bucket the node still applies operations.
+        let heartbeats = match status::store(&js, cfg).await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                tracing::warn!("fleet: {e}; no heartbeats this session");
+                None
+            }
+        };
         METRICS.fleet_connected(true);
         self.link
             .lend(client.clone(), js.clone(), cfg.clone(), heartbeats.clone());
         tracing::info!(
             "fleet: connected; reading operations from sequence {}",
-            position.seq + 1
+            position.seq.saturating_add(1)
         );
         let mut check = tokio::time::interval(CONFIG_CHECK);
         let mut beat = tokio::time::interval(status::INTERVAL);
+        let mut refusals = Refusals::default();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Ended::Shutdown),
                 _ = beat.tick() => {
                     // A missed heartbeat is not worth ending the session for: the next one
                     // comes in a few seconds.
-                    if let Err(e) = status::put(&heartbeats, &self.heartbeat(position.seq)).await {
-                        tracing::debug!("fleet: {e}");
+                    if let Some(store) = &heartbeats {
+                        if let Err(e) = status::put(store, &self.heartbeat(position.seq)).await {
+                            tracing::debug!("fleet: {e}");
+                        }
                     }
                 }
                 _ = check.tick() => {
@@ -178,13 +236,26 @@ impl FleetService {
                         let ms = info.published.unix_timestamp_nanos() / 1_000_000;
                         (info.stream_sequence, u64::try_from(ms).unwrap_or(0), info.pending)
                     };
-                    self.handle(&message.payload, stored_at, cfg, seen).await;
-                    position = state::Position {
-                        seq,
-                        at: op::unix_ms(SystemTime::now()),
-                    };
-                    store(&state_dir, position).await?;
-                    if seq >= last {
+                    if seq <= position.seq {
+                        // The ordered consumer started again from the stream's start (it does
+                        // after a reconnect before its first message): a new session reads
+                        // on from the stored position instead of applying old operations again.
+                        return Err(format!(
+                            "the bus sent operation {seq} again (applied up to {})",
+                            position.seq
+                        ));
+                    }
+                    let applied = self
+                        .handle(&message.payload, stored_at, cfg, seen, &mut position, &mut refusals)
+                        .await;
+                    position.seq = seq;
+                    position.at = op::unix_ms(SystemTime::now());
+                    // Durable at once when something was applied or the node is caught up;
+                    // a run of refused messages (junk on the bus) costs no fsync each.
+                    if applied || pending == 0 || seq % 64 == 0 {
+                        store(&state_dir, position.clone()).await?;
+                    }
+                    if seq >= last || pending == 0 {
                         self.caught_up(seq);
                     }
                     let lag = if pending > 0 {
@@ -235,17 +306,22 @@ impl FleetService {
     }
 
     /// Verifies one operation and applies it if it is meant for this node; counts the result.
-    async fn handle(&self, envelope: &[u8], stored_at: u64, cfg: &Fleet, seen: &mut Seen) {
+    /// Whether it changed anything here.
+    async fn handle(
+        &self,
+        envelope: &[u8],
+        stored_at: u64,
+        cfg: &Fleet,
+        seen: &mut Seen,
+        position: &mut state::Position,
+        refusals: &mut Refusals,
+    ) -> bool {
         let op = match op::verify(envelope, &cfg.verify_keys, stored_at, cfg.max_skew, seen) {
             Ok(op) => op,
             Err(refusal) => {
                 METRICS.fleet_op("unknown", refusal.label());
-                tracing::warn!(
-                    "fleet: refused an operation ({}): only operations signed by \
-                     fleet.verify_key, issued within fleet.max_skew, and new, are applied",
-                    refusal.label()
-                );
-                return;
+                refusals.log(refusal.label());
+                return false;
             }
         };
         let snapshot = self.live.current();
@@ -253,22 +329,58 @@ impl FleetService {
         let kind = op.action.kind();
         if !op.scope.includes(&node.id, &node.region) {
             METRICS.fleet_op(kind, "not_in_scope");
-            return;
+            return false;
+        }
+        if let Action::AttackMode { mode } = &op.action {
+            // An older attack-mode operation (replayed by whoever holds the bus) never
+            // overrides a newer one.
+            if position
+                .attack
+                .as_ref()
+                .is_some_and(|last| last.issued_at > op.issued_at)
+            {
+                METRICS.fleet_op(kind, "stale");
+                refusals.log("stale");
+                return false;
+            }
+            position.attack = Some(state::AttackRecord {
+                mode: mode.clone(),
+                issued_at: op.issued_at,
+            });
         }
         if self.link.was_applied_here(&op.id) {
             // This node's admin API published it and applied it here itself.
             METRICS.fleet_op(kind, "applied");
-            return;
+            return true;
         }
         match self.apply(&op, &snapshot).await {
             Ok(what) => {
                 METRICS.fleet_op(kind, "applied");
                 tracing::info!(id = %op.id, scope = %op.scope, "fleet: applied {kind}: {what}");
+                true
             }
             Err(e) => {
                 METRICS.fleet_op(kind, "invalid");
                 tracing::warn!(id = %op.id, "fleet: cannot apply {kind}: {e}");
+                false
             }
+        }
+    }
+
+    /// The attack mode the fleet set last, after a restart (it lives in memory otherwise).
+    pub fn restore_attack_mode(&self, state_dir: &Path) {
+        let Some(record) = state::load(state_dir).attack else {
+            return;
+        };
+        if let Some(mode) = AttackMode::parse(&record.mode) {
+            let snapshot = self.live.current();
+            self.live
+                .attack()
+                .set(mode, &snapshot.config.protect.attack, Instant::now());
+            tracing::info!(
+                "fleet: attack mode {} as the fleet last set it",
+                record.mode
+            );
         }
     }
 
@@ -303,6 +415,7 @@ async fn load(state_dir: &Path) -> state::Position {
 }
 
 async fn store(state_dir: &Path, position: state::Position) -> Result<(), String> {
+    // A position written later must not be taken for an older one: callers pass a clone.
     let dir = state_dir.to_owned();
     tokio::task::spawn_blocking(move || state::store(&dir, position))
         .await

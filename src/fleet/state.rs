@@ -10,12 +10,28 @@ use std::path::{Path, PathBuf};
 const FILE: &str = "fleet.position";
 
 /// The applied position of this node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// The last stream sequence applied (or refused for good); 0: none yet.
     pub seq: u64,
     /// When it was applied, UNIX milliseconds.
     pub at: u64,
+    /// Which stream `seq` counts in (its creation time): a stream deleted and made again
+    /// numbers from 1, and a position in the old one says nothing about the new one.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// The last attack-mode operation applied: the mode outlives a restart, and an older
+    /// operation (a replay) never overrides a newer one.
+    #[serde(default)]
+    pub attack: Option<AttackRecord>,
+}
+
+/// An applied attack-mode operation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttackRecord {
+    pub mode: String,
+    /// Its issue time, UNIX milliseconds (signed, unlike the bus's metadata).
+    pub issued_at: u64,
 }
 
 fn path(state_dir: &Path) -> PathBuf {
@@ -45,7 +61,8 @@ pub fn load(state_dir: &Path) -> Position {
 
 /// Stores `position` durably. Blocking (fsync): call it from a blocking thread.
 pub fn store(state_dir: &Path, position: Position) -> std::io::Result<()> {
-    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    // Two processes over one state dir (a graceful upgrade) must not write one temp file.
+    let tmp = state_dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&serde_json::to_vec(&position).unwrap_or_default())?;
     file.sync_all()?;
@@ -62,9 +79,20 @@ mod tests {
     fn a_position_survives_and_garbage_is_the_start() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()), Position::default());
-        let p = Position { seq: 42, at: 7 };
-        store(dir.path(), p).unwrap();
+        let p = Position {
+            seq: 42,
+            at: 7,
+            stream: Some("1764720000000".into()),
+            attack: Some(AttackRecord {
+                mode: "on".into(),
+                issued_at: 5,
+            }),
+        };
+        store(dir.path(), p.clone()).unwrap();
         assert_eq!(load(dir.path()), p);
+        // A file from before the stream identity was kept still reads.
+        std::fs::write(dir.path().join(FILE), br#"{"seq": 3, "at": 1}"#).unwrap();
+        assert_eq!(load(dir.path()).seq, 3);
         std::fs::write(dir.path().join(FILE), b"{torn").unwrap();
         assert_eq!(load(dir.path()), Position::default());
     }

@@ -330,10 +330,22 @@ async fn a_node_away_during_purges_does_not_serve_them_from_disk() {
 }
 
 /// A node whose position fell off the stream (the operations it missed are gone) cannot know
-/// what they purged: it drops what it had stored.
+/// what they purged: it marks every copy it holds stale (each is revalidated before it is
+/// served again), once: a second start does not do it again. The stream itself refuses to be
+/// emptied by a bus user (only retention takes operations away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_position_fell_off_the_stream_drops_its_copies() {
+async fn a_node_whose_position_fell_off_the_stream_revalidates_its_copies_once() {
     let nats = Nats::start().await;
+    // Made here as retention would act on it: one that can be emptied.
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "ONAIR".into(),
+        subjects: vec!["onair.ops".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (operator, public) = operator_keys(keys.path(), "operator");
     let disk = tempfile::tempdir().unwrap();
@@ -351,15 +363,13 @@ async fn a_node_whose_position_fell_off_the_stream_drops_its_copies() {
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "something"]);
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "something-else"]);
     // Retention took them (here: the whole stream is emptied).
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
     js.get_stream("ONAIR").await.unwrap().purge().await.unwrap();
 
     origin.set(tagged("election", "v2"));
     n.restart().await;
     assert!(
         eventually(Duration::from_secs(20), || async {
-            n.stderr().contains("lost to retention")
+            n.stderr().contains("operations it never saw are lost")
         })
         .await
     );
@@ -369,6 +379,94 @@ async fn a_node_whose_position_fell_off_the_stream_drops_its_copies() {
         })
         .await
     );
+    // Stored again after the loss: a second start keeps it.
+    let hits = origin.proxied_hits();
+    let logged = n.stderr().len();
+    n.restart().await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    assert!(
+        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 3.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v2");
+    let since = n.stderr()[logged..].to_owned();
+    assert!(
+        !since.contains("operations it never saw are lost"),
+        "{since}"
+    );
+    assert_eq!(origin.proxied_hits(), hits);
+}
+
+/// The stream the nodes make refuses to be emptied or to lose a message by a bus user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operation_stream_cannot_be_emptied_from_the_bus() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    let n = node("edge-hn-1", "hn", &nats.url, &public, &origin).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "x"]);
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("ONAIR").await.unwrap();
+    assert!(stream.purge().await.is_err());
+    assert!(stream.delete_message(1).await.is_err());
+}
+
+/// After the bus comes back, the node reads on from where it was: operations it applied
+/// before are not applied again, even when the bus sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_bus_restart_old_operations_are_not_applied_again() {
+    let mut nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    // A short max_skew: the node forgets applied ids quickly, so only its position keeps it
+    // from applying an operation the bus sends again.
+    let mut setup = Setup::new(format!(
+        "{}\n[fleet]\nservers = [\"{}\"]\nverify_key = [\"{}\"]\nmax_skew = \"1s\"\n",
+        one_site(origin.addr, "", ""),
+        nats.url,
+        public.display()
+    ));
+    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".into();
+    let n = Onair::start(setup).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "election"]);
+    assert!(n.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+    // The second operation, issued well after the first, makes the node forget the first id.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "sport"]);
+    assert!(n.metric_becomes(APPLIED_PURGES, |v| v == 2.0).await);
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+
+    nats.restart().await;
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "third"]);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            n.metric(APPLIED_PURGES).await == Some(3.0)
+        })
+        .await,
+        "{}",
+        n.stderr()
+    );
+    // Nothing applied twice: the page stored before is still a hit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(n.metric(APPLIED_PURGES).await, Some(3.0));
+    let hits = origin.proxied_hits();
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+    assert_eq!(origin.proxied_hits(), hits);
 }
 
 /// The admin API's `"scope"`: a node with `fleet.sign_key` signs and publishes the call for
