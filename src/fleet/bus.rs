@@ -2,6 +2,8 @@
 //! operations, and publishing one. Used by the node's fleet service, its admin API and the
 //! `onair fleet` CLI alike.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -19,8 +21,27 @@ pub fn ops_subject(cfg: &Fleet) -> String {
 
 /// A client for `cfg`'s servers. `name` shows in the servers' connection lists.
 pub async fn connect(cfg: &Fleet, name: &str) -> Result<async_nats::Client, String> {
+    connect_counting(cfg, name, Arc::default()).await
+}
+
+/// [`connect`], counting in `connections` every time the client (re)connects: a reader of the
+/// stream must start again from its own position after a reconnect, since what the server
+/// held for it (an ordered consumer) may have gone with the server it was on.
+pub async fn connect_counting(
+    cfg: &Fleet,
+    name: &str,
+    connections: Arc<AtomicU64>,
+) -> Result<async_nats::Client, String> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
+        .event_callback(move |event| {
+            let connections = connections.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    connections.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
         .connection_timeout(CONNECT_TIMEOUT)
         // After the first connection, the client reconnects by itself, with its backoff.
         .max_reconnects(None);

@@ -33,6 +33,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the service looks for a changed `[fleet]` (a reload) while it reads.
 const CONFIG_CHECK: Duration = Duration::from_secs(1);
+/// With nothing read for this long, the service asks the stream whether it missed anything.
+const STUCK_AFTER: Duration = Duration::from_secs(5);
 
 pub struct FleetService {
     pub live: Arc<Live>,
@@ -97,9 +99,14 @@ impl BackgroundService for FleetService {
                     _ = tokio::time::sleep(CONFIG_CHECK) => continue,
                 }
             };
+            let began = Instant::now();
             let result = self
                 .session(&cfg, &snapshot, &mut seen, &mut shutdown)
                 .await;
+            if began.elapsed() > MAX_BACKOFF {
+                // A session that lasted is not a failure in a row.
+                backoff = FIRST_BACKOFF;
+            }
             self.link.take_back();
             METRICS.fleet_connected(false);
             match result {
@@ -129,7 +136,8 @@ impl FleetService {
     ) -> Result<Ended, String> {
         let node = snapshot.config.node.id.clone();
         let state_dir = snapshot.config.node.state_dir.clone();
-        let client = bus::connect(cfg, &node).await?;
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let client = bus::connect_counting(cfg, &node, connections.clone()).await?;
         let js = jetstream::new(client.clone());
         let mut stream = bus::stream(&js, cfg).await?;
         let mut position = load(&state_dir).await;
@@ -205,6 +213,12 @@ impl FleetService {
         let mut check = tokio::time::interval(CONFIG_CHECK);
         let mut beat = tokio::time::interval(status::INTERVAL);
         let mut refusals = Refusals::default();
+        // When the node last moved on in the stream (or looked and had nothing to read).
+        let mut progressed = Instant::now();
+        // The first connection's event may come after this: only a second one is a reconnect.
+        let connected = connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Ended::Shutdown),
@@ -221,6 +235,30 @@ impl FleetService {
                     // The client reconnects by itself; the metric follows its state.
                     let up = client.connection_state() == async_nats::connection::State::Connected;
                     METRICS.fleet_connected(up);
+                    if connections.load(std::sync::atomic::Ordering::Relaxed) > connected {
+                        // Reconnected (perhaps to another server): the ordered consumer may
+                        // have been on the server that went; read on from the stored position
+                        // with a new one.
+                        return Err("the bus connection was made again".to_owned());
+                    }
+                    if progressed.elapsed() >= STUCK_AFTER {
+                        // The stream holds operations this node has not read, and none came:
+                        // the consumer went with a server of the cluster (no reconnect here).
+                        let last = stream
+                            .get_info()
+                            .await
+                            .map_err(|e| format!("stream info: {e}"))?
+                            .state
+                            .last_sequence;
+                        if last > position.seq {
+                            return Err(format!(
+                                "the stream holds operations up to {last}, this node read up to \
+                                 {} and none came for {STUCK_AFTER:?}",
+                                position.seq
+                            ));
+                        }
+                        progressed = Instant::now();
+                    }
                     if self.live.current().config.fleet.as_ref() != Some(cfg) {
                         tracing::info!("fleet: [fleet] changed; reconnecting with it");
                         return Ok(Ended::Reconfigured);
@@ -245,6 +283,7 @@ impl FleetService {
                             position.seq
                         ));
                     }
+                    progressed = Instant::now();
                     let applied = self
                         .handle(&message.payload, stored_at, cfg, seen, &mut position, &mut refusals)
                         .await;
