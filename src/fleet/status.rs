@@ -86,12 +86,27 @@ pub async fn put(store: &kv::Store, heartbeat: &Heartbeat) -> Result<(), String>
         .map_err(|e| format!("heartbeat: {e}"))
 }
 
+/// Heartbeats read at most (a bucket filled by whoever holds the bus must not make a status
+/// call endless).
+const MAX_NODES: usize = 10_000;
+/// A status call's deadline.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Every node's last heartbeat, sorted by region then id.
 pub async fn all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
+    tokio::time::timeout(READ_TIMEOUT, read_all(store))
+        .await
+        .map_err(|_| format!("heartbeats: no answer within {READ_TIMEOUT:?}"))?
+}
+
+async fn read_all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
     let mut keys = store.keys().await.map_err(|e| format!("heartbeats: {e}"))?;
     let mut ids = Vec::new();
     while let Some(key) = keys.next().await {
         ids.push(key.map_err(|e| format!("heartbeats: {e}"))?);
+        if ids.len() >= MAX_NODES {
+            break;
+        }
     }
     let mut beats = Vec::new();
     for id in ids {
@@ -168,8 +183,8 @@ pub fn table(beats: &[Heartbeat], now_ms: u64) -> String {
         let state = if b.silent(now_ms) { "silent" } else { "up" };
         out.push_str(&format!(
             "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
-            b.id,
-            b.region,
+            printable(&b.id),
+            printable(&b.region),
             state,
             b.applied,
             newest.saturating_sub(b.applied),
@@ -177,11 +192,20 @@ pub fn table(beats: &[Heartbeat], now_ms: u64) -> String {
             if b.origins_down.is_empty() {
                 "-".to_owned()
             } else {
-                b.origins_down.join(" ")
+                printable(&b.origins_down.join(" "))
             }
         ));
     }
     out
+}
+
+/// A heartbeat's text as a terminal may show it: anyone who can write to the bucket could put
+/// escape sequences in it.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,5 +245,13 @@ mod tests {
         assert_eq!(fleet["nodes"][2]["state"], "silent");
         let table = table(&beats, now);
         assert!(table.lines().nth(3).unwrap().contains("silent"), "{table}");
+        // Escape sequences from the bus never reach the terminal.
+        let mut hostile = beat("\u{1b}[2Jx", 1, now);
+        hostile.origins_down = vec!["p/\u{7}o".into()];
+        let shown = super::table(&[hostile], now);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
     }
 }
