@@ -31,11 +31,17 @@ use tokio::task::JoinHandle;
 /// collision with another test in the short window before onair binds is unlikely; callers
 /// that start onair retry on a bind failure anyway.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: every socket stays bound until all are chosen, since the kernel
+/// may hand a just-released port out again at once (three calls to [`free_port`] in a row can
+/// return one port twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 // === Origin ===
@@ -955,7 +961,7 @@ impl Onair {
         }
         let config_path = dir.path().join("onair.toml");
         for _ in 0..5 {
-            let (http, admin, metrics) = (free_port(), free_port(), free_port());
+            let [http, admin, metrics] = free_ports::<3>();
             let config = Onair::config_text(&setup, dir.path(), http, admin, metrics);
             std::fs::write(&config_path, &config).unwrap();
             let args: Vec<&str> = setup.args.iter().map(String::as_str).collect();

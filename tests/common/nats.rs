@@ -39,7 +39,16 @@ impl Nats {
 
     /// `n` servers routed into one JetStream cluster (streams may keep `n` replicas).
     pub async fn cluster(n: usize) -> Vec<Nats> {
-        let routes: Vec<u16> = (0..n).map(|_| super::free_port()).collect();
+        // Distinct ports: every socket held until all are chosen.
+        let held: Vec<std::net::TcpListener> = (0..2 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let (routes, clients) = ports.split_at(n);
         let route_list = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -48,7 +57,7 @@ impl Nats {
         let mut servers = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
-            let port = super::free_port();
+            let port = clients[i];
             let cluster = vec![
                 "--server_name".to_owned(),
                 format!("n{i}"),

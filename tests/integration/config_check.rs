@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{check, free_port, onair_bin, TOKEN};
+use crate::common::{check, free_ports, onair_bin, TOKEN};
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/onair.toml");
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
@@ -64,9 +64,10 @@ const BROKEN_PATHS: &[&str] = &[
 ];
 
 fn broken() -> String {
+    let [http, admin] = free_ports::<2>();
     BROKEN
-        .replace("{http}", &free_port().to_string())
-        .replace("{admin}", &free_port().to_string())
+        .replace("{http}", &http.to_string())
+        .replace("{admin}", &admin.to_string())
 }
 
 /// Asserts that `lines` hold exactly one line per expected key path, whatever the order.

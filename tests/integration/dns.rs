@@ -103,7 +103,8 @@ async fn a_node_starts_while_its_origin_name_does_not_resolve() {
     let setup = Setup::new(named_site(&dns, port));
     // `check` warns, and still says the config is fine.
     let dir = tempfile::tempdir().unwrap();
-    let text = Onair::config_text(&setup, dir.path(), free_port(), free_port(), free_port());
+    let [http, admin, metrics] = free_ports::<3>();
+    let text = Onair::config_text(&setup, dir.path(), http, admin, metrics);
     let path = dir.path().join("onair.toml");
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     std::fs::write(&path, text).unwrap();
