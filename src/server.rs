@@ -288,13 +288,13 @@ fn write_pid_file(path: &Path) {
 /// Fails unless every listener's address can be bound. Pingora binds in each service's own
 /// thread and, when an address stays in use, that thread panics while the process runs on
 /// without the listener: a node that looks started and answers nothing there. Checked before
-/// anything starts, so `onair run` exits with the address instead. Every test socket stays
-/// open until all are bound, so listeners that overlap each other (`0.0.0.0:80` and
-/// `127.0.0.1:80`) are caught too; an address in use is tried again for a few seconds, as
-/// Pingora would, for a process that is still on its way out. (Not on a graceful upgrade: the
-/// old process holds the addresses and hands them over.)
+/// anything starts, so `onair run` exits with the address instead. (Listeners of one config
+/// that overlap are a config error.) An address in use is tried again for up to 30 s, as
+/// Pingora would, for a process that is still on its way out, with a line every few seconds.
+/// (Not on a graceful upgrade: the old process holds the addresses and hands them over.)
 fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+    // As long as Pingora itself would try (30 times, a second apart).
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
     let named = [
         ("listen.http", &listen.http),
         ("listen.https", &listen.https),
@@ -310,6 +310,7 @@ fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
         .chain(single.iter().filter_map(|(key, a)| a.map(|a| (*key, a))));
     let started = std::time::Instant::now();
     let mut held = Vec::new();
+    let mut waited = 0u32;
     for (key, addr) in all {
         let bound = loop {
             match std::net::TcpListener::bind(addr) {
@@ -317,6 +318,10 @@ fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
                     if e.kind() == std::io::ErrorKind::AddrInUse
                         && started.elapsed() < PATIENCE =>
                 {
+                    if waited % 25 == 0 {
+                        eprintln!("onair: {key}: {addr} is in use; waiting for it (up to 30 s)");
+                    }
+                    waited += 1;
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 other => break other,
@@ -326,7 +331,7 @@ fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
             Ok(listener) => held.push(listener),
             Err(e) => {
                 let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    "in use (by another process, or by another listener of this config)".to_owned()
+                    "in use by another process".to_owned()
                 } else {
                     e.to_string()
                 };

@@ -748,13 +748,30 @@ fn validate_node(node: RawNode, overrides: &Overrides, e: &mut Errors<'_>) -> No
     }
 }
 
+/// Whether two listen addresses cannot both be bound: the same one, or the same port where
+/// one is every address (`0.0.0.0` covers IPv4; `[::]` covers both families, as Linux binds
+/// it by default).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let covers =
+        |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
+}
+
 fn validate_listen(listen: RawListen, e: &mut Errors<'_>) -> Listen {
-    let mut seen = HashSet::new();
+    let mut seen: Vec<SocketAddr> = Vec::new();
     let mut check = |e: &mut Errors<'_>, path: String, text: &str| {
         let addr = e.addr(&path, text)?;
-        if !seen.insert(addr) {
-            e.push(path, format!("{addr} is used by another listener"));
+        if let Some(other) = seen.iter().find(|s| overlap(**s, addr)) {
+            if *other == addr {
+                e.push(path, format!("{addr} is used by another listener"));
+            } else {
+                e.push(path, format!("{addr} overlaps another listener ({other})"));
+            }
         }
+        seen.push(addr);
         Some(addr)
     };
     let http: Vec<SocketAddr> = listen

@@ -367,8 +367,8 @@ fn run_refuses_a_broken_config_with_the_same_errors_on_stderr() {
     assert!(String::from_utf8_lossy(&ran.stdout).is_empty());
 }
 
-/// A listener address another process holds: `onair run` exits at once, naming it, rather than
-/// run on without that listener.
+/// A listener address another process holds: `onair run` waits for it as Pingora would, then
+/// exits naming it, rather than run on without that listener.
 #[test]
 fn run_exits_when_a_listen_address_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -381,28 +381,30 @@ fn run_exits_when_a_listen_address_is_taken() {
         dir.path().join("state").display()
     );
     let (_config_dir, path) = write_config(&text);
-    let ran = run_to_end(&["run"], &path, Duration::from_secs(20));
+    // It waits up to 30 s for the address, as Pingora would, then gives up.
+    let ran = run_to_end(&["run"], &path, Duration::from_secs(60));
     assert_eq!(ran.status.code(), Some(1), "{ran:?}");
     let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(stderr.contains("is in use; waiting for it"), "{stderr}");
     assert!(
         stderr.contains(&format!("listen.http: cannot listen on {addr}: in use")),
         "{stderr}"
     );
     drop(taken);
-    // Two listeners of the config that overlap: the loopback one, then every address.
+    // Two listeners of the config that overlap: a config error, at once.
     let port = addr.port();
     let overlapping = text.replace(
         &format!("http = [\"{addr}\"]"),
         &format!("http = [\"127.0.0.1:{port}\"]\nmetrics = \"0.0.0.0:{port}\""),
     );
     let (_config_dir, path) = write_config(&overlapping);
-    let ran = run_to_end(&["run"], &path, Duration::from_secs(20));
+    let ran = run_to_end(&["check"], &path, Duration::from_secs(20));
     assert_eq!(ran.status.code(), Some(1), "{ran:?}");
-    let stderr = String::from_utf8_lossy(&ran.stderr);
+    let stdout = String::from_utf8_lossy(&ran.stdout);
     assert!(
-        stderr.contains(&format!(
-            "listen.metrics: cannot listen on 0.0.0.0:{port}: in use"
+        stdout.contains(&format!(
+            "listen.metrics: 0.0.0.0:{port} overlaps another listener"
         )),
-        "{stderr}"
+        "{stdout}"
     );
 }
