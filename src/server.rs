@@ -318,7 +318,7 @@ fn listeners_free(listen: &crate::config::Listen) -> Result<(), StartError> {
                     if e.kind() == std::io::ErrorKind::AddrInUse
                         && started.elapsed() < PATIENCE =>
                 {
-                    if waited % 25 == 0 {
+                    if waited.is_multiple_of(25) {
                         eprintln!("onair: {key}: {addr} is in use; waiting for it (up to 30 s)");
                     }
                     waited += 1;
