@@ -47,8 +47,20 @@ fn operator_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A node of `region` on the bus at `url`, trusting `public`, in front of `origin`.
 async fn node(id: &str, region: &str, url: &str, public: &Path, origin: &Origin) -> Onair {
+    node_with(id, region, url, public, origin, "").await
+}
+
+/// [`node`] with more `[fleet]` keys.
+async fn node_with(
+    id: &str,
+    region: &str,
+    url: &str,
+    public: &Path,
+    origin: &Origin,
+    fleet_extra: &str,
+) -> Onair {
     let mut setup = Setup::new(format!(
-        "{}\n[fleet]\nservers = [\"{url}\"]\nverify_key = [\"{}\"]\n",
+        "{}\n[fleet]\nservers = [\"{url}\"]\nverify_key = [\"{}\"]\n{fleet_extra}\n",
         one_site(origin.addr, "", ""),
         public.display()
     ));
@@ -431,14 +443,8 @@ async fn after_a_bus_restart_old_operations_are_not_applied_again() {
     origin.set(tagged("election", "v1"));
     // A short max_skew: the node forgets applied ids quickly, so only its position keeps it
     // from applying an operation the bus sends again.
-    let mut setup = Setup::new(format!(
-        "{}\n[fleet]\nservers = [\"{}\"]\nverify_key = [\"{}\"]\nmax_skew = \"1s\"\n",
-        one_site(origin.addr, "", ""),
-        nats.url,
-        public.display()
-    ));
-    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".into();
-    let n = Onair::start(setup).await;
+    let fleet_extra = "max_skew = \"1s\"";
+    let n = node_with("edge-hn-1", "hn", &nats.url, &public, &origin, fleet_extra).await;
     assert!(
         n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
             .await
@@ -479,15 +485,8 @@ async fn admin_calls_with_a_scope_go_to_the_fleet() {
     let (operator, public) = operator_keys(keys.path(), "operator");
     let origin = Origin::start("origin").await;
     origin.set(tagged("election", "v1"));
-    let mut setup = Setup::new(format!(
-        "{}\n[fleet]\nservers = [\"{}\"]\nverify_key = [\"{}\"]\nsign_key = \"{}\"\n",
-        one_site(origin.addr, "", ""),
-        nats.url,
-        public.display(),
-        operator.display()
-    ));
-    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".into();
-    let signer = Onair::start(setup).await;
+    let sign = format!("sign_key = \"{}\"", operator.display());
+    let signer = node_with("edge-hn-1", "hn", &nats.url, &public, &origin, &sign).await;
     let other = node("edge-hcm-1", "hcm", &nats.url, &public, &origin).await;
     for n in [&signer, &other] {
         assert!(
