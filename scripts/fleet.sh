@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The local fleet: one sample origin and two regions (hn, hcm) of one shield and two edges each,
-# every node a plain onair process on its own 127.0.0.x address (deploy/fleet/README.md).
+# every node a plain onair process on its own 127.0.0.x address (deploy/fleet/README.md), and,
+# where nats-server is installed (scripts/setup.sh installs it), one NATS JetStream server per
+# region, clustered: the fleet control plane (onair fleet ...).
 #
 #   scripts/fleet.sh up       start whatever of the fleet is not running, and print what to try
 #   scripts/fleet.sh status   each process up or down, and what each node's /status says
@@ -14,7 +16,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -41,6 +43,16 @@ NODES=(
   "edge-hcm-2 edge   hcm 127.0.0.42"
 )
 EDGES=(edge-hn-1 edge-hn-2 edge-hcm-1 edge-hcm-2)
+# The fleet bus: one NATS server per region (name, address), routed into one cluster.
+NATS=("nats-hn 127.0.0.51" "nats-hcm 127.0.0.52")
+NATS_URLS="nats://127.0.0.51:4222,nats://127.0.0.52:4222"
+NATS_BIN=""
+for candidate in "$(command -v nats-server 2>/dev/null || true)" /usr/sbin/nats-server; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+    NATS_BIN=$candidate
+    break
+  fi
+done
 SHIELDS=(shield-hn shield-hcm)
 TOKEN_FILE=$DIR/admin.token
 # Every address of the fleet is on loopback: curl must never send it to a configured proxy.
@@ -99,6 +111,8 @@ live_pid() {
   case $pid in '' | *[!0-9]*) return 0 ;; esac
   if [ "$name" = origin ]; then
     marker="sample-origin --listen $ORIGIN_ADDR"
+  elif [ "${name#nats-}" != "$name" ]; then
+    marker="-sd $DIR/$name/store"
   else
     marker="run -c $DIR/$name/onair.toml"
   fi
@@ -161,6 +175,26 @@ start_origin() {
   wait_answers origin "http://$ORIGIN_ADDR"
 }
 
+# A NATS server of the fleet bus, routed to the other region's.
+start_nats() {
+  local name=$1 ip=$2 route
+  for route in "${NATS[@]}"; do
+    read -r _ route <<<"$route"
+    [ "$route" = "$ip" ] || break
+  done
+  mkdir -p "$DIR/$name"
+  launch "$name" "$NATS_BIN" -js -a "$ip" -p 4222 -sd "$DIR/$name/store" \
+    --server_name "$name" --cluster_name onair-fleet \
+    --cluster "nats://$ip:6222" --routes "nats://$route:6222"
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/$ip/4222") 2>/dev/null; then return 0; fi
+    kill -0 "$(cat "$DIR/$name/pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 20 "$DIR/$name/out.log" >&2 || true
+  die "$name did not start (its log: $DIR/$name/out.log)"
+}
+
 start_node() {
   local port
   node_fields "$1"
@@ -180,7 +214,20 @@ render() {
   conf=${conf//'{{IP}}'/"$node_ip"}
   conf=${conf//'{{DIR}}'/"$DIR/$node_name"}
   conf=${conf//'{{TOKEN}}'/"$TOKEN_FILE"}
+  conf=${conf//'{{FLEET}}'/"$(fleet_section)"}
   printf '%s\n' "$conf" >"$DIR/$node_name/onair.toml"
+}
+
+# The [fleet] section of every node: the region's NATS server first, the operators' key. Empty
+# without nats-server: the fleet then runs without its control plane.
+fleet_section() {
+  [ -n "$NATS_BIN" ] || return 0
+  local own=127.0.0.51 other=127.0.0.52
+  if [ "$node_region" = hcm ]; then own=127.0.0.52 other=127.0.0.51; fi
+  printf '[fleet]\n# The fleet bus: the region'"'"'s NATS server first (scripts/fleet.sh starts them).\n'
+  printf 'servers = ["nats://%s:4222", "nats://%s:4222"]\n' "$own" "$other"
+  printf '# Operations signed with %s/operator.key (made by fleet.sh up) are applied.\n' "$DIR"
+  printf 'verify_key = ["%s/operators.pub"]\n' "$DIR"
 }
 
 cmd_up() {
@@ -191,6 +238,11 @@ cmd_up() {
   mkdir -p "$DIR/origin"
   if [ ! -s "$TOKEN_FILE" ]; then
     (umask 077 && head -c 32 /dev/urandom | base64 >"$TOKEN_FILE")
+  fi
+  if [ -n "$NATS_BIN" ] && [ ! -s "$DIR/operators.pub" ]; then
+    command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the operators' key"
+    (umask 077 && openssl genpkey -algorithm ed25519 -out "$DIR/operator.key" 2>/dev/null)
+    openssl pkey -in "$DIR/operator.key" -pubout -out "$DIR/operators.pub"
   fi
 
   # Every config is checked before anything starts: a broken template starts nothing.
@@ -206,6 +258,20 @@ cmd_up() {
   printf '%s\n' "$BIN" >"$DIR/bin"
 
   say "onair fleet in $DIR, binary $BIN"
+  if [ -z "$NATS_BIN" ]; then
+    say "  (no nats-server: the fleet runs without its control plane; scripts/setup.sh installs it)"
+  fi
+  local nats_line
+  for nats_line in "${NATS[@]}"; do
+    [ -n "$NATS_BIN" ] || break
+    read -r node_name node_ip <<<"$nats_line"
+    if [ -n "$(live_pid "$node_name")" ]; then
+      printf '  %-11s already running\n' "$node_name"
+      continue
+    fi
+    start_nats "$node_name" "$node_ip"
+    printf '  %-11s nats://%s:4222 (pid %s)\n' "$node_name" "$node_ip" "$(cat "$DIR/$node_name/pid")"
+  done
   if [ -n "$(live_pid origin)" ]; then
     say "  origin      already running"
   else
@@ -241,7 +307,9 @@ Try it (the host is part of the cache key: send every edge the same one):
   curl -s -H "Authorization: Bearer \$(cat $TOKEN_FILE)" http://127.0.0.31:9091/status
   a browser on http://127.0.0.31:8080/ (that host keys its own copies)
 
-  scripts/fleet.sh tour      shared misses, a lost shield, a lost origin, explained and run
+  onair fleet purge --tag home --key $DIR/operator.key --servers $NATS_URLS
+                             one signed purge, applied by every node (with nats-server)
+  scripts/fleet.sh tour      shared misses, a fleet purge, a lost shield, a lost origin
   scripts/fleet.sh status    what runs, and what each node sees
   scripts/fleet.sh down      stop it all
 Logs: $DIR/<node>/out.log (the process), $DIR/<node>/access.log (its requests).
@@ -270,7 +338,7 @@ cmd_down() {
   # Outside in, as a fleet is drained: the edges, then the shields, then the origin; the
   # processes of a group stop together.
   local group name pid pids
-  for group in "${EDGES[*]}" "${SHIELDS[*]}" origin; do
+  for group in "${EDGES[*]}" "${SHIELDS[*]}" origin "nats-hn nats-hcm"; do
     pids=()
     for name in $group; do
       stop_one "$name" &
@@ -409,6 +477,21 @@ cmd_tour() {
   say "  And again: every edge now answers from its own copy."
   for name in "${EDGES[@]}"; do fetch "$name" "$article"; done
 
+  if [ -n "$NATS_BIN" ]; then
+    step "1b. One signed purge for the whole fleet"
+    say "  An operator signs a purge with the operators' key and publishes it to the bus; no"
+    say "  node's admin API is involved. Every node applies it; the next readers miss again."
+    local published seq
+    shows "onair fleet purge --url 'http://$HOST$article' --key $DIR/operator.key --servers $NATS_URLS"
+    published=$("$BIN" fleet purge --url "http://$HOST$article" --key "$DIR/operator.key" --servers "$NATS_URLS")
+    say "  $published"
+    seq=$(sed -n 's/.*"seq":\([0-9]*\).*/\1/p' <<<"$published")
+    shows "onair fleet wait $seq --servers $NATS_URLS"
+    "$BIN" fleet wait "$seq" --timeout 20 --servers "$NATS_URLS" | sed 's/^/  /' || true
+    t0=$(date +%s)
+    for name in "${EDGES[@]}"; do fetch "$name" "$article"; done
+  fi
+
   step "2. A shield dies"
   pid=$(live_pid shield-hn)
   shows "kill -KILL $pid   # shield-hn"
@@ -438,7 +521,7 @@ cmd_tour() {
   say "  is stale too and whose origin fails: the shield answers with its stale copy"
   say "  (detail=stale-if-error), here a 304 since the edge's copy is the same, and the edge"
   say "  serves its own (fwd=stale; fwd-status=304)."
-  wait_s=$((t0 + 62 - $(date +%s)))
+  wait_s=$((t0 + 66 - $(date +%s)))
   if [ "$wait_s" -gt 0 ]; then
     say "  Waiting ${wait_s} s for the copies to go stale..."
     sleep "$wait_s"
