@@ -84,8 +84,8 @@ pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'
         }
         v
     };
-    let stream = name(e, "stream", f.stream, "ONAIR");
-    let subject = name(e, "subject", f.subject, "onair");
+    let stream = name(e, "stream", f.stream, Fleet::DEFAULT_STREAM);
+    let subject = name(e, "subject", f.subject, Fleet::DEFAULT_SUBJECT);
     let verify_keys: Vec<VerifyKey> = f
         .verify_key
         .unwrap_or_default()
@@ -120,7 +120,7 @@ pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'
             );
         }
     }
-    let max_skew = e.duration("fleet.max_skew", &f.max_skew, Duration::from_secs(300));
+    let max_skew = e.duration("fleet.max_skew", &f.max_skew, Fleet::DEFAULT_MAX_SKEW);
     if max_skew < Duration::from_secs(1) || max_skew > Duration::from_secs(86_400) {
         e.push("fleet.max_skew", "must be between 1s and 1d");
     }

@@ -111,6 +111,14 @@ pub struct Fleet {
     pub replicas: usize,
 }
 
+impl Fleet {
+    /// Defaults of `fleet.stream`, `fleet.subject` and `fleet.max_skew` (also the `onair
+    /// fleet` CLI's without a config).
+    pub const DEFAULT_STREAM: &'static str = "ONAIR";
+    pub const DEFAULT_SUBJECT: &'static str = "onair";
+    pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+}
+
 /// How a node proves itself to NATS.
 #[derive(Clone, PartialEq, Eq)]
 pub enum FleetAuth {

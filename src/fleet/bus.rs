@@ -65,8 +65,8 @@ pub async fn connect_counting(
         .map_err(|e| format!("cannot connect to NATS: {e}"))
 }
 
-/// The operation stream, created if it does not exist yet (the first node or CLI to come up
-/// creates it; later ones find it).
+/// The operation stream, created if it does not exist yet (the first node to connect creates
+/// it; later ones find it; publishers never create it, see [`publish`]).
 pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stream, String> {
     js.get_or_create_stream(stream::Config {
         name: cfg.stream.clone(),

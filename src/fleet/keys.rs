@@ -16,6 +16,26 @@ const SPKI_ED25519_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// The first PEM block of `pem` that `pick` takes; other blocks are skipped.
+fn first_block<T>(
+    pem: &[u8],
+    pick: impl Fn(rustls_pemfile::Item) -> Option<T>,
+    missing: &str,
+) -> Result<T, String> {
+    let mut reader = pem;
+    loop {
+        match rustls_pemfile::read_one(&mut reader) {
+            Ok(Some(item)) => {
+                if let Some(found) = pick(item) {
+                    return Ok(found);
+                }
+            }
+            Ok(None) => return Err(missing.to_owned()),
+            Err(e) => return Err(format!("not PEM: {e:?}")),
+        }
+    }
+}
+
 /// A public key operations are verified with, and the short id that names it in logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerifyKey {
@@ -25,26 +45,20 @@ pub struct VerifyKey {
 impl VerifyKey {
     /// From a PEM `PUBLIC KEY` (SPKI) holding an Ed25519 key.
     pub fn from_pem(pem: &[u8]) -> Result<VerifyKey, String> {
-        let mut reader = pem;
-        loop {
-            match rustls_pemfile::read_one(&mut reader) {
-                Ok(Some(rustls_pemfile::Item::SubjectPublicKeyInfo(spki))) => {
-                    let der = spki.as_ref();
-                    let key = der
-                        .strip_prefix(&SPKI_ED25519_PREFIX[..])
-                        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                        .ok_or("the PUBLIC KEY is not an Ed25519 key")?;
-                    return Ok(VerifyKey { key });
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) => {
-                    return Err("no PEM PUBLIC KEY block (make one with `openssl pkey -in \
-                                KEY -pubout`)"
-                        .to_owned())
-                }
-                Err(e) => return Err(format!("not PEM: {e:?}")),
-            }
-        }
+        let spki = first_block(
+            pem,
+            |item| match item {
+                rustls_pemfile::Item::SubjectPublicKeyInfo(spki) => Some(spki),
+                _ => None,
+            },
+            "no PEM PUBLIC KEY block (make one with `openssl pkey -in KEY -pubout`)",
+        )?;
+        let key = spki
+            .as_ref()
+            .strip_prefix(&SPKI_ED25519_PREFIX[..])
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or("the PUBLIC KEY is not an Ed25519 key")?;
+        Ok(VerifyKey { key })
     }
 
     /// Whether `signature` signs `message` under this key.
@@ -73,25 +87,19 @@ pub struct SignKey(Arc<Ed25519KeyPair>);
 impl SignKey {
     /// From a PEM `PRIVATE KEY` (PKCS#8) holding an Ed25519 key.
     pub fn from_pem(pem: &[u8]) -> Result<SignKey, String> {
-        let mut reader = pem;
-        loop {
-            match rustls_pemfile::read_one(&mut reader) {
-                Ok(Some(rustls_pemfile::Item::Pkcs8Key(der))) => {
-                    // OpenSSL writes PKCS#8 v1 (no public key inside): ring checks the pair
-                    // only for v2, which is why the "maybe unchecked" form is the one to use.
-                    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-                        .map_err(|_| "the PRIVATE KEY is not an Ed25519 key")?;
-                    return Ok(SignKey(Arc::new(pair)));
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) => {
-                    return Err("no PEM PRIVATE KEY block (make one with `openssl genpkey \
-                                -algorithm ed25519`)"
-                        .to_owned())
-                }
-                Err(e) => return Err(format!("not PEM: {e:?}")),
-            }
-        }
+        let der = first_block(
+            pem,
+            |item| match item {
+                rustls_pemfile::Item::Pkcs8Key(der) => Some(der),
+                _ => None,
+            },
+            "no PEM PRIVATE KEY block (make one with `openssl genpkey -algorithm ed25519`)",
+        )?;
+        // OpenSSL writes PKCS#8 v1 (no public key inside): ring checks the pair only for v2,
+        // which is why the "maybe unchecked" form is the one to use.
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+            .map_err(|_| "the PRIVATE KEY is not an Ed25519 key")?;
+        Ok(SignKey(Arc::new(pair)))
     }
 
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {

@@ -18,6 +18,7 @@ pub enum LinkError {
     Down(String),
 }
 
+#[derive(Clone)]
 struct Lent {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -86,24 +87,21 @@ impl Link {
 
     /// Every node's last heartbeat (`GET /fleet`).
     pub async fn heartbeats(&self) -> Result<Vec<super::status::Heartbeat>, LinkError> {
-        let store =
-            {
-                let lent = self.lock();
-                match lent.as_ref() {
-                    Some(Lent {
-                        client,
-                        heartbeats: Some(store),
-                        ..
-                    }) if client.connection_state() == async_nats::connection::State::Connected => {
-                        store.clone()
-                    }
-                    _ => return Err(LinkError::Down(
-                        "the fleet bus (or its heartbeat bucket) is out of reach: no fleet status"
-                            .to_owned(),
-                    )),
-                }
-            };
+        let store = self.in_reach().and_then(|l| l.heartbeats).ok_or_else(|| {
+            LinkError::Down(
+                "the fleet bus (or its heartbeat bucket) is out of reach: no fleet status"
+                    .to_owned(),
+            )
+        })?;
         super::status::all(&store).await.map_err(LinkError::Down)
+    }
+
+    /// What the service lent, while its connection is up.
+    fn in_reach(&self) -> Option<Lent> {
+        self.lock()
+            .as_ref()
+            .filter(|l| l.client.connection_state() == async_nats::connection::State::Connected)
+            .cloned()
     }
 
     /// The service's connection ended.
@@ -125,24 +123,14 @@ impl Link {
                  fleet` with an operator's key, or leave out \"scope\" to act locally",
             ));
         };
-        let (js, cfg) = {
-            let lent = self.lock();
-            match lent.as_ref() {
-                Some(l)
-                    if l.client.connection_state() == async_nats::connection::State::Connected =>
-                {
-                    (l.js.clone(), l.cfg.clone())
-                }
-                _ => {
-                    return Err(LinkError::Down(
-                        "the fleet bus is out of reach: nothing was published; local calls \
-                         (without \"scope\") still work"
-                            .to_owned(),
-                    ))
-                }
-            }
-        };
-        super::bus::publish(&js, &cfg, op.sign(key))
+        let lent = self.in_reach().ok_or_else(|| {
+            LinkError::Down(
+                "the fleet bus is out of reach: nothing was published; local calls (without \
+                 \"scope\") still work"
+                    .to_owned(),
+            )
+        })?;
+        super::bus::publish(&lent.js, &lent.cfg, op.sign(key))
             .await
             .map_err(LinkError::Down)
     }

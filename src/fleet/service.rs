@@ -454,7 +454,6 @@ async fn load(state_dir: &Path) -> state::Position {
 }
 
 async fn store(state_dir: &Path, position: state::Position) -> Result<(), String> {
-    // A position written later must not be taken for an older one: callers pass a clone.
     let dir = state_dir.to_owned();
     tokio::task::spawn_blocking(move || state::store(&dir, position))
         .await

@@ -1073,50 +1073,33 @@ impl Onair {
 
     /// An admin call with the bearer token.
     pub async fn admin(&self, method: &str, path: &str) -> Resp {
-        let auth = format!("Bearer {}", self.token);
-        request(
-            self.admin,
-            method,
-            "admin",
-            path,
-            &[("Authorization", &auth)],
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
+        self.admin_request(method, path, &[], Bytes::new()).await
     }
 
     /// An authorized admin POST with a JSON body.
     pub async fn admin_post(&self, path: &str, json: &str) -> Resp {
-        let auth = format!("Bearer {}", self.token);
-        request(
-            self.admin,
+        self.admin_request(
             "POST",
-            "admin",
             path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
+            &[("Content-Type", "application/json")],
             Bytes::from(json.to_owned()),
         )
         .await
-        .unwrap()
     }
 
-    /// An authorized GET on the admin API.
-    pub async fn admin_get(&self, path: &str) -> Resp {
+    async fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
         let auth = format!("Bearer {}", self.token);
-        request(
-            self.admin,
-            "GET",
-            "admin",
-            path,
-            &[("Authorization", &auth)],
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        request(self.admin, method, "admin", path, &all, body)
+            .await
+            .unwrap()
     }
 
     /// The metrics text.

@@ -181,13 +181,13 @@ async fn a_signed_purge_from_the_cli_reaches_every_node_and_a_forged_one_none() 
             "edge-hn-3"
         ])
     );
-    let r = hn.admin_get("/fleet").await;
+    let r = hn.admin("GET", "/fleet").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let fleet: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let listed = fleet["nodes"].as_array().unwrap();
     assert_eq!(listed.len(), 6, "{fleet}");
     assert!(listed.iter().all(|n| n["state"] == "up"), "{fleet}");
-    let r = hcm.admin_get(&format!("/fleet/ops/{seq}")).await;
+    let r = hcm.admin("GET", &format!("/fleet/ops/{seq}")).await;
     let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(op["done"], true, "{op}");
     let out = std::process::Command::new(onair_bin())
