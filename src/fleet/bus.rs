@@ -89,23 +89,32 @@ pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stre
 
 /// Publishes a signed operation; returns its stream sequence once the stream has stored it.
 /// Publishers never create the stream (the nodes do, with their settings): an operation
-/// published where no node reads would be lost without a word.
+/// published where no node reads would be lost without a word. One round trip: the server
+/// says when no stream takes the subject, and the acknowledgement names the stream that did.
 pub async fn publish(
     js: &jetstream::Context,
     cfg: &Fleet,
     envelope: Vec<u8>,
 ) -> Result<u64, String> {
-    js.get_stream(&cfg.stream).await.map_err(|e| {
-        format!(
-            "stream {}: {e} (no node with this [fleet] has connected to the bus yet?)",
-            cfg.stream
-        )
-    })?;
     let ack = js
         .publish(ops_subject(cfg), envelope.into())
         .await
         .map_err(|e| format!("publish: {e}"))?
         .await
-        .map_err(|e| format!("publish not acknowledged: {e}"))?;
+        .map_err(|e| match e.kind() {
+            jetstream::context::PublishErrorKind::StreamNotFound => format!(
+                "no stream {} takes {}: no node with this [fleet] has connected to the bus yet?",
+                cfg.stream,
+                ops_subject(cfg)
+            ),
+            _ => format!("publish not acknowledged: {e}"),
+        })?;
+    if ack.stream != cfg.stream {
+        // Someone else's stream captures the subject: no node reads it there.
+        return Err(format!(
+            "stream {} stored it, not {}: the operation will reach no node",
+            ack.stream, cfg.stream
+        ));
+    }
     Ok(ack.sequence)
 }

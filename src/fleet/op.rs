@@ -11,7 +11,8 @@
 //! refused), and its id has not been seen within that window (the same operation published
 //! twice acts once). Whoever gets hold of the bus can delay or drop operations, not forge one.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use base64::Engine;
@@ -216,35 +217,65 @@ impl Refusal {
     }
 }
 
-/// The ids acted on recently: only within `max_skew`, since anything older is refused as stale
-/// anyway, so the set stays as small as the operators' own rate.
+/// The ids acted on recently, and the newest issue time acted on.
+///
+/// The bus's metadata (when it stored a message) is not signed: whoever runs a NATS server
+/// could make an old operation look new. What is signed is the issue time, and operations are
+/// stored in order, each within `max_skew` of its storing: so no genuine operation after one
+/// issued at `newest` was issued before `newest - 2 * max_skew`. Anything older is refused as
+/// stale whatever the bus says; `newest` outlives a restart in the node's position. Ids are
+/// kept only inside that window (anything older is refused anyway), so the set stays as small
+/// as the operators' own rate, and expires in issue-time order at O(log n) per operation.
 #[derive(Debug, Default)]
 pub struct Seen {
     ids: HashMap<String, u64>,
+    by_time: BinaryHeap<Reverse<(u64, String)>>,
+    newest: u64,
 }
 
 impl Seen {
-    /// Remembers `op` (issued at `issued_at` ms); false if it was already there.
-    fn insert(&mut self, id: &str, issued_at: u64, window_ms: u64) -> bool {
-        let newest = self.ids.values().copied().max().unwrap_or(0).max(issued_at);
-        // Forget what has left the window (issued_at is signed, so an attacker cannot push
-        // real ids out early with forged times).
-        self.ids
-            .retain(|_, at| at.saturating_add(2 * window_ms) >= newest);
-        if self.ids.contains_key(id) {
-            return false;
+    /// Knows that operations up to `newest` (UNIX ms) were acted on (before a restart).
+    pub fn raise(&mut self, newest: u64) {
+        self.newest = self.newest.max(newest);
+    }
+
+    /// The newest issue time acted on (UNIX ms; 0: none).
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
+    /// Remembers `id` (issued at `issued_at` ms); the refusal when it is a replay, or older
+    /// than any genuine operation after the newest one seen can be.
+    fn insert(&mut self, id: &str, issued_at: u64, window_ms: u64) -> Result<(), Refusal> {
+        let span = window_ms.saturating_mul(2);
+        if issued_at.saturating_add(span) < self.newest {
+            return Err(Refusal::Stale);
         }
+        if self.ids.contains_key(id) {
+            return Err(Refusal::Replayed);
+        }
+        self.newest = self.newest.max(issued_at);
         self.ids.insert(id.to_owned(), issued_at);
-        true
+        self.by_time.push(Reverse((issued_at, id.to_owned())));
+        while let Some(Reverse((at, _))) = self.by_time.peek() {
+            if at.saturating_add(span) >= self.newest {
+                break;
+            }
+            if let Some(Reverse((_, old))) = self.by_time.pop() {
+                self.ids.remove(&old);
+            }
+        }
+        Ok(())
     }
 }
 
-/// Checks an envelope the bus stored at `stored_at` (UNIX ms) and returns the operation to act
-/// on, or why not.
+/// Checks an envelope the bus stored at `stored_at` (UNIX ms), read by a node whose clock says
+/// `now`, and returns the operation to act on, or why not.
 pub fn verify(
     envelope: &[u8],
     keys: &[VerifyKey],
     stored_at: u64,
+    now: u64,
     max_skew: Duration,
     seen: &mut Seen,
 ) -> Result<Operation, Refusal> {
@@ -273,12 +304,13 @@ pub fn verify(
     // Signed by an operator: only now is the payload worth parsing.
     let op: Operation = serde_json::from_slice(&payload).map_err(|_| Refusal::Malformed)?;
     let window_ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
-    if op.issued_at.abs_diff(stored_at) > window_ms {
+    // Issued too far from when the bus stored it, or after this node's own now: an operation
+    // from the future would raise `newest` and shut out genuine ones until then.
+    if op.issued_at.abs_diff(stored_at) > window_ms || op.issued_at > now.saturating_add(window_ms)
+    {
         return Err(Refusal::Stale);
     }
-    if !seen.insert(&op.id, op.issued_at, window_ms) {
-        return Err(Refusal::Replayed);
-    }
+    seen.insert(&op.id, op.issued_at, window_ms)?;
     Ok(op)
 }
 
@@ -317,14 +349,29 @@ mod tests {
         let op = Operation::new(Scope::Region("hn".into()), purge_tags(&["home"]));
         let env = op.sign(&sign);
         let mut seen = Seen::default();
-        let got = verify(&env, &verify_keys, op.issued_at + 40, SKEW, &mut seen).unwrap();
+        let got = verify(
+            &env,
+            &verify_keys,
+            op.issued_at + 40,
+            op.issued_at,
+            SKEW,
+            &mut seen,
+        )
+        .unwrap();
         assert_eq!(got, op);
         assert_eq!(got.action.kind(), "purge");
         assert!(got.scope.includes("edge-hn-1", "hn"));
         assert!(!got.scope.includes("edge-hcm-1", "hcm"));
         // The same envelope again (published twice): acted on once.
         assert_eq!(
-            verify(&env, &verify_keys, op.issued_at + 50, SKEW, &mut seen),
+            verify(
+                &env,
+                &verify_keys,
+                op.issued_at + 50,
+                op.issued_at,
+                SKEW,
+                &mut seen
+            ),
             Err(Refusal::Replayed)
         );
     }
@@ -345,7 +392,7 @@ mod tests {
         );
         let intruder = SignKey::from_pem(pem.as_bytes()).unwrap();
         assert_eq!(
-            verify(&op.sign(&intruder), &verify_keys, now, SKEW, &mut seen),
+            verify(&op.sign(&intruder), &verify_keys, now, now, SKEW, &mut seen),
             Err(Refusal::Forged)
         );
         // A payload changed after signing.
@@ -357,19 +404,19 @@ mod tests {
         parsed["payload"] = b64.encode(serde_json::to_vec(&changed).unwrap()).into();
         let tampered = serde_json::to_vec(&parsed).unwrap();
         assert_eq!(
-            verify(&tampered, &verify_keys, now, SKEW, &mut seen),
+            verify(&tampered, &verify_keys, now, now, SKEW, &mut seen),
             Err(Refusal::Forged)
         );
         // No signature.
         parsed["sig"] = "".into();
         let unsigned = serde_json::to_vec(&parsed).unwrap();
         assert_eq!(
-            verify(&unsigned, &verify_keys, now, SKEW, &mut seen),
+            verify(&unsigned, &verify_keys, now, now, SKEW, &mut seen),
             Err(Refusal::Unsigned)
         );
         // Issued an hour before the bus stored it: an old operation published again.
         assert_eq!(
-            verify(&env, &verify_keys, now + 3_600_000, SKEW, &mut seen),
+            verify(&env, &verify_keys, now + 3_600_000, now, SKEW, &mut seen),
             Err(Refusal::Stale)
         );
         for junk in [
@@ -378,12 +425,12 @@ mod tests {
             b"{\"v\":2,\"payload\":\"\",\"sig\":\"x\"}",
         ] {
             assert_eq!(
-                verify(junk, &verify_keys, now, SKEW, &mut seen),
+                verify(junk, &verify_keys, now, now, SKEW, &mut seen),
                 Err(Refusal::Malformed)
             );
         }
         // Refused ones were not remembered: the real one still acts.
-        assert!(verify(&env, &verify_keys, now, SKEW, &mut seen).is_ok());
+        assert!(verify(&env, &verify_keys, now, now, SKEW, &mut seen).is_ok());
     }
 
     #[test]
@@ -400,7 +447,7 @@ mod tests {
         });
         let env = serde_json::to_vec(&env).unwrap();
         assert_eq!(
-            verify(&env, &verify_keys, 1, SKEW, &mut Seen::default()),
+            verify(&env, &verify_keys, 1, 1, SKEW, &mut Seen::default()),
             Err(Refusal::Malformed)
         );
     }
@@ -422,9 +469,79 @@ mod tests {
     fn the_seen_set_forgets_what_left_the_window() {
         let mut seen = Seen::default();
         let window = 1_000;
-        assert!(seen.insert("a", 10_000, window));
-        assert!(!seen.insert("a", 10_000, window));
-        assert!(seen.insert("b", 50_000, window));
-        assert_eq!(seen.ids.len(), 1, "a is far out of the window now");
+        assert_eq!(seen.insert("a", 10_000, window), Ok(()));
+        assert_eq!(seen.insert("a", 10_000, window), Err(Refusal::Replayed));
+        // Issue times out of order within twice the window are genuine.
+        assert_eq!(seen.insert("c", 11_500, window), Ok(()));
+        assert_eq!(seen.insert("d", 9_600, window), Ok(()));
+        assert_eq!(seen.insert("b", 50_000, window), Ok(()));
+        assert_eq!(
+            seen.ids.len(),
+            1,
+            "a, c and d are far out of the window now"
+        );
+        assert_eq!(seen.by_time.len(), 1);
+        // Forgotten, but still refused: older than any genuine operation after b.
+        assert_eq!(seen.insert("a", 10_000, window), Err(Refusal::Stale));
+        assert_eq!(seen.newest(), 50_000);
+    }
+
+    /// The bus's storing time is not signed: a replay with a forged one is still refused once
+    /// a newer operation was seen, also after a restart; and an operation from the future
+    /// (by this node's clock) cannot raise the floor.
+    #[test]
+    fn replays_with_forged_bus_times_are_refused_by_the_signed_times() {
+        let (sign, verify_keys) = keys();
+        let old = Operation::new(Scope::Fleet, purge_tags(&["home"]));
+        let mut new = Operation::new(Scope::Fleet, purge_tags(&["sport"]));
+        new.issued_at = old.issued_at + 3_600_000;
+        let now = new.issued_at;
+        let mut seen = Seen::default();
+        assert!(verify(
+            &old.sign(&sign),
+            &verify_keys,
+            old.issued_at,
+            now,
+            SKEW,
+            &mut seen
+        )
+        .is_ok());
+        assert!(verify(
+            &new.sign(&sign),
+            &verify_keys,
+            new.issued_at,
+            now,
+            SKEW,
+            &mut seen
+        )
+        .is_ok());
+        // The old one again, the bus claiming it was stored just now when it was issued.
+        let mut restarted = Seen::default();
+        restarted.raise(seen.newest());
+        assert_eq!(
+            verify(
+                &old.sign(&sign),
+                &verify_keys,
+                old.issued_at,
+                now,
+                SKEW,
+                &mut restarted
+            ),
+            Err(Refusal::Stale)
+        );
+        let mut future = Operation::new(Scope::Fleet, purge_tags(&["x"]));
+        future.issued_at = now + 2 * 3_600_000;
+        assert_eq!(
+            verify(
+                &future.sign(&sign),
+                &verify_keys,
+                future.issued_at,
+                now,
+                SKEW,
+                &mut seen
+            ),
+            Err(Refusal::Stale)
+        );
+        assert_eq!(seen.newest(), new.issued_at);
     }
 }

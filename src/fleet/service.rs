@@ -35,6 +35,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONFIG_CHECK: Duration = Duration::from_secs(1);
 /// With nothing read for this long, the service asks the stream whether it missed anything.
 const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// How often, at most, the position is made durable while operations keep coming. Each store
+/// is an fsync; at a hundred operations a second one each would cost the node more than
+/// applying them. After a crash the node applies again what it applied in the last moments
+/// before it: purging again is harmless, and attack-mode records replay in their order.
+const STORE_EVERY: Duration = Duration::from_millis(200);
 
 pub struct FleetService {
     pub live: Arc<Live>,
@@ -141,6 +146,7 @@ impl FleetService {
         let js = jetstream::new(client.clone());
         let mut stream = bus::stream(&js, cfg).await?;
         let mut position = load(&state_dir).await;
+        seen.raise(position.newest);
         let (first, last, identity) = {
             let info = stream
                 .info()
@@ -219,7 +225,13 @@ impl FleetService {
         let connected = connections
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(1);
-        loop {
+        // Applied but not yet on disk; and when it last was (the first operation of the
+        // session is stored at once).
+        let mut dirty = false;
+        let mut stored = Instant::now()
+            .checked_sub(STORE_EVERY)
+            .unwrap_or_else(Instant::now);
+        let ended = async { loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Ended::Shutdown),
                 _ = beat.tick() => {
@@ -230,6 +242,10 @@ impl FleetService {
                             tracing::debug!("fleet: {e}");
                         }
                     }
+                }
+                _ = tokio::time::sleep_until((stored + STORE_EVERY).into()), if dirty => {
+                    store(&state_dir, position.clone()).await?;
+                    (dirty, stored) = (false, Instant::now());
                 }
                 _ = check.tick() => {
                     // The client reconnects by itself; the metric follows its state.
@@ -284,15 +300,16 @@ impl FleetService {
                         ));
                     }
                     progressed = Instant::now();
-                    let applied = self
-                        .handle(&message.payload, stored_at, cfg, seen, &mut position, &mut refusals)
+                    self.handle(&message.payload, stored_at, cfg, seen, &mut position, &mut refusals)
                         .await;
                     position.seq = seq;
                     position.at = op::unix_ms(SystemTime::now());
-                    // Durable at once when something was applied or the node is caught up;
-                    // a run of refused messages (junk on the bus) costs no fsync each.
-                    if applied || pending == 0 || seq % 64 == 0 {
+                    position.newest = seen.newest();
+                    // Durable at once after a quiet spell, then at most every STORE_EVERY.
+                    dirty = true;
+                    if stored.elapsed() >= STORE_EVERY {
                         store(&state_dir, position.clone()).await?;
+                        (dirty, stored) = (false, Instant::now());
                     }
                     if seq >= last || pending == 0 {
                         self.caught_up(seq);
@@ -305,7 +322,14 @@ impl FleetService {
                     METRICS.fleet_position(seq, lag);
                 }
             }
+        } }
+        .await;
+        // Whatever ended the session, what was applied is on disk before the next one reads
+        // on from there (else it would meet its own operations again, as replays).
+        if dirty {
+            store(&state_dir, position).await?;
         }
+        ended
     }
 
     /// This node as the fleet status shows it.
@@ -345,7 +369,6 @@ impl FleetService {
     }
 
     /// Verifies one operation and applies it if it is meant for this node; counts the result.
-    /// Whether it changed anything here.
     async fn handle(
         &self,
         envelope: &[u8],
@@ -354,13 +377,20 @@ impl FleetService {
         seen: &mut Seen,
         position: &mut state::Position,
         refusals: &mut Refusals,
-    ) -> bool {
-        let op = match op::verify(envelope, &cfg.verify_keys, stored_at, cfg.max_skew, seen) {
+    ) {
+        let op = match op::verify(
+            envelope,
+            &cfg.verify_keys,
+            stored_at,
+            op::unix_ms(SystemTime::now()),
+            cfg.max_skew,
+            seen,
+        ) {
             Ok(op) => op,
             Err(refusal) => {
                 METRICS.fleet_op("unknown", refusal.label());
                 refusals.log(refusal.label());
-                return false;
+                return;
             }
         };
         let snapshot = self.live.current();
@@ -368,7 +398,7 @@ impl FleetService {
         let kind = op.action.kind();
         if !op.scope.includes(&node.id, &node.region) {
             METRICS.fleet_op(kind, "not_in_scope");
-            return false;
+            return;
         }
         if let Action::AttackMode { mode } = &op.action {
             // An older attack-mode operation (replayed by whoever holds the bus) never
@@ -380,7 +410,7 @@ impl FleetService {
             {
                 METRICS.fleet_op(kind, "stale");
                 refusals.log("stale");
-                return false;
+                return;
             }
             position.attack = Some(state::AttackRecord {
                 mode: mode.clone(),
@@ -390,18 +420,16 @@ impl FleetService {
         if self.link.was_applied_here(&op.id) {
             // This node's admin API published it and applied it here itself.
             METRICS.fleet_op(kind, "applied");
-            return true;
+            return;
         }
         match self.apply(&op, &snapshot).await {
             Ok(what) => {
                 METRICS.fleet_op(kind, "applied");
                 tracing::info!(id = %op.id, scope = %op.scope, "fleet: applied {kind}: {what}");
-                true
             }
             Err(e) => {
                 METRICS.fleet_op(kind, "invalid");
                 tracing::warn!(id = %op.id, "fleet: cannot apply {kind}: {e}");
-                false
             }
         }
     }

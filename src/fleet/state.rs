@@ -24,6 +24,10 @@ pub struct Position {
     /// operation (a replay) never overrides a newer one.
     #[serde(default)]
     pub attack: Option<AttackRecord>,
+    /// The newest issue time of an operation acted on (UNIX ms, signed): after a restart,
+    /// operations older than it by more than twice `max_skew` cannot be new (see `op::Seen`).
+    #[serde(default)]
+    pub newest: u64,
 }
 
 /// An applied attack-mode operation.
@@ -87,6 +91,7 @@ mod tests {
                 mode: "on".into(),
                 issued_at: 5,
             }),
+            newest: 9,
         };
         store(dir.path(), p.clone()).unwrap();
         assert_eq!(load(dir.path()), p);

@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod nats;
+pub mod relay;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

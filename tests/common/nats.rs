@@ -2,9 +2,14 @@
 //! port (it writes the port it took to a ports file), its store in a temporary directory.
 //! Killed when dropped; `kill` and `restart` play a bus outage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use onair::config::{Fleet, FleetAuth};
+use onair::fleet::keys::SignKey;
+use onair::fleet::op::{Action, Operation, Scope};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub struct Nats {
     child: Option<Child>,
@@ -35,6 +40,29 @@ impl Nats {
             port,
             cluster: Vec::new(),
         }
+    }
+
+    /// A server with more command-line flags (cluster ones, for a restart to keep them).
+    pub async fn start_with(extra: Vec<String>) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port) = spawn(&dir, -1, &extra).await;
+        Nats {
+            child: Some(child),
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+            port,
+            cluster: extra,
+        }
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `n` servers routed into one JetStream cluster (streams may keep `n` replicas).
@@ -145,4 +173,125 @@ async fn spawn(dir: &tempfile::TempDir, port: i32, extra: &[String]) -> (Child, 
         "nats-server did not start: {}",
         dir.path().join("nats.log").display()
     );
+}
+
+/// An operator's key pair as PEM files in `dir`: (private, public).
+pub fn operator_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let private = dir.join(format!("{name}.key"));
+    std::fs::write(
+        &private,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            b64.encode(pkcs8.as_ref())
+        ),
+    )
+    .unwrap();
+    // SPKI: the Ed25519 algorithm identifier, then the 32-byte key (RFC 8410).
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .iter()
+        .for_each(|b| spki.push(*b));
+    let public = dir.join(format!("{name}.pub"));
+    std::fs::write(
+        &public,
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            b64.encode(&spki)
+        ),
+    )
+    .unwrap();
+    (private, public)
+}
+
+/// An onair node `id` of `region` on the bus at `urls`, trusting the operators' key `public`,
+/// in front of the origin at `origin`, with more `[fleet]` keys; `shape` adjusts the setup
+/// (an address, a disk cache).
+pub async fn fleet_node(
+    id: &str,
+    region: &str,
+    urls: &[&str],
+    public: &Path,
+    origin: std::net::SocketAddr,
+    fleet_extra: &str,
+    shape: impl FnOnce(super::Setup) -> super::Setup,
+) -> super::Onair {
+    let servers = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut setup = super::Setup::new(format!(
+        "{}\n[fleet]\nservers = [{servers}]\nverify_key = [\"{}\"]\n{fleet_extra}\n",
+        super::one_site(origin, "", ""),
+        public.display()
+    ));
+    setup.node_extra = format!("id = \"{id}\"\nregion = \"{region}\"\n");
+    super::Onair::start(shape(setup)).await
+}
+
+/// An operator's connection to the bus at `url`, signing with the private key `key`: fleet
+/// operations published as `onair fleet` does, over one connection (for bursts).
+pub struct Operator {
+    js: async_nats::jetstream::Context,
+    fleet: Fleet,
+    key: SignKey,
+}
+
+impl Operator {
+    pub async fn connect(url: &str, key: &Path) -> Operator {
+        let fleet = Fleet {
+            servers: vec![url.to_owned()],
+            auth: FleetAuth::None,
+            ca_file: None,
+            stream: Fleet::DEFAULT_STREAM.to_owned(),
+            subject: Fleet::DEFAULT_SUBJECT.to_owned(),
+            verify_keys: Vec::new(),
+            sign_key: None,
+            max_skew: Fleet::DEFAULT_MAX_SKEW,
+            retention: Duration::from_secs(86_400),
+            replicas: 1,
+        };
+        let client = onair::fleet::bus::connect(&fleet, "bench-operator")
+            .await
+            .unwrap();
+        Operator {
+            js: async_nats::jetstream::new(client),
+            fleet,
+            key: SignKey::from_pem(&std::fs::read(key).unwrap()).unwrap(),
+        }
+    }
+
+    /// Publishes a fleet purge of one URL; its id and when the publish call returned.
+    pub async fn purge(&self, url: &str) -> Result<(String, SystemTime), String> {
+        let op = Operation::new(
+            Scope::Fleet,
+            Action::Purge {
+                urls: vec![url.to_owned()],
+                prefix: None,
+                tags: Vec::new(),
+                soft: false,
+            },
+        );
+        onair::fleet::bus::publish(&self.js, &self.fleet, op.sign(&self.key)).await?;
+        Ok((op.id, SystemTime::now()))
+    }
+
+    /// The region whose server leads the operation stream (where the purges are stored).
+    pub async fn stream_leader(&self) -> String {
+        let mut stream = self.js.get_stream(Fleet::DEFAULT_STREAM).await.unwrap();
+        let info = stream.info().await.unwrap();
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .unwrap_or_default()
+            .trim_start_matches("nats-")
+            .to_owned()
+    }
 }

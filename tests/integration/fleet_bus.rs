@@ -2,48 +2,11 @@
 //! operators' key, published by the CLI with no node involved, applied by every node in scope;
 //! forged ones refused and counted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
-
-use crate::common::nats::Nats;
+use crate::common::nats::{fleet_node, operator_keys, Nats, Operator};
 use crate::common::*;
-
-/// An operator's key pair as PEM files in `dir`: (private, public).
-fn operator_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let private = dir.join(format!("{name}.key"));
-    std::fs::write(
-        &private,
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            b64.encode(pkcs8.as_ref())
-        ),
-    )
-    .unwrap();
-    // SPKI: the Ed25519 algorithm identifier, then the 32-byte key (RFC 8410).
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    ring::signature::KeyPair::public_key(&pair)
-        .as_ref()
-        .iter()
-        .for_each(|b| spki.push(*b));
-    let public = dir.join(format!("{name}.pub"));
-    std::fs::write(
-        &public,
-        format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            b64.encode(&spki)
-        ),
-    )
-    .unwrap();
-    (private, public)
-}
 
 /// A node of `region` on the bus at `url`, trusting `public`, in front of `origin`.
 async fn node(id: &str, region: &str, url: &str, public: &Path, origin: &Origin) -> Onair {
@@ -59,13 +22,7 @@ async fn node_with(
     origin: &Origin,
     fleet_extra: &str,
 ) -> Onair {
-    let mut setup = Setup::new(format!(
-        "{}\n[fleet]\nservers = [\"{url}\"]\nverify_key = [\"{}\"]\n{fleet_extra}\n",
-        one_site(origin.addr, "", ""),
-        public.display()
-    ));
-    setup.node_extra = format!("id = \"{id}\"\nregion = \"{region}\"\n");
-    Onair::start(setup).await
+    fleet_node(id, region, &[url], public, origin.addr, fleet_extra, |s| s).await
 }
 
 /// `onair fleet ARGS` against the bus at `url`; its JSON answer.
@@ -690,4 +647,98 @@ fn the_shipped_nats_configs_are_valid() {
         }
     }
     assert!(checked >= 2, "{checked} configs");
+}
+
+/// An operation published where no node reads is refused by the publisher, not lost in
+/// silence: no stream takes the subject, or another stream than the nodes' one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_where_no_node_reads_is_refused() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, _) = operator_keys(keys.path(), "operator");
+    let purge = || {
+        std::process::Command::new(onair_bin())
+            .args(["fleet", "purge", "--tag", "home", "--servers", &nats.url])
+            .arg("--key")
+            .arg(&operator)
+            .output()
+            .unwrap()
+    };
+    let out = purge();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no node with this [fleet] has connected"),
+        "{said}"
+    );
+
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "SOMEONE_ELSES".into(),
+            subjects: vec!["onair.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let out = purge();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("stream SOMEONE_ELSES stored it, not ONAIR"),
+        "{said}"
+    );
+}
+
+/// A burst of purges (published as fast as the bus takes them) is applied in full and in
+/// order, although the node makes its position durable at most every 200 ms; a clean stop
+/// stores the last one, so the restarted node applies none of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_purges_is_applied_in_full_and_a_clean_stop_keeps_the_position() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    let mut n = node("edge-hn-1", "hn", &nats.url, &public, &origin).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    let operator = std::sync::Arc::new(Operator::connect(&nats.url, &private).await);
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let operator = operator.clone();
+            tokio::spawn(async move { operator.purge(&format!("http://a/burst/{i}")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            n.metric(APPLIED_PURGES).await == Some(300.0)
+        })
+        .await
+    );
+    assert_eq!(n.metric("onair_fleet_applied_sequence").await, Some(300.0));
+    assert_eq!(
+        n.metric("onair_fleet_ops_total{kind=\"purge\",result=\"replayed\"}")
+            .await,
+        None
+    );
+
+    n.signal("TERM");
+    assert!(n.wait_exit(Duration::from_secs(10)));
+    let stored = std::fs::read_to_string(n.dir.path().join("state/fleet.position")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["seq"], 300, "{stored}");
+    assert!(stored["newest"].as_u64().unwrap() > 0, "{stored}");
+
+    n.restart().await;
+    operator.purge("http://a/after").await.unwrap();
+    assert!(
+        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 301.0)
+            .await
+    );
+    assert_eq!(n.metric(APPLIED_PURGES).await, Some(1.0));
 }
