@@ -65,6 +65,9 @@ enum Command {
         /// The operator's private key (PEM, `openssl genpkey -algorithm ed25519`).
         #[arg(long, global = true)]
         key: Option<PathBuf>,
+        /// The operator's NATS user (an NKey seed file), over the config's credentials.
+        #[arg(long, global = true)]
+        nkey: Option<PathBuf>,
         /// Only the nodes of this region.
         #[arg(long, global = true, conflicts_with = "nodes")]
         region: Option<String>,
@@ -97,6 +100,12 @@ enum FleetOp {
     AttackMode { mode: String },
     /// Every node's last heartbeat: who is up, who lags, who is in attack mode.
     Status,
+    /// Make a NATS user key (NKey): NAME.nk (the seed, for fleet.nkey_file or --nkey; mode
+    /// 0600) and NAME.pub (the public key, for the servers' authorization block).
+    Nkey {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Wait until every node that is not silent has applied operation SEQ.
     Wait {
         seq: u64,
@@ -163,6 +172,7 @@ fn main() -> ExitCode {
             config,
             servers,
             key,
+            nkey,
             region,
             nodes,
         } => {
@@ -170,8 +180,21 @@ fn main() -> ExitCode {
                 config,
                 servers,
                 key,
+                nkey,
             };
             let op = match op {
+                FleetOp::Nkey { out } => {
+                    return match onair::fleet::cli::nkey(&out) {
+                        Ok(public) => {
+                            println!("{public}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("onair fleet nkey: {e}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
                 FleetOp::Status => {
                     return match onair::fleet::cli::status(&publisher) {
                         Ok(table) => {
@@ -221,7 +244,9 @@ fn main() -> ExitCode {
                     soft,
                 },
                 FleetOp::AttackMode { mode } => onair::fleet::op::Action::AttackMode { mode },
-                FleetOp::Status | FleetOp::Wait { .. } => return ExitCode::FAILURE,
+                FleetOp::Status | FleetOp::Wait { .. } | FleetOp::Nkey { .. } => {
+                    return ExitCode::FAILURE
+                }
             };
             match onair::fleet::cli::run(publisher, scope, action) {
                 Ok(answer) => {

@@ -113,9 +113,11 @@ pub fn serve(
 
     let edge_cache = EdgeCache::new(&config.cache)
         .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
-    if config.fleet.is_some() && !upgrade {
-        // What the disk kept may have been purged by the fleet while this node was away.
-        // (An upgrade hands over from a process that was reading the bus all along.)
+    if config.fleet.is_some() {
+        // What the disk kept may have been purged by the fleet while this node was away. Also
+        // on an upgrade: the old process may itself have been cut off from the bus, and until
+        // this one has read on from the stored position it cannot know (on a healthy bus that
+        // takes well under a second).
         edge_cache.catch_up.close(std::time::SystemTime::now());
     }
     // The admin API publishes fleet-scoped calls through the fleet service's connection.

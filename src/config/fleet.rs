@@ -32,16 +32,28 @@ pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'
             );
         }
     }
-    let auth = match (&f.token_file, &f.creds_file) {
-        (Some(_), Some(_)) => {
-            e.push(
-                "fleet.creds_file",
-                "give token_file or creds_file, not both",
-            );
-            FleetAuth::None
-        }
-        (Some(file), None) => e
-            .file("fleet.token_file", base, file, MAX_SECRET)
+    let given: Vec<&str> = [
+        ("token_file", &f.token_file),
+        ("creds_file", &f.creds_file),
+        ("nkey_file", &f.nkey_file),
+    ]
+    .iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(k, _)| *k)
+    .collect();
+    if given.len() > 1 {
+        e.push(
+            format!("fleet.{}", given[1]),
+            format!(
+                "give one of token_file, creds_file and nkey_file, not {}",
+                given.join(" and ")
+            ),
+        );
+    }
+    let auth = if given.len() > 1 {
+        FleetAuth::None
+    } else if let Some(file) = &f.token_file {
+        e.file("fleet.token_file", base, file, MAX_SECRET)
             .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
             .filter(|t| {
                 let ok = !t.is_empty();
@@ -50,12 +62,28 @@ pub(super) fn validate(f: RawFleet, base: &Path, cache: &Cache, e: &mut Errors<'
                 }
                 ok
             })
-            .map_or(FleetAuth::None, FleetAuth::Token),
-        (None, Some(file)) => e
-            .file("fleet.creds_file", base, file, MAX_SECRET)
+            .map_or(FleetAuth::None, FleetAuth::Token)
+    } else if let Some(file) = &f.creds_file {
+        e.file("fleet.creds_file", base, file, MAX_SECRET)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_or(FleetAuth::None, FleetAuth::Creds),
-        (None, None) => FleetAuth::None,
+            .map_or(FleetAuth::None, FleetAuth::Creds)
+    } else if let Some(file) = &f.nkey_file {
+        e.file("fleet.nkey_file", base, file, MAX_SECRET)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .filter(|seed| {
+                // A user seed: the server checks a user's signature with its public key.
+                let ok = seed.starts_with("SU") && nkeys::KeyPair::from_seed(seed).is_ok();
+                if !ok {
+                    e.push(
+                        "fleet.nkey_file",
+                        "is not an NKey user seed (SU..., as `onair fleet nkey` writes it)",
+                    );
+                }
+                ok
+            })
+            .map_or(FleetAuth::None, FleetAuth::NKey)
+    } else {
+        FleetAuth::None
     };
     let ca_file = f.ca_file.map(|file| {
         let path = resolve(base, &file);

@@ -125,6 +125,8 @@ pub enum FleetAuth {
     None,
     Token(String),
     Creds(String),
+    /// An NKey user seed (`SU...`): one user per role, each with its own permissions.
+    NKey(String),
 }
 
 impl fmt::Debug for FleetAuth {
@@ -133,6 +135,7 @@ impl fmt::Debug for FleetAuth {
             FleetAuth::None => "None",
             FleetAuth::Token(_) => "Token(<redacted>)",
             FleetAuth::Creds(_) => "Creds(<redacted>)",
+            FleetAuth::NKey(_) => "NKey(<redacted>)",
         })
     }
 }

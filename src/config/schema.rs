@@ -31,6 +31,7 @@ pub struct RawFleet {
     pub servers: Option<Vec<String>>,
     pub token_file: Option<String>,
     pub creds_file: Option<String>,
+    pub nkey_file: Option<String>,
     pub ca_file: Option<String>,
     pub stream: Option<String>,
     pub subject: Option<String>,

@@ -48,6 +48,7 @@ pub async fn connect_counting(
     match &cfg.auth {
         FleetAuth::None => {}
         FleetAuth::Token(token) => options = options.token(token.clone()),
+        FleetAuth::NKey(seed) => options = options.nkey(seed.clone()),
         FleetAuth::Creds(creds) => {
             options = options
                 .credentials(creds)

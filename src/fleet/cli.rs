@@ -17,6 +17,8 @@ pub struct Publisher {
     pub servers: Vec<String>,
     /// The operator's private key (PEM): needed to publish, not to look.
     pub key: Option<PathBuf>,
+    /// The operator's NATS user (an NKey seed file), over the config's credentials.
+    pub nkey: Option<PathBuf>,
 }
 
 impl Publisher {
@@ -43,6 +45,15 @@ impl Publisher {
         };
         if !self.servers.is_empty() {
             fleet.servers = self.servers.clone();
+        }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| format!("--nkey {}: {e}", path.display()))?;
+            let seed = seed.trim();
+            if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(seed).is_err() {
+                return Err(format!("--nkey {}: not an NKey user seed", path.display()));
+            }
+            fleet.auth = FleetAuth::NKey(seed.to_owned());
         }
         if fleet.servers.is_empty() {
             return Err("no NATS server: give --servers or a config (-c) with [fleet]".to_owned());
@@ -99,7 +110,11 @@ async fn heartbeats(publisher: &Publisher) -> Result<Vec<super::status::Heartbea
     let client = super::bus::connect(&fleet, "onair-cli").await?;
     let js = async_nats::jetstream::new(client);
     let store = super::status::store(&js, &fleet).await?;
-    super::status::all(&store).await
+    let mut stream = js
+        .get_stream(&fleet.stream)
+        .await
+        .map_err(|e| format!("stream {}: {e}", fleet.stream))?;
+    super::status::all(&store, &mut stream).await
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -140,4 +155,32 @@ pub fn wait(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
+}
+
+/// `onair fleet nkey --out NAME`: a new NATS user key; NAME.nk holds the seed (mode 0600,
+/// never overwritten), NAME.pub the public key, which is returned.
+pub fn nkey(out: &std::path::Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pair = nkeys::KeyPair::new_user();
+    let seed = pair.seed().map_err(|e| format!("seed: {e}"))?;
+    let public = pair.public_key();
+    let with = |ext: &str| {
+        let mut name = out.as_os_str().to_owned();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (seed_path, public_path) = (with(".nk"), with(".pub"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&seed_path)
+        .map_err(|e| format!("{}: {e}", seed_path.display()))?;
+    file.write_all(format!("{seed}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", seed_path.display()))?;
+    std::fs::write(&public_path, format!("{public}\n"))
+        .map_err(|e| format!("{}: {e}", public_path.display()))?;
+    Ok(public)
 }

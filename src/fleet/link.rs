@@ -87,13 +87,23 @@ impl Link {
 
     /// Every node's last heartbeat (`GET /fleet`).
     pub async fn heartbeats(&self) -> Result<Vec<super::status::Heartbeat>, LinkError> {
-        let store = self.in_reach().and_then(|l| l.heartbeats).ok_or_else(|| {
-            LinkError::Down(
-                "the fleet bus (or its heartbeat bucket) is out of reach: no fleet status"
-                    .to_owned(),
-            )
-        })?;
-        super::status::all(&store).await.map_err(LinkError::Down)
+        let lent = self.in_reach();
+        let (store, lent) = lent
+            .and_then(|l| Some((l.heartbeats.clone()?, l)))
+            .ok_or_else(|| {
+                LinkError::Down(
+                    "the fleet bus (or its heartbeat bucket) is out of reach: no fleet status"
+                        .to_owned(),
+                )
+            })?;
+        let mut stream = lent
+            .js
+            .get_stream(&lent.cfg.stream)
+            .await
+            .map_err(|e| LinkError::Down(format!("stream {}: {e}", lent.cfg.stream)))?;
+        super::status::all(&store, &mut stream)
+            .await
+            .map_err(LinkError::Down)
     }
 
     /// What the service lent, while its connection is up.

@@ -356,6 +356,7 @@ impl FleetService {
             cache_memory_objects: self.cache.memory.objects(),
             origins_down,
             at: op::unix_ms(SystemTime::now()),
+            doubtful: false,
         }
     }
 

@@ -36,12 +36,36 @@ pub struct Heartbeat {
     pub origins_down: Vec<String>,
     /// When it was put, UNIX milliseconds.
     pub at: u64,
+    /// Set by the reader, never sent: the heartbeat claims operations the stream does not
+    /// hold, so no node wrote it (the bucket is as open as the bus's permissions make it).
+    #[serde(skip)]
+    pub doubtful: bool,
 }
 
 impl Heartbeat {
     pub fn silent(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.at) > u64::try_from(SILENT_AFTER.as_millis()).unwrap_or(0)
     }
+
+    fn state(&self, now_ms: u64) -> &'static str {
+        if self.doubtful {
+            "doubtful"
+        } else if self.silent(now_ms) {
+            "silent"
+        } else {
+            "up"
+        }
+    }
+}
+
+/// The newest operation a (believable) node has applied.
+fn newest(beats: &[Heartbeat]) -> u64 {
+    beats
+        .iter()
+        .filter(|b| !b.doubtful)
+        .map(|b| b.applied)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The bucket's name: the stream's, with `_nodes`.
@@ -92,11 +116,28 @@ const MAX_NODES: usize = 10_000;
 /// A status call's deadline.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every node's last heartbeat, sorted by region then id.
-pub async fn all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
-    tokio::time::timeout(READ_TIMEOUT, read_all(store))
-        .await
-        .map_err(|_| format!("heartbeats: no answer within {READ_TIMEOUT:?}"))?
+/// Heartbeats read at once: a status call over a far link costs a few round trips, not one
+/// per node.
+const PARALLEL_READS: usize = 32;
+
+/// Every node's last heartbeat, sorted by region then id; those claiming operations beyond the
+/// `stream`'s last one marked doubtful (read after the heartbeats, so no node's is).
+pub async fn all(store: &kv::Store, stream: &mut stream::Stream) -> Result<Vec<Heartbeat>, String> {
+    tokio::time::timeout(READ_TIMEOUT, async {
+        let mut beats = read_all(store).await?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream info: {e}"))?
+            .state
+            .last_sequence;
+        for beat in &mut beats {
+            beat.doubtful = beat.applied > last;
+        }
+        Ok(beats)
+    })
+    .await
+    .map_err(|_| format!("heartbeats: no answer within {READ_TIMEOUT:?}"))?
 }
 
 async fn read_all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
@@ -108,14 +149,12 @@ async fn read_all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
             break;
         }
     }
-    let mut beats = Vec::new();
-    for id in ids {
-        if let Ok(Some(value)) = store.get(id).await {
-            if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&value) {
-                beats.push(beat);
-            }
-        }
-    }
+    let mut beats: Vec<Heartbeat> = futures_util::stream::iter(ids)
+        .map(|id| async move { store.get(id).await })
+        .buffer_unordered(PARALLEL_READS)
+        .filter_map(|value| async move { serde_json::from_slice::<Heartbeat>(&value.ok()??).ok() })
+        .collect()
+        .await;
     beats.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
     Ok(beats)
 }
@@ -123,14 +162,14 @@ async fn read_all(store: &kv::Store) -> Result<Vec<Heartbeat>, String> {
 /// `GET /fleet`: every node, whether it is silent, and how far behind the newest applied
 /// operation it is.
 pub fn fleet_json(beats: &[Heartbeat], now_ms: u64) -> serde_json::Value {
-    let newest = beats.iter().map(|b| b.applied).max().unwrap_or(0);
+    let newest = newest(beats);
     let nodes: Vec<_> = beats
         .iter()
         .map(|b| {
             serde_json::json!({
                 "id": b.id,
                 "region": b.region,
-                "state": if b.silent(now_ms) { "silent" } else { "up" },
+                "state": b.state(now_ms),
                 "last_heartbeat_ms_ago": now_ms.saturating_sub(b.at),
                 "version": b.version,
                 "config_version": b.config_version,
@@ -151,11 +190,14 @@ pub fn fleet_json(beats: &[Heartbeat], now_ms: u64) -> serde_json::Value {
 }
 
 /// `GET /fleet/ops/SEQ`: which nodes have applied operation `seq`, which have not yet, and
-/// which are silent (they will when they are back).
+/// which are silent (they will when they are back); heartbeats no node wrote count for nothing.
 pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value {
     let (mut applied, mut pending, mut silent) = (Vec::new(), Vec::new(), Vec::new());
+    let mut doubtful = Vec::new();
     for b in beats {
-        if b.applied >= seq {
+        if b.doubtful {
+            doubtful.push(b.id.clone());
+        } else if b.applied >= seq {
             applied.push(b.id.clone());
         } else if b.silent(now_ms) {
             silent.push(b.id.clone());
@@ -168,19 +210,20 @@ pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value 
         "applied": applied,
         "pending": pending,
         "silent": silent,
-        "done": pending.is_empty(),
+        "doubtful": doubtful,
+        "done": pending.is_empty() && !applied.is_empty(),
     })
 }
 
 /// `onair fleet status`: the fleet as a table.
 pub fn table(beats: &[Heartbeat], now_ms: u64) -> String {
-    let newest = beats.iter().map(|b| b.applied).max().unwrap_or(0);
+    let newest = newest(beats);
     let mut out = format!(
         "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
         "NODE", "REGION", "STATE", "APPLIED", "BEHIND", "ATTACK", "ORIGINS DOWN"
     );
     for b in beats {
-        let state = if b.silent(now_ms) { "silent" } else { "up" };
+        let state = b.state(now_ms);
         out.push_str(&format!(
             "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
             printable(&b.id),
@@ -224,6 +267,7 @@ mod tests {
             cache_memory_objects: 0,
             origins_down: vec![],
             at,
+            doubtful: false,
         }
     }
 
@@ -245,6 +289,16 @@ mod tests {
         assert_eq!(fleet["nodes"][2]["state"], "silent");
         let table = table(&beats, now);
         assert!(table.lines().nth(3).unwrap().contains("silent"), "{table}");
+        // A heartbeat no node wrote (it claims what the stream does not hold) makes no one
+        // done, and lags no one.
+        let mut forged = beat("x", u64::MAX, now);
+        forged.doubtful = true;
+        let with = [beats[1].clone(), forged];
+        let op = op_json(&with, 6, now);
+        assert_eq!(op["doubtful"], serde_json::json!(["x"]));
+        assert_eq!(op["done"], false);
+        assert_eq!(fleet_json(&with, now)["nodes"][0]["behind"], 0);
+        assert_eq!(fleet_json(&with, now)["nodes"][1]["state"], "doubtful");
         // Escape sequences from the bus never reach the terminal.
         let mut hostile = beat("\u{1b}[2Jx", 1, now);
         hostile.origins_down = vec!["p/\u{7}o".into()];

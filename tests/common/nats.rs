@@ -18,6 +18,8 @@ pub struct Nats {
     port: u16,
     /// Cluster flags, for a restart.
     cluster: Vec<String>,
+    /// Environment (the variables a config file refers to), for a restart.
+    env: Vec<(String, String)>,
 }
 
 pub fn binary() -> PathBuf {
@@ -32,26 +34,25 @@ pub fn binary() -> PathBuf {
 impl Nats {
     pub async fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let (child, port) = spawn(&dir, -1, &[]).await;
-        Nats {
-            child: Some(child),
-            url: format!("nats://127.0.0.1:{port}"),
-            dir,
-            port,
-            cluster: Vec::new(),
-        }
+        Nats::start_with(Vec::new()).await
     }
 
     /// A server with more command-line flags (cluster ones, for a restart to keep them).
     pub async fn start_with(extra: Vec<String>) -> Nats {
+        Nats::start_with_env(extra, Vec::new()).await
+    }
+
+    /// [`Nats::start_with`] with environment variables (a config file's `$NAME`s).
+    pub async fn start_with_env(extra: Vec<String>, env: Vec<(String, String)>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let (child, port) = spawn(&dir, -1, &extra).await;
+        let (child, port) = spawn(&dir, -1, &extra, &env).await;
         Nats {
             child: Some(child),
             url: format!("nats://127.0.0.1:{port}"),
             dir,
             port,
             cluster: extra,
+            env,
         }
     }
 
@@ -96,13 +97,14 @@ impl Nats {
                 "--routes".to_owned(),
                 route_list.clone(),
             ];
-            let (child, port) = spawn(&dir, i32::from(port), &cluster).await;
+            let (child, port) = spawn(&dir, i32::from(port), &cluster, &[]).await;
             servers.push(Nats {
                 child: Some(child),
                 url: format!("nats://127.0.0.1:{port}"),
                 dir,
                 port,
                 cluster,
+                env: Vec::new(),
             });
         }
         servers
@@ -119,7 +121,7 @@ impl Nats {
     /// Starts it again on the same port with the same store.
     pub async fn restart(&mut self) {
         self.kill();
-        let (child, _) = spawn(&self.dir, i32::from(self.port), &self.cluster).await;
+        let (child, _) = spawn(&self.dir, i32::from(self.port), &self.cluster, &self.env).await;
         self.child = Some(child);
     }
 }
@@ -131,7 +133,12 @@ impl Drop for Nats {
 }
 
 /// Starts nats-server on `port` (-1: any) and waits until it accepts connections.
-async fn spawn(dir: &tempfile::TempDir, port: i32, extra: &[String]) -> (Child, u16) {
+async fn spawn(
+    dir: &tempfile::TempDir,
+    port: i32,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Child, u16) {
     let ports_dir = dir.path().join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).unwrap();
@@ -142,6 +149,7 @@ async fn spawn(dir: &tempfile::TempDir, port: i32, extra: &[String]) -> (Child, 
         .arg("--ports_file_dir")
         .arg(&ports_dir)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("nats.log")).unwrap())

@@ -622,10 +622,29 @@ async fn an_edge_that_applies_a_purge_before_its_shield_does_not_refill_the_old_
     assert_eq!(get(edge.http, "a", "/story").await.unwrap().text(), "fixed");
 }
 
+/// `onair fleet nkey --out NAME` in `dir`: the public key it printed (and wrote to NAME.pub).
+fn nkey(dir: &Path, name: &str) -> String {
+    let out = std::process::Command::new(onair_bin())
+        .args(["fleet", "nkey", "--out"])
+        .arg(dir.join(name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(public.starts_with('U'), "{public}");
+    public
+}
+
 /// The NATS configs shipped in deploy/nats/ are valid for the nats-server the tests run.
 #[test]
 fn the_shipped_nats_configs_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats");
+    let keys = tempfile::tempdir().unwrap();
+    let (node, operator) = (nkey(keys.path(), "node"), nkey(keys.path(), "operator"));
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -634,7 +653,8 @@ fn the_shipped_nats_configs_are_valid() {
                 .arg("-t")
                 .arg("-c")
                 .arg(&path)
-                .env("ONAIR_NATS_TOKEN", "test-token")
+                .env("ONAIR_NODE_NKEY", &node)
+                .env("ONAIR_OPERATOR_NKEY", &operator)
                 .output()
                 .unwrap();
             assert!(
@@ -646,7 +666,84 @@ fn the_shipped_nats_configs_are_valid() {
             checked += 1;
         }
     }
-    assert!(checked >= 2, "{checked} configs");
+    assert!(checked >= 3, "{checked} configs");
+}
+
+/// The shipped per-role users (deploy/nats/auth.conf) on a real server: a node with the node
+/// user's key runs (stream, consumer, heartbeats) but cannot publish an operation; the
+/// operator's key can, and the node applies it; no key, no bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_nats_users_let_nodes_read_and_only_operators_publish() {
+    let keys = tempfile::tempdir().unwrap();
+    let (node_key, operator_key) = (nkey(keys.path(), "node"), nkey(keys.path(), "operator"));
+    let conf = keys.path().join("server.conf");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/auth.conf"),
+        keys.path().join("auth.conf"),
+    )
+    .unwrap();
+    std::fs::write(&conf, "include auth.conf\n").unwrap();
+    let nats = Nats::start_with_env(
+        vec!["-c".into(), conf.display().to_string()],
+        vec![
+            ("ONAIR_NODE_NKEY".into(), node_key),
+            ("ONAIR_OPERATOR_NKEY".into(), operator_key),
+        ],
+    )
+    .await;
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    let node_seed = keys.path().join("node.nk");
+    let n = node_with(
+        "edge-hn-1",
+        "hn",
+        &nats.url,
+        &public,
+        &origin,
+        &format!("nkey_file = \"{}\"", node_seed.display()),
+    )
+    .await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await,
+        "{}",
+        n.stderr()
+    );
+    let publish = |user: Option<&Path>| {
+        let mut cmd = std::process::Command::new(onair_bin());
+        cmd.args(["fleet", "purge", "--tag", "home", "--servers", &nats.url])
+            .arg("--key")
+            .arg(&operator);
+        if let Some(user) = user {
+            cmd.arg("--nkey").arg(user);
+        }
+        cmd.output().unwrap()
+    };
+    let as_node = publish(Some(&node_seed));
+    assert!(!as_node.status.success());
+    let anonymous = publish(None);
+    assert!(!anonymous.status.success());
+    let said = String::from_utf8_lossy(&anonymous.stderr).to_lowercase();
+    assert!(said.contains("authorization"), "{said}");
+    let as_operator = publish(Some(&keys.path().join("operator.nk")));
+    assert!(
+        as_operator.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_operator.stderr)
+    );
+    assert!(n.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+    // The node's heartbeat went through: the operator sees it.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let out = std::process::Command::new(onair_bin())
+                .args(["fleet", "status", "--servers", &nats.url, "--nkey"])
+                .arg(keys.path().join("operator.nk"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("edge-hn-1")
+        })
+        .await
+    );
 }
 
 /// An operation published where no node reads is refused by the publisher, not lost in
