@@ -187,7 +187,7 @@ impl AdminApp {
             tags: request.tags.clone(),
             soft: request.soft,
         };
-        let published = match self.publish(scope, action, &snapshot).await {
+        let published = match self.publish(scope, action, &snapshot, true).await {
             Ok(published) => published,
             Err(answer) => return answer,
         };
@@ -222,17 +222,30 @@ impl AdminApp {
         let action = Action::AttackMode {
             mode: mode.as_str().to_owned(),
         };
-        let published = match self.publish(scope, action, &snap).await {
+        // Fleet-wide, this node switches as every other one does: when the fleet service reads
+        // the operation, in the stream's order. Switching here first could leave it on the
+        // loser of two calls racing, while the rest of the fleet follows the stream.
+        let published = match self.publish(scope, action, &snap, false).await {
             Ok(published) => published,
             Err(answer) => return answer,
         };
         let attack = self.live.attack();
-        if published.as_ref().is_none_or(|p| p.here) {
-            attack.set(mode, &snap.config.protect.attack, std::time::Instant::now());
-        }
+        let read = match &published {
+            None => {
+                attack.set(mode, &snap.config.protect.attack, std::time::Instant::now());
+                None
+            }
+            Some(p) if p.here => Some(self.fleet.wait_read(p.seq, FLEET_READ_WAIT).await),
+            Some(_) => None,
+        };
         let mut answer = attack_json(attack, &snap.config.protect.attack);
         if let Some(p) = published {
             p.add_to(&mut answer);
+        }
+        if let Some(read) = read {
+            // False: the bus has it and the service will get to it; `active` shows the mode
+            // from before.
+            answer["read_here"] = read.into();
         }
         (StatusCode::OK, answer)
     }
@@ -262,11 +275,14 @@ impl AdminApp {
 
     /// Publishes `action` to the fleet when the call has a scope: None for a local call; the
     /// answer to give when it cannot be published (403: not allowed here, 503: bus down).
+    /// `applies_here`: the caller applies it on this node itself (when in scope), so the
+    /// fleet service does not again when the bus brings it back.
     async fn publish(
         &self,
         scope: Option<Scope>,
         action: Action,
         snapshot: &crate::snapshot::Snapshot,
+        applies_here: bool,
     ) -> Result<Option<Published>, (StatusCode, serde_json::Value)> {
         let Some(scope) = scope else {
             return Ok(None);
@@ -274,7 +290,7 @@ impl AdminApp {
         let node = &snapshot.config.node;
         let here = scope.includes(&node.id, &node.region);
         let op = Operation::new(scope, action);
-        if here {
+        if here && applies_here {
             // Before it is published: the bus may bring it back before this call applies it.
             self.fleet.applied_here(&op.id);
         }
@@ -282,7 +298,7 @@ impl AdminApp {
             .fleet
             .publish(snapshot.config.fleet.as_ref(), &op)
             .await;
-        if published.is_err() && here {
+        if published.is_err() && here && applies_here {
             self.fleet.was_applied_here(&op.id);
         }
         match published {
@@ -462,6 +478,10 @@ fn split_scope(body: &[u8]) -> Result<(Option<Scope>, serde_json::Value), String
     };
     Ok((scope, value))
 }
+
+/// How long a fleet-scoped `POST /attack-mode` waits for this node's fleet service to read the
+/// operation back from the bus before it answers.
+const FLEET_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Attack mode as `/status` and `/attack-mode` show it.
 fn attack_json(state: &AttackState, config: &Attack) -> serde_json::Value {

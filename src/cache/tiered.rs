@@ -56,12 +56,18 @@ impl TieredStore {
 }
 
 impl TieredStore {
+    /// Whether every stored object is indexed (no disk tier, or its start-up scan is done):
+    /// until then a purge reaches the files not yet indexed only through the scan.
+    pub fn index_ready(&self) -> bool {
+        self.disk.as_ref().is_none_or(|d| d.index_ready())
+    }
+
     /// Removes (or, `soft`, marks stale) every object the selector matches, in every tier.
     /// Blocking: walks both tiers.
     pub fn purge_selector(&self, selector: &Selector, soft: bool) -> Report {
         // Read before the walk: a scan finishing during it may have applied the purge to files
         // this count does not include.
-        let index_ready = self.disk.as_ref().is_none_or(|d| d.index_ready());
+        let index_ready = self.index_ready();
         // First, so that fills, promotions and rewrites in flight (here, or in another process
         // over the disk during an upgrade) cannot put back what this removes.
         let id = rand::random();

@@ -1615,6 +1615,32 @@ fn fleet_bus_and_operator_keys() {
     // Without [fleet] a node runs alone.
     assert!(parse(MINIMAL).unwrap().fleet.is_none());
 
+    // An NKey user seed; not an account's or operator's seed, not junk; one credential only.
+    let user = nkeys::KeyPair::new_user();
+    std::fs::write(dir.path().join("node.nk"), user.seed().unwrap()).unwrap();
+    let account = nkeys::KeyPair::new_account();
+    std::fs::write(dir.path().join("account.nk"), account.seed().unwrap()).unwrap();
+    std::fs::write(dir.path().join("junk.nk"), "SUnot-a-seed").unwrap();
+    let with = |keys: &str| {
+        format!(
+            "{MINIMAL}\n[fleet]\nservers = [\"nats://10.0.0.5:4222\"]\n{keys}\n\
+             verify_key = [\"operators.pub\"]\n"
+        )
+    };
+    let c = parse_in(&with("nkey_file = \"node.nk\""), dir.path()).unwrap();
+    assert!(matches!(c.fleet.unwrap().auth, FleetAuth::NKey(seed) if seed.starts_with("SU")));
+    for (keys, path) in [
+        ("nkey_file = \"account.nk\"", "fleet.nkey_file"),
+        ("nkey_file = \"junk.nk\"", "fleet.nkey_file"),
+        (
+            "nkey_file = \"node.nk\"\ntoken_file = \"nats.token\"",
+            "fleet.nkey_file",
+        ),
+    ] {
+        let errs = Config::parse(&with(keys), dir.path(), &Overrides::default()).unwrap_err();
+        assert_eq!(errs.0[0].path, path, "{keys}: {errs:#?}");
+    }
+
     // Everything wrong at once, each with its path.
     std::fs::write(dir.path().join("other.pub"), PRIVATE_PEM).unwrap();
     let bad = format!(

@@ -77,6 +77,10 @@ pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stre
         // An operation is small; a flood of them must not fill the servers' disks.
         max_message_size: i32::try_from(super::op::MAX_ENVELOPE).unwrap_or(i32::MAX),
         max_bytes: 1 << 30,
+        // Full, the stream refuses new operations (the publisher is told) rather than drop
+        // the oldest: a flood of junk must not push real purges out before slow nodes read
+        // them.
+        discard: stream::DiscardPolicy::New,
         num_replicas: cfg.replicas,
         // Only retention takes operations away: a bus user cannot empty the stream to make
         // every node drop its cache as if it had been away too long.

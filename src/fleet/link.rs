@@ -34,6 +34,10 @@ pub struct Link {
     /// the service counts it without applying it again (and the admin's answer counts what
     /// it purged, not zero because the bus was faster).
     local: Mutex<std::collections::HashSet<String>>,
+    /// The last sequence the service has read (applied, refused or not for this node), and
+    /// a wake-up for those waiting for one.
+    read: std::sync::atomic::AtomicU64,
+    moved: tokio::sync::Notify,
 }
 
 /// At most this many local operations await their return from the bus (a bus that never
@@ -67,6 +71,29 @@ impl Link {
     /// Whether operation `id`, back from the bus, was applied here by the admin API already.
     pub fn was_applied_here(&self, id: &str) -> bool {
         self.local().remove(id)
+    }
+
+    /// The service has read operation `seq`.
+    pub fn advanced(&self, seq: u64) {
+        self.read.store(seq, std::sync::atomic::Ordering::Release);
+        self.moved.notify_waiters();
+    }
+
+    /// Waits until the service has read operation `seq`, for at most `limit`; whether it has.
+    pub async fn wait_read(&self, seq: u64, limit: std::time::Duration) -> bool {
+        let reached = || self.read.load(std::sync::atomic::Ordering::Acquire) >= seq;
+        tokio::time::timeout(limit, async {
+            loop {
+                // Registered before the check: an advance in between is not missed.
+                let moved = self.moved.notified();
+                if reached() {
+                    return;
+                }
+                moved.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// The service connected with `cfg`.

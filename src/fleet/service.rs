@@ -77,6 +77,76 @@ impl Refusals {
     }
 }
 
+/// Where this node is in the stream, kept across sessions (the disk may trail it, see
+/// [`STORE_EVERY`] and [`Progress::persist`]), and the operations it refused lately.
+struct Progress {
+    position: state::Position,
+    /// Applied but not yet on disk; and when the last store was tried.
+    dirty: bool,
+    stored: Instant,
+    /// The latest sequences refused here (forged, stale, ...), newest last: the heartbeat
+    /// reports them, so that `fleet wait` does not call an operation done that nodes refused.
+    refused: std::collections::VecDeque<u64>,
+}
+
+/// Refused sequences a heartbeat carries.
+const REFUSED_KEPT: usize = 32;
+
+impl Progress {
+    fn new(position: state::Position) -> Progress {
+        Progress {
+            position,
+            dirty: false,
+            // The first operation after a quiet spell is stored at once.
+            stored: Instant::now()
+                .checked_sub(STORE_EVERY)
+                .unwrap_or_else(Instant::now),
+            refused: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn refuse(&mut self, seq: u64) {
+        if self.refused.len() >= REFUSED_KEPT {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(seq);
+    }
+
+    /// Makes the position durable if it changed and `STORE_EVERY` has passed (or `now`).
+    /// Not while the disk tier's start-up scan runs: a purge reaches the files it has not
+    /// indexed yet only through the scan, held in memory until then, so a position stored
+    /// past it would claim a purge a crash could lose. The disk keeps the older position, and
+    /// after a crash the node applies those operations again.
+    async fn persist(
+        &mut self,
+        state_dir: &Path,
+        cache: &EdgeCache,
+        now: bool,
+    ) -> Result<(), String> {
+        self.persist_if(state_dir, cache.store.index_ready(), now)
+            .await
+    }
+
+    /// [`Progress::persist`], told whether the disk tier's index is complete.
+    async fn persist_if(
+        &mut self,
+        state_dir: &Path,
+        index_ready: bool,
+        now: bool,
+    ) -> Result<(), String> {
+        if !self.dirty || (!now && self.stored.elapsed() < STORE_EVERY) {
+            return Ok(());
+        }
+        self.stored = Instant::now();
+        if !index_ready {
+            return Ok(());
+        }
+        store(state_dir, self.position.clone()).await?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
 /// Why a session with the bus ended without an error.
 enum Ended {
     Shutdown,
@@ -90,8 +160,12 @@ impl BackgroundService for FleetService {
         // Kept across reconnects: an operation delivered again after one is not applied twice.
         let mut seen = Seen::default();
         let first = self.live.current();
-        if first.config.fleet.is_some() {
-            self.restore_attack_mode(&first.config.node.state_dir);
+        let state_dir = first.config.node.state_dir.clone();
+        let mut progress = Progress::new(load(&state_dir).await);
+        // (At start the server closed the catch-up gate itself when [fleet] was there.)
+        let mut had_fleet = first.config.fleet.is_some();
+        if had_fleet {
+            self.restore_attack_mode(&state_dir);
         }
         loop {
             let snapshot = self.live.current();
@@ -99,14 +173,21 @@ impl BackgroundService for FleetService {
                 METRICS.fleet_connected(false);
                 // No fleet (any more): nothing to catch up with.
                 self.cache.catch_up.open();
+                had_fleet = false;
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(CONFIG_CHECK) => continue,
                 }
             };
+            if !had_fleet {
+                // [fleet] came with a reload: what the cache holds may have been purged by
+                // the fleet already, as after a start.
+                self.cache.catch_up.close(SystemTime::now());
+                had_fleet = true;
+            }
             let began = Instant::now();
             let result = self
-                .session(&cfg, &snapshot, &mut seen, &mut shutdown)
+                .session(&cfg, &snapshot, &mut seen, &mut progress, &mut shutdown)
                 .await;
             if began.elapsed() > MAX_BACKOFF {
                 // A session that lasted is not a failure in a row.
@@ -137,6 +218,7 @@ impl FleetService {
         cfg: &Fleet,
         snapshot: &Snapshot,
         seen: &mut Seen,
+        progress: &mut Progress,
         shutdown: &mut ShutdownWatch,
     ) -> Result<Ended, String> {
         let node = snapshot.config.node.id.clone();
@@ -145,7 +227,7 @@ impl FleetService {
         let client = bus::connect_counting(cfg, &node, connections.clone()).await?;
         let js = jetstream::new(client.clone());
         let mut stream = bus::stream(&js, cfg).await?;
-        let mut position = load(&state_dir).await;
+        let position = &mut progress.position;
         seen.raise(position.newest);
         let (first, last, identity) = {
             let info = stream
@@ -160,38 +242,40 @@ impl FleetService {
             )
         };
         let reset = position.stream.as_ref().is_some_and(|s| *s != identity) || position.seq > last;
-        let fell_off = position.seq > 0 && position.seq.saturating_add(1) < first;
+        // Also from position 0: a node that never read this stream (a new one, or one whose
+        // state dir was wiped) may hold copies that operations retention took have purged.
+        let fell_off = position.seq.saturating_add(1) < first;
         if reset || fell_off {
             // Operations this node never saw are gone (retention took them, or the stream was
-            // made again): it cannot know what they purged. Everything it holds is marked
-            // stale, so each copy is revalidated before it is served again, and still served
-            // if the origin fails (never off air).
-            tracing::error!(
-                "fleet: this node applied up to operation {} of {}, the stream now holds {first} \
-                 to {last} of {identity}: operations it never saw are lost; every cached \
-                 object is marked stale",
+            // made again): it cannot know what they purged.
+            self.lost(&format!(
+                "this node applied up to operation {} of {}, the stream now holds {first} to \
+                 {last} of {identity}",
                 position.seq,
                 position.stream.as_deref().unwrap_or("an unknown stream"),
-            );
-            let everything = crate::cache::purge::Selector::Prefix(String::new());
-            let report = self.cache.purge(&everything, true).await;
-            tracing::error!("fleet: marked {} cached objects stale", report.purged);
+            ))
+            .await;
             position.seq = first.saturating_sub(1);
         }
         if position.stream.as_deref() != Some(identity.as_str()) || reset || fell_off {
             position.stream = Some(identity);
-            store(&state_dir, position.clone()).await?;
+            progress.dirty = true;
         }
+        let position = &progress.position;
         METRICS.fleet_position(position.seq, Duration::ZERO);
-        // Caught up once everything stored before this connection is applied.
         if position.seq >= last {
             self.caught_up(position.seq);
+        } else {
+            // Behind (after a partition, say): until it has read on, copies stored before
+            // now may be of pages purged meanwhile (at start the server closed it already).
+            self.cache.catch_up.close(SystemTime::now());
         }
+        let start = position.seq.saturating_add(1);
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: bus::ops_subject(cfg),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: position.seq.saturating_add(1),
+                    start_sequence: start,
                 },
                 ..Default::default()
             })
@@ -212,10 +296,7 @@ impl FleetService {
         METRICS.fleet_connected(true);
         self.link
             .lend(client.clone(), js.clone(), cfg.clone(), heartbeats.clone());
-        tracing::info!(
-            "fleet: connected; reading operations from sequence {}",
-            position.seq.saturating_add(1)
-        );
+        tracing::info!("fleet: connected; reading operations from sequence {start}");
         let mut check = tokio::time::interval(CONFIG_CHECK);
         let mut beat = tokio::time::interval(status::INTERVAL);
         let mut refusals = Refusals::default();
@@ -225,12 +306,6 @@ impl FleetService {
         let connected = connections
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(1);
-        // Applied but not yet on disk; and when it last was (the first operation of the
-        // session is stored at once).
-        let mut dirty = false;
-        let mut stored = Instant::now()
-            .checked_sub(STORE_EVERY)
-            .unwrap_or_else(Instant::now);
         let ended = async { loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Ended::Shutdown),
@@ -238,14 +313,15 @@ impl FleetService {
                     // A missed heartbeat is not worth ending the session for: the next one
                     // comes in a few seconds.
                     if let Some(store) = &heartbeats {
-                        if let Err(e) = status::put(store, &self.heartbeat(position.seq)).await {
+                        let beat = self.heartbeat(progress.position.seq, &progress.refused);
+                        if let Err(e) = status::put(store, &beat).await {
                             tracing::debug!("fleet: {e}");
                         }
                     }
                 }
-                _ = tokio::time::sleep_until((stored + STORE_EVERY).into()), if dirty => {
-                    store(&state_dir, position.clone()).await?;
-                    (dirty, stored) = (false, Instant::now());
+                _ = tokio::time::sleep_until((progress.stored + STORE_EVERY).into()),
+                    if progress.dirty => {
+                    progress.persist(&state_dir, &self.cache, false).await?;
                 }
                 _ = check.tick() => {
                     // The client reconnects by itself; the metric follows its state.
@@ -266,11 +342,11 @@ impl FleetService {
                             .map_err(|e| format!("stream info: {e}"))?
                             .state
                             .last_sequence;
-                        if last > position.seq {
+                        if last > progress.position.seq {
                             return Err(format!(
                                 "the stream holds operations up to {last}, this node read up to \
                                  {} and none came for {STUCK_AFTER:?}",
-                                position.seq
+                                progress.position.seq
                             ));
                         }
                         progressed = Instant::now();
@@ -290,32 +366,45 @@ impl FleetService {
                         let ms = info.published.unix_timestamp_nanos() / 1_000_000;
                         (info.stream_sequence, u64::try_from(ms).unwrap_or(0), info.pending)
                     };
+                    let position = &mut progress.position;
                     if seq <= position.seq {
                         // The ordered consumer started again from the stream's start (it does
                         // after a reconnect before its first message): a new session reads
-                        // on from the stored position instead of applying old operations again.
+                        // on from the kept position instead of applying old operations again.
                         return Err(format!(
                             "the bus sent operation {seq} again (applied up to {})",
                             position.seq
                         ));
                     }
+                    if seq > position.seq + 1 {
+                        // The stream only holds operations, and only retention (from its
+                        // start) takes them away: a hole means some were taken from its middle.
+                        self.lost(&format!(
+                            "operations {} to {} are missing from the stream",
+                            position.seq + 1,
+                            seq - 1
+                        ))
+                        .await;
+                    }
                     progressed = Instant::now();
-                    self.handle(&message.payload, stored_at, cfg, seen, &mut position, &mut refusals)
+                    let refused = self
+                        .handle(&message.payload, stored_at, cfg, seen, position, &mut refusals)
                         .await;
                     position.seq = seq;
                     position.at = op::unix_ms(SystemTime::now());
                     position.newest = seen.newest();
-                    // Durable at once after a quiet spell, then at most every STORE_EVERY.
-                    dirty = true;
-                    if stored.elapsed() >= STORE_EVERY {
-                        store(&state_dir, position.clone()).await?;
-                        (dirty, stored) = (false, Instant::now());
+                    if refused {
+                        progress.refuse(seq);
                     }
+                    self.link.advanced(seq);
+                    // Durable at once after a quiet spell, then at most every STORE_EVERY.
+                    progress.dirty = true;
+                    progress.persist(&state_dir, &self.cache, false).await?;
                     if seq >= last || pending == 0 {
                         self.caught_up(seq);
                     }
                     let lag = if pending > 0 {
-                        Duration::from_millis(position.at.saturating_sub(stored_at))
+                        Duration::from_millis(progress.position.at.saturating_sub(stored_at))
                     } else {
                         Duration::ZERO
                     };
@@ -324,16 +413,17 @@ impl FleetService {
             }
         } }
         .await;
-        // Whatever ended the session, what was applied is on disk before the next one reads
-        // on from there (else it would meet its own operations again, as replays).
-        if dirty {
-            store(&state_dir, position).await?;
-        }
+        // Whatever ended the session, what was applied is on disk (a clean stop, a reconnect).
+        progress.persist(&state_dir, &self.cache, true).await?;
         ended
     }
 
     /// This node as the fleet status shows it.
-    fn heartbeat(&self, applied: u64) -> status::Heartbeat {
+    fn heartbeat(
+        &self,
+        applied: u64,
+        refused: &std::collections::VecDeque<u64>,
+    ) -> status::Heartbeat {
         let snapshot = self.live.current();
         let origins_down = snapshot
             .pools
@@ -356,8 +446,21 @@ impl FleetService {
             cache_memory_objects: self.cache.memory.objects(),
             origins_down,
             at: op::unix_ms(SystemTime::now()),
+            refused: refused.iter().copied().collect(),
             doubtful: false,
         }
+    }
+
+    /// Operations this node never saw are gone: it cannot know what they purged, so every
+    /// copy it holds is marked stale (revalidated before it is served again, and still served
+    /// if the origin fails: never off air). Loudly.
+    async fn lost(&self, why: &str) {
+        tracing::error!(
+            "fleet: {why}: operations it never saw are lost; every cached object is marked stale"
+        );
+        let everything = crate::cache::purge::Selector::Prefix(String::new());
+        let report = self.cache.purge(&everything, true).await;
+        tracing::error!("fleet: marked {} cached objects stale", report.purged);
     }
 
     /// Everything published until this connection is applied: copies stored before the start
@@ -370,6 +473,7 @@ impl FleetService {
     }
 
     /// Verifies one operation and applies it if it is meant for this node; counts the result.
+    /// Whether it was refused (not for another node: refused as forged, stale, invalid...).
     async fn handle(
         &self,
         envelope: &[u8],
@@ -378,7 +482,7 @@ impl FleetService {
         seen: &mut Seen,
         position: &mut state::Position,
         refusals: &mut Refusals,
-    ) {
+    ) -> bool {
         let op = match op::verify(
             envelope,
             &cfg.verify_keys,
@@ -391,7 +495,7 @@ impl FleetService {
             Err(refusal) => {
                 METRICS.fleet_op("unknown", refusal.label());
                 refusals.log(refusal.label());
-                return;
+                return true;
             }
         };
         let snapshot = self.live.current();
@@ -399,7 +503,7 @@ impl FleetService {
         let kind = op.action.kind();
         if !op.scope.includes(&node.id, &node.region) {
             METRICS.fleet_op(kind, "not_in_scope");
-            return;
+            return false;
         }
         if let Action::AttackMode { mode } = &op.action {
             // An older attack-mode operation (replayed by whoever holds the bus) never
@@ -411,7 +515,7 @@ impl FleetService {
             {
                 METRICS.fleet_op(kind, "stale");
                 refusals.log("stale");
-                return;
+                return true;
             }
             position.attack = Some(state::AttackRecord {
                 mode: mode.clone(),
@@ -421,16 +525,18 @@ impl FleetService {
         if self.link.was_applied_here(&op.id) {
             // This node's admin API published it and applied it here itself.
             METRICS.fleet_op(kind, "applied");
-            return;
+            return false;
         }
         match self.apply(&op, &snapshot).await {
             Ok(what) => {
                 METRICS.fleet_op(kind, "applied");
                 tracing::info!(id = %op.id, scope = %op.scope, "fleet: applied {kind}: {what}");
+                false
             }
             Err(e) => {
                 METRICS.fleet_op(kind, "invalid");
                 tracing::warn!(id = %op.id, "fleet: cannot apply {kind}: {e}");
+                true
             }
         }
     }
@@ -488,4 +594,36 @@ async fn store(state_dir: &Path, position: state::Position) -> Result<(), String
         .await
         .map_err(|e| format!("storing the fleet position: {e}"))?
         .map_err(|e| format!("storing the fleet position in {}: {e}", state_dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The position on disk never claims what a crash could lose: not while the disk tier's
+    /// scan holds purges in memory; at most every STORE_EVERY under load; at once when asked.
+    #[tokio::test]
+    async fn the_position_is_stored_only_when_it_cannot_be_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut progress = Progress::new(state::Position::default());
+        progress.position.seq = 7;
+        progress.dirty = true;
+        progress.persist_if(dir.path(), false, true).await.unwrap();
+        assert_eq!(state::load(dir.path()).seq, 0, "stored during the scan");
+        assert!(progress.dirty);
+        // The scan is done: the next try stores it (not before STORE_EVERY unless asked).
+        progress.persist_if(dir.path(), true, false).await.unwrap();
+        assert_eq!(
+            state::load(dir.path()).seq,
+            0,
+            "stored again within STORE_EVERY"
+        );
+        progress.persist_if(dir.path(), true, true).await.unwrap();
+        assert_eq!(state::load(dir.path()).seq, 7);
+        assert!(!progress.dirty);
+        progress.position.seq = 8;
+        progress.dirty = true;
+        progress.persist_if(dir.path(), true, false).await.unwrap();
+        assert_eq!(state::load(dir.path()).seq, 7);
+    }
 }

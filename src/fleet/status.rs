@@ -36,6 +36,9 @@ pub struct Heartbeat {
     pub origins_down: Vec<String>,
     /// When it was put, UNIX milliseconds.
     pub at: u64,
+    /// The latest operations this node refused (forged, stale, invalid), up to 32.
+    #[serde(default)]
+    pub refused: Vec<u64>,
     /// Set by the reader, never sent: the heartbeat claims operations the stream does not
     /// hold, so no node wrote it (the bucket is as open as the bus's permissions make it).
     #[serde(skip)]
@@ -193,10 +196,12 @@ pub fn fleet_json(beats: &[Heartbeat], now_ms: u64) -> serde_json::Value {
 /// which are silent (they will when they are back); heartbeats no node wrote count for nothing.
 pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value {
     let (mut applied, mut pending, mut silent) = (Vec::new(), Vec::new(), Vec::new());
-    let mut doubtful = Vec::new();
+    let (mut doubtful, mut refused) = (Vec::new(), Vec::new());
     for b in beats {
         if b.doubtful {
             doubtful.push(b.id.clone());
+        } else if b.refused.contains(&seq) {
+            refused.push(b.id.clone());
         } else if b.applied >= seq {
             applied.push(b.id.clone());
         } else if b.silent(now_ms) {
@@ -210,8 +215,10 @@ pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value 
         "applied": applied,
         "pending": pending,
         "silent": silent,
+        "refused": refused,
         "doubtful": doubtful,
-        "done": pending.is_empty() && !applied.is_empty(),
+        // Done: every node that is not silent has applied it, none refused it.
+        "done": pending.is_empty() && refused.is_empty() && !applied.is_empty(),
     })
 }
 
@@ -267,6 +274,7 @@ mod tests {
             cache_memory_objects: 0,
             origins_down: vec![],
             at,
+            refused: vec![],
             doubtful: false,
         }
     }
@@ -289,6 +297,12 @@ mod tests {
         assert_eq!(fleet["nodes"][2]["state"], "silent");
         let table = table(&beats, now);
         assert!(table.lines().nth(3).unwrap().contains("silent"), "{table}");
+        // A node that refused it (its clock, or a key it does not have yet): not done.
+        let mut refusing = beats[0].clone();
+        refusing.refused = vec![6];
+        let op = op_json(&[refusing], 6, now);
+        assert_eq!(op["refused"], serde_json::json!(["a"]));
+        assert_eq!(op["done"], false);
         // A heartbeat no node wrote (it claims what the stream does not hold) makes no one
         // done, and lags no one.
         let mut forged = beat("x", u64::MAX, now);

@@ -33,7 +33,6 @@ pub fn binary() -> PathBuf {
 
 impl Nats {
     pub async fn start() -> Nats {
-        let dir = tempfile::tempdir().unwrap();
         Nats::start_with(Vec::new()).await
     }
 

@@ -147,6 +147,13 @@ async fn a_signed_purge_from_the_cli_reaches_every_node_and_a_forged_one_none() 
     let r = hcm.admin("GET", &format!("/fleet/ops/{seq}")).await;
     let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(op["done"], true, "{op}");
+    // The forged one is not "done" because every node read past it: they refused it.
+    let r = hcm
+        .admin("GET", &format!("/fleet/ops/{}", forged["seq"]))
+        .await;
+    let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(op["done"], false, "{op}");
+    assert_eq!(op["refused"].as_array().map(Vec::len), Some(6), "{op}");
     let out = std::process::Command::new(onair_bin())
         .args(["fleet", "status", "--servers", &nats.url])
         .output()
@@ -384,9 +391,15 @@ async fn the_operation_stream_cannot_be_emptied_from_the_bus() {
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "x"]);
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("ONAIR").await.unwrap();
+    let mut stream = js.get_stream("ONAIR").await.unwrap();
     assert!(stream.purge().await.is_err());
     assert!(stream.delete_message(1).await.is_err());
+    // Full, it refuses new operations rather than drop old ones nodes may not have read.
+    let info = stream.info().await.unwrap();
+    assert_eq!(
+        info.config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
 }
 
 /// After the bus comes back, the node reads on from where it was: operations it applied
@@ -466,6 +479,31 @@ async fn admin_calls_with_a_scope_go_to_the_fleet() {
     );
     assert!(other.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
     assert_eq!(get(other.http, "a", "/story").await.unwrap().text(), "v2");
+
+    // Attack mode fleet-wide: the signer switches as the others do, in the stream's order
+    // (it answers once its own fleet service has read the operation back).
+    let r = signer
+        .admin_post("/attack-mode", r#"{"mode": "on", "scope": "fleet"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["read_here"], true, "{answer}");
+    assert_eq!(answer["active"], true, "{answer}");
+    assert!(
+        other
+            .metric_becomes("onair_attack_mode", |v| v == 1.0)
+            .await
+    );
+    let r = signer
+        .admin_post("/attack-mode", r#"{"mode": "off", "scope": "fleet"}"#)
+        .await;
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["active"], false, "{answer}");
+    assert!(
+        other
+            .metric_becomes("onair_attack_mode", |v| v == 0.0)
+            .await
+    );
 
     // Without a signing key: refused, with the reason.
     let r = other
@@ -838,4 +876,132 @@ async fn a_burst_of_purges_is_applied_in_full_and_a_clean_stop_keeps_the_positio
             .await
     );
     assert_eq!(n.metric(APPLIED_PURGES).await, Some(1.0));
+}
+
+/// A stream the test can empty or cut into, as retention (or a bus user without the nodes'
+/// protections) would.
+async fn deletable_stream(url: &str) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ONAIR".into(),
+            subjects: vec!["onair.ops".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// A node that never read this stream (new, or its state dir wiped while its disk stayed) and
+/// comes to a fleet whose operations retention has all taken: it cannot know what they purged,
+/// so it marks its copies stale and reads on from the stream's end (caught up, not stuck
+/// waiting for operations that are gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_read_a_stream_whose_start_is_gone_marks_its_copies_stale() {
+    let nats = Nats::start().await;
+    let stream = deletable_stream(&nats.url).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let disk = tempfile::tempdir().unwrap();
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
+    n.signal("KILL");
+    std::fs::remove_file(n.dir.path().join("state/fleet.position")).ok();
+    fleet_cli(&nats.url, &operator, &["purge", "--url", "http://a/kept"]);
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "other"]);
+    stream.purge().await.unwrap();
+    origin.set(tagged("election", "v2"));
+    n.restart().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            n.stderr().contains("caught up at operation 2")
+        })
+        .await,
+        "{}",
+        n.stderr()
+    );
+    assert!(n.stderr().contains("operations it never saw are lost"));
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v2");
+}
+
+/// Operations taken from the middle of the stream (deleted by whoever could) are a loss the
+/// node notices: it marks its copies stale rather than jump over the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_in_the_stream_marks_every_copy_stale() {
+    let nats = Nats::start().await;
+    let stream = deletable_stream(&nats.url).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let disk = tempfile::tempdir().unwrap();
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "nothing-yet"]);
+    assert!(
+        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 1.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
+    n.signal("KILL");
+    let purge = fleet_cli(&nats.url, &operator, &["purge", "--url", "http://a/kept"]);
+    fleet_cli(&nats.url, &operator, &["purge", "--tag", "other"]);
+    stream
+        .delete_message(purge["seq"].as_u64().unwrap())
+        .await
+        .unwrap();
+    origin.set(tagged("election", "v2"));
+    n.restart().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            n.stderr().contains("caught up at operation 3")
+        })
+        .await,
+        "{}",
+        n.stderr()
+    );
+    assert!(
+        n.stderr().contains("operations 2 to 2 are missing"),
+        "{}",
+        n.stderr()
+    );
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v2");
+}
+
+/// `[fleet]` added by a reload while the bus is out of reach: the copies the node holds may
+/// have been purged by the fleet already, so they are revalidated before they are served,
+/// as after a start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_added_by_a_reload_revalidates_what_the_node_holds() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(tagged("election", "v1"));
+    let mut setup = Setup::new(one_site(origin.addr, "", ""));
+    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".to_owned();
+    let n = Onair::start(setup).await;
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
+    origin.set(tagged("election", "v2"));
+    // A bus nobody answers on.
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let mut setup = Setup::new(format!(
+        "{}\n[fleet]\nservers = [\"{dead}\"]\nverify_key = [\"{}\"]\n",
+        one_site(origin.addr, "", ""),
+        public.display()
+    ));
+    setup.node_extra = "id = \"edge-hn-1\"\nregion = \"hn\"\n".to_owned();
+    n.rewrite(&setup);
+    let r = n.admin("POST", "/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(n.http, "a", "/kept").await.unwrap().text() == "v2"
+        })
+        .await
+    );
 }
