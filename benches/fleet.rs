@@ -363,18 +363,30 @@ async fn cost(window: Duration) -> Cost {
 fn print_propagation(name: &str, floor: &str, p: &Propagation) {
     let row = |v: &[f64]| {
         if v.is_empty() {
-            return "- | -".to_owned();
+            return "- | - | - | - | -".to_owned();
         }
-        format!("{:.1} | {:.1}", percentile(v, 0.5), percentile(v, 0.99))
+        let over = v.iter().filter(|ms| **ms > 150.0).count();
+        format!(
+            "{:.1} | {:.1} | {:.1} | {:.1} | {over}",
+            percentile(v, 0.5),
+            percentile(v, 0.9),
+            percentile(v, 0.99),
+            v[v.len() - 1],
+        )
     };
     println!(
-        "| {name} | {} | {} | {} | {} | {floor} | {} |",
+        "| {name} | last of all 6 | {} | {} | {floor} | {} |",
         p.last.len(),
         row(&p.last),
-        row(&p.by_region[0]),
-        row(&p.by_region[1]),
-        p.leader,
+        p.leader
     );
+    for (r, region) in REGIONS.iter().enumerate() {
+        println!(
+            "| {name} | last of {region} | {} | {} | | |",
+            p.by_region[r].len(),
+            row(&p.by_region[r])
+        );
+    }
     if p.missing > 0 {
         println!(
             "| ({} purges not applied by every node within 30 s) |",
@@ -396,7 +408,7 @@ async fn main() {
     };
     println!("\n### Purge propagation, publish returned → applied (ms), {count} purges at 50/s\n");
     println!(
-        "| network | purges | last node p50 | p99 | last hn node p50 | p99 | last hcm node p50 | p99 | floor | stream in |"
+        "| network | nodes | purges | p50 | p90 | p99 | max | over 150 ms | floor | stream in |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     if !only_cost {

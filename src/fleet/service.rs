@@ -300,22 +300,34 @@ impl FleetService {
         let mut check = tokio::time::interval(CONFIG_CHECK);
         let mut beat = tokio::time::interval(status::INTERVAL);
         let mut refusals = Refusals::default();
-        // When the node last moved on in the stream (or looked and had nothing to read).
+        // When the node last read an operation (or the session began).
         let mut progressed = Instant::now();
         // The first connection's event may come after this: only a second one is a reconnect.
         let connected = connections
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(1);
+        let mut beating: Option<tokio::task::JoinHandle<()>> = None;
+        // Answers to "is the stream ahead of this node?" (see STUCK_AFTER), and when it was
+        // last asked.
+        let mut asked = Instant::now();
+        let (last_tx, mut last_rx) = tokio::sync::mpsc::channel::<Result<u64, String>>(1);
         let ended = async { loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Ended::Shutdown),
                 _ = beat.tick() => {
-                    // A missed heartbeat is not worth ending the session for: the next one
-                    // comes in a few seconds.
+                    // On a task of its own: the bucket may live in another region, a round
+                    // trip of a few hundred ms that must not hold up the operations. One at a
+                    // time; a missed heartbeat is not worth ending the session for, the next
+                    // one comes in a few seconds.
                     if let Some(store) = &heartbeats {
-                        let beat = self.heartbeat(progress.position.seq, &progress.refused);
-                        if let Err(e) = status::put(store, &beat).await {
-                            tracing::debug!("fleet: {e}");
+                        if beating.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                            let beat = self.heartbeat(progress.position.seq, &progress.refused);
+                            let store = store.clone();
+                            beating = Some(tokio::spawn(async move {
+                                if let Err(e) = status::put(&store, &beat).await {
+                                    tracing::debug!("fleet: {e}");
+                                }
+                            }));
                         }
                     }
                 }
@@ -333,27 +345,32 @@ impl FleetService {
                         // with a new one.
                         return Err("the bus connection was made again".to_owned());
                     }
-                    if progressed.elapsed() >= STUCK_AFTER {
-                        // The stream holds operations this node has not read, and none came:
-                        // the consumer went with a server of the cluster (no reconnect here).
-                        let last = stream
-                            .get_info()
-                            .await
-                            .map_err(|e| format!("stream info: {e}"))?
-                            .state
-                            .last_sequence;
-                        if last > progress.position.seq {
-                            return Err(format!(
-                                "the stream holds operations up to {last}, this node read up to \
-                                 {} and none came for {STUCK_AFTER:?}",
-                                progress.position.seq
-                            ));
-                        }
-                        progressed = Instant::now();
+                    if progressed.elapsed() >= STUCK_AFTER && asked.elapsed() >= STUCK_AFTER {
+                        // Quiet for a while: does the stream hold operations this node has not
+                        // read? Asked on the side, as the answer may be a far region's round
+                        // trip away and an operation may come meanwhile.
+                        asked = Instant::now();
+                        let (stream, answer) = (stream.clone(), last_tx.clone());
+                        tokio::spawn(async move {
+                            let last = stream.get_info().await.map(|i| i.state.last_sequence);
+                            let _ = answer.try_send(last.map_err(|e| format!("stream info: {e}")));
+                        });
                     }
                     if self.live.current().config.fleet.as_ref() != Some(cfg) {
                         tracing::info!("fleet: [fleet] changed; reconnecting with it");
                         return Ok(Ended::Reconfigured);
+                    }
+                }
+                Some(last) = last_rx.recv() => {
+                    let last = last?;
+                    if last > progress.position.seq && progressed < asked {
+                        // The stream holds operations this node has not read, and none came:
+                        // the consumer went with a server of the cluster (no reconnect here).
+                        return Err(format!(
+                            "the stream holds operations up to {last}, this node read up to {} \
+                             and none came for {STUCK_AFTER:?}",
+                            progress.position.seq
+                        ));
                     }
                 }
                 next = messages.next() => {

@@ -182,6 +182,7 @@ pub fn fleet_json(beats: &[Heartbeat], now_ms: u64) -> serde_json::Value {
                 "cache_memory_bytes": b.cache_memory_bytes,
                 "cache_memory_objects": b.cache_memory_objects,
                 "origins_down": b.origins_down,
+                "refused": b.refused,
             })
         })
         .collect();
