@@ -69,27 +69,45 @@ pub async fn connect_counting(
 /// The operation stream, created if it does not exist yet (the first node to connect creates
 /// it; later ones find it; publishers never create it, see [`publish`]).
 pub async fn stream(js: &jetstream::Context, cfg: &Fleet) -> Result<stream::Stream, String> {
-    js.get_or_create_stream(stream::Config {
-        name: cfg.stream.clone(),
-        subjects: vec![ops_subject(cfg)],
-        max_age: cfg.retention,
-        storage: stream::StorageType::File,
-        // An operation is small; a flood of them must not fill the servers' disks.
-        max_message_size: i32::try_from(super::op::MAX_ENVELOPE).unwrap_or(i32::MAX),
-        max_bytes: 1 << 30,
-        // Full, the stream refuses new operations (the publisher is told) rather than drop
-        // the oldest: a flood of junk must not push real purges out before slow nodes read
-        // them.
-        discard: stream::DiscardPolicy::New,
-        num_replicas: cfg.replicas,
-        // Only retention takes operations away: a bus user cannot empty the stream to make
-        // every node drop its cache as if it had been away too long.
-        deny_purge: true,
-        deny_delete: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("JetStream stream {}: {e}", cfg.stream))
+    let mut stream = js
+        .get_or_create_stream(stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![ops_subject(cfg)],
+            max_age: cfg.retention,
+            storage: stream::StorageType::File,
+            // An operation is small; a flood of them must not fill the servers' disks.
+            max_message_size: i32::try_from(super::op::MAX_ENVELOPE).unwrap_or(i32::MAX),
+            max_bytes: 1 << 30,
+            // Full, the stream refuses new operations (the publisher is told) rather than drop
+            // the oldest: a flood of junk must not push real purges out before slow nodes read
+            // them.
+            discard: stream::DiscardPolicy::New,
+            num_replicas: cfg.replicas,
+            // Only retention takes operations away: a bus user cannot empty the stream to make
+            // every node drop its cache as if it had been away too long.
+            deny_purge: true,
+            deny_delete: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("JetStream stream {}: {e}", cfg.stream))?;
+    // Made by something else with more subjects, its sequences would have holes a node takes
+    // for lost operations.
+    let subjects = stream
+        .info()
+        .await
+        .map_err(|e| format!("JetStream stream {}: {e}", cfg.stream))?
+        .config
+        .subjects
+        .clone();
+    if subjects != [ops_subject(cfg)] {
+        return Err(format!(
+            "JetStream stream {} takes {subjects:?}, not only {}: it was made by something else",
+            cfg.stream,
+            ops_subject(cfg)
+        ));
+    }
+    Ok(stream)
 }
 
 /// Publishes a signed operation; returns its stream sequence once the stream has stored it.

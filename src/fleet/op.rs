@@ -304,9 +304,11 @@ pub fn verify(
     // Signed by an operator: only now is the payload worth parsing.
     let op: Operation = serde_json::from_slice(&payload).map_err(|_| Refusal::Malformed)?;
     let window_ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
-    // Issued too far from when the bus stored it, or after this node's own now: an operation
+    // Issued too far from when the bus stored it, or well after this node's own now (twice
+    // the window: the operator's clock and this node's may each be off by one): an operation
     // from the future would raise `newest` and shut out genuine ones until then.
-    if op.issued_at.abs_diff(stored_at) > window_ms || op.issued_at > now.saturating_add(window_ms)
+    if op.issued_at.abs_diff(stored_at) > window_ms
+        || op.issued_at > now.saturating_add(window_ms.saturating_mul(2))
     {
         return Err(Refusal::Stale);
     }
@@ -543,5 +545,19 @@ mod tests {
             Err(Refusal::Stale)
         );
         assert_eq!(seen.newest(), new.issued_at);
+        // Clocks off within the window each: the bus half a window behind the operator, this
+        // node a window and a tenth behind. Genuine, so acted on.
+        let skewed = Operation::new(Scope::Fleet, purge_tags(&["y"]));
+        let w = 300_000;
+        let at = skewed.issued_at;
+        assert!(verify(
+            &skewed.sign(&sign),
+            &verify_keys,
+            at - w / 2,
+            at - 11 * w / 10,
+            SKEW,
+            &mut Seen::default()
+        )
+        .is_ok());
     }
 }

@@ -87,7 +87,14 @@ struct Progress {
     /// The latest sequences refused here (forged, stale, ...), newest last: the heartbeat
     /// reports them, so that `fleet wait` does not call an operation done that nodes refused.
     refused: std::collections::VecDeque<u64>,
+    /// Since when a store has waited for the disk index, and whether that was logged.
+    unstored_since: Option<Instant>,
+    warned: bool,
 }
+
+/// A position held back this long by an incomplete disk index is logged (a scan that cannot
+/// finish, say, would otherwise keep it from the disk without a word).
+const UNSTORED_WARN: Duration = Duration::from_secs(60);
 
 /// Refused sequences a heartbeat carries.
 const REFUSED_KEPT: usize = 32;
@@ -102,6 +109,8 @@ impl Progress {
                 .checked_sub(STORE_EVERY)
                 .unwrap_or_else(Instant::now),
             refused: std::collections::VecDeque::new(),
+            unstored_since: None,
+            warned: false,
         }
     }
 
@@ -139,8 +148,20 @@ impl Progress {
         }
         self.stored = Instant::now();
         if !index_ready {
+            let since = *self.unstored_since.get_or_insert(self.stored);
+            if since.elapsed() >= UNSTORED_WARN && !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    "fleet: the position ({}) is not stored while the disk cache's index is \
+                     incomplete (for {:?} now; see the disk scan's log): after a restart this \
+                     node applies the operations since the last stored one again",
+                    self.position.seq,
+                    since.elapsed()
+                );
+            }
             return Ok(());
         }
+        (self.unstored_since, self.warned) = (None, false);
         store(state_dir, self.position.clone()).await?;
         self.dirty = false;
         Ok(())
@@ -271,6 +292,8 @@ impl FleetService {
             self.cache.catch_up.close(SystemTime::now());
         }
         let start = position.seq.saturating_add(1);
+        // Sequences count from here in this stream (it may have been made again).
+        self.link.advanced(position.seq);
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: bus::ops_subject(cfg),
@@ -310,6 +333,7 @@ impl FleetService {
         // Answers to "is the stream ahead of this node?" (see STUCK_AFTER), and when it was
         // last asked.
         let mut asked = Instant::now();
+        let mut behind_once = false;
         let (last_tx, mut last_rx) = tokio::sync::mpsc::channel::<Result<u64, String>>(1);
         let ended = async { loop {
             tokio::select! {
@@ -363,7 +387,12 @@ impl FleetService {
                 }
                 Some(last) = last_rx.recv() => {
                     let last = last?;
-                    if last > progress.position.seq && progressed < asked {
+                    // Behind with nothing read since the question, twice in a row (once could
+                    // be an operation stored just before the answer and not yet delivered).
+                    let behind = last > progress.position.seq && progressed < asked;
+                    if behind && !behind_once {
+                        behind_once = true;
+                    } else if behind {
                         // The stream holds operations this node has not read, and none came:
                         // the consumer went with a server of the cluster (no reconnect here).
                         return Err(format!(
@@ -371,6 +400,8 @@ impl FleetService {
                              and none came for {STUCK_AFTER:?}",
                             progress.position.seq
                         ));
+                    } else {
+                        behind_once = false;
                     }
                 }
                 next = messages.next() => {
@@ -430,8 +461,15 @@ impl FleetService {
             }
         } }
         .await;
+        if let Some(beating) = beating {
+            // A put still on its way must not land after the next session's first one.
+            beating.abort();
+        }
         // Whatever ended the session, what was applied is on disk (a clean stop, a reconnect).
-        progress.persist(&state_dir, &self.cache, true).await?;
+        // A failure here is logged, never in the way of a shutdown.
+        if let Err(e) = progress.persist(&state_dir, &self.cache, true).await {
+            tracing::warn!("fleet: {e}");
+        }
         ended
     }
 

@@ -89,7 +89,8 @@ pub async fn store(js: &jetstream::Context, cfg: &Fleet) -> Result<kv::Store, St
         max_age: FORGET_AFTER,
         max_message_size: 64 << 10,
         storage: stream::StorageType::File,
-        allow_rollup: true,
+        // A put never needs a roll-up; a node's key could otherwise wipe every heartbeat.
+        allow_rollup: false,
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,

@@ -770,6 +770,29 @@ async fn the_shipped_nats_users_let_nodes_read_and_only_operators_publish() {
         String::from_utf8_lossy(&as_operator.stderr)
     );
     assert!(n.metric_becomes(APPLIED_PURGES, |v| v == 1.0).await);
+    // Nor can it make a stream of its own (which could republish into the operations).
+    let seed = std::fs::read_to_string(&node_seed).unwrap();
+    let as_node = async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        .connect(&nats.url)
+        .await
+        .unwrap();
+    let made = async_nats::jetstream::new(as_node)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ELSEWHERE".into(),
+            subjects: vec!["elsewhere".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(made.is_err(), "a node's key made a stream");
+    // The node reads the fleet's heartbeats (GET /fleet) with its key.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            n.admin("GET", "/fleet").await.text().contains("edge-hn-1")
+        })
+        .await,
+        "{}",
+        n.admin("GET", "/fleet").await.text()
+    );
     // The node's heartbeat went through: the operator sees it.
     assert!(
         eventually(Duration::from_secs(20), || async {
