@@ -44,6 +44,8 @@ impl Nats {
     /// [`Nats::start_with`] with environment variables (a config file's `$NAME`s).
     pub async fn start_with_env(extra: Vec<String>, env: Vec<(String, String)>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
+        let mut extra = extra;
+        extra.push("-js".into());
         let (child, port) = spawn(&dir, -1, &extra, &env).await;
         Nats {
             child: Some(child),
@@ -87,6 +89,7 @@ impl Nats {
             let dir = tempfile::tempdir().unwrap();
             let port = clients[i];
             let cluster = vec![
+                "-js".to_owned(),
                 "--server_name".to_owned(),
                 format!("n{i}"),
                 "--cluster_name".to_owned(),
@@ -142,7 +145,7 @@ async fn spawn(
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).unwrap();
     let mut child = Command::new(binary())
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .arg("-sd")
         .arg(dir.path().join("store"))
         .arg("--ports_file_dir")
