@@ -117,6 +117,24 @@ impl Fleet {
     pub const DEFAULT_STREAM: &'static str = "ONAIR";
     pub const DEFAULT_SUBJECT: &'static str = "onair";
     pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+
+    /// The bus settings of a publisher that has no node's config (`onair fleet --servers`):
+    /// the defaults, no credentials, no keys.
+    pub fn publisher(servers: Vec<String>) -> Fleet {
+        Fleet {
+            servers,
+            auth: FleetAuth::None,
+            ca_file: None,
+            stream: Fleet::DEFAULT_STREAM.to_owned(),
+            subject: Fleet::DEFAULT_SUBJECT.to_owned(),
+            verify_keys: Vec::new(),
+            sign_key: None,
+            max_skew: Fleet::DEFAULT_MAX_SKEW,
+            // Publishers never create the operation stream (the nodes do, with theirs).
+            retention: Duration::from_secs(7 * 86_400),
+            replicas: 1,
+        }
+    }
 }
 
 /// How a node proves itself to NATS.

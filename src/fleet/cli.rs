@@ -29,19 +29,7 @@ impl Publisher {
                 .map_err(|e| format!("{}: {e}", path.display()))?
                 .fleet
                 .ok_or_else(|| format!("{} has no [fleet] section", path.display()))?,
-            None => Fleet {
-                servers: Vec::new(),
-                auth: FleetAuth::None,
-                ca_file: None,
-                stream: Fleet::DEFAULT_STREAM.to_owned(),
-                subject: Fleet::DEFAULT_SUBJECT.to_owned(),
-                verify_keys: Vec::new(),
-                sign_key: None,
-                max_skew: Fleet::DEFAULT_MAX_SKEW,
-                // Publishers never create the operation stream (the nodes do, with theirs).
-                retention: Duration::from_secs(7 * 86_400),
-                replicas: 1,
-            },
+            None => Fleet::publisher(Vec::new()),
         };
         if !self.servers.is_empty() {
             fleet.servers = self.servers.clone();

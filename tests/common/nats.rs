@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use onair::config::{Fleet, FleetAuth};
+use onair::config::Fleet;
 use onair::fleet::keys::SignKey;
 use onair::fleet::op::{Action, Operation, Scope};
 use std::process::{Child, Command, Stdio};
@@ -256,18 +256,7 @@ pub struct Operator {
 
 impl Operator {
     pub async fn connect(url: &str, key: &Path) -> Operator {
-        let fleet = Fleet {
-            servers: vec![url.to_owned()],
-            auth: FleetAuth::None,
-            ca_file: None,
-            stream: Fleet::DEFAULT_STREAM.to_owned(),
-            subject: Fleet::DEFAULT_SUBJECT.to_owned(),
-            verify_keys: Vec::new(),
-            sign_key: None,
-            max_skew: Fleet::DEFAULT_MAX_SKEW,
-            retention: Duration::from_secs(86_400),
-            replicas: 1,
-        };
+        let fleet = Fleet::publisher(vec![url.to_owned()]);
         let client = onair::fleet::bus::connect(&fleet, "bench-operator")
             .await
             .unwrap();

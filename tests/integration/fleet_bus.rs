@@ -313,33 +313,16 @@ async fn a_node_away_during_purges_does_not_serve_them_from_disk() {
 async fn a_node_whose_position_fell_off_the_stream_revalidates_its_copies_once() {
     let nats = Nats::start().await;
     // Made here as retention would act on it: one that can be emptied.
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: "ONAIR".into(),
-        subjects: vec!["onair.ops".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stream = deletable_stream(&nats.url).await;
     let keys = tempfile::tempdir().unwrap();
     let (operator, public) = operator_keys(keys.path(), "operator");
     let disk = tempfile::tempdir().unwrap();
     let origin = Origin::start("origin").await;
-    origin.set(tagged("election", "v1"));
-    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
-    fleet_cli(&nats.url, &operator, &["purge", "--tag", "nothing-yet"]);
-    assert!(
-        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 1.0)
-            .await
-    );
-    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
-
-    n.signal("KILL");
+    let mut n = killed_at_one(&nats, &operator, &public, &origin, disk.path()).await;
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "something"]);
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "something-else"]);
     // Retention took them (here: the whole stream is emptied).
-    js.get_stream("ONAIR").await.unwrap().purge().await.unwrap();
+    stream.purge().await.unwrap();
 
     origin.set(tagged("election", "v2"));
     n.restart().await;
@@ -915,6 +898,27 @@ async fn deletable_stream(url: &str) -> async_nats::jetstream::stream::Stream {
         .unwrap()
 }
 
+/// A node with a disk cache at `disk` that applied operation 1 and stored `/kept` ("v1" from
+/// `origin`), then killed (SIGKILL).
+async fn killed_at_one(
+    nats: &Nats,
+    operator: &Path,
+    public: &Path,
+    origin: &Origin,
+    disk: &Path,
+) -> Onair {
+    origin.set(tagged("election", "v1"));
+    let n = node_with_disk("edge-hn-1", &nats.url, public, origin, disk).await;
+    fleet_cli(&nats.url, operator, &["purge", "--tag", "nothing-yet"]);
+    assert!(
+        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 1.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
+    n.signal("KILL");
+    n
+}
+
 /// A node that never read this stream (new, or its state dir wiped while its disk stayed) and
 /// comes to a fleet whose operations retention has all taken: it cannot know what they purged,
 /// so it marks its copies stale and reads on from the stream's end (caught up, not stuck
@@ -927,15 +931,9 @@ async fn a_node_that_never_read_a_stream_whose_start_is_gone_marks_its_copies_st
     let (operator, public) = operator_keys(keys.path(), "operator");
     let disk = tempfile::tempdir().unwrap();
     let origin = Origin::start("origin").await;
-    origin.set(tagged("election", "v1"));
-    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
-    assert!(
-        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
-            .await
-    );
-    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
-    n.signal("KILL");
-    std::fs::remove_file(n.dir.path().join("state/fleet.position")).ok();
+    let mut n = killed_at_one(&nats, &operator, &public, &origin, disk.path()).await;
+    // Its state dir wiped: it never read this stream, as far as it knows.
+    std::fs::remove_file(n.dir.path().join("state/fleet.position")).unwrap();
     fleet_cli(&nats.url, &operator, &["purge", "--url", "http://a/kept"]);
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "other"]);
     stream.purge().await.unwrap();
@@ -943,7 +941,7 @@ async fn a_node_that_never_read_a_stream_whose_start_is_gone_marks_its_copies_st
     n.restart().await;
     assert!(
         eventually(Duration::from_secs(20), || async {
-            n.stderr().contains("caught up at operation 2")
+            n.stderr().contains("caught up at operation 3")
         })
         .await,
         "{}",
@@ -963,15 +961,7 @@ async fn a_hole_in_the_stream_marks_every_copy_stale() {
     let (operator, public) = operator_keys(keys.path(), "operator");
     let disk = tempfile::tempdir().unwrap();
     let origin = Origin::start("origin").await;
-    origin.set(tagged("election", "v1"));
-    let mut n = node_with_disk("edge-hn-1", &nats.url, &public, &origin, disk.path()).await;
-    fleet_cli(&nats.url, &operator, &["purge", "--tag", "nothing-yet"]);
-    assert!(
-        n.metric_becomes("onair_fleet_applied_sequence", |v| v == 1.0)
-            .await
-    );
-    assert_eq!(get(n.http, "a", "/kept").await.unwrap().text(), "v1");
-    n.signal("KILL");
+    let mut n = killed_at_one(&nats, &operator, &public, &origin, disk.path()).await;
     let purge = fleet_cli(&nats.url, &operator, &["purge", "--url", "http://a/kept"]);
     fleet_cli(&nats.url, &operator, &["purge", "--tag", "other"]);
     stream
