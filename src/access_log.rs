@@ -42,6 +42,9 @@ pub struct Entry<'a> {
     /// cut short), absent on success.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The release whose embargo kept the content back (answered with the embargo answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embargo: Option<&'a str>,
 }
 
 /// Opens the access log; keep the returned guard alive for the life of the process (dropping

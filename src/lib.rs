@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod origin;
 pub mod protect;
 pub mod proxy;
+pub mod release;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -98,6 +98,10 @@ enum FleetOp {
     },
     /// Attack mode: on, off or auto.
     AttackMode { mode: String },
+    /// A scheduled release: its content under embargo until --at on every node in scope, then
+    /// released by each at that instant (its own clock), with the purges given. The same --id
+    /// again changes a pending release; --cancel ID calls one off.
+    Release(Box<ReleaseArgs>),
     /// Every node's last heartbeat: who is up, who lags, who is in attack mode.
     Status,
     /// Make a NATS user key (NKey): NAME.nk (the seed, for fleet.nkey_file or --nkey; mode
@@ -113,6 +117,44 @@ enum FleetOp {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+}
+
+/// `onair fleet release` (see `FleetOp::Release`).
+#[derive(clap::Args)]
+struct ReleaseArgs {
+    /// When: RFC 3339 with a zone, e.g. 2027-01-20T10:00:00+07:00.
+    #[arg(long, required_unless_present = "cancel")]
+    at: Option<String>,
+    /// The release's id (default: a new one).
+    #[arg(long)]
+    id: Option<String>,
+    /// An embargoed URL (repeat for more).
+    #[arg(long = "embargo-url")]
+    embargo_urls: Vec<String>,
+    /// A file of embargoed URLs, one per line.
+    #[arg(long = "urls")]
+    urls_file: Option<PathBuf>,
+    /// An embargoed URL prefix.
+    #[arg(long)]
+    embargo_prefix: Option<String>,
+    /// A file of URLs to fetch ahead, one per line.
+    #[arg(long = "warm")]
+    warm_file: Option<PathBuf>,
+    /// Tags to purge at the release time (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    purge_tags: Vec<String>,
+    /// URLs to purge at the release time (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    purge_urls: Vec<String>,
+    /// A URL prefix to purge at the release time.
+    #[arg(long)]
+    purge_prefix: Option<String>,
+    /// Mark stale instead of removing, at the release time.
+    #[arg(long)]
+    soft: bool,
+    /// Call off the pending release with this id.
+    #[arg(long, conflicts_with_all = ["at", "id", "embargo_urls", "urls_file", "embargo_prefix"])]
+    cancel: Option<String>,
 }
 
 /// The config file and the command-line values that override it (`run` and `check` alike).
@@ -244,6 +286,64 @@ fn main() -> ExitCode {
                     soft,
                 },
                 FleetOp::AttackMode { mode } => onair::fleet::op::Action::AttackMode { mode },
+                FleetOp::Release(args) => {
+                    let ReleaseArgs {
+                        at,
+                        id,
+                        embargo_urls,
+                        urls_file,
+                        embargo_prefix,
+                        warm_file,
+                        purge_tags,
+                        purge_urls,
+                        purge_prefix,
+                        soft,
+                        cancel,
+                    } = *args;
+                    if let Some(id) = cancel {
+                        onair::fleet::op::Action::ReleaseCancel { id }
+                    } else {
+                        let lines = |file: Option<PathBuf>| -> Result<Vec<String>, String> {
+                            let Some(file) = file else {
+                                return Ok(Vec::new());
+                            };
+                            let text = std::fs::read_to_string(&file)
+                                .map_err(|e| format!("{}: {e}", file.display()))?;
+                            Ok(text
+                                .lines()
+                                .map(str::trim)
+                                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                                .map(str::to_owned)
+                                .collect())
+                        };
+                        let (mut urls, warm) = match (lines(urls_file), lines(warm_file)) {
+                            (Ok(urls), Ok(warm)) => (urls, warm),
+                            (Err(e), _) | (_, Err(e)) => {
+                                eprintln!("onair fleet release: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        };
+                        urls.extend(embargo_urls);
+                        let purge = onair::release::PurgeSpec {
+                            urls: purge_urls,
+                            prefix: purge_prefix,
+                            tags: purge_tags,
+                            soft,
+                        };
+                        let purge =
+                            (purge != onair::release::PurgeSpec::default()).then_some(purge);
+                        onair::fleet::op::Action::Release(onair::release::Spec {
+                            id: id.unwrap_or_else(onair::release::Spec::new_id),
+                            at: at.unwrap_or_default(),
+                            embargo: onair::release::Embargo {
+                                urls,
+                                prefix: embargo_prefix,
+                            },
+                            warm,
+                            purge,
+                        })
+                    }
+                }
                 FleetOp::Status | FleetOp::Wait { .. } | FleetOp::Nkey { .. } => {
                     return ExitCode::FAILURE
                 }

@@ -87,6 +87,8 @@ pub struct Metrics {
     fleet_applied: IntGauge,
     fleet_lag: prometheus::Gauge,
     fleet_ops: IntCounterVec,
+    releases_pending: IntGauge,
+    embargo_hits: IntCounter,
 }
 
 impl Metrics {
@@ -179,10 +181,21 @@ impl Metrics {
             .expect("registered once");
         let fleet_ops = counter(
             "onair_fleet_ops_total",
-            "Fleet operations read from the bus, by kind (purge, attack-mode, unknown) and \
+            "Fleet operations read from the bus, by kind (purge, attack-mode, release, \
+             release-cancel, unknown) and \
              result: applied, not_in_scope, or refused (unsigned, forged, stale, replayed, \
              malformed, invalid).",
             &["kind", "result"],
+        );
+        let releases_pending = plain_gauge(
+            "onair_releases_pending",
+            "Scheduled releases this node holds whose time has not come (their content is \
+             under embargo).",
+        );
+        let embargo_hits = plain_counter(
+            "onair_release_embargo_hits_total",
+            "Requests for content under a release's embargo, answered with the embargo answer \
+             before its time (readers early, or someone trying to get it before it is out).",
         );
 
         Metrics {
@@ -289,6 +302,8 @@ impl Metrics {
             fleet_applied,
             fleet_lag,
             fleet_ops,
+            releases_pending,
+            embargo_hits,
             connections_denied: counter(
                 "onair_connections_denied_total",
                 "Connections closed at accept, by reason: deny (the address is in \
@@ -379,6 +394,17 @@ impl Metrics {
     /// A fleet operation read: `kind` and `result` from fixed sets (see the help text).
     pub fn fleet_op(&self, kind: &'static str, result: &'static str) {
         self.fleet_ops.with_label_values(&[kind, result]).inc();
+    }
+
+    /// How many releases are waiting for their time.
+    pub fn releases_pending(&self, n: usize) {
+        self.releases_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A request answered with a release's embargo answer.
+    pub fn embargo_hit(&self) {
+        self.embargo_hits.inc();
     }
 
     /// The position in the operation stream, and how far behind it is.

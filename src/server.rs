@@ -113,6 +113,8 @@ pub fn serve(
 
     let edge_cache = EdgeCache::new(&config.cache)
         .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
+    // Before the first request: a release's embargo holds across a restart.
+    edge_cache.releases.open(&state_dir);
     if config.fleet.is_some() {
         // What the disk kept may have been purged by the fleet while this node was away. Also
         // on an upgrade: the old process may itself have been cut off from the bus, and until
@@ -229,6 +231,14 @@ pub fn serve(
             live: live.clone(),
             cache: edge_cache,
             link: fleet_link.clone(),
+        },
+    ));
+    // Scheduled releases: the purges at each release's time.
+    server.add_service(background_service(
+        "onair releases",
+        crate::release::service::ReleaseService {
+            live: live.clone(),
+            cache: edge_cache,
         },
     ));
 

@@ -111,6 +111,17 @@ impl AdminApp {
                     },
                     (&Method::POST, "/purge") => self.purge(body).await,
                     (&Method::POST, "/attack-mode") => self.attack_mode(body).await,
+                    (&Method::POST, "/release") => self.release(body).await,
+                    (&Method::GET, "/release") => (
+                        StatusCode::OK,
+                        json!({ "releases": self.cache.releases.list() }),
+                    ),
+                    (&Method::GET, p) if p.starts_with("/release/") => {
+                        match self.cache.releases.get(&p["/release/".len()..]) {
+                            Some(entry) => (StatusCode::OK, json!(entry)),
+                            None => (StatusCode::NOT_FOUND, json!({"error": "no such release"})),
+                        }
+                    }
                     (&Method::GET, "/fleet") => self.fleet_status(None).await,
                     (&Method::GET, p) if p.starts_with("/fleet/ops/") => {
                         match p["/fleet/ops/".len()..].parse::<u64>() {
@@ -121,7 +132,7 @@ impl AdminApp {
                             ),
                         }
                     }
-                    (_, "/status" | "/reload" | "/purge" | "/attack-mode") => (
+                    (_, "/status" | "/reload" | "/purge" | "/attack-mode" | "/release") => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         json!({"error": "method not allowed"}),
                     ),
@@ -247,6 +258,88 @@ impl AdminApp {
             // from before.
             answer["read_here"] = read.into();
         }
+        (StatusCode::OK, answer)
+    }
+
+    /// `POST /release`: schedules (or changes) a release, `{"at", "embargo": {"urls",
+    /// "prefix"}, "warm", "purge", "id"?}`, or calls one off, `{"cancel": ID}`; with `"scope"`
+    /// also published to the fleet. Answers the release's `id` (and the operation's `seq`).
+    async fn release(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
+        let (scope, mut rest) = match split_scope(body) {
+            Ok(split) => split,
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
+        };
+        let cancel = rest
+            .as_object_mut()
+            .and_then(|fields| fields.remove("cancel"));
+        let action = match cancel {
+            Some(serde_json::Value::String(id)) => Action::ReleaseCancel { id },
+            Some(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "\"cancel\" takes a release id"}),
+                )
+            }
+            None => {
+                if let Some(fields) = rest.as_object_mut() {
+                    fields
+                        .entry("id")
+                        .or_insert_with(|| crate::release::Spec::new_id().into());
+                }
+                let spec: crate::release::Spec = match serde_json::from_value(rest) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            json!({"error": format!("not a release: {e}")}),
+                        )
+                    }
+                };
+                if let Err(e) = spec.check() {
+                    return (StatusCode::BAD_REQUEST, json!({ "error": e }));
+                }
+                Action::Release(spec)
+            }
+        };
+        let snapshot = self.live.current();
+        let published = match self.publish(scope, action.clone(), &snapshot, true).await {
+            Ok(published) => published,
+            Err(answer) => return answer,
+        };
+        let now = crate::release::now_ms();
+        let mut answer = json!({});
+        if published.as_ref().is_none_or(|p| p.here) {
+            // Here at once, like a purge: this node does not wait for the bus to bring it back.
+            let done = match &action {
+                Action::Release(spec) => self
+                    .cache
+                    .releases
+                    .schedule(spec.clone(), now)
+                    .map(str::to_owned),
+                Action::ReleaseCancel { id } => self
+                    .cache
+                    .releases
+                    .cancel(id, now)
+                    .map(|()| "cancelled".to_owned()),
+                _ => Ok(String::new()),
+            };
+            match done {
+                Ok(what) => answer["result"] = what.into(),
+                Err(e) if published.is_none() => {
+                    return (StatusCode::CONFLICT, json!({ "error": e }))
+                }
+                Err(e) => answer["result"] = e.into(),
+            }
+        }
+        if let Some(p) = &published {
+            p.add_to(&mut answer);
+            answer["op_id"] = p.op.id.clone().into();
+        }
+        answer["id"] = match &action {
+            Action::Release(spec) => spec.id.clone().into(),
+            Action::ReleaseCancel { id } => id.clone().into(),
+            _ => serde_json::Value::Null,
+        };
         (StatusCode::OK, answer)
     }
 

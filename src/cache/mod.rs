@@ -51,6 +51,8 @@ pub struct EdgeCache {
     pub history: &'static history::PurgeHistory,
     /// Closed after a start with `[fleet]` until the fleet's operations are caught up.
     pub catch_up: &'static catch_up::CatchUp,
+    /// Scheduled releases and their embargoes (what may not be served yet).
+    pub releases: &'static crate::release::Book,
 }
 
 impl EdgeCache {
@@ -110,6 +112,7 @@ impl EdgeCache {
             max_object,
             history,
             catch_up: Box::leak(Box::default()),
+            releases: Box::leak(Box::default()),
         })
     }
 

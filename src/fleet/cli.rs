@@ -62,12 +62,17 @@ impl Publisher {
         let client = super::bus::connect(&fleet, "onair-cli").await?;
         let js = async_nats::jetstream::new(client);
         let seq = super::bus::publish(&js, &fleet, op.sign(&key)).await?;
-        Ok(serde_json::json!({
+        let mut answer = serde_json::json!({
             "seq": seq,
             "id": op.id,
             "scope": op.scope.to_string(),
             "kind": op.action.kind(),
-        }))
+        });
+        if let Action::Release(spec) = &op.action {
+            answer["release"] = spec.id.clone().into();
+            answer["at"] = spec.at.clone().into();
+        }
+        Ok(answer)
     }
 }
 
@@ -88,6 +93,10 @@ pub fn run(
             crate::config::AttackMode::parse(mode)
                 .ok_or_else(|| format!("{mode:?} is not on, off or auto"))?;
         }
+        Action::Release(spec) => {
+            spec.check()?;
+        }
+        Action::ReleaseCancel { .. } => {}
     }
     runtime()?.block_on(publisher.publish(scope, action))
 }

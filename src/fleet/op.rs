@@ -57,6 +57,10 @@ pub enum Action {
     },
     /// `on`, `off` or `auto`, as `POST /attack-mode` takes it.
     AttackMode { mode: String },
+    /// A scheduled release (added, or changed while it is pending).
+    Release(crate::release::Spec),
+    /// A pending release called off.
+    ReleaseCancel { id: String },
 }
 
 impl Action {
@@ -65,6 +69,8 @@ impl Action {
         match self {
             Action::Purge { .. } => "purge",
             Action::AttackMode { .. } => "attack-mode",
+            Action::Release(_) => "release",
+            Action::ReleaseCancel { .. } => "release-cancel",
         }
     }
 
@@ -82,7 +88,7 @@ impl Action {
                 tags: tags.clone(),
                 soft: *soft,
             }),
-            Action::AttackMode { .. } => None,
+            Action::AttackMode { .. } | Action::Release(_) | Action::ReleaseCancel { .. } => None,
         }
     }
 }
@@ -452,6 +458,42 @@ mod tests {
             verify(&env, &verify_keys, 1, 1, SKEW, &mut Seen::default()),
             Err(Refusal::Malformed)
         );
+    }
+
+    #[test]
+    fn a_release_round_trips_signed() {
+        let (sign, verify_keys) = keys();
+        let spec = crate::release::Spec {
+            id: "vankien".into(),
+            at: "2027-01-20T10:00:00+07:00".into(),
+            embargo: crate::release::Embargo {
+                urls: vec!["https://portal.example.vn/vankien/nq".into()],
+                prefix: None,
+            },
+            warm: vec!["https://portal.example.vn/media/nq.jpg".into()],
+            purge: Some(crate::release::PurgeSpec {
+                tags: vec!["home".into()],
+                ..Default::default()
+            }),
+        };
+        for action in [
+            Action::Release(spec),
+            Action::ReleaseCancel {
+                id: "vankien".into(),
+            },
+        ] {
+            let op = Operation::new(Scope::Fleet, action);
+            let got = verify(
+                &op.sign(&sign),
+                &verify_keys,
+                op.issued_at,
+                op.issued_at,
+                SKEW,
+                &mut Seen::default(),
+            )
+            .unwrap();
+            assert_eq!(got, op);
+        }
     }
 
     #[test]

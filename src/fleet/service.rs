@@ -632,6 +632,21 @@ impl FleetService {
                     .set(mode, &snapshot.config.protect.attack, Instant::now());
                 Ok(mode.as_str().to_owned())
             }
+            Action::Release(spec) => {
+                let what = self
+                    .cache
+                    .releases
+                    .schedule(spec.clone(), crate::release::now_ms())?;
+                Ok(format!("{} {what} for {}", spec.id, spec.at))
+            }
+            Action::ReleaseCancel { id } => {
+                match self.cache.releases.cancel(id, crate::release::now_ms()) {
+                    Ok(()) => Ok(format!("{id} cancelled")),
+                    // Never seen here, or out already: what the cancel wants holds, or
+                    // cannot be had.
+                    Err(e) => Ok(e),
+                }
+            }
         }
     }
 }

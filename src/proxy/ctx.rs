@@ -85,6 +85,8 @@ pub struct RequestCtx {
     /// upstream's first answer may predate a purge made here, or a tier asked this node so.
     /// At most once per request.
     pub refetch: bool,
+    /// The release whose embargo this request met (answered with the embargo answer).
+    pub embargo: Option<std::sync::Arc<str>>,
 }
 
 impl RequestCtx {
@@ -127,6 +129,7 @@ impl RequestCtx {
             from_tier: false,
             revalidate: false,
             refetch: false,
+            embargo: None,
         }
     }
 

@@ -212,8 +212,16 @@ impl ProxyHttp for Edge {
             // is stored under that key, so it must answer exactly that.
             keyed_query(session, route.query);
         }
-        let req = session.req_header();
         ctx.default_ttl = route.default_ttl;
+        if self.embargoed(session, ctx) {
+            // Before its release: never from the cache, never from the origin, whatever the
+            // method or the path to it. The answer looks like any missing page (saying
+            // "embargoed" would tell that the page exists).
+            METRICS.embargo_hit();
+            respond::text(session, ctx, 404, "not found\n").await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         if req.method.as_str() == "PURGE" {
             self.purge_method(session, ctx).await?;
             return Ok(true);
@@ -805,6 +813,7 @@ impl ProxyHttp for Edge {
                 "http/1.1"
             }),
             error: e.map(|e| format!("{}: {}", e.source_str(), e.etype().as_str())),
+            embargo: ctx.embargo.as_deref(),
         });
     }
 }
@@ -862,6 +871,22 @@ impl Edge {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether a release's embargo covers this request now (recorded in `ctx.embargo`).
+    fn embargoed(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
+        if self.cache.releases.holds_nothing() {
+            // The usual case: one atomic load, nothing built.
+            return false;
+        }
+        let path = session.req_header().uri.path();
+        let default_port = if ctx.tls { 443 } else { 80 };
+        let target = cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != default_port), path);
+        ctx.embargo = self
+            .cache
+            .releases
+            .embargoed(&target, crate::release::now_ms());
+        ctx.embargo.is_some()
     }
 
     /// `host[:port]/path?query` of this request, as purges name objects.

@@ -19,6 +19,7 @@ mod fleet_bus;
 mod lifecycle;
 mod protect;
 mod proxying;
+mod release;
 mod reload;
 mod tiers;
 mod tls_edge;

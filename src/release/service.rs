@@ -1,0 +1,74 @@
+//! The flip: a background service that sleeps until the next release's time and then applies
+//! what the release carries to purge (the pages that will link to the released content). The
+//! embargo itself needs no flip: the request path compares each request with the release's
+//! time, so it lifts at that instant by this node's clock. The purges come after it, so a
+//! reader who sees a refreshed page can always fetch what it links to.
+//!
+//! A release whose time passed while the node was down (or that arrives late, on catch-up) is
+//! applied at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::{now_ms, Book};
+use crate::cache::EdgeCache;
+use crate::snapshot::Live;
+
+/// The longest sleep between looks (a clock stepped forward is noticed within it).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+pub struct ReleaseService {
+    pub live: Arc<Live>,
+    pub cache: EdgeCache,
+}
+
+impl ReleaseService {
+    fn book(&self) -> &Book {
+        self.cache.releases
+    }
+
+    /// Applies every release whose time has come.
+    async fn flip(&self) {
+        let now = now_ms();
+        for entry in self.book().due(now) {
+            let id = entry.spec.id.clone();
+            let mut purged = 0;
+            if let Some(purge) = &entry.spec.purge {
+                let snapshot = self.live.current();
+                match snapshot.purge_selector(&purge.request()) {
+                    Ok(selector) => {
+                        purged = self.cache.purge(&selector, purge.soft).await.purged;
+                    }
+                    Err(e) => tracing::warn!("release {id}: its purge cannot apply here: {e}"),
+                }
+            }
+            self.book().released(&id, now_ms());
+            tracing::info!(
+                late_ms = now.saturating_sub(entry.at_ms),
+                purged,
+                "release {id}: released"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReleaseService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            self.flip().await;
+            let wait = self.book().next_at().map_or(MAX_SLEEP, |at| {
+                Duration::from_millis(at.saturating_sub(now_ms())).min(MAX_SLEEP)
+            });
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.book().changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Scheduled releases on real nodes and a real NATS server: content under embargo until its
+//! time on every node and by every path, then released by each node at that instant with the
+//! purges it carries; cancelled, rescheduled, forged, and kept across a restart.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::common::nats::{fleet_node, operator_keys, Nats};
+use crate::common::*;
+
+/// RFC 3339 (UTC) of `t`.
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn page(body: &'static str) -> Behaviour {
+    Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("Surrogate-Key".into(), "home".into()),
+        ],
+        body: bytes::Bytes::from_static(body.as_bytes()),
+        ..Behaviour::default()
+    }
+}
+
+/// `onair fleet ARGS` signed with `key`; its JSON answer.
+fn fleet_cli(url: &str, key: &Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(onair_bin())
+        .arg("fleet")
+        .args(args)
+        .args(["--servers", url])
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "onair fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The article's answers by every path a reader (or a leak hunter) may take.
+async fn every_path(n: &Onair) -> Vec<(String, u16, Option<String>)> {
+    let mut seen = Vec::new();
+    for (method, path, headers) in [
+        ("GET", "/vankien/nghi-quyet", vec![]),
+        ("HEAD", "/vankien/nghi-quyet", vec![]),
+        ("GET", "/vankien/nghi-quyet?utm=x", vec![]),
+        ("GET", "//vankien/./nghi-quyet", vec![]),
+        ("GET", "/vankien/nghi-quyet", vec![("Range", "bytes=0-3")]),
+        (
+            "GET",
+            "/vankien/nghi-quyet",
+            vec![("If-None-Match", "\"x\"")],
+        ),
+        ("GET", "/media/nq/1.jpg", vec![]),
+    ] {
+        let r = request(n.http, method, "a", path, &headers, bytes::Bytes::new())
+            .await
+            .unwrap();
+        seen.push((
+            format!("{method} {path} {headers:?}"),
+            r.status,
+            r.header("cache-control").map(str::to_owned),
+        ));
+    }
+    seen
+}
+
+/// A release published by the CLI with no node involved: before its time the article, a
+/// prefix of images and every spelling of them answer 404 (no-store) on every node and the
+/// origin sees nothing of them; at its time every node serves them (the skew is printed),
+/// and the home page it purges is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_embargoed_everywhere_until_its_time_then_out_on_every_node() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(page("v1"));
+    let mut nodes = Vec::new();
+    for (id, region) in [
+        ("edge-hn-1", "hn"),
+        ("edge-hn-2", "hn"),
+        ("edge-hcm-1", "hcm"),
+    ] {
+        let n = fleet_node(
+            id,
+            region,
+            &[nats.url.as_str()],
+            &public,
+            origin.addr,
+            "",
+            |s| s,
+        )
+        .await;
+        assert!(
+            n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+                .await
+        );
+        assert_eq!(get(n.http, "a", "/").await.unwrap().text(), "v1");
+        nodes.push(n);
+    }
+    let at = SystemTime::now() + Duration::from_secs(4);
+    let answer = fleet_cli(
+        &nats.url,
+        &operator,
+        &[
+            "release",
+            "--id",
+            "vankien",
+            "--at",
+            &rfc3339(at),
+            "--embargo-url",
+            "http://a/vankien/nghi-quyet",
+            "--embargo-prefix",
+            "http://a/media/nq/",
+            "--purge-tags",
+            "home",
+        ],
+    );
+    assert_eq!(answer["release"], "vankien", "{answer}");
+    origin.set(page("v2"));
+    for n in &nodes {
+        assert!(
+            n.metric_becomes("onair_releases_pending", |v| v == 1.0)
+                .await
+        );
+        for (how, status, cache_control) in every_path(n).await {
+            assert_eq!(status, 404, "{how}");
+            assert_eq!(cache_control.as_deref(), Some("no-store"), "{how}");
+        }
+        // The home page is the old one until the release.
+        assert_eq!(get(n.http, "a", "/").await.unwrap().text(), "v1");
+        assert!(n.metric("onair_release_embargo_hits_total").await.unwrap() >= 7.0);
+        let logged = n.access_log();
+        assert!(
+            logged
+                .iter()
+                .any(|l| l["embargo"] == "vankien" && l["status"] == 404),
+            "{logged:?}"
+        );
+    }
+    let early = origin
+        .requests()
+        .iter()
+        .filter(|r| {
+            let path = r
+                .get(":path")
+                .or_else(|| r.get("path"))
+                .cloned()
+                .unwrap_or_default();
+            path.contains("vankien") || path.contains("media")
+        })
+        .count();
+    assert_eq!(early, 0, "the origin saw the embargoed content asked for");
+
+    // At its time: each node serves it, within a bound.
+    let mut late = Vec::new();
+    for n in &nodes {
+        let started = Instant::now();
+        loop {
+            let r = get(n.http, "a", "/vankien/nghi-quyet").await.unwrap();
+            if r.status == 200 {
+                let after = SystemTime::now().duration_since(at).unwrap_or_default();
+                late.push(after);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never released"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The purge at the release: the home page is the new one everywhere.
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                get(n.http, "a", "/").await.unwrap().text() == "v2"
+            })
+            .await
+        );
+        assert!(
+            n.metric_becomes("onair_releases_pending", |v| v == 0.0)
+                .await
+        );
+        let r = n.admin("GET", "/release/vankien").await;
+        let entry: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(entry["state"], "released", "{entry}");
+    }
+    println!("served after the release time by: {late:?}");
+}
+
+/// Cancelled before its time: nothing is held back any more; a release changed to an earlier
+/// time comes out at the new time; a release signed by someone else changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_rescheduled_and_forged_releases() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let (intruder, _) = operator_keys(keys.path(), "intruder");
+    let origin = Origin::start("origin").await;
+    origin.set(page("v1"));
+    let n = fleet_node(
+        "edge-hn-1",
+        "hn",
+        &[nats.url.as_str()],
+        &public,
+        origin.addr,
+        "",
+        |s| s,
+    )
+    .await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    let later = rfc3339(SystemTime::now() + Duration::from_secs(3600));
+    let release = |key: &Path, id: &str, at: &str| {
+        fleet_cli(
+            &nats.url,
+            key,
+            &[
+                "release",
+                "--id",
+                id,
+                "--at",
+                at,
+                "--embargo-url",
+                "http://a/story",
+            ],
+        )
+    };
+    // Forged: nothing held back.
+    release(&intruder, "forged", &later);
+    release(&operator, "real", &later);
+    assert!(
+        n.metric_becomes("onair_releases_pending", |v| v == 1.0)
+            .await
+    );
+    let forged = "onair_fleet_ops_total{kind=\"unknown\",result=\"forged\"}";
+    assert_eq!(n.metric(forged).await, Some(1.0));
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 404);
+    // Cancelled: out at once.
+    fleet_cli(&nats.url, &operator, &["release", "--cancel", "real"]);
+    assert!(
+        n.metric_becomes("onair_releases_pending", |v| v == 0.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 200);
+    // Another, then moved earlier: out at the new time.
+    release(&operator, "moved", &later);
+    assert!(
+        n.metric_becomes("onair_releases_pending", |v| v == 1.0)
+            .await
+    );
+    assert_eq!(get(n.http, "a", "/other").await.unwrap().status, 200);
+    let soon = SystemTime::now() + Duration::from_secs(2);
+    release(&operator, "moved", &rfc3339(soon));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(n.http, "a", "/story").await.unwrap().status == 200
+        })
+        .await
+    );
+    assert!(SystemTime::now() >= soon);
+}
+
+/// The admin API schedules a release on this node alone (no scope) and lists it; the embargo
+/// outlives a restart (SIGKILL) of the node; a node away at the release time releases when it
+/// is back, with its purges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_outlives_a_restart_and_a_node_away_releases_when_back() {
+    let origin = Origin::start("origin").await;
+    origin.set(page("v1"));
+    let mut n = Onair::start(Setup::new(one_site(origin.addr, "", ""))).await;
+    assert_eq!(get(n.http, "a", "/").await.unwrap().text(), "v1");
+    let at = SystemTime::now() + Duration::from_secs(5);
+    let body = format!(
+        r#"{{"id": "nq", "at": "{}", "embargo": {{"urls": ["http://a/story"]}},
+            "purge": {{"tags": ["home"]}}}}"#,
+        rfc3339(at)
+    );
+    let r = n.admin_post("/release", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = n.admin("GET", "/release").await;
+    assert!(r.text().contains("\"nq\""), "{}", r.text());
+    // Bad ones: refused with the reason, nothing scheduled.
+    let r = n
+        .admin_post(
+            "/release",
+            r#"{"at": "tomorrow", "embargo": {"urls": ["http://a/x"]}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("RFC 3339"), "{}", r.text());
+
+    n.restart().await;
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 404);
+    origin.set(page("v2"));
+    // Killed across the release time, back after it: released at once, purges done.
+    n.signal("KILL");
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    n.restart().await;
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(n.http, "a", "/").await.unwrap().text() == "v2"
+        })
+        .await
+    );
+}
