@@ -113,8 +113,11 @@ pub fn serve(
 
     let edge_cache = EdgeCache::new(&config.cache)
         .map_err(|e| StartError::Io(format!("cache.disk_path: cannot open the disk cache: {e}")))?;
-    // Before the first request: a release's embargo holds across a restart.
-    edge_cache.releases.open(&state_dir);
+    // Before the first request: a release's embargo holds across a restart. Releases lost
+    // with an unreadable file come back from the fleet: its operations are read again.
+    if edge_cache.releases.open(&state_dir) && config.fleet.is_some() {
+        crate::fleet::state::read_again(&state_dir);
+    }
     if config.fleet.is_some() {
         // What the disk kept may have been purged by the fleet while this node was away. Also
         // on an upgrade: the old process may itself have been cut off from the bus, and until

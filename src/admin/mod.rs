@@ -295,7 +295,7 @@ impl AdminApp {
                         )
                     }
                 };
-                if let Err(e) = spec.check() {
+                if let Err(e) = spec.check_new(crate::release::now_ms()) {
                     return (StatusCode::BAD_REQUEST, json!({ "error": e }));
                 }
                 Action::Release(spec)
@@ -311,10 +311,8 @@ impl AdminApp {
         if published.as_ref().is_none_or(|p| p.here) {
             // Here at once, like a purge: this node does not wait for the bus to bring it back.
             let done = match &action {
-                Action::Release(spec) => self
-                    .cache
-                    .releases
-                    .schedule(spec.clone(), now)
+                Action::Release(spec) => crate::release::hold(&self.cache, spec.clone())
+                    .await
                     .map(str::to_owned),
                 Action::ReleaseCancel { id } => self
                     .cache

@@ -65,7 +65,26 @@ pub fn target_of_url_shaped(
     // Stored under the normal form of the path, whatever spelling the purge uses.
     let path = crate::uri_path::normalize_path_and_query(path)
         .map_err(|e| format!("{url:?}: {}", e.reason()))?;
+    // A URL pasted from a browser may hold raw UTF-8 (`/tin-tức`); requests carry it
+    // percent-encoded, and so does the cache key.
+    let path = encode_non_ascii(&path);
     Ok(target(&host, port, &shape(&host, &path)))
+}
+
+/// `s` with every byte outside ASCII as an uppercase `%XX`.
+fn encode_non_ascii(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The stored form of a request target.

@@ -94,7 +94,7 @@ pub fn run(
                 .ok_or_else(|| format!("{mode:?} is not on, off or auto"))?;
         }
         Action::Release(spec) => {
-            spec.check()?;
+            spec.check_new(crate::release::now_ms())?;
         }
         Action::ReleaseCancel { .. } => {}
     }

@@ -633,10 +633,7 @@ impl FleetService {
                 Ok(mode.as_str().to_owned())
             }
             Action::Release(spec) => {
-                let what = self
-                    .cache
-                    .releases
-                    .schedule(spec.clone(), crate::release::now_ms())?;
+                let what = crate::release::hold(&self.cache, spec.clone()).await?;
                 Ok(format!("{} {what} for {}", spec.id, spec.at))
             }
             Action::ReleaseCancel { id } => {

@@ -63,6 +63,16 @@ pub fn load(state_dir: &Path) -> Position {
     }
 }
 
+/// Forgets the position (kept aside as `fleet.position.old`): the node reads the operation
+/// stream again from its start, as a new node would (a release book lost with its file).
+pub fn read_again(state_dir: &Path) {
+    let from = path(state_dir);
+    if from.exists() {
+        let _ = std::fs::rename(&from, state_dir.join(format!("{FILE}.old")));
+        tracing::warn!("fleet: reading the operation stream again from its start");
+    }
+}
+
 /// Stores `position` durably. Blocking (fsync): call it from a blocking thread.
 pub fn store(state_dir: &Path, position: Position) -> std::io::Result<()> {
     // Two processes over one state dir (a graceful upgrade) must not write one temp file.

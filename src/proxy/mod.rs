@@ -198,6 +198,14 @@ impl ProxyHttp for Edge {
             && !challenge::cleared(session, ctx);
         // Counted for load shedding from here: past the refusals (a tarpitted 429 is no load).
         ctx.in_progress = Some(protect::shed::enter());
+        if self.embargoed(session, ctx) {
+            // Before its release: never from the cache, never from the origin, whatever the
+            // method or the path to it. The answer looks like any missing page (saying
+            // "embargoed" would tell that the page exists).
+            METRICS.embargo_hit();
+            respond::text(session, ctx, 404, "not found\n").await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         ctx.pool = ctx.snapshot.pools.get(route.pool).cloned();
         ctx.cache_on = route.cache && cache::request_cacheable(req);
@@ -213,14 +221,6 @@ impl ProxyHttp for Edge {
             keyed_query(session, route.query);
         }
         ctx.default_ttl = route.default_ttl;
-        if self.embargoed(session, ctx) {
-            // Before its release: never from the cache, never from the origin, whatever the
-            // method or the path to it. The answer looks like any missing page (saying
-            // "embargoed" would tell that the page exists).
-            METRICS.embargo_hit();
-            respond::text(session, ctx, 404, "not found\n").await?;
-            return Ok(true);
-        }
         let req = session.req_header();
         if req.method.as_str() == "PURGE" {
             self.purge_method(session, ctx).await?;
@@ -879,13 +879,16 @@ impl Edge {
             // The usual case: one atomic load, nothing built.
             return false;
         }
-        let path = session.req_header().uri.path();
-        let default_port = if ctx.tls { 443 } else { 80 };
-        let target = cache::purge::target(&ctx.host, ctx.port.filter(|p| *p != default_port), path);
-        ctx.embargo = self
-            .cache
-            .releases
-            .embargoed(&target, crate::release::now_ms());
+        let uri = &session.req_header().uri;
+        let (snapshot, site) = (&ctx.snapshot, ctx.site);
+        // Any host name of the request's site, on any port: routing ignores the port.
+        let same_site = |host: &str| snapshot.hosts.site_for(host) == site;
+        ctx.embargo = self.cache.releases.embargoed(
+            &same_site,
+            uri.path(),
+            uri.query(),
+            crate::release::now_ms(),
+        );
         ctx.embargo.is_some()
     }
 

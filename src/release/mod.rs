@@ -9,8 +9,11 @@
 //!   whenever the flip itself runs.
 //! - [`service`]: the flip: at each release's time, the purges it carries.
 //!
-//! An embargo covers a URL's path whatever its query (`/a?x=1` would otherwise fetch the page
-//! early under another cache key), on every scheme and port of its host.
+//! What an embargo covers is judged loosely, as the origins behind it may: the URL's site (any of
+//! its host names, on any port or scheme), its path in any case, with or without a trailing
+//! slash, `;parameters` or an encoded `/` (`%2F`), and any query that holds the URL's own query
+//! parameters (`/a?utm=x` must not fetch `/a` early under another cache key). Holding back a
+//! little too much before the time is the safe side.
 
 pub mod service;
 
@@ -67,13 +70,25 @@ pub struct PurgeSpec {
 }
 
 impl PurgeSpec {
-    pub fn request(&self) -> PurgeRequest {
-        PurgeRequest {
-            urls: self.urls.clone(),
-            prefix: self.prefix.clone(),
-            tags: self.tags.clone(),
+    /// One purge per kind given (a release may purge pages by URL and by tag at once).
+    pub fn requests(&self) -> Vec<PurgeRequest> {
+        let one = |urls: Vec<String>, prefix: Option<String>, tags: Vec<String>| PurgeRequest {
+            urls,
+            prefix,
+            tags,
             soft: self.soft,
+        };
+        let mut requests = Vec::new();
+        if !self.urls.is_empty() {
+            requests.push(one(self.urls.clone(), None, Vec::new()));
         }
+        if let Some(prefix) = &self.prefix {
+            requests.push(one(Vec::new(), Some(prefix.clone()), Vec::new()));
+        }
+        if !self.tags.is_empty() {
+            requests.push(one(Vec::new(), None, self.tags.clone()));
+        }
+        requests
     }
 }
 
@@ -81,12 +96,17 @@ impl PurgeSpec {
 const MAX_URLS: usize = 10_000;
 const MAX_ID: usize = 64;
 
-/// A checked release: its time and the embargoed paths (`host[:port]/path`, no query).
+/// A checked release: its time and what its embargo covers.
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub at_ms: u64,
-    pub paths: Vec<String>,
-    pub prefix: Option<String>,
+    /// Embargoed URLs: host (no port), loose path, and the query parameters they name.
+    pub urls: Vec<(String, String, Vec<(String, String)>)>,
+    /// The embargoed prefix: host (no port), loose path prefix.
+    pub prefix: Option<(String, String)>,
+    /// The URLs as the cache stores them (`host[:port]/path?query`), to drop copies of them.
+    pub targets: Vec<String>,
+    pub prefix_target: Option<String>,
 }
 
 impl Spec {
@@ -94,6 +114,19 @@ impl Spec {
     pub fn new_id() -> String {
         let id: [u8; 8] = rand::random();
         id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// [`Spec::check`] for a release being issued now (`now_ms`): a time already a minute gone
+    /// is refused as a typo (a node applying it late, on catch-up, takes it as it is).
+    pub fn check_new(&self, now_ms: u64) -> Result<Checked, String> {
+        let checked = self.check()?;
+        if checked.at_ms.saturating_add(60_000) < now_ms {
+            return Err(format!(
+                "\"at\": {} is in the past: it would be released at once",
+                self.at
+            ));
+        }
+        Ok(checked)
     }
 
     /// Everything a node would refuse, refused here: before anything is published or stored.
@@ -127,39 +160,88 @@ impl Spec {
         if self.embargo.urls.len() + self.warm.len() > MAX_URLS {
             return Err(format!("at most {MAX_URLS} embargoed and warm URLs"));
         }
-        let paths = self
-            .embargo
-            .urls
-            .iter()
-            .map(|u| target_of_url(u).map(|t| without_query(&t).to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("\"embargo\": {e}"))?;
-        let prefix = match &self.embargo.prefix {
+        let mut urls = Vec::new();
+        let mut targets = Vec::new();
+        for url in &self.embargo.urls {
+            let target = target_of_url(url).map_err(|e| format!("\"embargo\": {e}"))?;
+            let (host, path, query) = split_target(&target);
+            urls.push((host, loose(path), query_pairs(query)));
+            targets.push(target);
+        }
+        let (prefix, prefix_target) = match &self.embargo.prefix {
             Some(p) => {
-                let t = target_of_url(p).map_err(|e| format!("\"embargo\": {e}"))?;
-                Some(without_query(&t).to_owned())
+                let target = target_of_url(p).map_err(|e| format!("\"embargo\": {e}"))?;
+                let (host, path, _) = split_target(&target);
+                (Some((host, loose(path))), Some(target))
             }
-            None => None,
+            None => (None, None),
         };
         for url in &self.warm {
             target_of_url(url).map_err(|e| format!("\"warm\": {e}"))?;
         }
         if let Some(purge) = &self.purge {
-            purge
-                .request()
-                .selector()
-                .map_err(|e| format!("\"purge\": {e}"))?;
+            let requests = purge.requests();
+            if requests.is_empty() {
+                return Err("\"purge\" needs \"urls\", a \"prefix\" or \"tags\"".to_owned());
+            }
+            for request in requests {
+                request.selector().map_err(|e| format!("\"purge\": {e}"))?;
+            }
         }
         Ok(Checked {
             at_ms,
-            paths,
+            urls,
             prefix,
+            targets,
+            prefix_target,
         })
     }
 }
 
-fn without_query(target: &str) -> &str {
-    target.split('?').next().unwrap_or(target)
+/// `host[:port]/path?query` as (host without its port, path, query).
+fn split_target(target: &str) -> (String, &str, &str) {
+    let (authority, rest) = match target.find('/') {
+        Some(i) => target.split_at(i),
+        None => (target, "/"),
+    };
+    let host = match authority.rsplit_once(':') {
+        // `[::1]:8080` and `host:8080`; not the colons inside `[::1]`.
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => host,
+        _ => authority,
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    (host.to_owned(), path, query)
+}
+
+/// A path as loosely as an origin might read it: any case, `%2F` as `/`, no `;parameters`, no
+/// empty segments, no trailing slash.
+pub fn loose(path: &str) -> String {
+    let decoded = path.replace("%2F", "/").replace("%2f", "/");
+    let mut out = String::with_capacity(decoded.len());
+    for segment in decoded.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        if segment.is_empty() {
+            continue;
+        }
+        out.push('/');
+        out.push_str(&segment.to_ascii_lowercase());
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// `a=1&b=2` as pairs.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
 }
 
 /// Where a release is.
@@ -187,11 +269,21 @@ const HISTORY_MS: u64 = 86_400_000;
 
 const FILE: &str = "releases.json";
 
-/// Embargoed paths of the pending releases: path → (release id, at).
+/// One embargo rule of a pending release.
+struct Rule {
+    /// The URL's host: a request matches when its site is this host's site.
+    host: String,
+    /// Query parameters the request must hold (none: any query).
+    query: Vec<(String, String)>,
+    id: Arc<str>,
+    at: u64,
+}
+
+/// What the pending releases hold back: loose path → rules, and loose prefixes.
 #[derive(Default)]
 struct Matcher {
-    exact: HashMap<String, (Arc<str>, u64)>,
-    prefixes: Vec<(String, Arc<str>, u64)>,
+    exact: HashMap<String, Vec<Rule>>,
+    prefixes: Vec<(String, Rule)>,
 }
 
 impl Matcher {
@@ -220,24 +312,37 @@ impl Book {
 
     /// Reads the releases kept in `state_dir` (at start, before the first request): a node that
     /// restarts before a release's time keeps its embargo. An unreadable file is logged and
-    /// kept aside, never a reason not to start.
-    pub fn open(&self, state_dir: &Path) {
+    /// kept aside, never a reason not to start; then true: the releases it held are lost here,
+    /// and the caller has the fleet's operations read again from the start of the stream.
+    pub fn open(&self, state_dir: &Path) -> bool {
         let _ = self.state_dir.set(state_dir.to_owned());
         let path = state_dir.join(FILE);
-        let entries: BTreeMap<String, Entry> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        let (entries, lost) = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, Entry>>(&bytes) {
+                Ok(entries) => (entries, false),
+                Err(e) => {
+                    tracing::error!(
+                        "release: {} is unreadable ({e}); kept as {FILE}.bad; the releases it \
+                         held are known again when the fleet's operations are read again",
+                        path.display()
+                    );
+                    let _ = std::fs::rename(&path, state_dir.join(format!("{FILE}.bad")));
+                    (BTreeMap::new(), true)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), false),
+            Err(e) => {
                 tracing::error!(
-                    "release: {} is unreadable ({e}); kept as {FILE}.bad, and no release is \
-                     known until the fleet replays them",
+                    "release: cannot read {}: {e}; the releases it held are known again when \
+                     the fleet's operations are read again",
                     path.display()
                 );
-                let _ = std::fs::rename(&path, state_dir.join(format!("{FILE}.bad")));
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
+                (BTreeMap::new(), true)
+            }
         };
         *self.lock() = entries;
         self.rebuild();
+        lost
     }
 
     /// Whether no release holds anything back (one atomic load).
@@ -245,23 +350,38 @@ impl Book {
         self.matcher.load().is_empty()
     }
 
-    /// The release whose embargo covers `path` (`host[:port]/path`, query or not) at `now_ms`.
-    pub fn embargoed(&self, path: &str, now_ms: u64) -> Option<Arc<str>> {
+    /// The release whose embargo covers a request for `path` (and `query`) at `now_ms`;
+    /// `same_site(host)` says whether `host` is the request's site (as this node routes it).
+    pub fn embargoed(
+        &self,
+        same_site: &dyn Fn(&str) -> bool,
+        path: &str,
+        query: Option<&str>,
+        now_ms: u64,
+    ) -> Option<Arc<str>> {
         let matcher = self.matcher.load();
         if matcher.is_empty() {
             return None;
         }
-        let path = without_query(path);
-        if let Some((id, at)) = matcher.exact.get(path) {
-            if now_ms < *at {
-                return Some(id.clone());
-            }
+        let path = loose(path);
+        let pairs = query_pairs(query.unwrap_or(""));
+        let holds = |rule: &Rule| {
+            now_ms < rule.at
+                && rule.query.iter().all(|p| pairs.contains(p))
+                && same_site(&rule.host)
+        };
+        if let Some(rule) = matcher
+            .exact
+            .get(&path)
+            .and_then(|rules| rules.iter().find(|r| holds(r)))
+        {
+            return Some(rule.id.clone());
         }
         matcher
             .prefixes
             .iter()
-            .find(|(prefix, _, at)| now_ms < *at && path.starts_with(prefix.as_str()))
-            .map(|(_, id, _)| id.clone())
+            .find(|(prefix, rule)| path.starts_with(prefix.as_str()) && holds(rule))
+            .map(|(_, rule)| rule.id.clone())
     }
 
     /// Adds a release, or changes a pending one with the same id. A release already released
@@ -328,13 +448,17 @@ impl Book {
             .min()
     }
 
-    /// Marks a release done (its purges applied).
-    pub fn released(&self, id: &str, now_ms: u64) {
+    /// Marks a release done (its purges applied), unless it was changed or cancelled while
+    /// they ran (`at_ms` is the time it was flipped for).
+    pub fn released(&self, id: &str, at_ms: u64, now_ms: u64) {
         {
             let mut entries = self.lock();
-            if let Some(entry) = entries.get_mut(id) {
-                entry.state = State::Released;
-                entry.done_ms = Some(now_ms);
+            match entries.get_mut(id) {
+                Some(entry) if entry.state == State::Pending && entry.at_ms == at_ms => {
+                    entry.state = State::Released;
+                    entry.done_ms = Some(now_ms);
+                }
+                _ => return,
             }
         }
         self.saved();
@@ -366,18 +490,21 @@ impl Book {
                 continue;
             };
             let id: Arc<str> = Arc::from(entry.spec.id.as_str());
-            for path in checked.paths {
-                // Two releases holding one path: the later one keeps it back longer.
-                let slot = matcher
+            let rule = |host: String, query: Vec<(String, String)>| Rule {
+                host,
+                query,
+                id: id.clone(),
+                at: entry.at_ms,
+            };
+            for (host, path, query) in checked.urls {
+                matcher
                     .exact
                     .entry(path)
-                    .or_insert_with(|| (id.clone(), entry.at_ms));
-                if slot.1 < entry.at_ms {
-                    *slot = (id.clone(), entry.at_ms);
-                }
+                    .or_default()
+                    .push(rule(host, query));
             }
-            if let Some(prefix) = checked.prefix {
-                matcher.prefixes.push((prefix, id.clone(), entry.at_ms));
+            if let Some((host, prefix)) = checked.prefix {
+                matcher.prefixes.push((prefix, rule(host, Vec::new())));
             }
         }
         crate::metrics::METRICS.releases_pending(pending);
@@ -405,6 +532,27 @@ impl Book {
     }
 }
 
+/// Schedules (or changes) `spec` on this node, and drops what the cache holds of the content it
+/// embargoes: a copy stored before the release was known (an old draft, a test page) must not
+/// be what readers get when it is out. The time check of the embargo keeps everything else.
+pub async fn hold(cache: &crate::cache::EdgeCache, spec: Spec) -> Result<&'static str, String> {
+    let checked = spec.check()?;
+    let what = cache.releases.schedule(spec, now_ms())?;
+    let mut selectors = Vec::new();
+    if !checked.targets.is_empty() {
+        selectors.push(crate::cache::purge::Selector::Urls(
+            checked.targets.into_iter().collect(),
+        ));
+    }
+    if let Some(prefix) = checked.prefix_target {
+        selectors.push(crate::cache::purge::Selector::Prefix(prefix));
+    }
+    for selector in selectors {
+        cache.purge(&selector, false).await;
+    }
+    Ok(what)
+}
+
 /// Forgets releases done more than a day ago.
 fn prune(entries: &mut BTreeMap<String, Entry>, now_ms: u64) {
     entries.retain(|_, e| {
@@ -427,7 +575,11 @@ mod tests {
             id: id.into(),
             at: at.into(),
             embargo: Embargo {
-                urls: vec!["https://portal.example.vn/vankien/nghi-quyet".into()],
+                urls: vec![
+                    "https://portal.example.vn/vankien/nghi-quyet".into(),
+                    "https://portal.example.vn/tin-tức".into(),
+                    "https://portal.example.vn/article.php?id=5".into(),
+                ],
                 prefix: Some("https://portal.example.vn/media/nq/".into()),
             },
             warm: vec![],
@@ -438,51 +590,89 @@ mod tests {
         }
     }
 
+    /// The portal's site: its two names; anything else is another site.
+    fn portal(host: &str) -> bool {
+        matches!(host, "portal.example.vn" | "www.portal.example.vn")
+    }
+
+    // 2027-01-20T10:00:00+07:00
+    const AT: u64 = 1_800_414_000_000;
+
     #[test]
-    fn an_embargo_holds_until_its_time_on_every_spelling_of_the_path() {
+    fn an_embargo_holds_until_its_time_on_every_spelling_of_the_url() {
         let dir = tempfile::tempdir().unwrap();
         let book = Book::default();
         book.open(dir.path());
-        // 2027-01-20T03:00:00Z
-        let at = 1_800_414_000_000;
-        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), at - 1000)
+        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), AT - 1000)
             .unwrap();
-        let article = "portal.example.vn/vankien/nghi-quyet";
-        assert_eq!(book.embargoed(article, at - 1).as_deref(), Some("vk"));
-        assert_eq!(
-            book.embargoed(&format!("{article}?utm=x"), at - 1)
-                .as_deref(),
-            Some("vk"),
-            "a query does not get around it"
-        );
+        let held = |path: &str, query: Option<&str>| book.embargoed(&portal, path, query, AT - 1);
+        for (path, query) in [
+            ("/vankien/nghi-quyet", None),
+            ("/vankien/nghi-quyet", Some("utm=x")),
+            ("/vankien/nghi-quyet/", None),
+            ("/VanKien/Nghi-Quyet", None),
+            ("/vankien/nghi-quyet;jsessionid=1", None),
+            ("/vankien%2Fnghi-quyet", None),
+            ("/tin-t%E1%BB%A9c", None),
+            ("/article.php", Some("id=5")),
+            ("/article.php", Some("x=1&id=5")),
+            ("/media/nq/1.jpg", None),
+            ("/media/nq", None),
+        ] {
+            assert_eq!(held(path, query).as_deref(), Some("vk"), "{path}?{query:?}");
+        }
+        for (path, query) in [
+            ("/vankien/other", None),
+            ("/article.php", Some("id=6")),
+            ("/article.php", None),
+        ] {
+            assert!(held(path, query).is_none(), "{path}?{query:?}");
+        }
+        // Another site's page of the same path is not held.
         assert!(book
-            .embargoed("portal.example.vn/media/nq/1.jpg", at - 1)
-            .is_some());
-        assert!(book
-            .embargoed("portal.example.vn/vankien/other", at - 1)
+            .embargoed(&|_| false, "/vankien/nghi-quyet", None, AT - 1)
             .is_none());
         assert!(
-            book.embargoed(article, at).is_none(),
+            book.embargoed(&portal, "/vankien/nghi-quyet", None, AT)
+                .is_none(),
             "lifted at its time exactly"
         );
         // A restart keeps it.
         let again = Book::default();
         again.open(dir.path());
-        assert!(again.embargoed(article, at - 1).is_some());
-        assert_eq!(again.due(at).len(), 1);
-        assert_eq!(again.next_at(), Some(at));
-        // Released: out for good, and not changed any more.
-        again.released("vk", at);
         assert!(again
-            .schedule(spec("vk", "2027-01-21T10:00:00+07:00"), at)
+            .embargoed(&portal, "/vankien/nghi-quyet", None, AT - 1)
+            .is_some());
+        assert_eq!(again.due(AT).len(), 1);
+        assert_eq!(again.next_at(), Some(AT));
+        // Released: out for good, and not changed any more.
+        again.released("vk", AT, AT);
+        assert!(again
+            .schedule(spec("vk", "2027-01-21T10:00:00+07:00"), AT)
             .is_err());
-        assert!(again.due(at + 1).is_empty());
+        assert!(again.due(AT + 1).is_empty());
+    }
+
+    #[test]
+    fn a_change_while_the_flip_runs_is_not_lost() {
+        let book = Book::default();
+        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), 0)
+            .unwrap();
+        let due = book.due(AT);
+        assert_eq!(due.len(), 1);
+        // Moved an hour later while the flip applied the purges.
+        book.schedule(spec("vk", "2027-01-20T11:00:00+07:00"), AT)
+            .unwrap();
+        book.released("vk", due[0].at_ms, AT);
+        assert!(book
+            .embargoed(&portal, "/vankien/nghi-quyet", None, AT + 1)
+            .is_some());
+        assert_eq!(book.get("vk").unwrap().state, State::Pending);
     }
 
     #[test]
     fn cancel_reschedule_and_bad_releases() {
         let book = Book::default();
-        let at = 1_800_414_000_000;
         book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), 0)
             .unwrap();
         assert_eq!(
@@ -490,12 +680,10 @@ mod tests {
             Ok("changed")
         );
         assert!(book
-            .embargoed("portal.example.vn/vankien/nghi-quyet", at + 1)
+            .embargoed(&portal, "/vankien/nghi-quyet", None, AT + 1)
             .is_some());
         book.cancel("vk", 1).unwrap();
-        assert!(book
-            .embargoed("portal.example.vn/vankien/nghi-quyet", 0)
-            .is_none());
+        assert!(book.holds_nothing());
         assert!(book.due(u64::MAX).is_empty());
         for (bad, why) in [
             (spec("a b", "2027-01-20T10:00:00+07:00"), "release id"),
@@ -508,5 +696,19 @@ mod tests {
         let mut none = spec("x", "2027-01-20T10:00:00Z");
         none.embargo = Embargo::default();
         assert!(book.schedule(none, 0).unwrap_err().contains("embargo"));
+        // Issued for a time long gone: a typo, refused where it is issued.
+        assert!(spec("x", "2020-01-20T10:00:00Z")
+            .check_new(AT)
+            .unwrap_err()
+            .contains("past"));
+        // Purges of several kinds at once.
+        let mut both = spec("y", "2027-01-20T10:00:00Z");
+        both.purge = Some(PurgeSpec {
+            urls: vec!["https://portal.example.vn/".into()],
+            tags: vec!["home".into()],
+            ..PurgeSpec::default()
+        });
+        assert!(both.check().is_ok());
+        assert_eq!(both.purge.unwrap().requests().len(), 2);
     }
 }

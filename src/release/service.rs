@@ -1,8 +1,8 @@
 //! The flip: a background service that sleeps until the next release's time and then applies
 //! what the release carries to purge (the pages that will link to the released content). The
 //! embargo itself needs no flip: the request path compares each request with the release's
-//! time, so it lifts at that instant by this node's clock. The purges come after it, so a
-//! reader who sees a refreshed page can always fetch what it links to.
+//! time, so it lifts at that instant by this node's clock. The purges come a second after it
+//! ([`SETTLE_MS`]), so a reader who sees a refreshed page can always fetch what it links to.
 //!
 //! A release whose time passed while the node was down (or that arrives late, on catch-up) is
 //! applied at once.
@@ -21,6 +21,12 @@ use crate::snapshot::Live;
 /// The longest sleep between looks (a clock stepped forward is noticed within it).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
+/// How long after a release's time its purges apply. The embargo lifts at the time itself;
+/// the pages that link to the content are refreshed a moment later, so that a node whose clock
+/// is behind by up to this much (a shield behind its edges) has lifted its own embargo by the
+/// time any reader can follow a new link.
+const SETTLE_MS: u64 = 1_000;
+
 pub struct ReleaseService {
     pub live: Arc<Live>,
     pub cache: EdgeCache,
@@ -31,22 +37,22 @@ impl ReleaseService {
         self.cache.releases
     }
 
-    /// Applies every release whose time has come.
+    /// Applies the purges of every release whose time has come (and settled).
     async fn flip(&self) {
         let now = now_ms();
-        for entry in self.book().due(now) {
+        for entry in self.book().due(now.saturating_sub(SETTLE_MS)) {
             let id = entry.spec.id.clone();
             let mut purged = 0;
-            if let Some(purge) = &entry.spec.purge {
-                let snapshot = self.live.current();
-                match snapshot.purge_selector(&purge.request()) {
+            let snapshot = self.live.current();
+            for request in entry.spec.purge.iter().flat_map(|p| p.requests()) {
+                match snapshot.purge_selector(&request) {
                     Ok(selector) => {
-                        purged = self.cache.purge(&selector, purge.soft).await.purged;
+                        purged += self.cache.purge(&selector, request.soft).await.purged;
                     }
                     Err(e) => tracing::warn!("release {id}: its purge cannot apply here: {e}"),
                 }
             }
-            self.book().released(&id, now_ms());
+            self.book().released(&id, entry.at_ms, now_ms());
             tracing::info!(
                 late_ms = now.saturating_sub(entry.at_ms),
                 purged,

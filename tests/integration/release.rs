@@ -221,6 +221,9 @@ async fn cancelled_rescheduled_and_forged_releases() {
         n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
             .await
     );
+    // A copy cached before any release names it (a draft).
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
+    origin.set(page("v2"));
     let later = rfc3339(SystemTime::now() + Duration::from_secs(3600));
     let release = |key: &Path, id: &str, at: &str| {
         fleet_cli(
@@ -247,13 +250,13 @@ async fn cancelled_rescheduled_and_forged_releases() {
     let forged = "onair_fleet_ops_total{kind=\"unknown\",result=\"forged\"}";
     assert_eq!(n.metric(forged).await, Some(1.0));
     assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 404);
-    // Cancelled: out at once.
+    // Cancelled: out at once, and not as the draft cached before the release was known.
     fleet_cli(&nats.url, &operator, &["release", "--cancel", "real"]);
     assert!(
         n.metric_becomes("onair_releases_pending", |v| v == 0.0)
             .await
     );
-    assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 200);
+    assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v2");
     // Another, then moved earlier: out at the new time.
     release(&operator, "moved", &later);
     assert!(
@@ -303,6 +306,14 @@ async fn a_release_outlives_a_restart_and_a_node_away_releases_when_back() {
 
     n.restart().await;
     assert_eq!(get(n.http, "a", "/story").await.unwrap().status, 404);
+    // The site's other names, a port in the Host header: the same site, held back too.
+    for host in ["a:1", "b", "A."] {
+        assert_eq!(
+            get(n.http, host, "/story").await.unwrap().status,
+            404,
+            "{host}"
+        );
+    }
     origin.set(page("v2"));
     // Killed across the release time, back after it: released at once, purges done.
     n.signal("KILL");
@@ -316,4 +327,60 @@ async fn a_release_outlives_a_restart_and_a_node_away_releases_when_back() {
         })
         .await
     );
+}
+
+/// A release book lost with an unreadable file comes back from the fleet: the node reads the
+/// operation stream again, and the embargo holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_release_book_comes_back_from_the_fleet() {
+    let nats = Nats::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (operator, public) = operator_keys(keys.path(), "operator");
+    let origin = Origin::start("origin").await;
+    origin.set(page("v1"));
+    let mut n = fleet_node(
+        "edge-hn-1",
+        "hn",
+        &[nats.url.as_str()],
+        &public,
+        origin.addr,
+        "",
+        |s| s,
+    )
+    .await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await
+    );
+    let later = rfc3339(SystemTime::now() + Duration::from_secs(3600));
+    fleet_cli(
+        &nats.url,
+        &operator,
+        &[
+            "release",
+            "--id",
+            "r",
+            "--at",
+            &later,
+            "--embargo-url",
+            "http://a/story",
+        ],
+    );
+    assert!(
+        n.metric_becomes("onair_releases_pending", |v| v == 1.0)
+            .await
+    );
+    n.signal("KILL");
+    let book = n.dir.path().join("state/releases.json");
+    std::fs::write(&book, "{").unwrap();
+    n.restart().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            get(n.http, "a", "/story").await.unwrap().status == 404
+        })
+        .await,
+        "{}",
+        n.stderr()
+    );
+    assert!(n.dir.path().join("state/releases.json.bad").exists());
 }
