@@ -96,12 +96,15 @@ impl PurgeSpec {
 const MAX_URLS: usize = 10_000;
 const MAX_ID: usize = 64;
 
+/// A query's `name=value` pairs.
+pub type QueryPairs = Vec<(String, String)>;
+
 /// A checked release: its time and what its embargo covers.
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub at_ms: u64,
     /// Embargoed URLs: host (no port), loose path, and the query parameters they name.
-    pub urls: Vec<(String, String, Vec<(String, String)>)>,
+    pub urls: Vec<(String, String, QueryPairs)>,
     /// The embargoed prefix: host (no port), loose path prefix.
     pub prefix: Option<(String, String)>,
     /// The URLs as the cache stores them (`host[:port]/path?query`), to drop copies of them.
