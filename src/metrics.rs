@@ -88,6 +88,7 @@ pub struct Metrics {
     fleet_lag: prometheus::Gauge,
     fleet_ops: IntCounterVec,
     releases_pending: IntGauge,
+    fleet_clock_offset: prometheus::Gauge,
     embargo_hits: IntCounter,
 }
 
@@ -187,6 +188,14 @@ impl Metrics {
              malformed, invalid).",
             &["kind", "result"],
         );
+        let fleet_clock_offset = prometheus::Gauge::new(
+            "onair_fleet_clock_offset_seconds",
+            "How far the fleet bus's clock is from this node's (the bus's minus this node's), \
+             as the last heartbeat measured it: releases come out by each node's clock.",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(fleet_clock_offset.clone()))
+            .expect("registered once");
         let releases_pending = plain_gauge(
             "onair_releases_pending",
             "Scheduled releases this node holds whose time has not come (their content is \
@@ -303,6 +312,7 @@ impl Metrics {
             fleet_lag,
             fleet_ops,
             releases_pending,
+            fleet_clock_offset,
             embargo_hits,
             connections_denied: counter(
                 "onair_connections_denied_total",
@@ -394,6 +404,11 @@ impl Metrics {
     /// A fleet operation read: `kind` and `result` from fixed sets (see the help text).
     pub fn fleet_op(&self, kind: &'static str, result: &'static str) {
         self.fleet_ops.with_label_values(&[kind, result]).inc();
+    }
+
+    /// The bus's clock minus this node's, ms.
+    pub fn fleet_clock_offset(&self, ms: i64) {
+        self.fleet_clock_offset.set(ms as f64 / 1000.0);
     }
 
     /// How many releases are waiting for their time.

@@ -38,6 +38,8 @@ pub struct Link {
     /// a wake-up for those waiting for one.
     read: std::sync::atomic::AtomicU64,
     moved: tokio::sync::Notify,
+    /// How far the bus's clock is from this node's, ms, as the last heartbeat measured.
+    pub clock_offset_ms: std::sync::Arc<Mutex<Option<i64>>>,
 }
 
 /// At most this many local operations await their return from the bus (a bus that never

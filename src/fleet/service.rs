@@ -347,9 +347,12 @@ impl FleetService {
                         if beating.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
                             let beat = self.heartbeat(progress.position.seq, &progress.refused);
                             let store = store.clone();
+                            let offset = self.link.clock_offset_ms.clone();
                             beating = Some(tokio::spawn(async move {
-                                if let Err(e) = status::put(&store, &beat).await {
-                                    tracing::debug!("fleet: {e}");
+                                match status::put(&store, &beat).await {
+                                    Ok(Some(ms)) => clock_measured(&offset, ms),
+                                    Ok(None) => {}
+                                    Err(e) => tracing::debug!("fleet: {e}"),
                                 }
                             }));
                         }
@@ -502,6 +505,11 @@ impl FleetService {
             origins_down,
             at: op::unix_ms(SystemTime::now()),
             refused: refused.iter().copied().collect(),
+            clock_offset_ms: *self
+                .link
+                .clock_offset_ms
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             doubtful: false,
         }
     }
@@ -646,6 +654,31 @@ impl FleetService {
             }
         }
     }
+}
+
+/// How far this node's clock may be from the bus's before it says so: releases lift their
+/// embargo by each node's clock, and purge a second later (`release::service`), so two nodes
+/// each within this of the bus are within that second of each other.
+const CLOCK_WARN_MS: i64 = 500;
+
+/// Records a clock offset measured by a heartbeat (ms, the bus's minus this node's); logs when
+/// it goes past [`CLOCK_WARN_MS`], and when it comes back.
+fn clock_measured(last: &std::sync::Mutex<Option<i64>>, ms: i64) {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let was_off = last.is_some_and(|l| l.abs() > CLOCK_WARN_MS);
+    let off = ms.abs() > CLOCK_WARN_MS;
+    if off && !was_off {
+        tracing::warn!(
+            "fleet: this node's clock is {ms:+} ms from the bus's (more than {CLOCK_WARN_MS} ms): \
+             releases come out here that far from the others; check its NTP"
+        );
+    } else if was_off && !off {
+        tracing::info!("fleet: this node's clock is {ms:+} ms from the bus's again");
+    }
+    *last = Some(ms);
+    METRICS.fleet_clock_offset(ms);
 }
 
 async fn load(state_dir: &Path) -> state::Position {

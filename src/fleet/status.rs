@@ -39,6 +39,9 @@ pub struct Heartbeat {
     /// The latest operations this node refused (forged, stale, invalid), up to 32.
     #[serde(default)]
     pub refused: Vec<u64>,
+    /// How far the bus's clock is from this node's (ms), as last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
     /// Set by the reader, never sent: the heartbeat claims operations the stream does not
     /// hold, so no node wrote it (the bucket is as open as the bus's permissions make it).
     #[serde(skip)]
@@ -104,14 +107,31 @@ pub async fn store(js: &jetstream::Context, cfg: &Fleet) -> Result<kv::Store, St
         .map_err(|e| format!("heartbeat bucket {name}: {e}"))
 }
 
-/// Puts this node's heartbeat.
-pub async fn put(store: &kv::Store, heartbeat: &Heartbeat) -> Result<(), String> {
+/// Puts this node's heartbeat; and, from the time the bus stored it, how far this node's
+/// clock is from the bus's (ms, the bus's minus this node's; within half the round trip).
+/// Releases lift their embargo by each node's clock, so this is how far apart nodes release.
+pub async fn put(store: &kv::Store, heartbeat: &Heartbeat) -> Result<Option<i64>, String> {
     let value = serde_json::to_vec(heartbeat).unwrap_or_default();
+    let sent = std::time::SystemTime::now();
     store
         .put(&heartbeat.id, value.into())
         .await
-        .map(|_| ())
-        .map_err(|e| format!("heartbeat: {e}"))
+        .map_err(|e| format!("heartbeat: {e}"))?;
+    let back = std::time::SystemTime::now();
+    let Ok(Some(entry)) = store.entry(&heartbeat.id).await else {
+        return Ok(None);
+    };
+    // The put was stored between `sent` and `back`: its midpoint is the best guess of when.
+    let rtt = back.duration_since(sent).unwrap_or_default();
+    let local = sent + rtt / 2;
+    let local_ns = i128::from(super::op::unix_ms(local)) * 1_000_000
+        + i128::from(
+            local
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() % 1_000_000),
+        );
+    let offset_ns = entry.created.unix_timestamp_nanos() - local_ns;
+    Ok(i64::try_from(offset_ns / 1_000_000).ok())
 }
 
 /// Heartbeats read at most (a bucket filled by whoever holds the bus must not make a status
@@ -184,6 +204,7 @@ pub fn fleet_json(beats: &[Heartbeat], now_ms: u64) -> serde_json::Value {
                 "cache_memory_objects": b.cache_memory_objects,
                 "origins_down": b.origins_down,
                 "refused": b.refused,
+                "clock_offset_ms": b.clock_offset_ms,
             })
         })
         .collect();
@@ -228,19 +249,21 @@ pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value 
 pub fn table(beats: &[Heartbeat], now_ms: u64) -> String {
     let newest = newest(beats);
     let mut out = format!(
-        "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
-        "NODE", "REGION", "STATE", "APPLIED", "BEHIND", "ATTACK", "ORIGINS DOWN"
+        "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {:>8} {}\n",
+        "NODE", "REGION", "STATE", "APPLIED", "BEHIND", "ATTACK", "CLOCK", "ORIGINS DOWN"
     );
     for b in beats {
         let state = b.state(now_ms);
         out.push_str(&format!(
-            "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {}\n",
+            "{:<20} {:<8} {:<7} {:>9} {:>7} {:<7} {:>8} {}\n",
             printable(&b.id),
             printable(&b.region),
             state,
             b.applied,
             newest.saturating_sub(b.applied),
             if b.attack_mode { "on" } else { "off" },
+            b.clock_offset_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:+}ms")),
             if b.origins_down.is_empty() {
                 "-".to_owned()
             } else {
@@ -277,6 +300,7 @@ mod tests {
             origins_down: vec![],
             at,
             refused: vec![],
+            clock_offset_ms: None,
             doubtful: false,
         }
     }

@@ -144,6 +144,23 @@ async fn a_signed_purge_from_the_cli_reaches_every_node_and_a_forged_one_none() 
     let listed = fleet["nodes"].as_array().unwrap();
     assert_eq!(listed.len(), 6, "{fleet}");
     assert!(listed.iter().all(|n| n["state"] == "up"), "{fleet}");
+    // Heartbeats measure each node's clock against the bus's (the first one, the next
+    // heartbeat carries): one machine, one clock.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let r = hn.admin("GET", "/fleet").await;
+            let fleet: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            fleet["nodes"].as_array().is_some_and(|nodes| {
+                nodes.len() == 6
+                    && nodes.iter().all(|n| {
+                        n["clock_offset_ms"]
+                            .as_i64()
+                            .is_some_and(|ms| ms.abs() < 500)
+                    })
+            })
+        })
+        .await
+    );
     let r = hcm.admin("GET", &format!("/fleet/ops/{seq}")).await;
     let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(op["done"], true, "{op}");
