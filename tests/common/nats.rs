@@ -294,3 +294,40 @@ impl Operator {
             .to_owned()
     }
 }
+
+/// `onair fleet ARGS` against the bus at `url`; its JSON answer.
+pub fn fleet_cli(url: &str, key: &Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(super::onair_bin())
+        .arg("fleet")
+        .args(args)
+        .arg("--servers")
+        .arg(url)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "onair fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A [`fleet_node`] on the bus at `url` (no more `[fleet]` keys), once it is connected.
+pub async fn connected_node(
+    id: &str,
+    region: &str,
+    url: &str,
+    public: &Path,
+    origin: std::net::SocketAddr,
+) -> super::Onair {
+    let n = fleet_node(id, region, &[url], public, origin, "", |s| s).await;
+    assert!(
+        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
+            .await,
+        "{}",
+        n.stderr()
+    );
+    n
+}

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::nats::{fleet_node, operator_keys, Nats, Operator};
+use crate::common::nats::{fleet_cli, fleet_node, operator_keys, Nats, Operator};
 use crate::common::*;
 
 /// A node of `region` on the bus at `url`, trusting `public`, in front of `origin`.
@@ -23,25 +23,6 @@ async fn node_with(
     fleet_extra: &str,
 ) -> Onair {
     fleet_node(id, region, &[url], public, origin.addr, fleet_extra, |s| s).await
-}
-
-/// `onair fleet ARGS` against the bus at `url`; its JSON answer.
-fn fleet_cli(url: &str, key: &Path, args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(onair_bin())
-        .arg("fleet")
-        .args(args)
-        .arg("--servers")
-        .arg(url)
-        .arg("--key")
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "onair fleet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn tagged(tag: &str, body: &'static str) -> Behaviour {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::common::nats::{fleet_node, operator_keys, Nats};
+use crate::common::nats::{connected_node, fleet_cli, operator_keys, Nats};
 use crate::common::*;
 
 /// RFC 3339 (UTC) of `t`.
@@ -24,24 +24,6 @@ fn page(body: &'static str) -> Behaviour {
         body: bytes::Bytes::from_static(body.as_bytes()),
         ..Behaviour::default()
     }
-}
-
-/// `onair fleet ARGS` signed with `key`; its JSON answer.
-fn fleet_cli(url: &str, key: &Path, args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(onair_bin())
-        .arg("fleet")
-        .args(args)
-        .args(["--servers", url])
-        .arg("--key")
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "onair fleet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The article's answers by every path a reader (or a leak hunter) may take.
@@ -89,20 +71,7 @@ async fn a_release_is_embargoed_everywhere_until_its_time_then_out_on_every_node
         ("edge-hn-2", "hn"),
         ("edge-hcm-1", "hcm"),
     ] {
-        let n = fleet_node(
-            id,
-            region,
-            &[nats.url.as_str()],
-            &public,
-            origin.addr,
-            "",
-            |s| s,
-        )
-        .await;
-        assert!(
-            n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
-                .await
-        );
+        let n = connected_node(id, region, &nats.url, &public, origin.addr).await;
         assert_eq!(get(n.http, "a", "/").await.unwrap().text(), "v1");
         nodes.push(n);
     }
@@ -207,20 +176,7 @@ async fn cancelled_rescheduled_and_forged_releases() {
     let (intruder, _) = operator_keys(keys.path(), "intruder");
     let origin = Origin::start("origin").await;
     origin.set(page("v1"));
-    let n = fleet_node(
-        "edge-hn-1",
-        "hn",
-        &[nats.url.as_str()],
-        &public,
-        origin.addr,
-        "",
-        |s| s,
-    )
-    .await;
-    assert!(
-        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
-            .await
-    );
+    let n = connected_node("edge-hn-1", "hn", &nats.url, &public, origin.addr).await;
     // A copy cached before any release names it (a draft).
     assert_eq!(get(n.http, "a", "/story").await.unwrap().text(), "v1");
     origin.set(page("v2"));
@@ -338,20 +294,7 @@ async fn a_lost_release_book_comes_back_from_the_fleet() {
     let (operator, public) = operator_keys(keys.path(), "operator");
     let origin = Origin::start("origin").await;
     origin.set(page("v1"));
-    let mut n = fleet_node(
-        "edge-hn-1",
-        "hn",
-        &[nats.url.as_str()],
-        &public,
-        origin.addr,
-        "",
-        |s| s,
-    )
-    .await;
-    assert!(
-        n.metric_becomes("onair_fleet_connected", |v| v == 1.0)
-            .await
-    );
+    let mut n = connected_node("edge-hn-1", "hn", &nats.url, &public, origin.addr).await;
     let later = rfc3339(SystemTime::now() + Duration::from_secs(3600));
     fleet_cli(
         &nats.url,
