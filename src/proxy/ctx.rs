@@ -87,6 +87,9 @@ pub struct RequestCtx {
     pub refetch: bool,
     /// The release whose embargo this request met (answered with the embargo answer).
     pub embargo: Option<std::sync::Arc<str>>,
+    /// The answer (stored or arriving) is under its origin's embargo: the reader gets the
+    /// embargo answer instead of its head and body.
+    pub origin_embargo: bool,
 }
 
 impl RequestCtx {
@@ -130,6 +133,7 @@ impl RequestCtx {
             revalidate: false,
             refetch: false,
             embargo: None,
+            origin_embargo: false,
         }
     }
 

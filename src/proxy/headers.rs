@@ -218,7 +218,12 @@ pub fn from_origin(resp: &mut ResponseHeader) {
 
 /// Headers meant for this edge only: `Surrogate-Control` is addressed to surrogates (and was
 /// acted on), `Surrogate-Key` / `Cache-Tag` name purge groups that readers need not see.
-const EDGE_ONLY: &[&str] = &["surrogate-control", "surrogate-key", "cache-tag"];
+const EDGE_ONLY: &[&str] = &[
+    "surrogate-control",
+    "surrogate-key",
+    "cache-tag",
+    crate::release::ORIGIN_EMBARGO,
+];
 
 /// Adds this node's `Via` entry and the request id to the client's answer. Another tier (an
 /// edge asking a shield) gets the edge-only fields too: it needs the tags to purge by and the

@@ -58,6 +58,10 @@ pub async fn serve_fresh(
     let Some(hit) = memory.fresh_hit(key, now) else {
         return Ok(false);
     };
+    if crate::release::origin_embargo(&hit.header.headers, now) {
+        // Its origin keeps it back until a time still to come: the full path answers that.
+        return Ok(false);
+    }
     let mut resp = hit.header;
     resp.set_version(http::Version::HTTP_11);
     // RFC 9111 §4: a response served from cache without validation carries Age.

@@ -636,11 +636,34 @@ impl ProxyHttp for Edge {
             ctx.permit = None;
             ctx.in_progress = None;
         }
+        if crate::release::origin_embargo(&resp.headers, SystemTime::now()) {
+            // The origin keeps this back until a time still to come: stored as it is, but the
+            // reader (or another tier) gets the embargo answer; the body is held back in
+            // response_body_filter.
+            METRICS.embargo_hit();
+            ctx.origin_embargo = true;
+            ctx.embargo = Some(std::sync::Arc::from("origin"));
+            *resp = embargo_answer(ctx)?;
+            return Ok(());
+        }
         resp.append_header(
             "Cache-Status",
             outcome.header(&ctx.snapshot.config.node.id, ttl),
         )?;
         headers::to_client(resp, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.origin_embargo {
+            *body = end_of_stream.then(|| Bytes::from_static(EMBARGO_BODY));
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -1150,4 +1173,17 @@ fn record(ctx: &mut RequestCtx, outcome: OriginOutcome, seen: Seen) {
     }
     ctx.attempt_recorded = true;
     ctx.waiting = None;
+}
+
+/// The embargo answer's body: like any missing page's.
+const EMBARGO_BODY: &[u8] = b"not found\n";
+
+/// The embargo answer's head (for a response under its origin's embargo, in place of its own).
+fn embargo_answer(ctx: &RequestCtx) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(404, Some(6))?;
+    resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+    resp.insert_header("Content-Length", EMBARGO_BODY.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    headers::to_client(&mut resp, ctx)?;
+    Ok(resp)
 }

@@ -564,6 +564,19 @@ fn prune(entries: &mut BTreeMap<String, Entry>, now_ms: u64) {
     });
 }
 
+/// The response header by which an origin puts a response under embargo on its own: stored,
+/// but answered with the embargo answer until the HTTP-date it gives (never sent to readers).
+pub const ORIGIN_EMBARGO: &str = "onair-embargo-until";
+
+/// Whether a stored or arriving response is under its origin's embargo at `now`.
+pub fn origin_embargo(headers: &http::HeaderMap, now: SystemTime) -> bool {
+    headers
+        .get(ORIGIN_EMBARGO)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .is_some_and(|until| now < until)
+}
+
 /// UNIX milliseconds now.
 pub fn now_ms() -> u64 {
     crate::fleet::op::unix_ms(SystemTime::now())

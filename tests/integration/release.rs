@@ -327,3 +327,54 @@ async fn a_lost_release_book_comes_back_from_the_fleet() {
     );
     assert!(n.dir.path().join("state/releases.json.bad").exists());
 }
+
+/// An origin that marks a response `Onair-Embargo-Until` keeps it back on its own: the edge
+/// stores it (one origin request) but answers the embargo answer by every path until then,
+/// never showing the header; from then on it serves the stored copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_marked_embargo_is_stored_but_held_back_until_its_time() {
+    let origin = Origin::start("origin").await;
+    let until = SystemTime::now() + Duration::from_secs(3);
+    origin.set(Behaviour {
+        headers: vec![
+            ("Cache-Control".into(), "max-age=600".into()),
+            ("Onair-Embargo-Until".into(), httpdate::fmt_http_date(until)),
+        ],
+        body: bytes::Bytes::from_static(b"the resolution"),
+        ..Behaviour::default()
+    });
+    let n = Onair::start(Setup::new(one_site(origin.addr, "", ""))).await;
+    for _ in 0..3 {
+        for (how, status, cache_control) in every_path(&n).await {
+            if how.contains("/vankien/nghi-quyet") {
+                assert_eq!(status, 404, "{how}");
+                assert_eq!(cache_control.as_deref(), Some("no-store"), "{how}");
+            }
+        }
+    }
+    let r = get(n.http, "a", "/vankien/nghi-quyet").await.unwrap();
+    assert_eq!(r.text(), "not found\n");
+    assert!(r.header("onair-embargo-until").is_none());
+    // Stored once (the query variant is another object), never asked for again.
+    let asked = origin
+        .requests()
+        .iter()
+        .filter(|r| r[":path"] == "/vankien/nghi-quyet")
+        .count();
+    assert_eq!(asked, 1);
+    let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        // The second one from the fast hit path.
+        let r = get(n.http, "a", "/vankien/nghi-quyet").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "the resolution");
+        assert!(r.header("onair-embargo-until").is_none());
+    }
+    let asked = origin
+        .requests()
+        .iter()
+        .filter(|r| r[":path"] == "/vankien/nghi-quyet")
+        .count();
+    assert_eq!(asked, 1, "served from the copy stored before the time");
+}
