@@ -88,6 +88,7 @@ pub struct Metrics {
     fleet_lag: prometheus::Gauge,
     fleet_ops: IntCounterVec,
     releases_pending: IntGauge,
+    warm_objects: IntGaugeVec,
     fleet_clock_offset: prometheus::Gauge,
     embargo_hits: IntCounter,
 }
@@ -195,6 +196,17 @@ impl Metrics {
         )
         .expect("valid gauge");
         r.register(Box::new(fleet_clock_offset.clone()))
+            .expect("registered once");
+        let warm_objects = IntGaugeVec::new(
+            Opts::new(
+                "onair_release_warm_objects",
+                "Objects of the pending releases' warm lists, by state: warmed (stored here, \
+                 held back until the release) or missing (not fetched yet, or failing).",
+            ),
+            &["state"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(warm_objects.clone()))
             .expect("registered once");
         let releases_pending = plain_gauge(
             "onair_releases_pending",
@@ -312,6 +324,7 @@ impl Metrics {
             fleet_lag,
             fleet_ops,
             releases_pending,
+            warm_objects,
             fleet_clock_offset,
             embargo_hits,
             connections_denied: counter(
@@ -409,6 +422,15 @@ impl Metrics {
     /// The bus's clock minus this node's, ms.
     pub fn fleet_clock_offset(&self, ms: i64) {
         self.fleet_clock_offset.set(ms as f64 / 1000.0);
+    }
+
+    /// The pending releases' warm objects, warmed and missing.
+    pub fn warm_objects(&self, warmed: usize, missing: usize) {
+        for (state, n) in [("warmed", warmed), ("missing", missing)] {
+            self.warm_objects
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// How many releases are waiting for their time.

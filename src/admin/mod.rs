@@ -118,7 +118,15 @@ impl AdminApp {
                     ),
                     (&Method::GET, p) if p.starts_with("/release/") => {
                         match self.cache.releases.get(&p["/release/".len()..]) {
-                            Some(entry) => (StatusCode::OK, json!(entry)),
+                            Some(entry) => {
+                                let mut answer = json!(entry);
+                                answer["warm"] = self
+                                    .cache
+                                    .releases
+                                    .warm
+                                    .report(&entry.spec.id, &entry.spec.warm);
+                                (StatusCode::OK, answer)
+                            }
                             None => (StatusCode::NOT_FOUND, json!({"error": "no such release"})),
                         }
                     }

@@ -137,6 +137,14 @@ impl EdgeCache {
     /// reports how many. The tiers are walked on a blocking thread: no request waits for it.
     pub async fn purge(&self, selector: &purge::Selector, soft: bool) -> purge::Report {
         self.history.record(selector);
+        self.purge_here(selector, soft).await
+    }
+
+    /// [`EdgeCache::purge`] of this node's tiers only, not remembered for judging upstream
+    /// copies: for copies that are stale here but not news (a release dropping the drafts it
+    /// holds back, which every node holding the release drops too), so that the next tier's
+    /// fresh copy is still taken.
+    pub async fn purge_here(&self, selector: &purge::Selector, soft: bool) -> purge::Report {
         let store = self.store;
         let selector = selector.clone();
         let walked =

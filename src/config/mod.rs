@@ -82,6 +82,47 @@ pub struct Config {
     pub dns: Dns,
     /// The fleet control plane; None: the node runs alone.
     pub fleet: Option<Fleet>,
+    pub release: Release,
+}
+
+/// `[release]`: how scheduled releases are prewarmed (see `crate::release`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Release {
+    /// How long before a release's time its `warm` list is fetched.
+    pub warm_lead: Duration,
+    /// Warm fetches at once, per release.
+    pub warm_concurrency: usize,
+    /// Sent with warm fetches (`Onair-Warm`) so that the origin lets them through its own
+    /// embargo, and accepted from this node's tiers (`protect.tiers`) for theirs.
+    pub warm_secret: Option<String>,
+}
+
+impl Release {
+    pub const DEFAULT_WARM_LEAD: Duration = Duration::from_secs(600);
+    pub const DEFAULT_WARM_CONCURRENCY: usize = 8;
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Release {
+            warm_lead: Release::DEFAULT_WARM_LEAD,
+            warm_concurrency: Release::DEFAULT_WARM_CONCURRENCY,
+            warm_secret: None,
+        }
+    }
+}
+
+impl fmt::Debug for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Release")
+            .field("warm_lead", &self.warm_lead)
+            .field("warm_concurrency", &self.warm_concurrency)
+            .field(
+                "warm_secret",
+                &self.warm_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// `[fleet]`: the NATS JetStream bus fleet operations come on, and the operators' keys (see

@@ -22,6 +22,16 @@ pub struct RawConfig {
     pub pool: Vec<RawPool>,
     pub dns: RawDns,
     pub fleet: Option<RawFleet>,
+    pub release: RawRelease,
+}
+
+/// `[release]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawRelease {
+    pub warm_lead: Option<String>,
+    pub warm_concurrency: Option<u32>,
+    pub warm_secret_file: Option<String>,
 }
 
 /// `[fleet]`

@@ -181,6 +181,7 @@ pub(super) fn validate(
         pool,
         dns,
         fleet,
+        release,
     } = raw;
 
     let node = validate_node(node, overrides, &mut e);
@@ -223,6 +224,7 @@ pub(super) fn validate(
     }
     let dns = validate_dns(dns, &mut e);
     let fleet = fleet.map(|f| super::fleet::validate(f, base, &cache, &mut e));
+    let release = validate_release(release, base, &mut e);
     Config {
         node,
         listen,
@@ -235,6 +237,40 @@ pub(super) fn validate(
         pools,
         dns,
         fleet,
+        release,
+    }
+}
+
+fn validate_release(r: RawRelease, base: &Path, e: &mut Errors<'_>) -> Release {
+    let warm_lead = e.duration_in(
+        "release.warm_lead",
+        &r.warm_lead,
+        Release::DEFAULT_WARM_LEAD,
+        (Duration::ZERO, Duration::from_secs(86_400)),
+    );
+    let warm_concurrency = r
+        .warm_concurrency
+        .map_or(Release::DEFAULT_WARM_CONCURRENCY, |n| n as usize);
+    if !(1..=64).contains(&warm_concurrency) {
+        e.push("release.warm_concurrency", "must be between 1 and 64");
+    }
+    let warm_secret = r.warm_secret_file.and_then(|f| {
+        let bytes = e.file("release.warm_secret_file", base, &f, 4096)?;
+        let secret = String::from_utf8_lossy(&bytes).trim().to_owned();
+        let ok = secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            e.push(
+                "release.warm_secret_file",
+                "the secret must be at least 16 printable characters (it lets a request past \
+                 an embargo)",
+            );
+        }
+        ok.then_some(secret)
+    });
+    Release {
+        warm_lead,
+        warm_concurrency,
+        warm_secret,
     }
 }
 

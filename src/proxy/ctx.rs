@@ -90,6 +90,9 @@ pub struct RequestCtx {
     /// The answer (stored or arriving) is under its origin's embargo: the reader gets the
     /// embargo answer instead of its head and body.
     pub origin_embargo: bool,
+    /// A warm fetch (see `release::warm`): past the embargoes, the rate limits and the
+    /// challenge, which are for readers.
+    pub warming: bool,
 }
 
 impl RequestCtx {
@@ -134,6 +137,7 @@ impl RequestCtx {
             refetch: false,
             embargo: None,
             origin_embargo: false,
+            warming: false,
         }
     }
 

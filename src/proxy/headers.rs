@@ -140,6 +140,16 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
         req.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
         req.insert_header(crate::cache::REFETCH_HEADER, "1")?;
     }
+    // A warm fetch's marker goes on only as the fleet's secret (for the next tier and the
+    // origin's own embargo); a reader's copy, or this node's own token, never.
+    if req.headers.contains_key(crate::release::warm::HEADER) {
+        req.remove_header(crate::release::warm::HEADER);
+    }
+    if ctx.warming {
+        if let Some(secret) = &ctx.snapshot.config.release.warm_secret {
+            req.insert_header(crate::release::warm::HEADER, secret.as_str())?;
+        }
+    }
     let default_port = if scheme == "https" { 443 } else { 80 };
     let original_host: Option<HeaderValue> = match ctx.port.filter(|p| *p != default_port) {
         Some(port) => HeaderValue::from_str(&format!("{}:{port}", ctx.host)).ok(),

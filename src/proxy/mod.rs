@@ -181,7 +181,16 @@ impl ProxyHttp for Edge {
                 "site index out of range",
             ));
         };
-        if let Some(retry_after) = self.over_rate(ctx, &route).filter(|_| !background) {
+        ctx.warming = crate::release::warm::recognized(
+            session.req_header(),
+            ctx.peer_ip,
+            ctx.from_tier,
+            ctx.snapshot.config.release.warm_secret.as_deref(),
+        );
+        if let Some(retry_after) = self
+            .over_rate(ctx, &route)
+            .filter(|_| !background && !ctx.warming)
+        {
             respond::too_many_requests(session, ctx, retry_after).await?;
             return Ok(true);
         }
@@ -194,11 +203,12 @@ impl ProxyHttp for Edge {
         // shield exists for.
         ctx.uncleared = !background
             && !ctx.from_tier
+            && !ctx.warming
             && self.live.attack().active()
             && !challenge::cleared(session, ctx);
         // Counted for load shedding from here: past the refusals (a tarpitted 429 is no load).
         ctx.in_progress = Some(protect::shed::enter());
-        if self.embargoed(session, ctx) {
+        if !ctx.warming && self.embargoed(session, ctx) {
             // Before its release: never from the cache, never from the origin, whatever the
             // method or the path to it. The answer looks like any missing page (saying
             // "embargoed" would tell that the page exists).
@@ -636,7 +646,7 @@ impl ProxyHttp for Edge {
             ctx.permit = None;
             ctx.in_progress = None;
         }
-        if crate::release::origin_embargo(&resp.headers, SystemTime::now()) {
+        if !ctx.warming && crate::release::origin_embargo(&resp.headers, SystemTime::now()) {
             // The origin keeps this back until a time still to come: stored as it is, but the
             // reader (or another tier) gets the embargo answer; the body is held back in
             // response_body_filter.

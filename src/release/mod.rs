@@ -16,6 +16,7 @@
 //! little too much before the time is the safe side.
 
 pub mod service;
+pub mod warm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -303,6 +304,8 @@ pub struct Book {
     state_dir: OnceLock<PathBuf>,
     /// Woken when a release is added, changed or cancelled (the flip's next time may move).
     pub changed: tokio::sync::Notify,
+    /// Where each release's warm list stands.
+    pub warm: warm::Progress,
 }
 
 impl Book {
@@ -401,6 +404,8 @@ impl Book {
                 None => "scheduled",
             };
             prune(&mut entries, now_ms);
+            // Changed: it warms again (its list, or what it holds back, may differ).
+            self.warm.reset(&spec.id);
             entries.insert(
                 spec.id.clone(),
                 Entry {
@@ -551,7 +556,9 @@ pub async fn hold(cache: &crate::cache::EdgeCache, spec: Spec) -> Result<&'stati
         selectors.push(crate::cache::purge::Selector::Prefix(prefix));
     }
     for selector in selectors {
-        cache.purge(&selector, false).await;
+        // Every node holding the release drops its own: a shield's copy fetched after it is
+        // no older draft, and an edge must take it.
+        cache.purge_here(&selector, false).await;
     }
     Ok(what)
 }

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::{now_ms, Book};
+use super::{now_ms, warm, Book};
 use crate::cache::EdgeCache;
+use crate::metrics::METRICS;
 use crate::snapshot::Live;
 
 /// The longest sleep between looks (a clock stepped forward is noticed within it).
@@ -62,11 +63,73 @@ impl ReleaseService {
     }
 }
 
+impl ReleaseService {
+    /// Starts the warm fetches due now: every pending release within `release.warm_lead` of
+    /// its time, up to `release.warm_concurrency` at once each.
+    fn warm(&self) {
+        let snapshot = self.live.current();
+        let settings = &snapshot.config.release;
+        let now = now_ms();
+        let lead = u64::try_from(settings.warm_lead.as_millis()).unwrap_or(u64::MAX);
+        let pending: Vec<_> = self
+            .book()
+            .list()
+            .into_iter()
+            .filter(|e| e.state == super::State::Pending)
+            .collect();
+        let (warmed, missing) = self.book().warm.counts(
+            pending
+                .iter()
+                .map(|e| (e.spec.id.as_str(), e.spec.warm.as_slice())),
+        );
+        METRICS.warm_objects(warmed, missing);
+        if missing == 0 {
+            return;
+        }
+        // The node's own plain-HTTP listener, as a reader would reach it.
+        let Some(listen) = snapshot.config.listen.http.first().map(|a| {
+            let ip = if a.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.ip()
+            };
+            std::net::SocketAddr::new(ip, a.port())
+        }) else {
+            return;
+        };
+        let value = settings
+            .warm_secret
+            .clone()
+            .unwrap_or_else(|| warm::token().to_owned());
+        for entry in pending {
+            if now.saturating_add(lead) < entry.at_ms || now >= entry.at_ms {
+                continue;
+            }
+            let id = entry.spec.id.clone();
+            for url in self
+                .book()
+                .warm
+                .next(&id, &entry.spec.warm, settings.warm_concurrency)
+            {
+                let (cache, id, value) = (self.cache, id.clone(), value.clone());
+                tokio::spawn(async move {
+                    let result = warm::fetch(listen, &url, &value).await.map(|_| ());
+                    if let Err(e) = &result {
+                        tracing::debug!("release {id}: warm {url}: {e}");
+                    }
+                    cache.releases.warm.finished(&id, &url, result);
+                });
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for ReleaseService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
             self.flip().await;
+            self.warm();
             let wait = self.book().next_at().map_or(MAX_SLEEP, |at| {
                 Duration::from_millis(at.saturating_sub(now_ms())).min(MAX_SLEEP)
             });

@@ -378,3 +378,110 @@ async fn an_origin_marked_embargo_is_stored_but_held_back_until_its_time() {
         .count();
     assert_eq!(asked, 1, "served from the copy stored before the time");
 }
+
+/// Prewarm through the tiers: an edge and its shield, each holding the release, fetch its warm
+/// list ahead of the time (the edge through the shield, with the fleet's warm secret, which the
+/// origin sees too); the origin is asked once per object; readers get 404 until the time, and a
+/// burst of readers at the time costs the origin nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_time() {
+    const SECRET: &str = "warm-secret-0123456789";
+    let origin = Origin::start("origin").await;
+    origin.set(Behaviour {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        body: bytes::Bytes::from_static(&[b'x'; 4096]),
+        ..Behaviour::default()
+    });
+    let release_keys = "[release]\nwarm_secret_file = \"warm.secret\"\n";
+    let mut shield_setup = Setup::new(format!(
+        "{release_keys}[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
+        one_site(origin.addr, "", "")
+    ))
+    .with_file("warm.secret", SECRET);
+    shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
+    let shield = Onair::start(shield_setup).await;
+    let edge = Onair::start(
+        Setup::new(format!(
+            "{release_keys}{}",
+            one_site(shield.http, "shields = true", "")
+        ))
+        .with_file("warm.secret", SECRET),
+    )
+    .await;
+    let at = SystemTime::now() + Duration::from_secs(6);
+    let objects = ["/vk/article", "/vk/photo.jpg", "/vk/video/seg-1.ts"];
+    let warm: Vec<String> = objects.iter().map(|p| format!("\"http://a{p}\"")).collect();
+    let body = format!(
+        r#"{{"id": "vk", "at": "{}", "embargo": {{"prefix": "http://a/vk/"}},
+            "warm": [{}]}}"#,
+        rfc3339(at),
+        warm.join(", ")
+    );
+    for n in [&shield, &edge] {
+        let r = n.admin_post("/release", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let r = edge.admin("GET", "/release/vk").await;
+            let entry: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            entry["warm"]["warmed"] == 3
+        })
+        .await,
+        "{}",
+        edge.admin("GET", "/release/vk").await.text()
+    );
+    assert!(
+        edge.metric_becomes("onair_release_warm_objects{state=\"warmed\"}", |v| v == 3.0)
+            .await
+    );
+    let asked = |path: &str| {
+        origin
+            .requests()
+            .iter()
+            .filter(|r| r[":path"] == path)
+            .count()
+    };
+    for path in objects {
+        assert_eq!(asked(path), 1, "{path}");
+        for n in [&shield, &edge] {
+            assert_eq!(get(n.http, "a", path).await.unwrap().status, 404, "{path}");
+        }
+    }
+    // The origin saw the fleet's secret on the warm fetches, never a reader.
+    assert!(origin
+        .requests()
+        .iter()
+        .all(|r| r.get("onair-warm").map(String::as_str) == Some(SECRET)));
+    // A reader with a guessed marker is a reader.
+    let r = request(
+        edge.http,
+        "GET",
+        "a",
+        "/vk/article",
+        &[("Onair-Warm", "guess")],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    let readers: Vec<_> = (0..60)
+        .map(|i| {
+            let (addr, path) = (edge.http, objects[i % 3]);
+            tokio::spawn(async move { get(addr, "a", path).await.map(|r| r.status) })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap(), 200);
+    }
+    for path in objects {
+        assert_eq!(
+            asked(path),
+            1,
+            "{path}: the origin was asked again at the release"
+        );
+    }
+}
