@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,21 +28,31 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// A port that was free a moment ago. The OS hands out ephemeral ports in sequence, so a
-/// collision with another test in the short window before onair binds is unlikely; callers
-/// that start onair retry on a bind failure anyway.
+/// A port for a test's onair listener, free a moment ago.
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// `N` distinct free ports: every socket stays bound until all are chosen, since the kernel
-/// may hand a just-released port out again at once (three calls to [`free_port`] in a row can
-/// return one port twice).
+/// `N` distinct free ports for onair listeners. They come from a range the kernel never hands
+/// out on its own (below `ip_local_port_range`, 32768 up): origins, NATS servers and client
+/// sockets take ephemeral ports, so a port a test frees (a node killed to be restarted on the
+/// same ports) cannot be taken meanwhile by another test's socket, only by this counter, which
+/// never hands one out twice in a run.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Another test process running at the same time starts elsewhere in the range.
+    static NEXT: LazyLock<AtomicU32> =
+        LazyLock::new(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % SPAN));
+    std::array::from_fn(|_| loop {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(port).unwrap();
+        // Taken by something outside this run: the next one.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    })
 }
 
 // === Origin ===

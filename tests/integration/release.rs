@@ -26,6 +26,15 @@ fn page(body: &'static str) -> Behaviour {
     }
 }
 
+/// How many times the origin was asked for `path` (its query aside).
+fn asked(origin: &Origin, path: &str) -> usize {
+    origin
+        .requests()
+        .iter()
+        .filter(|r| r[":path"] == path)
+        .count()
+}
+
 /// The article's answers by every path a reader (or a leak hunter) may take.
 async fn every_path(n: &Onair) -> Vec<(String, u16, Option<String>)> {
     let mut seen = Vec::new();
@@ -356,12 +365,7 @@ async fn an_origin_marked_embargo_is_stored_but_held_back_until_its_time() {
     assert_eq!(r.text(), "not found\n");
     assert!(r.header("onair-embargo-until").is_none());
     // Stored once (the query variant is another object), never asked for again.
-    let asked = origin
-        .requests()
-        .iter()
-        .filter(|r| r[":path"] == "/vankien/nghi-quyet")
-        .count();
-    assert_eq!(asked, 1);
+    assert_eq!(asked(&origin, "/vankien/nghi-quyet"), 1);
     let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(100)).await;
     for _ in 0..2 {
@@ -371,12 +375,11 @@ async fn an_origin_marked_embargo_is_stored_but_held_back_until_its_time() {
         assert_eq!(r.text(), "the resolution");
         assert!(r.header("onair-embargo-until").is_none());
     }
-    let asked = origin
-        .requests()
-        .iter()
-        .filter(|r| r[":path"] == "/vankien/nghi-quyet")
-        .count();
-    assert_eq!(asked, 1, "served from the copy stored before the time");
+    assert_eq!(
+        asked(&origin, "/vankien/nghi-quyet"),
+        1,
+        "served from the copy stored before the time"
+    );
 }
 
 /// Prewarm through the tiers: an edge and its shield, each holding the release, fetch its warm
@@ -435,15 +438,8 @@ async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_t
         edge.metric_becomes("onair_release_warm_objects{state=\"warmed\"}", |v| v == 3.0)
             .await
     );
-    let asked = |path: &str| {
-        origin
-            .requests()
-            .iter()
-            .filter(|r| r[":path"] == path)
-            .count()
-    };
     for path in objects {
-        assert_eq!(asked(path), 1, "{path}");
+        assert_eq!(asked(&origin, path), 1, "{path}");
         for n in [&shield, &edge] {
             assert_eq!(get(n.http, "a", path).await.unwrap().status, 404, "{path}");
         }
@@ -479,7 +475,7 @@ async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_t
     }
     for path in objects {
         assert_eq!(
-            asked(path),
+            asked(&origin, path),
             1,
             "{path}: the origin was asked again at the release"
         );
