@@ -196,6 +196,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             pool: "main".into(),
             maintenance_page: None,
+            embargo_status: 404,
             force_stale_if_error: false,
             nojs_challenge: false,
             pass_headers: Vec::new(),

@@ -531,6 +531,9 @@ pub struct Site {
     pub pool: String,
     /// The maintenance page body, read from `maintenance_page` (None: the built-in page).
     pub maintenance_page: Option<Bytes>,
+    /// The status of the answer to a request for content under a release's embargo (a 4xx;
+    /// default 404, like any missing page).
+    pub embargo_status: u16,
     /// Serve stale on origin errors even where the origin forbids it (must-revalidate, ...).
     pub force_stale_if_error: bool,
     /// Whether attack mode's challenge offers readers without JavaScript a timed wait

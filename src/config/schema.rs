@@ -122,6 +122,7 @@ pub struct RawSite {
     pub hosts: Vec<String>,
     pub pool: Option<String>,
     pub maintenance_page: Option<String>,
+    pub embargo_status: Option<u16>,
     pub force_stale_if_error: Option<bool>,
     pub nojs_challenge: Option<bool>,
     pub pass_headers: Vec<String>,

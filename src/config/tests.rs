@@ -1680,3 +1680,17 @@ fn fleet_bus_and_operator_keys() {
         .iter()
         .any(|e| e.path == "fleet.sign_key" && e.message.contains("not among fleet.verify_key")));
 }
+
+#[test]
+fn a_sites_embargo_answer_is_a_4xx() {
+    let site = |status: &str| {
+        MINIMAL.replacen(
+            "pool = \"portal\"\n",
+            &format!("pool = \"portal\"\nembargo_status = {status}\n"),
+            1,
+        )
+    };
+    assert_eq!(parse(&site("451")).unwrap().sites[0].embargo_status, 451);
+    let errs = parse(&site("200")).unwrap_err();
+    assert_eq!(errs.0[0].path, "site[0].embargo_status", "{errs:#?}");
+}

@@ -1250,6 +1250,13 @@ fn validate_sites(
             )
             .map(Bytes::from)
         });
+        let embargo_status = s.embargo_status.unwrap_or(404);
+        if !(400..=499).contains(&embargo_status) {
+            e.push(
+                format!("{at}.embargo_status"),
+                "must be a 4xx status (404 by default: like any missing page)",
+            );
+        }
         let mut paths = HashSet::new();
         let routes = s
             .route
@@ -1313,6 +1320,7 @@ fn validate_sites(
             hosts,
             pool,
             maintenance_page,
+            embargo_status,
             force_stale_if_error: s.force_stale_if_error.unwrap_or(false),
             nojs_challenge: s.nojs_challenge.unwrap_or(false),
             pass_headers: pass_headers(e, &at, &s.pass_headers),

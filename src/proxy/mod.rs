@@ -213,7 +213,7 @@ impl ProxyHttp for Edge {
             // method or the path to it. The answer looks like any missing page (saying
             // "embargoed" would tell that the page exists).
             METRICS.embargo_hit();
-            respond::text(session, ctx, 404, "not found\n").await?;
+            respond::text(session, ctx, embargo_status(ctx), "not found\n").await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -1190,10 +1190,17 @@ const EMBARGO_BODY: &[u8] = b"not found\n";
 
 /// The embargo answer's head (for a response under its origin's embargo, in place of its own).
 fn embargo_answer(ctx: &RequestCtx) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(404, Some(6))?;
+    let mut resp = ResponseHeader::build(embargo_status(ctx), Some(6))?;
     resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
     resp.insert_header("Content-Length", EMBARGO_BODY.len().to_string())?;
     resp.insert_header("Cache-Control", "no-store")?;
     headers::to_client(&mut resp, ctx)?;
     Ok(resp)
+}
+
+/// The status of the embargo answer for this request's site (`site.embargo_status`).
+fn embargo_status(ctx: &RequestCtx) -> u16 {
+    ctx.site
+        .and_then(|i| ctx.snapshot.config.sites.get(i))
+        .map_or(404, |s| s.embargo_status)
 }
