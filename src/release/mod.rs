@@ -545,7 +545,17 @@ impl Book {
 /// be what readers get when it is out. The time check of the embargo keeps everything else.
 pub async fn hold(cache: &crate::cache::EdgeCache, spec: Spec) -> Result<&'static str, String> {
     let checked = spec.check()?;
-    let what = cache.releases.schedule(spec, now_ms())?;
+    // Its warming waits until the drafts are gone: a copy fetched while they are dropped
+    // would be dropped with them (the embargo is on from `schedule` already).
+    let id = spec.id.clone();
+    cache.releases.warm.pause(&id);
+    let what = match cache.releases.schedule(spec, now_ms()) {
+        Ok(what) => what,
+        Err(e) => {
+            cache.releases.warm.resume(&id);
+            return Err(e);
+        }
+    };
     let mut selectors = Vec::new();
     if !checked.targets.is_empty() {
         selectors.push(crate::cache::purge::Selector::Urls(
@@ -560,6 +570,7 @@ pub async fn hold(cache: &crate::cache::EdgeCache, spec: Spec) -> Result<&'stati
         // no older draft, and an edge must take it.
         cache.purge_here(&selector, false).await;
     }
+    cache.releases.warm.resume(&id);
     Ok(what)
 }
 

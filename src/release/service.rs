@@ -106,18 +106,18 @@ impl ReleaseService {
                 continue;
             }
             let id = entry.spec.id.clone();
-            for url in self
-                .book()
-                .warm
-                .next(&id, &entry.spec.warm, settings.warm_concurrency)
-            {
+            let (generation, urls) =
+                self.book()
+                    .warm
+                    .next(&id, &entry.spec.warm, settings.warm_concurrency);
+            for url in urls {
                 let (cache, id, value) = (self.cache, id.clone(), value.clone());
                 tokio::spawn(async move {
                     let result = warm::fetch(listen, &url, &value).await.map(|_| ());
                     if let Err(e) = &result {
                         tracing::debug!("release {id}: warm {url}: {e}");
                     }
-                    cache.releases.warm.finished(&id, &url, result);
+                    cache.releases.warm.finished(&id, generation, &url, result);
                 });
             }
         }

@@ -61,10 +61,16 @@ fn constant_eq(a: &str, b: &str) -> bool {
 #[derive(Default)]
 pub struct Progress {
     releases: Mutex<HashMap<String, Warming>>,
+    /// Releases whose warming waits (while their drafts are dropped: a copy fetched meanwhile
+    /// would be dropped with them).
+    paused: Mutex<HashSet<String>>,
+    /// Bumped by every reset: a fetch started before one does not count after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
 struct Warming {
+    generation: u64,
     done: HashSet<String>,
     running: HashSet<String>,
     /// Failed URLs and when they may be tried again.
@@ -80,10 +86,34 @@ impl Progress {
         }
     }
 
-    /// Up to `limit` URLs of `list` to fetch now (marked running).
-    pub fn next(&self, id: &str, list: &[String], limit: usize) -> Vec<String> {
+    fn paused(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        match self.paused.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Holds `id`'s warming back until [`Progress::resume`].
+    pub fn pause(&self, id: &str) {
+        self.paused().insert(id.to_owned());
+    }
+
+    pub fn resume(&self, id: &str) {
+        self.paused().remove(id);
+    }
+
+    /// Up to `limit` URLs of `list` to fetch now (marked running), with the generation to
+    /// give back to [`Progress::finished`].
+    pub fn next(&self, id: &str, list: &[String], limit: usize) -> (u64, Vec<String>) {
+        if self.paused().contains(id) {
+            return (0, Vec::new());
+        }
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
         let mut all = self.lock();
-        let w = all.entry(id.to_owned()).or_default();
+        let w = all.entry(id.to_owned()).or_insert_with(|| Warming {
+            generation,
+            ..Warming::default()
+        });
         let now = Instant::now();
         let mut picked = Vec::new();
         for url in list {
@@ -96,13 +126,16 @@ impl Progress {
                 picked.push(url.clone());
             }
         }
-        picked
+        (w.generation, picked)
     }
 
-    /// The fetch of `url` ended.
-    pub fn finished(&self, id: &str, url: &str, result: Result<(), String>) {
+    /// The fetch of `url`, started in `generation`, ended.
+    pub fn finished(&self, id: &str, generation: u64, url: &str, result: Result<(), String>) {
         let mut all = self.lock();
-        let w = all.entry(id.to_owned()).or_default();
+        let Some(w) = all.get_mut(id).filter(|w| w.generation == generation) else {
+            // The release changed meanwhile: this fetch is of the old one.
+            return;
+        };
         w.running.remove(url);
         match result {
             Ok(()) => {
@@ -119,6 +152,8 @@ impl Progress {
 
     /// The release was changed: it warms again from the start.
     pub fn reset(&self, id: &str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lock().remove(id);
     }
 
@@ -265,18 +300,30 @@ mod tests {
     fn progress_retries_failures_later_and_reports_what_is_missing() {
         let p = Progress::default();
         let list = vec!["http://a/1".to_owned(), "http://a/2".to_owned()];
-        let first = p.next("r", &list, 8);
+        let (generation, first) = p.next("r", &list, 8);
         assert_eq!(first.len(), 2);
         assert!(
-            p.next("r", &list, 8).is_empty(),
+            p.next("r", &list, 8).1.is_empty(),
             "running ones are not picked again"
         );
-        p.finished("r", "http://a/1", Ok(()));
-        p.finished("r", "http://a/2", Err("answered 503".into()));
-        assert!(p.next("r", &list, 8).is_empty(), "a failure waits RETRY");
+        p.finished("r", generation, "http://a/1", Ok(()));
+        p.finished("r", generation, "http://a/2", Err("answered 503".into()));
+        assert!(p.next("r", &list, 8).1.is_empty(), "a failure waits RETRY");
         let report = p.report("r", &list);
         assert_eq!(report["warmed"], 1);
         assert_eq!(report["missing"][0]["error"], "answered 503");
         assert_eq!(p.counts([("r", list.as_slice())].into_iter()), (1, 1));
+        // Paused (its drafts being dropped): nothing picked; changed: an old fetch that ends
+        // late does not count.
+        p.reset("r");
+        p.pause("r");
+        assert!(p.next("r", &list, 8).1.is_empty());
+        p.resume("r");
+        let (new_generation, again) = p.next("r", &list, 8);
+        assert_eq!(again.len(), 2);
+        p.finished("r", generation, "http://a/1", Ok(()));
+        assert_eq!(p.report("r", &list)["warmed"], 0);
+        p.finished("r", new_generation, "http://a/1", Ok(()));
+        assert_eq!(p.report("r", &list)["warmed"], 1);
     }
 }
