@@ -151,26 +151,9 @@ fn applied_times(nodes: &[Onair]) -> Vec<HashMap<String, SystemTime>> {
 
 /// `2026-12-03T10:52:01.123456Z` (tracing's timestamps) as a time.
 fn rfc3339(text: &str) -> Option<SystemTime> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<u64>());
-    let (h, min, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    // Days from the civil date (proleptic Gregorian), as in Howard Hinnant's algorithm.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    let nanos: u64 = format!("{frac:0<9}")[..9].parse().ok()?;
-    Some(
-        SystemTime::UNIX_EPOCH
-            + Duration::from_secs(days * 86_400 + h * 3600 + min * 60 + s)
-            + Duration::from_nanos(nanos),
-    )
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
 /// Publishes `count` purges at `rate` per second, each on a task of its own so a slow

@@ -75,12 +75,22 @@ pub fn read_again(state_dir: &Path) {
 
 /// Stores `position` durably. Blocking (fsync): call it from a blocking thread.
 pub fn store(state_dir: &Path, position: Position) -> std::io::Result<()> {
+    write_durably(
+        state_dir,
+        FILE,
+        &serde_json::to_vec(&position).unwrap_or_default(),
+    )
+}
+
+/// Replaces `state_dir/name` with `bytes` so that after a crash it is the old file or the new
+/// one, never a torn one: a temporary file, fsynced, renamed over it, the directory fsynced.
+pub fn write_durably(state_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     // Two processes over one state dir (a graceful upgrade) must not write one temp file.
-    let tmp = state_dir.join(format!("{FILE}.{}.tmp", std::process::id()));
+    let tmp = state_dir.join(format!("{name}.{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(&position).unwrap_or_default())?;
+    file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path(state_dir))?;
+    std::fs::rename(&tmp, state_dir.join(name))?;
     // The rename itself must survive a crash too.
     std::fs::File::open(state_dir)?.sync_all()
 }

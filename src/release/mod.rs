@@ -19,7 +19,6 @@ pub mod service;
 pub mod warm;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -519,18 +518,14 @@ impl Book {
         self.matcher.store(Arc::new(matcher));
     }
 
-    /// Writes the releases to the state dir: a temporary file, fsynced, renamed over the old
-    /// one. Releases change rarely (an editor's schedule), so this runs where they change.
+    /// Writes the releases to the state dir, durably (see `fleet::state::write_durably`).
+    /// Releases change rarely (an editor's schedule), so this runs where they change.
     fn store(&self) {
         let Some(dir) = self.state_dir.get() else {
             return;
         };
         let bytes = serde_json::to_vec_pretty(&*self.lock()).unwrap_or_default();
-        let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
-        let written = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-            .and_then(|()| std::fs::rename(&tmp, dir.join(FILE)));
-        if let Err(e) = written {
+        if let Err(e) = crate::fleet::state::write_durably(dir, FILE, &bytes) {
             tracing::error!(
                 "release: cannot keep the releases in {}: {e} (a restart would forget them \
                  until the fleet replays them)",
