@@ -6,8 +6,8 @@
 //! with a capped backoff, then carries on from its stored position, so what was published
 //! meanwhile is applied in order. A reload that changes `[fleet]` reconnects with it.
 //!
-//! The position is the node's own (`state::Position`, fsynced before the next operation is
-//! read), not a durable consumer's on the server: the server keeps no state per node, a node
+//! The position is the node's own (`state::Position`, fsynced at once after a quiet spell and
+//! at most every [`STORE_EVERY`] under load), not a durable consumer's on the server: the server keeps no state per node, a node
 //! restored from a backup replays from where its state dir says, and retiring a node leaves
 //! nothing behind on the bus.
 
