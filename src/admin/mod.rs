@@ -303,8 +303,21 @@ impl AdminApp {
                         )
                     }
                 };
-                if let Err(e) = spec.check_new(crate::release::now_ms()) {
-                    return (StatusCode::BAD_REQUEST, json!({ "error": e }));
+                let checked = match spec.check_new(crate::release::now_ms()) {
+                    Ok(checked) => checked,
+                    Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
+                };
+                // A host no site answers here would hold nothing back: a typo, most likely.
+                let snapshot = self.live.current();
+                let hosts = checked.urls.iter().map(|(host, _, _)| host);
+                if let Some(host) = hosts
+                    .chain(checked.prefix.iter().map(|(host, _, _)| host))
+                    .find(|host| snapshot.hosts.site_for(host).is_none())
+                {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("no site here answers for {host:?}")}),
+                    );
                 }
                 Action::Release(spec)
             }
@@ -314,18 +327,22 @@ impl AdminApp {
             Ok(published) => published,
             Err(answer) => return answer,
         };
-        let now = crate::release::now_ms();
+        // Ordered against the release's time by when it was issued (see `release`).
+        let issued = published
+            .as_ref()
+            .map_or_else(crate::release::now_ms, |p| p.op.issued_at);
         let mut answer = json!({});
         if published.as_ref().is_none_or(|p| p.here) {
             // Here at once, like a purge: this node does not wait for the bus to bring it back.
             let done = match &action {
-                Action::Release(spec) => crate::release::hold(&self.cache, spec.clone())
+                Action::Release(spec) => {
+                    let seq = published.as_ref().map(|p| p.seq);
+                    crate::release::hold(&self.cache, spec.clone(), seq, issued)
+                        .await
+                        .map(str::to_owned)
+                }
+                Action::ReleaseCancel { id } => crate::release::call_off(&self.cache, id, issued)
                     .await
-                    .map(str::to_owned),
-                Action::ReleaseCancel { id } => self
-                    .cache
-                    .releases
-                    .cancel(id, now)
                     .map(|()| "cancelled".to_owned()),
                 _ => Ok(String::new()),
             };

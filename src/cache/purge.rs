@@ -72,7 +72,7 @@ pub fn target_of_url_shaped(
 }
 
 /// `s` with every byte outside ASCII as an uppercase `%XX`.
-fn encode_non_ascii(s: &str) -> std::borrow::Cow<'_, str> {
+pub fn encode_non_ascii(s: &str) -> std::borrow::Cow<'_, str> {
     if s.is_ascii() {
         return std::borrow::Cow::Borrowed(s);
     }

@@ -439,7 +439,13 @@ impl FleetService {
                     }
                     progressed = Instant::now();
                     let refused = self
-                        .handle(&message.payload, stored_at, cfg, seen, position, &mut refusals)
+                        .handle(
+                            (&message.payload, seq, stored_at),
+                            cfg,
+                            seen,
+                            position,
+                            &mut refusals,
+                        )
                         .await;
                     position.seq = seq;
                     position.at = op::unix_ms(SystemTime::now());
@@ -510,6 +516,7 @@ impl FleetService {
                 .clock_offset_ms
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            releases: self.cache.releases.beats(),
             doubtful: false,
         }
     }
@@ -535,12 +542,12 @@ impl FleetService {
         }
     }
 
-    /// Verifies one operation and applies it if it is meant for this node; counts the result.
-    /// Whether it was refused (not for another node: refused as forged, stale, invalid...).
+    /// Verifies one operation (`envelope`, stored as `seq` at `stored_at`) and applies it if
+    /// it is meant for this node; counts the result. Whether it was refused (not for another
+    /// node: refused as forged, stale, invalid...).
     async fn handle(
         &self,
-        envelope: &[u8],
-        stored_at: u64,
+        (envelope, seq, stored_at): (&[u8], u64, u64),
         cfg: &Fleet,
         seen: &mut Seen,
         position: &mut state::Position,
@@ -590,7 +597,7 @@ impl FleetService {
             METRICS.fleet_op(kind, "applied");
             return false;
         }
-        match self.apply(&op, &snapshot).await {
+        match self.apply(&op, seq, &snapshot).await {
             Ok(what) => {
                 METRICS.fleet_op(kind, "applied");
                 tracing::info!(id = %op.id, scope = %op.scope, "fleet: applied {kind}: {what}");
@@ -621,7 +628,8 @@ impl FleetService {
         }
     }
 
-    async fn apply(&self, op: &Operation, snapshot: &Snapshot) -> Result<String, String> {
+    /// Applies operation `seq` of the stream.
+    async fn apply(&self, op: &Operation, seq: u64, snapshot: &Snapshot) -> Result<String, String> {
         match &op.action {
             Action::Purge { .. } => {
                 let request = op
@@ -641,14 +649,15 @@ impl FleetService {
                 Ok(mode.as_str().to_owned())
             }
             Action::Release(spec) => {
-                let what = crate::release::hold(&self.cache, spec.clone()).await?;
+                let what = crate::release::hold(&self.cache, spec.clone(), Some(seq), op.issued_at)
+                    .await?;
                 Ok(format!("{} {what} for {}", spec.id, spec.at))
             }
             Action::ReleaseCancel { id } => {
-                match self.cache.releases.cancel(id, crate::release::now_ms()) {
+                match crate::release::call_off(&self.cache, id, op.issued_at).await {
                     Ok(()) => Ok(format!("{id} cancelled")),
-                    // Never seen here, or out already: what the cancel wants holds, or
-                    // cannot be had.
+                    // Never seen here, cancelled already, or out before it was issued: what
+                    // the cancel wants holds, or cannot be had.
                     Err(e) => Ok(e),
                 }
             }

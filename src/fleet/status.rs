@@ -42,6 +42,9 @@ pub struct Heartbeat {
     /// How far the bus's clock is from this node's (ms), as last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_offset_ms: Option<i64>,
+    /// The fleet's releases it holds, with how far it warmed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<crate::release::Beat>,
     /// Set by the reader, never sent: the heartbeat claims operations the stream does not
     /// hold, so no node wrote it (the bucket is as open as the bus's permissions make it).
     #[serde(skip)]
@@ -233,7 +236,7 @@ pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value 
             pending.push(b.id.clone());
         }
     }
-    serde_json::json!({
+    let mut answer = serde_json::json!({
         "seq": seq,
         "applied": applied,
         "pending": pending,
@@ -242,7 +245,21 @@ pub fn op_json(beats: &[Heartbeat], seq: u64, now_ms: u64) -> serde_json::Value 
         "doubtful": doubtful,
         // Done: every node that is not silent has applied it, none refused it.
         "done": pending.is_empty() && refused.is_empty() && !applied.is_empty(),
-    })
+    });
+    // A release this operation set: each node's warm list (what is still missing, or was
+    // when it came out there).
+    let releases: serde_json::Map<String, serde_json::Value> = beats
+        .iter()
+        .filter(|b| !b.doubtful)
+        .filter_map(|b| {
+            let release = b.releases.iter().find(|r| r.seq == Some(seq))?;
+            Some((b.id.clone(), serde_json::json!(release)))
+        })
+        .collect();
+    if !releases.is_empty() {
+        answer["release"] = releases.into();
+    }
+    answer
 }
 
 /// `onair fleet status`: the fleet as a table.
@@ -300,6 +317,7 @@ mod tests {
             origins_down: vec![],
             at,
             refused: vec![],
+            releases: vec![],
             clock_offset_ms: None,
             doubtful: false,
         }
@@ -347,5 +365,32 @@ mod tests {
             !shown.chars().any(|c| c.is_control() && c != '\n'),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn a_release_operation_shows_each_nodes_warm_list() {
+        let now = 100_000;
+        let release = |seq, warmed, missing: &[&str]| crate::release::Beat {
+            id: "vk".into(),
+            seq: Some(seq),
+            state: crate::release::State::Released,
+            warm_total: 3,
+            warmed,
+            missing: missing.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        let (mut a, mut b, c) = (beat("a", 9, now), beat("b", 9, now), beat("c", 9, now));
+        a.releases = vec![release(8, 3, &[])];
+        b.releases = vec![release(8, 2, &["http://a/vk/video.ts"])];
+        let op = op_json(&[a.clone(), b.clone(), c], 8, now);
+        assert_eq!(op["release"]["a"]["warmed"], 3);
+        assert_eq!(
+            op["release"]["b"]["missing"],
+            serde_json::json!(["http://a/vk/video.ts"])
+        );
+        assert!(op["release"].get("c").is_none());
+        // Another operation's status has no release; a heartbeat is read back as written.
+        assert!(op_json(&[a.clone()], 7, now).get("release").is_none());
+        let back: Heartbeat = serde_json::from_slice(&serde_json::to_vec(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
     }
 }

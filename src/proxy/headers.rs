@@ -145,6 +145,12 @@ pub fn to_origin(req: &mut RequestHeader, ctx: &RequestCtx, scheme: &'static str
     if req.headers.contains_key(crate::release::warm::HEADER) {
         req.remove_header(crate::release::warm::HEADER);
     }
+    if req
+        .headers
+        .contains_key(crate::release::warm::SCHEME_HEADER)
+    {
+        req.remove_header(crate::release::warm::SCHEME_HEADER);
+    }
     if ctx.warming {
         if let Some(secret) = &ctx.snapshot.config.release.warm_secret {
             req.insert_header(crate::release::warm::HEADER, secret.as_str())?;

@@ -165,6 +165,22 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         ctx.site = Some(site);
+        // A warm fetch (see `release::warm`), recognized before the redirect to HTTPS: it
+        // warms an https URL through the node's plain listener, as the https reader's object.
+        let server_ip = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.warming = crate::release::warm::recognized(
+            session.req_header(),
+            ctx.peer_ip
+                .is_some_and(|ip| ip.is_loopback() || Some(ip) == server_ip),
+            ctx.from_tier,
+            ctx.snapshot.config.release.warm_secret.as_deref(),
+        );
+        if ctx.warming && crate::release::warm::for_https(session.req_header()) {
+            ctx.tls = true;
+        }
         if let Some(location) = https_redirect(session, ctx, self.https_port) {
             respond::to_https(session, ctx, &location).await?;
             return Ok(true);
@@ -181,12 +197,6 @@ impl ProxyHttp for Edge {
                 "site index out of range",
             ));
         };
-        ctx.warming = crate::release::warm::recognized(
-            session.req_header(),
-            ctx.peer_ip,
-            ctx.from_tier,
-            ctx.snapshot.config.release.warm_secret.as_deref(),
-        );
         if let Some(retry_after) = self
             .over_rate(ctx, &route)
             .filter(|_| !background && !ctx.warming)
@@ -208,7 +218,7 @@ impl ProxyHttp for Edge {
             && !challenge::cleared(session, ctx);
         // Counted for load shedding from here: past the refusals (a tarpitted 429 is no load).
         ctx.in_progress = Some(protect::shed::enter());
-        if !ctx.warming && self.embargoed(session, ctx) {
+        if !ctx.warming && self.embargoed(session, ctx, route.query) {
             // Before its release: never from the cache, never from the origin, whatever the
             // method or the path to it. The answer looks like any missing page (saying
             // "embargoed" would tell that the page exists).
@@ -296,6 +306,25 @@ impl ProxyHttp for Edge {
             ));
         }
         Ok(None)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        // A copy under its origin's embargo gets the embargo answer (`response_filter`), never
+        // a 304 that would confirm it exists (and would leave that answer without its body).
+        if !ctx.warming && crate::release::origin_embargo(&resp.headers, SystemTime::now()) {
+            return Ok(false);
+        }
+        Ok(
+            pingora::protocols::http::conditional_filter::not_modified_filter(
+                session.req_header(),
+                resp,
+            ),
+        )
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
@@ -906,8 +935,14 @@ impl Edge {
         Ok(())
     }
 
-    /// Whether a release's embargo covers this request now (recorded in `ctx.embargo`).
-    fn embargoed(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
+    /// Whether a release's embargo covers this request now (recorded in `ctx.embargo`), on a
+    /// route keying the query as `query`.
+    fn embargoed(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        query: crate::config::QueryKey,
+    ) -> bool {
         if self.cache.releases.holds_nothing() {
             // The usual case: one atomic load, nothing built.
             return false;
@@ -919,7 +954,12 @@ impl Edge {
         ctx.embargo = self.cache.releases.embargoed(
             &same_site,
             uri.path(),
-            uri.query(),
+            // Every query shares the object where the key drops it: judged on the path alone.
+            if query == crate::config::QueryKey::Drop {
+                None
+            } else {
+                Some(uri.query().unwrap_or(""))
+            },
             crate::release::now_ms(),
         );
         ctx.embargo.is_some()

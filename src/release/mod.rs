@@ -10,10 +10,16 @@
 //! - [`service`]: the flip: at each release's time, the purges it carries.
 //!
 //! What an embargo covers is judged loosely, as the origins behind it may: the URL's site (any of
-//! its host names, on any port or scheme), its path in any case, with or without a trailing
-//! slash, `;parameters` or an encoded `/` (`%2F`), and any query that holds the URL's own query
-//! parameters (`/a?utm=x` must not fetch `/a` early under another cache key). Holding back a
-//! little too much before the time is the safe side.
+//! its host names, on any port or scheme), its path in any case and any percent-encoding, with
+//! or without a trailing slash or `;parameters`, and any query that holds the URL's own query
+//! parameters however they are encoded (`/a?utm=x` must not fetch `/a` early under another
+//! cache key). Holding back a little too much before the time is the safe side. Every URL of
+//! the warm list is under the embargo too: a warm fetch passes the origin's own embargo (it
+//! carries the fleet's secret), so what it brings must stay hidden until the time.
+//!
+//! Changes and cancels are ordered by when they were issued against the release's time: one
+//! issued before the time holds on every node, even one that applies it after the time (it was
+//! away); one issued after the time is refused everywhere (the content is out).
 
 pub mod service;
 pub mod warm;
@@ -103,10 +109,12 @@ pub type QueryPairs = Vec<(String, String)>;
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub at_ms: u64,
-    /// Embargoed URLs: host (no port), loose path, and the query parameters they name.
+    /// Embargoed URLs (the warm list's too): host (no port), loose path, and the query
+    /// parameters they name.
     pub urls: Vec<(String, String, QueryPairs)>,
-    /// The embargoed prefix: host (no port), loose path prefix.
-    pub prefix: Option<(String, String)>,
+    /// The embargoed prefix: host (no port), loose path prefix, and whether it ends at a
+    /// segment (`/vankien/` holds `/vankien` and `/vankien/x`, not `/vankien-cu`).
+    pub prefix: Option<(String, String, bool)>,
     /// The URLs as the cache stores them (`host[:port]/path?query`), to drop copies of them.
     pub targets: Vec<String>,
     pub prefix_target: Option<String>,
@@ -175,12 +183,23 @@ impl Spec {
             Some(p) => {
                 let target = target_of_url(p).map_err(|e| format!("\"embargo\": {e}"))?;
                 let (host, path, _) = split_target(&target);
-                (Some((host, loose(path))), Some(target))
+                let loose_path = loose(path);
+                if loose_path == "/" {
+                    return Err(format!(
+                        "\"embargo\": the prefix {p:?} is the whole site; name its section \
+                         (https://{host}/section/)"
+                    ));
+                }
+                let whole_segments = path.ends_with('/');
+                (Some((host, loose_path, whole_segments)), Some(target))
             }
             None => (None, None),
         };
         for url in &self.warm {
-            target_of_url(url).map_err(|e| format!("\"warm\": {e}"))?;
+            let target = target_of_url(url).map_err(|e| format!("\"warm\": {e}"))?;
+            let (host, path, query) = split_target(&target);
+            urls.push((host, loose(path), query_pairs(query)));
+            targets.push(target);
         }
         if let Some(purge) = &self.purge {
             let requests = purge.requests();
@@ -201,6 +220,14 @@ impl Spec {
     }
 }
 
+/// Whether loose `prefix` covers loose `path`: as a string, or by whole segments.
+fn covers(prefix: &str, whole_segments: bool, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => !whole_segments || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 /// `host[:port]/path?query` as (host without its port, path, query).
 fn split_target(target: &str) -> (String, &str, &str) {
     let (authority, rest) = match target.find('/') {
@@ -216,10 +243,10 @@ fn split_target(target: &str) -> (String, &str, &str) {
     (host.to_owned(), path, query)
 }
 
-/// A path as loosely as an origin might read it: any case, `%2F` as `/`, no `;parameters`, no
-/// empty segments, no trailing slash.
+/// A path as loosely as an origin might read it: any case, every `%XX` decoded (`%2F` as `/`,
+/// `%40` as `@`), no `;parameters`, no empty segments, no trailing slash.
 pub fn loose(path: &str) -> String {
-    let decoded = path.replace("%2F", "/").replace("%2f", "/");
+    let decoded = percent_decoded(path);
     let mut out = String::with_capacity(decoded.len());
     for segment in decoded.split('/') {
         let segment = segment.split(';').next().unwrap_or("");
@@ -235,16 +262,46 @@ pub fn loose(path: &str) -> String {
     out
 }
 
-/// `a=1&b=2` as pairs.
+/// `a=1&b=2` as pairs, as loosely as an application reads them: `%XX` and `+` decoded, any
+/// case (`?i%64=%35` is `?id=5` to PHP).
 fn query_pairs(query: &str) -> Vec<(String, String)> {
+    let read = |s: &str| percent_decoded(&s.replace('+', " ")).to_lowercase();
     query
-        .split('&')
+        .split(['&', ';'])
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_owned(), v.to_owned())
+            (read(k), read(v))
         })
         .collect()
+}
+
+/// `s` with every `%XX` decoded (invalid UTF-8 replaced, a stray `%` kept).
+fn percent_decoded(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let pair = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match pair {
+            Some((hi, lo)) => {
+                // Two hex digits: at most 0xFF.
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where a release is.
@@ -265,7 +322,33 @@ pub struct Entry {
     /// When it was released or cancelled here (UNIX ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_ms: Option<u64>,
+    /// The fleet operation that set it last (none: the admin API of this node alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Its warm list as it stood when it was released here: what readers met missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_at_release: Option<warm::Outcome>,
 }
+
+/// A release as a node's heartbeat tells it, so that the status of the operation that set it
+/// (`GET /fleet/ops/SEQ`, `onair fleet wait SEQ`) shows how far each node warmed it and what
+/// was still missing when it came out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    pub id: String,
+    /// The fleet operation that set it last.
+    pub seq: Option<u64>,
+    pub state: State,
+    pub warm_total: usize,
+    pub warmed: usize,
+    /// The first of the URLs not warmed (the node's `GET /release/ID` lists them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// How many releases a heartbeat tells, and how many missing URLs of each.
+const BEAT_RELEASES: usize = 16;
+const BEAT_MISSING: usize = 10;
 
 /// Released and cancelled releases stay listed this long.
 const HISTORY_MS: u64 = 86_400_000;
@@ -286,7 +369,8 @@ struct Rule {
 #[derive(Default)]
 struct Matcher {
     exact: HashMap<String, Vec<Rule>>,
-    prefixes: Vec<(String, Rule)>,
+    /// Loose prefix, whether it ends at a segment, and its rule.
+    prefixes: Vec<(String, bool, Rule)>,
 }
 
 impl Matcher {
@@ -301,10 +385,14 @@ pub struct Book {
     entries: Mutex<BTreeMap<String, Entry>>,
     matcher: ArcSwap<Matcher>,
     state_dir: OnceLock<PathBuf>,
-    /// Woken when a release is added, changed or cancelled (the flip's next time may move).
+    /// Woken when a release is added, changed or cancelled (the flip's next time may move),
+    /// and when a warm fetch ends (another may start).
     pub changed: tokio::sync::Notify,
     /// Where each release's warm list stands.
     pub warm: warm::Progress,
+    /// Held while the file is written: writers take the entries as they are once it is
+    /// theirs, so the last file written is the latest state, never an older one.
+    storing: Mutex<()>,
 }
 
 impl Book {
@@ -357,6 +445,8 @@ impl Book {
 
     /// The release whose embargo covers a request for `path` (and `query`) at `now_ms`;
     /// `same_site(host)` says whether `host` is the request's site (as this node routes it).
+    /// `query` is `None` where the route drops the query from the cache key: every query
+    /// shares the object, so an embargoed URL's own parameters cannot tell them apart.
     pub fn embargoed(
         &self,
         same_site: &dyn Fn(&str) -> bool,
@@ -369,10 +459,12 @@ impl Book {
             return None;
         }
         let path = loose(path);
-        let pairs = query_pairs(query.unwrap_or(""));
+        let pairs = query.map(query_pairs);
         let holds = |rule: &Rule| {
             now_ms < rule.at
-                && rule.query.iter().all(|p| pairs.contains(p))
+                && pairs
+                    .as_ref()
+                    .is_none_or(|pairs| rule.query.iter().all(|p| pairs.contains(p)))
                 && same_site(&rule.host)
         };
         if let Some(rule) = matcher
@@ -385,56 +477,91 @@ impl Book {
         matcher
             .prefixes
             .iter()
-            .find(|(prefix, rule)| path.starts_with(prefix.as_str()) && holds(rule))
-            .map(|(_, rule)| rule.id.clone())
+            .find(|(prefix, whole_segments, rule)| {
+                covers(prefix, *whole_segments, &path) && holds(rule)
+            })
+            .map(|(_, _, rule)| rule.id.clone())
     }
 
-    /// Adds a release, or changes a pending one with the same id. A release already released
-    /// is not changed (its content is out).
-    pub fn schedule(&self, spec: Spec, now_ms: u64) -> Result<&'static str, String> {
+    /// Adds a release, or changes one with the same id (set by fleet operation `seq`, if
+    /// any), issued at `issued_ms`. A change issued after the release's time is refused (its
+    /// content is out); one issued before holds, even where it arrives late (this node was
+    /// away, and may have let the content out meanwhile). The same release given again (the
+    /// bus's copy of one the admin API scheduled, a replay) is "unchanged": it keeps its warm
+    /// progress and its warmed copies. The release it replaces, if any, is returned too.
+    pub fn schedule(
+        &self,
+        spec: Spec,
+        seq: Option<u64>,
+        issued_ms: u64,
+        now_ms: u64,
+    ) -> Result<(&'static str, Option<Spec>), String> {
         let checked = spec.check()?;
-        let what = {
+        let (what, before) = {
             let mut entries = self.lock();
-            let what = match entries.get(&spec.id).map(|e| e.state) {
-                Some(State::Released) => {
-                    return Err(format!("release {} is out already", spec.id));
+            let what = match entries.get_mut(&spec.id) {
+                Some(e) if e.state != State::Cancelled && e.spec == spec => {
+                    e.seq = seq.or(e.seq);
+                    "unchanged"
+                }
+                Some(e) if e.at_ms <= issued_ms && e.state != State::Cancelled => {
+                    return Err(format!(
+                        "release {} came out at {}: a change after its time cannot call it back",
+                        spec.id, e.spec.at
+                    ));
                 }
                 Some(_) => "changed",
                 None => "scheduled",
             };
+            if what == "unchanged" {
+                drop(entries);
+                self.saved();
+                return Ok((what, None));
+            }
             prune(&mut entries, now_ms);
             // Changed: it warms again (its list, or what it holds back, may differ).
-            self.warm.reset(&spec.id);
-            entries.insert(
+            self.warm.reset(&spec.id, std::time::Instant::now());
+            let before = entries.insert(
                 spec.id.clone(),
                 Entry {
                     spec,
                     at_ms: checked.at_ms,
                     state: State::Pending,
                     done_ms: None,
+                    seq,
+                    warm_at_release: None,
                 },
             );
-            what
+            (what, before.map(|e| e.spec))
         };
         self.saved();
-        Ok(what)
+        Ok((what, before))
     }
 
-    /// Cancels a pending release: its embargo lifts and nothing of it is done.
-    pub fn cancel(&self, id: &str, now_ms: u64) -> Result<(), String> {
-        {
+    /// Cancels a release, issued at `issued_ms` (before its time, as for a change): its
+    /// embargo lifts and nothing of it is done. The release cancelled is returned (what it
+    /// warmed must go: see [`call_off`]).
+    pub fn cancel(&self, id: &str, issued_ms: u64, now_ms: u64) -> Result<Spec, String> {
+        let spec = {
             let mut entries = self.lock();
             let entry = entries
                 .get_mut(id)
                 .ok_or_else(|| format!("no release {id}"))?;
-            if entry.state != State::Pending {
-                return Err(format!("release {id} is {:?} already", entry.state));
+            if entry.state == State::Cancelled {
+                return Err(format!("release {id} is cancelled already"));
+            }
+            if entry.at_ms <= issued_ms {
+                return Err(format!(
+                    "release {id} came out at {}: a cancel after its time cannot call it back",
+                    entry.spec.at
+                ));
             }
             entry.state = State::Cancelled;
             entry.done_ms = Some(now_ms);
-        }
+            entry.spec.clone()
+        };
         self.saved();
-        Ok(())
+        Ok(spec)
     }
 
     /// Pending releases whose time has come.
@@ -456,7 +583,7 @@ impl Book {
     }
 
     /// Marks a release done (its purges applied), unless it was changed or cancelled while
-    /// they ran (`at_ms` is the time it was flipped for).
+    /// they ran (`at_ms` is the time it was flipped for), with its warm list as it stood.
     pub fn released(&self, id: &str, at_ms: u64, now_ms: u64) {
         {
             let mut entries = self.lock();
@@ -464,11 +591,42 @@ impl Book {
                 Some(entry) if entry.state == State::Pending && entry.at_ms == at_ms => {
                     entry.state = State::Released;
                     entry.done_ms = Some(now_ms);
+                    if !entry.spec.warm.is_empty() {
+                        entry.warm_at_release = Some(self.warm.outcome(id, &entry.spec.warm));
+                    }
                 }
                 _ => return,
             }
         }
         self.saved();
+    }
+
+    /// The fleet's releases this node holds, for its heartbeat: pending ones first, then the
+    /// latest; bounded (a heartbeat is one small message).
+    pub fn beats(&self) -> Vec<Beat> {
+        let entries = self.list();
+        let mut fleet: Vec<&Entry> = entries.iter().filter(|e| e.seq.is_some()).collect();
+        fleet.sort_by_key(|e| (e.state != State::Pending, std::cmp::Reverse(e.at_ms)));
+        fleet
+            .into_iter()
+            .take(BEAT_RELEASES)
+            .map(|e| {
+                let warm = match e.state {
+                    State::Pending => Some(self.warm.outcome(&e.spec.id, &e.spec.warm)),
+                    State::Released => e.warm_at_release.clone(),
+                    State::Cancelled => None,
+                }
+                .unwrap_or_default();
+                Beat {
+                    id: e.spec.id.clone(),
+                    seq: e.seq,
+                    state: e.state,
+                    warm_total: warm.total,
+                    warmed: warm.warmed,
+                    missing: warm.missing.into_iter().take(BEAT_MISSING).collect(),
+                }
+            })
+            .collect()
     }
 
     /// Every release held, for `GET /release`.
@@ -510,8 +668,10 @@ impl Book {
                     .or_default()
                     .push(rule(host, query));
             }
-            if let Some((host, prefix)) = checked.prefix {
-                matcher.prefixes.push((prefix, rule(host, Vec::new())));
+            if let Some((host, prefix, whole_segments)) = checked.prefix {
+                matcher
+                    .prefixes
+                    .push((prefix, whole_segments, rule(host, Vec::new())));
             }
         }
         crate::metrics::METRICS.releases_pending(pending);
@@ -524,6 +684,10 @@ impl Book {
         let Some(dir) = self.state_dir.get() else {
             return;
         };
+        let _storing = self
+            .storing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bytes = serde_json::to_vec_pretty(&*self.lock()).unwrap_or_default();
         if let Err(e) = crate::fleet::state::write_durably(dir, FILE, &bytes) {
             tracing::error!(
@@ -535,22 +699,55 @@ impl Book {
     }
 }
 
-/// Schedules (or changes) `spec` on this node, and drops what the cache holds of the content it
-/// embargoes: a copy stored before the release was known (an old draft, a test page) must not
-/// be what readers get when it is out. The time check of the embargo keeps everything else.
-pub async fn hold(cache: &crate::cache::EdgeCache, spec: Spec) -> Result<&'static str, String> {
+/// Schedules (or changes) `spec` on this node (fleet operation `seq`, issued at `issued_ms`),
+/// and drops what the cache holds of the content it embargoes: a copy stored before the
+/// release was known (an old draft, a test page) must not be what readers get when it is out,
+/// and a change drops what the release held before (a URL it no longer holds back must not come
+/// out as the copy warmed past the origin's embargo). The time check of the embargo keeps
+/// everything else.
+pub async fn hold(
+    cache: &crate::cache::EdgeCache,
+    spec: Spec,
+    seq: Option<u64>,
+    issued_ms: u64,
+) -> Result<&'static str, String> {
     let checked = spec.check()?;
     // Its warming waits until the drafts are gone: a copy fetched while they are dropped
     // would be dropped with them (the embargo is on from `schedule` already).
     let id = spec.id.clone();
     cache.releases.warm.pause(&id);
-    let what = match cache.releases.schedule(spec, now_ms()) {
-        Ok(what) => what,
-        Err(e) => {
+    let (what, before) = match cache.releases.schedule(spec, seq, issued_ms, now_ms()) {
+        Ok((what, before)) if what != "unchanged" => (what, before),
+        // Held already as it is: what it warmed is no draft. Or refused.
+        done => {
             cache.releases.warm.resume(&id);
-            return Err(e);
+            return done.map(|(what, _)| what);
         }
     };
+    drop_copies(cache, checked).await;
+    if let Some(Ok(before)) = before.map(|b| b.check()) {
+        drop_copies(cache, before).await;
+    }
+    cache.releases.warm.resume(&id);
+    Ok(what)
+}
+
+/// Cancels release `id` on this node (issued at `issued_ms`) and drops what it warmed: fetched
+/// past the origin's own embargo, it must not come out because the release does not.
+pub async fn call_off(
+    cache: &crate::cache::EdgeCache,
+    id: &str,
+    issued_ms: u64,
+) -> Result<(), String> {
+    let spec = cache.releases.cancel(id, issued_ms, now_ms())?;
+    if let Ok(checked) = spec.check() {
+        drop_copies(cache, checked).await;
+    }
+    Ok(())
+}
+
+/// Drops every copy of what `checked` embargoes, on this node.
+async fn drop_copies(cache: &crate::cache::EdgeCache, checked: Checked) {
     let mut selectors = Vec::new();
     if !checked.targets.is_empty() {
         selectors.push(crate::cache::purge::Selector::Urls(
@@ -565,8 +762,6 @@ pub async fn hold(cache: &crate::cache::EdgeCache, spec: Spec) -> Result<&'stati
         // no older draft, and an edge must take it.
         cache.purge_here(&selector, false).await;
     }
-    cache.releases.warm.resume(&id);
-    Ok(what)
 }
 
 /// Forgets releases done more than a day ago.
@@ -581,13 +776,34 @@ fn prune(entries: &mut BTreeMap<String, Entry>, now_ms: u64) {
 /// but answered with the embargo answer until the HTTP-date it gives (never sent to readers).
 pub const ORIGIN_EMBARGO: &str = "onair-embargo-until";
 
-/// Whether a stored or arriving response is under its origin's embargo at `now`.
+/// Whether a stored or arriving response is under its origin's embargo at `now`. The time is
+/// an HTTP-date, or RFC 3339 (what a CMS may write instead). A value that is neither holds the
+/// response back for good (logged): the origin meant to hide it, and the header never reaches
+/// readers, so a mistake there must not let it out unseen.
 pub fn origin_embargo(headers: &http::HeaderMap, now: SystemTime) -> bool {
-    headers
-        .get(ORIGIN_EMBARGO)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
-        .is_some_and(|until| now < until)
+    let Some(value) = headers.get(ORIGIN_EMBARGO) else {
+        return false;
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let until = httpdate::parse_http_date(text).ok().or_else(|| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(SystemTime::from)
+    });
+    match until {
+        Some(until) => now < until,
+        None => {
+            static LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let second = now_ms() / 1000;
+            if LOGGED.swap(second, std::sync::atomic::Ordering::Relaxed) != second {
+                tracing::warn!(
+                    "release: an origin sent {ORIGIN_EMBARGO}: {value:?}, which is no \
+                     HTTP-date: the response is held back until the origin sends a date"
+                );
+            }
+            true
+        }
+    }
 }
 
 /// UNIX milliseconds now.
@@ -632,9 +848,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let book = Book::default();
         book.open(dir.path());
-        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), AT - 1000)
-            .unwrap();
-        let held = |path: &str, query: Option<&str>| book.embargoed(&portal, path, query, AT - 1);
+        book.schedule(
+            spec("vk", "2027-01-20T10:00:00+07:00"),
+            None,
+            AT - 1000,
+            AT - 1000,
+        )
+        .unwrap();
+        let held = |path: &str, query: Option<&str>| {
+            book.embargoed(&portal, path, Some(query.unwrap_or("")), AT - 1)
+        };
         for (path, query) in [
             ("/vankien/nghi-quyet", None),
             ("/vankien/nghi-quyet", Some("utm=x")),
@@ -659,10 +882,10 @@ mod tests {
         }
         // Another site's page of the same path is not held.
         assert!(book
-            .embargoed(&|_| false, "/vankien/nghi-quyet", None, AT - 1)
+            .embargoed(&|_| false, "/vankien/nghi-quyet", Some(""), AT - 1)
             .is_none());
         assert!(
-            book.embargoed(&portal, "/vankien/nghi-quyet", None, AT)
+            book.embargoed(&portal, "/vankien/nghi-quyet", Some(""), AT)
                 .is_none(),
             "lifted at its time exactly"
         );
@@ -670,48 +893,153 @@ mod tests {
         let again = Book::default();
         again.open(dir.path());
         assert!(again
-            .embargoed(&portal, "/vankien/nghi-quyet", None, AT - 1)
+            .embargoed(&portal, "/vankien/nghi-quyet", Some(""), AT - 1)
             .is_some());
         assert_eq!(again.due(AT).len(), 1);
         assert_eq!(again.next_at(), Some(AT));
         // Released: out for good, and not changed any more.
         again.released("vk", AT, AT);
         assert!(again
-            .schedule(spec("vk", "2027-01-21T10:00:00+07:00"), AT)
+            .schedule(spec("vk", "2027-01-21T10:00:00+07:00"), None, AT, AT)
             .is_err());
         assert!(again.due(AT + 1).is_empty());
     }
 
     #[test]
-    fn a_change_while_the_flip_runs_is_not_lost() {
+    fn changes_are_ordered_by_when_they_were_issued_against_the_time() {
         let book = Book::default();
-        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), 0)
+        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), None, 0, 0)
             .unwrap();
         let due = book.due(AT);
         assert_eq!(due.len(), 1);
-        // Moved an hour later while the flip applied the purges.
-        book.schedule(spec("vk", "2027-01-20T11:00:00+07:00"), AT)
-            .unwrap();
+        // Moved an hour later, issued before the time, applied while the flip ran: kept.
+        book.schedule(
+            spec("vk", "2027-01-20T11:00:00+07:00"),
+            None,
+            AT - 1,
+            AT + 500,
+        )
+        .unwrap();
         book.released("vk", due[0].at_ms, AT);
         assert!(book
-            .embargoed(&portal, "/vankien/nghi-quyet", None, AT + 1)
+            .embargoed(&portal, "/vankien/nghi-quyet", Some(""), AT + 1)
             .is_some());
         assert_eq!(book.get("vk").unwrap().state, State::Pending);
+        // Issued after the (new) time: refused, on every node alike, flipped or not.
+        let late = AT + 3_600_000 + 500;
+        let e = book
+            .schedule(spec("vk", "2027-01-21T10:00:00+07:00"), None, late, late)
+            .unwrap_err();
+        assert!(e.contains("after its time"), "{e}");
+        assert!(book.cancel("vk", late, late).is_err());
+        // A node away across the time flips at once when back, then applies a change issued
+        // before the time: held back again, not left out on this node alone.
+        let away = Book::default();
+        away.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), None, 0, 0)
+            .unwrap();
+        away.released("vk", AT, AT + 60_000);
+        away.schedule(
+            spec("vk", "2027-01-20T12:00:00+07:00"),
+            None,
+            AT - 1,
+            AT + 60_001,
+        )
+        .unwrap();
+        assert!(away
+            .embargoed(&portal, "/vankien/nghi-quyet", Some(""), AT + 60_002)
+            .is_some());
+        // The same release again (the bus's copy of the admin API's, a replay) is unchanged,
+        // even after its time, and takes the operation's seq.
+        assert_eq!(
+            away.schedule(
+                spec("vk", "2027-01-20T12:00:00+07:00"),
+                Some(9),
+                AT + 9_000_000,
+                0
+            ),
+            Ok(("unchanged", None))
+        );
+        assert_eq!(away.get("vk").unwrap().seq, Some(9));
+    }
+
+    #[test]
+    fn warm_urls_are_held_back_and_spellings_of_queries_and_paths_too() {
+        let book = Book::default();
+        let mut release = spec("vk", "2027-01-20T10:00:00+07:00");
+        release.warm = vec![
+            "https://portal.example.vn/media/nq.jpg".into(),
+            "https://portal.example.vn/media/nq@2x.jpg".into(),
+        ];
+        book.schedule(release, None, 0, 0).unwrap();
+        let held = |path: &str, query: Option<&str>| book.embargoed(&portal, path, query, AT - 1);
+        for (path, query) in [
+            // The warm list is under the embargo: it was fetched past the origin's own.
+            ("/media/nq.jpg", Some("")),
+            ("/media/nq%402x.jpg", Some("")),
+            ("/Media/NQ%40%32x.JPG", Some("")),
+            // The query as an application reads it.
+            ("/article.php", Some("id=%35")),
+            ("/article.php", Some("i%64=5")),
+            ("/article.php", Some("ID=5&x=1")),
+            ("/article.php", Some("x=1;id=5")),
+            // Where the route drops the query, any query shares the object.
+            ("/article.php", None),
+            // The prefix by whole segments.
+            ("/media/nq", Some("")),
+            ("/media/nq/a/b", Some("")),
+        ] {
+            assert_eq!(held(path, query).as_deref(), Some("vk"), "{path}?{query:?}");
+        }
+        for (path, query) in [
+            ("/media/nq-old/1.jpg", Some("")),
+            ("/media/nqx", Some("")),
+            ("/article.php", Some("id=55")),
+        ] {
+            assert!(held(path, query).is_none(), "{path}?{query:?}");
+        }
+        // A prefix given without its trailing slash is a plain string prefix.
+        let mut loose_prefix = spec("lp", "2027-01-20T10:00:00+07:00");
+        loose_prefix.embargo.prefix = Some("https://portal.example.vn/live/nq-".into());
+        book.schedule(loose_prefix, None, 0, 0).unwrap();
+        assert!(held("/live/nq-2027", Some("")).is_some());
+        // The whole site is no prefix: refused.
+        for whole in ["https://portal.example.vn/", "https://portal.example.vn"] {
+            let mut everything = spec("all", "2027-01-20T10:00:00+07:00");
+            everything.embargo.prefix = Some(whole.into());
+            let e = everything.check().unwrap_err();
+            assert!(e.contains("whole site"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_origin_embargo_date_that_cannot_be_read_holds_the_response_back() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(AT);
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(ORIGIN_EMBARGO, value.parse().unwrap());
+            headers
+        };
+        assert!(origin_embargo(&with("Wed, 20 Jan 2027 03:00:01 GMT"), now));
+        assert!(!origin_embargo(&with("Wed, 20 Jan 2027 03:00:00 GMT"), now));
+        assert!(origin_embargo(&with("2027-01-20T10:00:01+07:00"), now));
+        assert!(!origin_embargo(&with("2027-01-20T09:59:59+07:00"), now));
+        assert!(origin_embargo(&with("tomorrow at ten"), now));
+        assert!(!origin_embargo(&http::HeaderMap::new(), now));
     }
 
     #[test]
     fn cancel_reschedule_and_bad_releases() {
         let book = Book::default();
-        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), 0)
+        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), None, 0, 0)
             .unwrap();
         assert_eq!(
-            book.schedule(spec("vk", "2027-01-20T11:00:00+07:00"), 0),
-            Ok("changed")
+            book.schedule(spec("vk", "2027-01-20T11:00:00+07:00"), None, 0, 0),
+            Ok(("changed", Some(spec("vk", "2027-01-20T10:00:00+07:00"))))
         );
         assert!(book
-            .embargoed(&portal, "/vankien/nghi-quyet", None, AT + 1)
+            .embargoed(&portal, "/vankien/nghi-quyet", Some(""), AT + 1)
             .is_some());
-        book.cancel("vk", 1).unwrap();
+        book.cancel("vk", 1, 1).unwrap();
         assert!(book.holds_nothing());
         assert!(book.due(u64::MAX).is_empty());
         for (bad, why) in [
@@ -719,12 +1047,15 @@ mod tests {
             (spec("x", "2027-01-20 10:00"), "RFC 3339"),
             (spec("x", "2027-01-20T10:00:00"), "RFC 3339"),
         ] {
-            let e = book.schedule(bad, 0).unwrap_err();
+            let e = book.schedule(bad, None, 0, 0).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
         let mut none = spec("x", "2027-01-20T10:00:00Z");
         none.embargo = Embargo::default();
-        assert!(book.schedule(none, 0).unwrap_err().contains("embargo"));
+        assert!(book
+            .schedule(none, None, 0, 0)
+            .unwrap_err()
+            .contains("embargo"));
         // Issued for a time long gone: a typo, refused where it is issued.
         assert!(spec("x", "2020-01-20T10:00:00Z")
             .check_new(AT)

@@ -8,7 +8,7 @@
 //! applied at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -86,17 +86,16 @@ impl ReleaseService {
         if missing == 0 {
             return;
         }
-        // The node's own plain-HTTP listener, as a reader would reach it.
-        let Some(listen) = snapshot.config.listen.http.first().map(|a| {
+        // The node's own plain-HTTP listener, as a reader would reach it (an https URL is
+        // fetched there too, marked as such: see `warm::for_https`).
+        let listen = snapshot.config.listen.http.first().map(|a| {
             let ip = if a.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])
             } else {
                 a.ip()
             };
             std::net::SocketAddr::new(ip, a.port())
-        }) else {
-            return;
-        };
+        });
         let value = settings
             .warm_secret
             .clone()
@@ -106,18 +105,28 @@ impl ReleaseService {
                 continue;
             }
             let id = entry.spec.id.clone();
-            let (generation, urls) =
-                self.book()
-                    .warm
-                    .next(&id, &entry.spec.warm, settings.warm_concurrency);
+            let (generation, urls) = self.book().warm.next(
+                &id,
+                &entry.spec.warm,
+                settings.warm_concurrency,
+                Instant::now(),
+            );
             for url in urls {
                 let (cache, id, value) = (self.cache, id.clone(), value.clone());
                 tokio::spawn(async move {
-                    let result = warm::fetch(listen, &url, &value).await.map(|_| ());
+                    let result = match listen {
+                        Some(listen) => warm::fetch(listen, &url, &value).await.map(|_| ()),
+                        None => {
+                            Err("no plain-HTTP listener ([listen] http) to warm through".to_owned())
+                        }
+                    };
                     if let Err(e) = &result {
                         tracing::debug!("release {id}: warm {url}: {e}");
                     }
                     cache.releases.warm.finished(&id, generation, &url, result);
+                    // Its slot is free: the loop starts the next fetch now, not at its next
+                    // look a second later.
+                    cache.releases.changed.notify_one();
                 });
             }
         }

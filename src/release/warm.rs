@@ -10,21 +10,33 @@
 //! let the fetch through its own embargo. Any other copy of the header is removed.
 //!
 //! A fetch that fails is tried again every [`RETRY`] until the release's time; what is still
-//! missing then is shown by `GET /release/ID` and `onair_release_warm_objects{state}`.
+//! missing then is kept with the release ([`Outcome`]) and shown by `GET /release/ID`, by
+//! the node's heartbeat (so `GET /fleet/ops/SEQ` and `onair fleet wait SEQ` show it for the
+//! release's operation) and by `onair_release_warm_objects{state}`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use pingora::http::RequestHeader;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The request header that marks a warm fetch.
 pub const HEADER: &str = "onair-warm";
+/// The scheme of the URL a warm fetch is for (`https`); never forwarded.
+pub const SCHEME_HEADER: &str = "onair-warm-scheme";
 
 /// How long after a failed warm fetch it is tried again.
 pub const RETRY: Duration = Duration::from_secs(2);
+
+/// How long after a release arrives (or changes) here its warming starts. The bus brings an
+/// operation to every node within milliseconds, but not at once: an edge that warmed through a
+/// shield not holding the release yet would have its copy dropped there with the release's
+/// drafts when the release arrives, and asked of the origin again. A shield that gets the
+/// release later than this still costs just that one more origin request per object.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// Longest a warm fetch may take (a video segment on a slow origin).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,25 +47,37 @@ static TOKEN: LazyLock<String> = LazyLock::new(|| {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 });
 
-/// Whether `req` is a warm fetch this node lets past its embargo: its own (from its own
-/// machine, with its token), or a tier's carrying the fleet's secret.
-pub fn recognized(
-    req: &RequestHeader,
-    peer: Option<IpAddr>,
-    from_tier: bool,
-    secret: Option<&str>,
-) -> bool {
+/// Whether `req` is a warm fetch this node lets past its embargo: its own (`local`: from its
+/// own machine, loopback or the very address it reached; with its token), or a tier's carrying
+/// the fleet's secret.
+pub fn recognized(req: &RequestHeader, local: bool, from_tier: bool, secret: Option<&str>) -> bool {
     let Some(value) = req.headers.get(HEADER).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let own = peer.is_some_and(|ip| ip.is_loopback()) && constant_eq(value, &TOKEN);
-    let tier = from_tier || peer.is_some_and(|ip| ip.is_loopback());
-    own || (tier && secret.is_some_and(|s| constant_eq(value, s)))
+    let own = local && constant_eq(value, &TOKEN);
+    own || ((from_tier || local) && secret.is_some_and(|s| constant_eq(value, s)))
+}
+
+/// Whether a (recognized) warm fetch is for an https URL: it comes through the plain listener,
+/// and is keyed, forwarded and answered as an https reader's request.
+pub fn for_https(req: &RequestHeader) -> bool {
+    req.headers
+        .get(SCHEME_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// A release's warm list as it stood when it came out here (kept with the release).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub total: usize,
+    pub warmed: usize,
+    /// The URLs readers met unwarmed (their first reader went to the origin, or the shield).
+    pub missing: Vec<String>,
 }
 
 /// Where each release's warm list stands (in memory: after a restart the node warms again,
@@ -71,6 +95,8 @@ pub struct Progress {
 #[derive(Default)]
 struct Warming {
     generation: u64,
+    /// Not before: see [`SETTLE`].
+    start_after: Option<Instant>,
     done: HashSet<String>,
     running: HashSet<String>,
     /// Failed URLs and when they may be tried again.
@@ -104,7 +130,13 @@ impl Progress {
 
     /// Up to `limit` URLs of `list` to fetch now (marked running), with the generation to
     /// give back to [`Progress::finished`].
-    pub fn next(&self, id: &str, list: &[String], limit: usize) -> (u64, Vec<String>) {
+    pub fn next(
+        &self,
+        id: &str,
+        list: &[String],
+        limit: usize,
+        now: Instant,
+    ) -> (u64, Vec<String>) {
         if self.paused().contains(id) {
             return (0, Vec::new());
         }
@@ -114,7 +146,9 @@ impl Progress {
             generation,
             ..Warming::default()
         });
-        let now = Instant::now();
+        if w.start_after.is_some_and(|at| now < at) {
+            return (w.generation, Vec::new());
+        }
         let mut picked = Vec::new();
         for url in list {
             if picked.len() + w.running.len() >= limit {
@@ -150,11 +184,36 @@ impl Progress {
         }
     }
 
-    /// The release was changed: it warms again from the start.
-    pub fn reset(&self, id: &str) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().remove(id);
+    /// The release arrived or was changed: it warms again from the start, [`SETTLE`] from now.
+    pub fn reset(&self, id: &str, now: Instant) {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.lock().insert(
+            id.to_owned(),
+            Warming {
+                generation,
+                start_after: Some(now + SETTLE),
+                ..Warming::default()
+            },
+        );
+    }
+
+    /// Where `list` stands now, for the record kept when the release comes out.
+    pub fn outcome(&self, id: &str, list: &[String]) -> Outcome {
+        let all = self.lock();
+        let w = all.get(id);
+        let missing: Vec<String> = list
+            .iter()
+            .filter(|u| !w.is_some_and(|w| w.done.contains(*u)))
+            .cloned()
+            .collect();
+        Outcome {
+            total: list.len(),
+            warmed: list.len() - missing.len(),
+            missing,
+        }
     }
 
     /// `{"total", "warmed", "missing": [{url, error}]}` for `list`.
@@ -203,13 +262,20 @@ pub async fn fetch(listen: SocketAddr, url: &str, value: &str) -> Result<u16, St
     let authority = uri
         .authority()
         .ok_or_else(|| format!("{url:?} has no host"))?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // Raw UTF-8 pasted from a browser goes as readers send it: percent-encoded.
+    let path =
+        crate::cache::purge::encode_non_ascii(uri.path_and_query().map_or("/", |p| p.as_str()));
+    let scheme = if uri.scheme_str() == Some("https") {
+        format!("{SCHEME_HEADER}: https\r\n")
+    } else {
+        String::new()
+    };
     tokio::time::timeout(FETCH_TIMEOUT, async {
         let mut stream = tokio::net::TcpStream::connect(listen)
             .await
             .map_err(|e| format!("connect {listen}: {e}"))?;
         let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{HEADER}: {value}\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{HEADER}: {value}\r\n{scheme}\
              User-Agent: onair-warm\r\nConnection: close\r\n\r\n"
         );
         stream
@@ -269,8 +335,8 @@ mod tests {
             req.insert_header(HEADER, value).unwrap();
             req
         };
-        let local = Some(IpAddr::from([127, 0, 0, 1]));
-        let far = Some(IpAddr::from([203, 0, 113, 9]));
+        // From this machine (loopback, or the address it reached), or from afar.
+        let (local, far) = (true, false);
         let secret = Some("a-fleet-wide-warm-secret");
         assert!(recognized(&with(token()), local, false, None));
         assert!(
@@ -292,6 +358,10 @@ mod tests {
         assert!(!recognized(&with("guess"), local, true, secret));
         let plain = RequestHeader::build("GET", b"/", None).unwrap();
         assert!(!recognized(&plain, local, true, secret));
+        let mut https = with(token());
+        assert!(!for_https(&https));
+        https.insert_header(SCHEME_HEADER, "HTTPS").unwrap();
+        assert!(for_https(&https));
         assert_eq!(status_of(b"HTTP/1.1 204 No Content\r\n"), Some(204));
         assert_eq!(status_of(b"HTTP/1.1 20"), None);
     }
@@ -300,26 +370,40 @@ mod tests {
     fn progress_retries_failures_later_and_reports_what_is_missing() {
         let p = Progress::default();
         let list = vec!["http://a/1".to_owned(), "http://a/2".to_owned()];
-        let (generation, first) = p.next("r", &list, 8);
+        let now = Instant::now();
+        let (generation, first) = p.next("r", &list, 8, now);
         assert_eq!(first.len(), 2);
         assert!(
-            p.next("r", &list, 8).1.is_empty(),
+            p.next("r", &list, 8, now).1.is_empty(),
             "running ones are not picked again"
         );
         p.finished("r", generation, "http://a/1", Ok(()));
         p.finished("r", generation, "http://a/2", Err("answered 503".into()));
-        assert!(p.next("r", &list, 8).1.is_empty(), "a failure waits RETRY");
+        assert!(
+            p.next("r", &list, 8, Instant::now()).1.is_empty(),
+            "a failure waits RETRY"
+        );
         let report = p.report("r", &list);
         assert_eq!(report["warmed"], 1);
         assert_eq!(report["missing"][0]["error"], "answered 503");
         assert_eq!(p.counts([("r", list.as_slice())].into_iter()), (1, 1));
-        // Paused (its drafts being dropped): nothing picked; changed: an old fetch that ends
-        // late does not count.
-        p.reset("r");
+        assert_eq!(
+            p.outcome("r", &list),
+            Outcome {
+                total: 2,
+                warmed: 1,
+                missing: vec!["http://a/2".into()]
+            }
+        );
+        // Changed (or just arrived): nothing for SETTLE; paused (its drafts being dropped):
+        // nothing; an old fetch that ends late does not count.
+        p.reset("r", now);
+        assert!(p.next("r", &list, 8, now).1.is_empty());
+        let settled = now + SETTLE;
         p.pause("r");
-        assert!(p.next("r", &list, 8).1.is_empty());
+        assert!(p.next("r", &list, 8, settled).1.is_empty());
         p.resume("r");
-        let (new_generation, again) = p.next("r", &list, 8);
+        let (new_generation, again) = p.next("r", &list, 8, settled);
         assert_eq!(again.len(), 2);
         p.finished("r", generation, "http://a/1", Ok(()));
         assert_eq!(p.report("r", &list)["warmed"], 0);

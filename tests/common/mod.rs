@@ -482,8 +482,14 @@ async fn handle(
     if !b.delay.is_zero() {
         tokio::time::sleep(b.delay).await;
     }
+    // `/status/NNN/...` answers NNN whatever the behaviour: one broken URL among good ones.
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|code| code.parse::<u16>().ok())
+        .unwrap_or(b.status);
     let mut resp = Response::builder()
-        .status(b.status)
+        .status(status)
         .header("X-Origin", state.name.as_str());
     for (k, v) in &b.headers {
         resp = resp.header(k.as_str(), v.as_str());

@@ -66,6 +66,23 @@ async fn tls_connect(
         .await
 }
 
+/// An HTTP/2 connection to portal.test, negotiated by ALPN among `alpn`.
+async fn h2_connect(
+    edge: &Edge,
+    alpn: &[&[u8]],
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tls = tls_connect(edge, "portal.test", true, alpn).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// The DNS names of the certificate the server presented.
 fn presented(tls: &TlsStream<TcpStream>) -> Vec<String> {
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -160,17 +177,7 @@ async fn https_requests_reach_the_origin_over_http1_and_http2_with_hsts() {
     assert_eq!(seen["x-forwarded-proto"], "https");
 
     // HTTP/2, negotiated by ALPN, several streams on one connection.
-    let tls = tls_connect(&edge, "portal.test", true, &[b"h2", b"http/1.1"])
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_connect(&edge, &[b"h2", b"http/1.1"]).await;
     let mut streams = Vec::new();
     for i in 0..5 {
         let mut sender = sender.clone();
@@ -503,4 +510,84 @@ async fn a_trickling_http2_upload_is_cut_and_frees_its_origin_slot() {
             .metric_becomes("onair_slow_clients_total{reason=\"upload\"}", |v| v >= 1.0)
             .await
     );
+}
+
+/// A release's embargo holds over HTTP/2 as over HTTP/1: with the content warmed and stored
+/// (the https URL, on a site that redirects plain HTTP),
+/// every stream for it (GET, HEAD, a range, a conditional, a PURGE, another spelling) gets the
+/// embargo answer, never the stored copy, and the origin hears of none of them; at the release
+/// time the same connection gets the content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_embargo_holds_over_http2() {
+    use std::time::{Duration, SystemTime};
+    // Plain HTTP redirects to HTTPS here: the warm fetch, which goes through the plain
+    // listener for the https URL, is not redirected.
+    let edge = edge("redirect_http = true").await;
+    edge.origin.set(Behaviour {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        body: Bytes::from_static(b"the resolution"),
+        ..Behaviour::default()
+    });
+    let at = SystemTime::now() + Duration::from_secs(5);
+    let at_text = time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = format!(
+        r#"{{"id": "h2", "at": "{at_text}", "embargo": {{"prefix": "https://portal.test/vk/"}},
+            "warm": ["https://portal.test/vk/article"]}}"#
+    );
+    let r = edge.onair.admin_post("/release", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        eventually(Duration::from_secs(4), || async {
+            let r = edge.onair.admin("GET", "/release/h2").await;
+            let entry: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            entry["warm"]["warmed"] == 1
+        })
+        .await
+    );
+    let asked = edge.origin.hits();
+    let sender = h2_connect(&edge, &[b"h2"]).await;
+    let ask =
+        |method: &'static str, path: &'static str, header: Option<(&'static str, &'static str)>| {
+            let mut sender = sender.clone();
+            async move {
+                let mut req = hyper::Request::builder()
+                    .method(method)
+                    .uri(format!("https://portal.test{path}"));
+                if let Some((name, value)) = header {
+                    req = req.header(name, value);
+                }
+                let resp = sender
+                    .send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap())
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let cache_control = resp
+                    .headers()
+                    .get("cache-control")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, cache_control, body)
+            }
+        };
+    for (method, path, header) in [
+        ("GET", "/vk/article", None),
+        ("HEAD", "/vk/article", None),
+        ("GET", "/vk/article", Some(("range", "bytes=0-2"))),
+        ("GET", "/vk/article", Some(("if-none-match", "*"))),
+        ("PURGE", "/vk/article", None),
+        ("GET", "/vk//Article/?x=1", None),
+    ] {
+        let (status, cache_control, body) = ask(method, path, header).await;
+        assert_eq!(status, 404, "{method} {path} {header:?}");
+        assert_eq!(cache_control.as_deref(), Some("no-store"));
+        assert!(!body.windows(3).any(|w| w == b"res"), "{body:?}");
+    }
+    assert_eq!(edge.origin.hits(), asked, "the origin heard of a reader");
+    tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    let (status, _, body) = ask("GET", "/vk/article", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"the resolution");
+    assert_eq!(edge.origin.hits(), asked, "served from the warmed copy");
 }
