@@ -45,6 +45,10 @@ pub struct Entry<'a> {
     /// The release whose embargo kept the content back (answered with the embargo answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embargo: Option<&'a str>,
+    /// A warm fetch (a node fetching a release's content ahead of its time, past the
+    /// embargo), not a reader.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 /// Opens the access log; keep the returned guard alive for the life of the process (dropping

@@ -845,6 +845,8 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         // The access log stays on the node: the address, whatever the metrics call it.
         let origin = ctx.current_origin().map(|o| o.addr_text.as_str());
+        // The connection's own TLS (a warm fetch of an https URL is keyed as https over plain).
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
         access_log::write(&access_log::Entry {
             time: access_log::now_rfc3339(),
             request_id: &ctx.request_id,
@@ -864,18 +866,18 @@ impl ProxyHttp for Edge {
                 http::Version::HTTP_10 => "1.0",
                 _ => "1.1",
             },
-            tls: session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .map(|t| t.version.to_string()),
+            tls: tls.map(|t| t.version.to_string()),
             // The listeners offer h2 and http/1.1: HTTP/2 over TLS is what ALPN agreed.
-            alpn: ctx.tls.then_some(if req.version == http::Version::HTTP_2 {
-                "h2"
-            } else {
-                "http/1.1"
+            alpn: tls.map(|_| {
+                if req.version == http::Version::HTTP_2 {
+                    "h2"
+                } else {
+                    "http/1.1"
+                }
             }),
             error: e.map(|e| format!("{}: {}", e.source_str(), e.etype().as_str())),
             embargo: ctx.embargo.as_deref(),
+            warm: ctx.warming,
         });
     }
 }

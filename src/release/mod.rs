@@ -1012,6 +1012,55 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_changes_leave_the_latest_state_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = Arc::new(Book::default());
+        book.open(dir.path());
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let book = book.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let id = format!("r{t}-{i}");
+                        book.schedule(spec(&id, "2027-01-20T10:00:00+07:00"), None, 0, 0)
+                            .unwrap();
+                        if i % 3 == 0 {
+                            book.cancel(&id, 0, 0).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Meanwhile the file is always whole (a reader is what a restart is).
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (done, path) = (done.clone(), dir.path().join(FILE));
+            std::thread::spawn(move || {
+                let mut torn = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        let whole = serde_json::from_slice::<BTreeMap<String, Entry>>(&bytes);
+                        torn += usize::from(whole.is_err());
+                    }
+                }
+                torn
+            })
+        };
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reader.join().unwrap(), 0, "a torn file was seen");
+        let again = Book::default();
+        assert!(!again.open(dir.path()), "the file is whole");
+        let states = |b: &Book| -> Vec<(String, State)> {
+            b.list().into_iter().map(|e| (e.spec.id, e.state)).collect()
+        };
+        assert_eq!(states(&again).len(), 200);
+        assert_eq!(states(&again), states(&book));
+    }
+
+    #[test]
     fn an_origin_embargo_date_that_cannot_be_read_holds_the_response_back() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(AT);
         let with = |value: &str| {

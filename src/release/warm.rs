@@ -2,10 +2,12 @@
 //! `warm` list through itself, so that the content is stored (memory and disk) on every tier
 //! and kept back by the embargo until the time; at the time readers get cache hits.
 //!
-//! A warm fetch is an ordinary request to the node's own HTTP listener with an `Onair-Warm`
-//! header: the node's own per-process token, or the fleet's `release.warm_secret`. Only such a
-//! request passes an embargo (and the rate limits and the attack-mode challenge, which are for
-//! readers). An edge's warm fetch goes to its shield like any miss, carrying the secret, which
+//! A warm fetch is an ordinary request to the node's own plain-HTTP listener with an
+//! `Onair-Warm` header: the node's own per-process token (accepted from its own machine only:
+//! loopback, or the address the listener is on), or the fleet's `release.warm_secret`. Only
+//! such a request passes an embargo (and the rate limits and the attack-mode challenge, which
+//! are for readers). An `https://` URL is fetched there too, with `Onair-Warm-Scheme: https`:
+//! keyed, forwarded and answered as an https reader's request (and not redirected to HTTPS). An edge's warm fetch goes to its shield like any miss, carrying the secret, which
 //! the shield accepts from its tiers (`protect.tiers`) only; the origin gets the secret too, to
 //! let the fetch through its own embargo. Any other copy of the header is removed.
 //!

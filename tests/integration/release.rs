@@ -490,6 +490,20 @@ async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_t
             assert_eq!(get(n.http, "a", path).await.unwrap().status, 404, "{path}");
         }
     }
+    // The access log tells warm fetches from readers, and never holds the secret.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            edge.access_log()
+                .iter()
+                .any(|l| l["path"] == "/vk/article" && l["warm"] == true && l["status"] == 200)
+        })
+        .await
+    );
+    for n in [&shield, &edge] {
+        let logs = std::fs::read_to_string(n.dir.path().join("access.log")).unwrap_or_default()
+            + &n.stderr();
+        assert!(!logs.contains(SECRET), "the secret was logged");
+    }
     // The origin saw the fleet's secret on the warm fetches, never a reader.
     assert!(origin
         .requests()
