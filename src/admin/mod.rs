@@ -337,13 +337,15 @@ impl AdminApp {
             let done = match &action {
                 Action::Release(spec) => {
                     let seq = published.as_ref().map(|p| p.seq);
-                    crate::release::hold(&self.cache, spec.clone(), seq, issued)
+                    crate::release::hold(&self.cache, &snapshot, spec.clone(), seq, issued)
                         .await
                         .map(str::to_owned)
                 }
-                Action::ReleaseCancel { id } => crate::release::call_off(&self.cache, id, issued)
-                    .await
-                    .map(|()| "cancelled".to_owned()),
+                Action::ReleaseCancel { id } => {
+                    crate::release::call_off(&self.cache, &snapshot, id, issued)
+                        .await
+                        .map(|()| "cancelled".to_owned())
+                }
                 _ => Ok(String::new()),
             };
             match done {

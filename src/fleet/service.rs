@@ -649,15 +649,22 @@ impl FleetService {
                 Ok(mode.as_str().to_owned())
             }
             Action::Release(spec) => {
-                let what = crate::release::hold(&self.cache, spec.clone(), Some(seq), op.issued_at)
-                    .await?;
+                let what = crate::release::hold(
+                    &self.cache,
+                    snapshot,
+                    spec.clone(),
+                    Some(seq),
+                    op.issued_at,
+                )
+                .await?;
                 Ok(format!("{} {what} for {}", spec.id, spec.at))
             }
             Action::ReleaseCancel { id } => {
-                match crate::release::call_off(&self.cache, id, op.issued_at).await {
+                match crate::release::call_off(&self.cache, snapshot, id, op.issued_at).await {
                     Ok(()) => Ok(format!("{id} cancelled")),
-                    // Never seen here, cancelled already, or out before it was issued: what
-                    // the cancel wants holds, or cannot be had.
+                    // Issued after the release's time: refused, as a change would be.
+                    Err(e) if e.contains(crate::release::LATE) => Err(e),
+                    // Never seen here, or cancelled already: what the cancel wants holds.
                     Err(e) => Ok(e),
                 }
             }

@@ -360,6 +360,13 @@ impl ProxyHttp for Edge {
             .map(|fields| cache::policy::merged_with_304(resp, fields));
         let resp = merged.as_ref().unwrap_or(resp);
         let mut decision = cache::policy::decide(resp, authorization, SystemTime::now(), &grants);
+        if ctx.warming && !self.warm_covered(session, ctx) {
+            // Fetched past the origin's own embargo for a release this node does not hold
+            // (out of its scope, or called off meanwhile): nothing here would hide it.
+            decision = RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom(
+                "warm fetch of content no release here holds back",
+            ));
+        }
         // The store holds the ticket from here (Pingora gives the same meta to the fill). When
         // nothing will be stored it is dropped now: kept open by a long answer (a WebSocket, a
         // stream) it would only make the fence remember purges for nothing.
@@ -965,6 +972,19 @@ impl Edge {
             crate::release::now_ms(),
         );
         ctx.embargo.is_some()
+    }
+
+    /// Whether a pending release here (not being called off) covers this warm fetch, so that
+    /// its answer may be stored (see `release::Book::warm_covered`).
+    fn warm_covered(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let uri = &session.req_header().uri;
+        let (snapshot, site) = (&ctx.snapshot, ctx.site);
+        let same_site = |host: &str| snapshot.hosts.site_for(host) == site;
+        let query =
+            (ctx.query_key != crate::config::QueryKey::Drop).then(|| uri.query().unwrap_or(""));
+        self.cache
+            .releases
+            .warm_covered(&same_site, uri.path(), query)
     }
 
     /// `host[:port]/path?query` of this request, as purges name objects.

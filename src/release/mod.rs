@@ -115,9 +115,6 @@ pub struct Checked {
     /// The embargoed prefix: host (no port), loose path prefix, and whether it ends at a
     /// segment (`/vankien/` holds `/vankien` and `/vankien/x`, not `/vankien-cu`).
     pub prefix: Option<(String, String, bool)>,
-    /// The URLs as the cache stores them (`host[:port]/path?query`), to drop copies of them.
-    pub targets: Vec<String>,
-    pub prefix_target: Option<String>,
 }
 
 impl Spec {
@@ -172,14 +169,22 @@ impl Spec {
             return Err(format!("at most {MAX_URLS} embargoed and warm URLs"));
         }
         let mut urls = Vec::new();
-        let mut targets = Vec::new();
-        for url in &self.embargo.urls {
-            let target = target_of_url(url).map_err(|e| format!("\"embargo\": {e}"))?;
-            let (host, path, query) = split_target(&target);
-            urls.push((host, loose(path), query_pairs(query)));
-            targets.push(target);
+        for (what, list) in [("embargo", &self.embargo.urls), ("warm", &self.warm)] {
+            for url in list {
+                let target = target_of_url(url).map_err(|e| format!("\"{what}\": {e}"))?;
+                let (host, path, query) = split_target(&target);
+                let path = loose(path);
+                if path == "/" {
+                    // Held back until the time, the site's front page would be gone.
+                    return Err(format!(
+                        "\"{what}\": {url:?} is the site's home page: purge it at the time \
+                         (\"purge\") instead"
+                    ));
+                }
+                urls.push((host, path, query_pairs(query)));
+            }
         }
-        let (prefix, prefix_target) = match &self.embargo.prefix {
+        let prefix = match &self.embargo.prefix {
             Some(p) => {
                 let target = target_of_url(p).map_err(|e| format!("\"embargo\": {e}"))?;
                 let (host, path, _) = split_target(&target);
@@ -191,16 +196,10 @@ impl Spec {
                     ));
                 }
                 let whole_segments = path.ends_with('/');
-                (Some((host, loose_path, whole_segments)), Some(target))
+                Some((host, loose_path, whole_segments))
             }
-            None => (None, None),
+            None => None,
         };
-        for url in &self.warm {
-            let target = target_of_url(url).map_err(|e| format!("\"warm\": {e}"))?;
-            let (host, path, query) = split_target(&target);
-            urls.push((host, loose(path), query_pairs(query)));
-            targets.push(target);
-        }
         if let Some(purge) = &self.purge {
             let requests = purge.requests();
             if requests.is_empty() {
@@ -214,8 +213,6 @@ impl Spec {
             at_ms,
             urls,
             prefix,
-            targets,
-            prefix_target,
         })
     }
 }
@@ -346,11 +343,14 @@ pub struct Beat {
     pub missing: Vec<String>,
 }
 
-/// How many releases a heartbeat tells, and how many missing URLs of each.
+/// How many releases a heartbeat tells, how many missing URLs of each, and how much of each
+/// URL: a heartbeat stays far under the bucket's 64 KiB message limit (a bigger one would be
+/// refused, and the node shown as silent).
 const BEAT_RELEASES: usize = 16;
-const BEAT_MISSING: usize = 10;
+const BEAT_MISSING: usize = 5;
+const BEAT_URL_BYTES: usize = 200;
 
-/// Released and cancelled releases stay listed this long.
+/// Released and cancelled releases stay listed this long after their time.
 const HISTORY_MS: u64 = 86_400_000;
 
 const FILE: &str = "releases.json";
@@ -363,6 +363,8 @@ struct Rule {
     query: Vec<(String, String)>,
     id: Arc<str>,
     at: u64,
+    /// A warm fetch of what it covers may be stored (not while it is being called off).
+    warm_ok: bool,
 }
 
 /// What the pending releases hold back: loose path → rules, and loose prefixes.
@@ -393,6 +395,9 @@ pub struct Book {
     /// Held while the file is written: writers take the entries as they are once it is
     /// theirs, so the last file written is the latest state, never an older one.
     storing: Mutex<()>,
+    /// Releases being called off or changed: their embargo holds until what they warmed is
+    /// dropped, and no warm fetch of theirs is stored meanwhile (see [`Book::retire`]).
+    retiring: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Book {
@@ -454,6 +459,17 @@ impl Book {
         query: Option<&str>,
         now_ms: u64,
     ) -> Option<Arc<str>> {
+        self.matching(same_site, path, query, &|rule| now_ms < rule.at)
+    }
+
+    /// The first rule covering the request that `and` also holds for.
+    fn matching(
+        &self,
+        same_site: &dyn Fn(&str) -> bool,
+        path: &str,
+        query: Option<&str>,
+        and: &dyn Fn(&Rule) -> bool,
+    ) -> Option<Arc<str>> {
         let matcher = self.matcher.load();
         if matcher.is_empty() {
             return None;
@@ -461,7 +477,7 @@ impl Book {
         let path = loose(path);
         let pairs = query.map(query_pairs);
         let holds = |rule: &Rule| {
-            now_ms < rule.at
+            and(rule)
                 && pairs
                     .as_ref()
                     .is_none_or(|pairs| rule.query.iter().all(|p| pairs.contains(p)))
@@ -497,18 +513,23 @@ impl Book {
         now_ms: u64,
     ) -> Result<(&'static str, Option<Spec>), String> {
         let checked = spec.check()?;
+        let id = spec.id.clone();
         let (what, before) = {
             let mut entries = self.lock();
+            // A release a day past its time is history: the id, used again, names a new one.
+            // Judged by when the new one was issued, so that every node judges it alike.
+            if entries.get(&spec.id).is_some_and(|e| {
+                e.state != State::Pending && e.at_ms.saturating_add(HISTORY_MS) <= issued_ms
+            }) {
+                entries.remove(&spec.id);
+            }
             let what = match entries.get_mut(&spec.id) {
                 Some(e) if e.state != State::Cancelled && e.spec == spec => {
                     e.seq = seq.or(e.seq);
                     "unchanged"
                 }
                 Some(e) if e.at_ms <= issued_ms && e.state != State::Cancelled => {
-                    return Err(format!(
-                        "release {} came out at {}: a change after its time cannot call it back",
-                        spec.id, e.spec.at
-                    ));
+                    return Err(late(&spec.id, &e.spec.at));
                 }
                 Some(_) => "changed",
                 None => "scheduled",
@@ -534,6 +555,7 @@ impl Book {
             );
             (what, before.map(|e| e.spec))
         };
+        self.retiring().remove(&id);
         self.saved();
         Ok((what, before))
     }
@@ -551,15 +573,13 @@ impl Book {
                 return Err(format!("release {id} is cancelled already"));
             }
             if entry.at_ms <= issued_ms {
-                return Err(format!(
-                    "release {id} came out at {}: a cancel after its time cannot call it back",
-                    entry.spec.at
-                ));
+                return Err(late(id, &entry.spec.at));
             }
             entry.state = State::Cancelled;
             entry.done_ms = Some(now_ms);
             entry.spec.clone()
         };
+        self.retiring().remove(id);
         self.saved();
         Ok(spec)
     }
@@ -601,6 +621,54 @@ impl Book {
         self.saved();
     }
 
+    fn retiring(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.retiring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts calling off (or changing) pending release `id`, issued at `issued_ms`: its
+    /// embargo still holds, but no warm fetch of it is stored any more, so what it warmed can
+    /// be dropped before the embargo lifts ([`Book::cancel`] and [`Book::schedule`] end it).
+    /// Its spec, or why it cannot be called off.
+    pub fn retire(&self, id: &str, issued_ms: u64) -> Result<Spec, String> {
+        let spec = {
+            let entries = self.lock();
+            let entry = entries.get(id).ok_or_else(|| format!("no release {id}"))?;
+            if entry.state == State::Cancelled {
+                return Err(format!("release {id} is cancelled already"));
+            }
+            if entry.at_ms <= issued_ms {
+                return Err(late(id, &entry.spec.at));
+            }
+            entry.spec.clone()
+        };
+        self.retiring().insert(id.to_owned());
+        self.rebuild();
+        Ok(spec)
+    }
+
+    /// Ends [`Book::retire`] without a change: the release holds as it was.
+    pub fn keep(&self, id: &str) {
+        if self.retiring().remove(id) {
+            self.rebuild();
+        }
+    }
+
+    /// Whether a warm fetch for this request may be stored: a pending release (not being
+    /// called off) covers it, whatever the time. A warm fetch passes the origin's own embargo;
+    /// what no release here holds back must not be kept (this node is not in the release's
+    /// scope, or it was cancelled while the fetch ran).
+    pub fn warm_covered(
+        &self,
+        same_site: &dyn Fn(&str) -> bool,
+        path: &str,
+        query: Option<&str>,
+    ) -> bool {
+        self.matching(same_site, path, query, &|rule| rule.warm_ok)
+            .is_some()
+    }
+
     /// The fleet's releases this node holds, for its heartbeat: pending ones first, then the
     /// latest; bounded (a heartbeat is one small message).
     pub fn beats(&self) -> Vec<Beat> {
@@ -623,7 +691,12 @@ impl Book {
                     state: e.state,
                     warm_total: warm.total,
                     warmed: warm.warmed,
-                    missing: warm.missing.into_iter().take(BEAT_MISSING).collect(),
+                    missing: warm
+                        .missing
+                        .into_iter()
+                        .take(BEAT_MISSING)
+                        .map(|url| shortened(url, BEAT_URL_BYTES))
+                        .collect(),
                 }
             })
             .collect()
@@ -647,19 +720,30 @@ impl Book {
 
     fn rebuild(&self) {
         let entries = self.lock();
+        let retiring = self.retiring();
         let mut matcher = Matcher::default();
         let mut pending = 0;
         for entry in entries.values().filter(|e| e.state == State::Pending) {
             pending += 1;
-            let Ok(checked) = entry.spec.check() else {
-                continue;
+            let checked = match entry.spec.check() {
+                Ok(checked) => checked,
+                Err(e) => {
+                    // Kept by an older version that took it: it holds nothing back now.
+                    tracing::error!(
+                        "release {}: holds nothing back: {e}; cancel it and issue it again",
+                        entry.spec.id
+                    );
+                    continue;
+                }
             };
             let id: Arc<str> = Arc::from(entry.spec.id.as_str());
+            let warm_ok = !retiring.contains(&entry.spec.id);
             let rule = |host: String, query: Vec<(String, String)>| Rule {
                 host,
                 query,
                 id: id.clone(),
                 at: entry.at_ms,
+                warm_ok,
             };
             for (host, path, query) in checked.urls {
                 matcher
@@ -701,76 +785,123 @@ impl Book {
 
 /// Schedules (or changes) `spec` on this node (fleet operation `seq`, issued at `issued_ms`),
 /// and drops what the cache holds of the content it embargoes: a copy stored before the
-/// release was known (an old draft, a test page) must not be what readers get when it is out,
-/// and a change drops what the release held before (a URL it no longer holds back must not come
-/// out as the copy warmed past the origin's embargo). The time check of the embargo keeps
-/// everything else.
+/// release was known (an old draft, a test page) must not be what readers get when it is out.
+/// A change first drops what the release held before, while its embargo still holds: a URL it
+/// no longer holds back must not come out as the copy warmed past the origin's embargo. The
+/// time check of the embargo keeps everything else. Copies are named as the routes of
+/// `snapshot` key them (`query = "drop"` and `"sort"`), like any purge.
 pub async fn hold(
     cache: &crate::cache::EdgeCache,
+    snapshot: &crate::snapshot::Snapshot,
     spec: Spec,
     seq: Option<u64>,
     issued_ms: u64,
 ) -> Result<&'static str, String> {
-    let checked = spec.check()?;
+    spec.check()?;
+    let (book, id) = (cache.releases, spec.id.clone());
+    let changed = book
+        .get(&id)
+        .is_some_and(|e| e.state != State::Cancelled && e.spec != spec);
+    if changed {
+        let before = book.retire(&id, issued_ms)?;
+        drop_copies(cache, snapshot, &before).await;
+    }
     // Its warming waits until the drafts are gone: a copy fetched while they are dropped
     // would be dropped with them (the embargo is on from `schedule` already).
-    let id = spec.id.clone();
-    cache.releases.warm.pause(&id);
-    let (what, before) = match cache.releases.schedule(spec, seq, issued_ms, now_ms()) {
-        Ok((what, before)) if what != "unchanged" => (what, before),
+    book.warm.pause(&id);
+    let what = match book.schedule(spec.clone(), seq, issued_ms, now_ms()) {
+        Ok((what, _)) if what != "unchanged" => what,
         // Held already as it is: what it warmed is no draft. Or refused.
         done => {
-            cache.releases.warm.resume(&id);
+            book.warm.resume(&id);
+            book.keep(&id);
             return done.map(|(what, _)| what);
         }
     };
-    drop_copies(cache, checked).await;
-    if let Some(Ok(before)) = before.map(|b| b.check()) {
-        drop_copies(cache, before).await;
-    }
-    cache.releases.warm.resume(&id);
+    drop_copies(cache, snapshot, &spec).await;
+    book.warm.resume(&id);
     Ok(what)
 }
 
-/// Cancels release `id` on this node (issued at `issued_ms`) and drops what it warmed: fetched
-/// past the origin's own embargo, it must not come out because the release does not.
+/// Cancels release `id` on this node (issued at `issued_ms`) and drops what it warmed, first,
+/// while its embargo still holds: fetched past the origin's own embargo, it must not come out
+/// because the release does not. (A warm fetch still running when the copies are dropped is not
+/// stored: the purge fences fills in flight, and a release being called off stores none.)
 pub async fn call_off(
     cache: &crate::cache::EdgeCache,
+    snapshot: &crate::snapshot::Snapshot,
     id: &str,
     issued_ms: u64,
 ) -> Result<(), String> {
-    let spec = cache.releases.cancel(id, issued_ms, now_ms())?;
-    if let Ok(checked) = spec.check() {
-        drop_copies(cache, checked).await;
-    }
-    Ok(())
+    let spec = cache.releases.retire(id, issued_ms)?;
+    drop_copies(cache, snapshot, &spec).await;
+    cache.releases.cancel(id, issued_ms, now_ms()).map(|_| ())
 }
 
-/// Drops every copy of what `checked` embargoes, on this node.
-async fn drop_copies(cache: &crate::cache::EdgeCache, checked: Checked) {
-    let mut selectors = Vec::new();
-    if !checked.targets.is_empty() {
-        selectors.push(crate::cache::purge::Selector::Urls(
-            checked.targets.into_iter().collect(),
-        ));
+/// Drops every copy of what `spec` embargoes (its URLs, its prefix, its warm list), on this
+/// node.
+async fn drop_copies(
+    cache: &crate::cache::EdgeCache,
+    snapshot: &crate::snapshot::Snapshot,
+    spec: &Spec,
+) {
+    let urls: Vec<String> = spec
+        .embargo
+        .urls
+        .iter()
+        .chain(&spec.warm)
+        .cloned()
+        .collect();
+    let request = |urls: Vec<String>, prefix: Option<String>| PurgeRequest {
+        urls,
+        prefix,
+        tags: Vec::new(),
+        soft: false,
+    };
+    let mut requests = Vec::new();
+    if !urls.is_empty() {
+        requests.push(request(urls, None));
     }
-    if let Some(prefix) = checked.prefix_target {
-        selectors.push(crate::cache::purge::Selector::Prefix(prefix));
+    if let Some(prefix) = &spec.embargo.prefix {
+        requests.push(request(Vec::new(), Some(prefix.clone())));
     }
-    for selector in selectors {
-        // Every node holding the release drops its own: a shield's copy fetched after it is
-        // no older draft, and an edge must take it.
-        cache.purge_here(&selector, false).await;
+    for request in requests {
+        match snapshot.purge_selector(&request) {
+            // Every node holding the release drops its own: a shield's copy fetched after it
+            // is no older draft, and an edge must take it.
+            Ok(selector) => {
+                cache.purge_here(&selector, false).await;
+            }
+            Err(e) => tracing::warn!("release {}: cannot drop its copies: {e}", spec.id),
+        }
     }
 }
 
-/// Forgets releases done more than a day ago.
+/// Forgets releases out or cancelled more than a day after their time (housekeeping; an id
+/// used again is judged by [`Book::schedule`] itself).
 fn prune(entries: &mut BTreeMap<String, Entry>, now_ms: u64) {
-    entries.retain(|_, e| {
-        e.done_ms
-            .is_none_or(|done| now_ms.saturating_sub(done) < HISTORY_MS)
-    });
+    entries.retain(|_, e| e.state == State::Pending || now_ms < e.at_ms.saturating_add(HISTORY_MS));
 }
+
+/// `text` cut to at most `max` bytes (at a character), marked `…` where it was cut.
+fn shortened(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}…", &text[..cut])
+}
+
+/// What a change or cancel issued after the release's time gets, everywhere alike.
+fn late(id: &str, at: &str) -> String {
+    format!("release {id} came out at {at}: {LATE}")
+}
+
+/// Marks the refusal of a change or cancel issued after the release's time.
+pub const LATE: &str = "a change after its time cannot call it back";
 
 /// The response header by which an origin puts a response under embargo on its own: stored,
 /// but answered with the embargo answer until the HTTP-date it gives (never sent to readers).
@@ -779,12 +910,16 @@ pub const ORIGIN_EMBARGO: &str = "onair-embargo-until";
 /// Whether a stored or arriving response is under its origin's embargo at `now`. The time is
 /// an HTTP-date, or RFC 3339 (what a CMS may write instead). A value that is neither holds the
 /// response back for good (logged): the origin meant to hide it, and the header never reaches
-/// readers, so a mistake there must not let it out unseen.
+/// readers, so a mistake there must not let it out unseen. An empty value or `0` is none.
 pub fn origin_embargo(headers: &http::HeaderMap, now: SystemTime) -> bool {
     let Some(value) = headers.get(ORIGIN_EMBARGO) else {
         return false;
     };
-    let text = value.to_str().unwrap_or("").trim();
+    let text = value.to_str().unwrap_or("\u{0}").trim();
+    if text.is_empty() || text == "0" {
+        // A template with no date in it, or `0` as in `Expires: 0`: no embargo.
+        return false;
+    }
     let until = httpdate::parse_http_date(text).ok().or_else(|| {
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .ok()
@@ -1061,6 +1196,74 @@ mod tests {
     }
 
     #[test]
+    fn a_release_being_called_off_holds_but_stores_no_warm_fetch() {
+        let book = Book::default();
+        book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), None, 0, 0)
+            .unwrap();
+        let path = "/vankien/nghi-quyet";
+        assert!(book.warm_covered(&portal, path, Some("")));
+        assert!(!book.warm_covered(&portal, "/elsewhere", Some("")));
+        book.retire("vk", 1).unwrap();
+        assert!(book.embargoed(&portal, path, Some(""), AT - 1).is_some());
+        assert!(!book.warm_covered(&portal, path, Some("")));
+        // Kept after all (a change refused): warm fetches are stored again.
+        book.keep("vk");
+        assert!(book.warm_covered(&portal, path, Some("")));
+        book.retire("vk", 1).unwrap();
+        book.cancel("vk", 1, 1).unwrap();
+        assert!(book.embargoed(&portal, path, Some(""), AT - 1).is_none());
+        // Too late to call off, on every node alike; the refusal says so.
+        let out = Book::default();
+        out.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), None, 0, 0)
+            .unwrap();
+        assert!(out.retire("vk", AT).unwrap_err().contains(LATE));
+        assert!(out.cancel("vk", AT, AT).unwrap_err().contains(LATE));
+    }
+
+    #[test]
+    fn history_is_forgotten_by_the_release_time_so_an_id_is_new_everywhere_alike() {
+        let day = HISTORY_MS;
+        let (early, late) = (Book::default(), Book::default());
+        for book in [&early, &late] {
+            book.schedule(spec("vk", "2027-01-20T10:00:00+07:00"), None, 0, 0)
+                .unwrap();
+        }
+        // One released at the time, one two hours later (it was away).
+        early.released("vk", AT, AT);
+        late.released("vk", AT, AT + 7_200_000);
+        // The id used again a day and an hour after the time: new on both.
+        let again = AT + day + 3_600_000;
+        for book in [&early, &late] {
+            let reused = spec("vk", "2027-01-22T10:00:00+07:00");
+            assert_eq!(
+                book.schedule(reused, None, again, again)
+                    .map(|(what, _)| what),
+                Ok("scheduled")
+            );
+        }
+        // The home page cannot be held back.
+        let mut home = spec("h", "2027-01-20T10:00:00+07:00");
+        home.warm = vec!["https://portal.example.vn/".into()];
+        assert!(home.check().unwrap_err().contains("home page"));
+    }
+
+    #[test]
+    fn a_heartbeats_releases_stay_small_whatever_the_urls() {
+        let book = Book::default();
+        let long = format!("https://portal.example.vn/vk/{}", "ả".repeat(3000));
+        for i in 0..=BEAT_RELEASES as u64 {
+            let mut release = spec(&format!("r{i}"), "2027-01-20T10:00:00+07:00");
+            release.warm = (0..=BEAT_MISSING).map(|j| format!("{long}/{j}")).collect();
+            book.schedule(release, Some(i), 0, 0).unwrap();
+        }
+        let beats = book.beats();
+        assert_eq!(beats.len(), BEAT_RELEASES);
+        assert!(beats.iter().all(|b| b.missing.len() == BEAT_MISSING));
+        let size = serde_json::to_vec(&beats).unwrap().len();
+        assert!(size < 24 << 10, "{size} bytes");
+    }
+
+    #[test]
     fn an_origin_embargo_date_that_cannot_be_read_holds_the_response_back() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(AT);
         let with = |value: &str| {
@@ -1073,6 +1276,8 @@ mod tests {
         assert!(origin_embargo(&with("2027-01-20T10:00:01+07:00"), now));
         assert!(!origin_embargo(&with("2027-01-20T09:59:59+07:00"), now));
         assert!(origin_embargo(&with("tomorrow at ten"), now));
+        assert!(!origin_embargo(&with(""), now));
+        assert!(!origin_embargo(&with("0"), now));
         assert!(!origin_embargo(&http::HeaderMap::new(), now));
     }
 

@@ -96,6 +96,9 @@ impl ReleaseService {
             };
             std::net::SocketAddr::new(ip, a.port())
         });
+        // A node without an HTTPS listener (a shield its edges reach over plain HTTP) keys
+        // every request as plain HTTP: an https URL is warmed as its tiers will ask for it.
+        let https_readers = !snapshot.config.listen.https.is_empty();
         let value = settings
             .warm_secret
             .clone()
@@ -115,7 +118,9 @@ impl ReleaseService {
                 let (cache, id, value) = (self.cache, id.clone(), value.clone());
                 tokio::spawn(async move {
                     let result = match listen {
-                        Some(listen) => warm::fetch(listen, &url, &value).await.map(|_| ()),
+                        Some(listen) => warm::fetch(listen, &url, &value, https_readers)
+                            .await
+                            .map(|_| ()),
                         None => {
                             Err("no plain-HTTP listener ([listen] http) to warm through".to_owned())
                         }
@@ -123,10 +128,14 @@ impl ReleaseService {
                     if let Err(e) = &result {
                         tracing::debug!("release {id}: warm {url}: {e}");
                     }
+                    let fetched = result.is_ok();
                     cache.releases.warm.finished(&id, generation, &url, result);
-                    // Its slot is free: the loop starts the next fetch now, not at its next
-                    // look a second later.
-                    cache.releases.changed.notify_one();
+                    if fetched {
+                        // Its slot is free: the loop starts the next fetch now, not at its
+                        // next look a second later. (A failure waits `warm::RETRY` anyway:
+                        // fetches failing at once must not spin the loop.)
+                        cache.releases.changed.notify_one();
+                    }
                 });
             }
         }

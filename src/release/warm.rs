@@ -88,8 +88,8 @@ pub struct Outcome {
 pub struct Progress {
     releases: Mutex<HashMap<String, Warming>>,
     /// Releases whose warming waits (while their drafts are dropped: a copy fetched meanwhile
-    /// would be dropped with them).
-    paused: Mutex<HashSet<String>>,
+    /// would be dropped with them), with how many holds of each are under way.
+    paused: Mutex<HashMap<String, usize>>,
     /// Bumped by every reset: a fetch started before one does not count after it.
     generation: std::sync::atomic::AtomicU64,
 }
@@ -114,7 +114,7 @@ impl Progress {
         }
     }
 
-    fn paused(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn paused(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         match self.paused.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -123,11 +123,18 @@ impl Progress {
 
     /// Holds `id`'s warming back until [`Progress::resume`].
     pub fn pause(&self, id: &str) {
-        self.paused().insert(id.to_owned());
+        *self.paused().entry(id.to_owned()).or_default() += 1;
     }
 
+    /// Ends one [`Progress::pause`]; warming goes on when the last one ends.
     pub fn resume(&self, id: &str) {
-        self.paused().remove(id);
+        let mut paused = self.paused();
+        if let Some(count) = paused.get_mut(id) {
+            *count -= 1;
+            if *count == 0 {
+                paused.remove(id);
+            }
+        }
     }
 
     /// Up to `limit` URLs of `list` to fetch now (marked running), with the generation to
@@ -139,7 +146,7 @@ impl Progress {
         limit: usize,
         now: Instant,
     ) -> (u64, Vec<String>) {
-        if self.paused().contains(id) {
+        if self.paused().contains_key(id) {
             return (0, Vec::new());
         }
         let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
@@ -258,8 +265,15 @@ impl Progress {
 }
 
 /// Fetches `url` through this node's listener at `listen`, with `Onair-Warm: value`, reading
-/// the whole answer (so that the cache stores all of it). A 2xx or 3xx answer is a success.
-pub async fn fetch(listen: SocketAddr, url: &str, value: &str) -> Result<u16, String> {
+/// the whole answer (so that the cache stores all of it). An https URL is marked as such when
+/// the node has `https_readers` (an HTTPS listener), so that it is stored as they will ask for
+/// it. A 2xx or 3xx answer is a success.
+pub async fn fetch(
+    listen: SocketAddr,
+    url: &str,
+    value: &str,
+    https_readers: bool,
+) -> Result<u16, String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let authority = uri
         .authority()
@@ -267,7 +281,7 @@ pub async fn fetch(listen: SocketAddr, url: &str, value: &str) -> Result<u16, St
     // Raw UTF-8 pasted from a browser goes as readers send it: percent-encoded.
     let path =
         crate::cache::purge::encode_non_ascii(uri.path_and_query().map_or("/", |p| p.as_str()));
-    let scheme = if uri.scheme_str() == Some("https") {
+    let scheme = if https_readers && uri.scheme_str() == Some("https") {
         format!("{SCHEME_HEADER}: https\r\n")
     } else {
         String::new()

@@ -763,3 +763,134 @@ async fn six_nodes_in_two_regions_warm_ahead_and_release_together() {
         );
     }
 }
+
+/// Called off, a release keeps nothing it fetched past the origin's own embargo: its warmed
+/// copies are dropped before its embargo lifts, found however their route keys them (the image
+/// is on a `query = "drop"` route and named with a query), and a warm fetch still running when
+/// it is called off is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_called_off_while_it_warms_keeps_nothing_it_fetched() {
+    let origin = Origin::start("origin").await;
+    origin.set(Behaviour {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        body: bytes::Bytes::from_static(b"fetched past the embargo"),
+        delay: Duration::from_millis(1500),
+        ..Behaviour::default()
+    });
+    let n = Onair::start(Setup::new(format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[site.route]]\npath = \"/media/\"\nquery = \"drop\"\n\
+         [[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        origin.addr
+    )))
+    .await;
+    let at = rfc3339(SystemTime::now() + Duration::from_secs(300));
+    let release = |id: &str, warm: &[&str]| {
+        let warm: Vec<String> = warm.iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            r#"{{"id": "{id}", "at": "{at}", "embargo": {{"urls": ["http://a/story"]}},
+                "warm": [{}]}}"#,
+            warm.join(", ")
+        )
+    };
+    let warmed = |id: &'static str| {
+        let n = &n;
+        async move {
+            let r = n.admin("GET", &format!("/release/{id}")).await;
+            let entry: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            entry["warm"]["warmed"].as_u64().unwrap_or(0)
+        }
+    };
+    // Warmed, then called off.
+    let body = release("r", &["http://a/story", "http://a/media/nq.jpg?v=2"]);
+    assert_eq!(n.admin_post("/release", &body).await.status, 200);
+    assert!(eventually(Duration::from_secs(10), || async { warmed("r").await == 2 }).await);
+    let r = n.admin_post("/release", r#"{"cancel": "r"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for path in ["/story", "/media/nq.jpg"] {
+        let before = asked(&origin, path);
+        assert_eq!(get(n.http, "a", path).await.unwrap().status, 200);
+        assert_eq!(
+            asked(&origin, path),
+            before + 1,
+            "{path}: the warmed copy was served"
+        );
+    }
+    // Called off while a warm fetch runs: what it brings is not kept.
+    let body = release("late", &["http://a/story/late"]);
+    assert_eq!(n.admin_post("/release", &body).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            asked(&origin, "/story/late") == 1
+        })
+        .await
+    );
+    let r = n.admin_post("/release", r#"{"cancel": "late"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            n.access_log()
+                .iter()
+                .any(|l| l["path"] == "/story/late" && l["warm"] == true)
+        })
+        .await
+    );
+    assert_eq!(get(n.http, "a", "/story/late").await.unwrap().status, 200);
+    assert_eq!(
+        asked(&origin, "/story/late"),
+        2,
+        "the late warm fetch was stored"
+    );
+}
+
+/// A shield that does not hold a release (out of its scope) passes an edge's warm fetch on but
+/// does not store what the origin let through its own embargo: nothing there would hide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_without_the_release_keeps_no_warm_copy() {
+    const SECRET: &str = "warm-secret-0123456789";
+    let origin = Origin::start("origin").await;
+    origin.set(page("under embargo at the origin"));
+    let release_keys = "[release]\nwarm_secret_file = \"warm.secret\"\n";
+    let mut shield_setup = Setup::new(format!(
+        "{release_keys}[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
+        one_site(origin.addr, "", "")
+    ))
+    .with_file("warm.secret", SECRET);
+    shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
+    let shield = Onair::start(shield_setup).await;
+    let edge = Onair::start(
+        Setup::new(format!(
+            "{release_keys}{}",
+            one_site(shield.http, "shields = true", "")
+        ))
+        .with_file("warm.secret", SECRET),
+    )
+    .await;
+    let at = rfc3339(SystemTime::now() + Duration::from_secs(300));
+    let body = format!(
+        r#"{{"id": "vk", "at": "{at}", "embargo": {{"prefix": "http://a/vk/"}},
+            "warm": ["http://a/vk/article"]}}"#
+    );
+    assert_eq!(edge.admin_post("/release", &body).await.status, 200);
+    assert!(
+        edge.metric_becomes("onair_release_warm_objects{state=\"warmed\"}", |v| v == 1.0)
+            .await,
+        "{}",
+        edge.admin("GET", "/release/vk").await.text()
+    );
+    assert_eq!(asked(&origin, "/vk/article"), 1);
+    // The shield holds no copy: a request reaching it goes to the origin (which decides).
+    assert_eq!(
+        get(shield.http, "a", "/vk/article").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        asked(&origin, "/vk/article"),
+        2,
+        "the shield kept the warm copy"
+    );
+    assert_eq!(
+        get(edge.http, "a", "/vk/article").await.unwrap().status,
+        404
+    );
+}
