@@ -35,6 +35,31 @@ fn asked(origin: &Origin, path: &str) -> usize {
         .count()
 }
 
+/// The fleet's warm secret in the tests.
+const SECRET: &str = "warm-secret-0123456789";
+
+/// A shield in front of `origin` (trusting its tiers) and an edge behind it, both with the
+/// fleet's warm secret.
+async fn shield_and_edge(origin: &Origin) -> (Onair, Onair) {
+    let release_keys = "[release]\nwarm_secret_file = \"warm.secret\"\n";
+    let mut shield_setup = Setup::new(format!(
+        "{release_keys}[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
+        one_site(origin.addr, "", "")
+    ))
+    .with_file("warm.secret", SECRET);
+    shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
+    let shield = Onair::start(shield_setup).await;
+    let edge = Onair::start(
+        Setup::new(format!(
+            "{release_keys}{}",
+            one_site(shield.http, "shields = true", "")
+        ))
+        .with_file("warm.secret", SECRET),
+    )
+    .await;
+    (shield, edge)
+}
+
 /// A fleet operation's status as a node's admin API tells it.
 async fn op_status(n: &Onair, seq: u64) -> serde_json::Value {
     let r = n.admin("GET", &format!("/fleet/ops/{seq}")).await;
@@ -433,29 +458,13 @@ async fn an_origin_marked_embargo_is_stored_but_held_back_until_its_time() {
 /// burst of readers at the time costs the origin nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_time() {
-    const SECRET: &str = "warm-secret-0123456789";
     let origin = Origin::start("origin").await;
     origin.set(Behaviour {
         headers: vec![("Cache-Control".into(), "max-age=600".into())],
         body: bytes::Bytes::from_static(&[b'x'; 4096]),
         ..Behaviour::default()
     });
-    let release_keys = "[release]\nwarm_secret_file = \"warm.secret\"\n";
-    let mut shield_setup = Setup::new(format!(
-        "{release_keys}[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
-        one_site(origin.addr, "", "")
-    ))
-    .with_file("warm.secret", SECRET);
-    shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
-    let shield = Onair::start(shield_setup).await;
-    let edge = Onair::start(
-        Setup::new(format!(
-            "{release_keys}{}",
-            one_site(shield.http, "shields = true", "")
-        ))
-        .with_file("warm.secret", SECRET),
-    )
-    .await;
+    let (shield, edge) = shield_and_edge(&origin).await;
     let at = SystemTime::now() + Duration::from_secs(6);
     let objects = ["/vk/article", "/vk/photo.jpg", "/vk/video/seg-1.ts"];
     let warm: Vec<String> = objects.iter().map(|p| format!("\"http://a{p}\"")).collect();
@@ -548,7 +557,6 @@ async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_t
 /// shows, node by node, the one object that could not be warmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_nodes_in_two_regions_warm_ahead_and_release_together() {
-    const SECRET: &str = "warm-secret-0123456789";
     let nats = Nats::start().await;
     let keys = tempfile::tempdir().unwrap();
     let (operator, public) = operator_keys(keys.path(), "operator");
@@ -847,25 +855,9 @@ async fn a_release_called_off_while_it_warms_keeps_nothing_it_fetched() {
 /// does not store what the origin let through its own embargo: nothing there would hide it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shield_without_the_release_keeps_no_warm_copy() {
-    const SECRET: &str = "warm-secret-0123456789";
     let origin = Origin::start("origin").await;
     origin.set(page("under embargo at the origin"));
-    let release_keys = "[release]\nwarm_secret_file = \"warm.secret\"\n";
-    let mut shield_setup = Setup::new(format!(
-        "{release_keys}[protect]\ntiers = [\"127.0.0.0/24\"]\n{}",
-        one_site(origin.addr, "", "")
-    ))
-    .with_file("warm.secret", SECRET);
-    shield_setup.node_extra = "id = \"shield-hn-1\"\n".into();
-    let shield = Onair::start(shield_setup).await;
-    let edge = Onair::start(
-        Setup::new(format!(
-            "{release_keys}{}",
-            one_site(shield.http, "shields = true", "")
-        ))
-        .with_file("warm.secret", SECRET),
-    )
-    .await;
+    let (shield, edge) = shield_and_edge(&origin).await;
     let at = rfc3339(SystemTime::now() + Duration::from_secs(300));
     let body = format!(
         r#"{{"id": "vk", "at": "{at}", "embargo": {{"prefix": "http://a/vk/"}},
