@@ -229,7 +229,12 @@ async fn main() {
     let before_publish = origin.requests().len();
 
     // Publish; time the warm.
-    let at = SystemTime::now() + sizes.lead;
+    // To the millisecond, as nodes read a release's time: "not before" judged alike.
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let at =
+        SystemTime::UNIX_EPOCH + Duration::from_millis(since_epoch.as_millis() as u64) + sizes.lead;
     let at_text = time::OffsetDateTime::from(at)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();

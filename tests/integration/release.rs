@@ -35,6 +35,15 @@ fn asked(origin: &Origin, path: &str) -> usize {
         .count()
 }
 
+/// `secs` from now, to the millisecond: a release's time as nodes read it (they keep
+/// milliseconds), so that "not before its time" is judged against the same instant.
+fn in_secs(secs: u64) -> SystemTime {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(now.as_millis() as u64 + secs * 1000)
+}
+
 /// The fleet's warm secret in the tests.
 const SECRET: &str = "warm-secret-0123456789";
 
@@ -117,7 +126,7 @@ async fn a_release_is_embargoed_everywhere_until_its_time_then_out_on_every_node
         assert_eq!(get(n.http, "a", "/").await.unwrap().text(), "v1");
         nodes.push(n);
     }
-    let at = SystemTime::now() + Duration::from_secs(4);
+    let at = in_secs(4);
     let answer = fleet_cli(
         &nats.url,
         &operator,
@@ -292,7 +301,7 @@ async fn cancelled_rescheduled_and_forged_releases() {
             .await
     );
     assert_eq!(get(n.http, "a", "/other").await.unwrap().status, 200);
-    let soon = SystemTime::now() + Duration::from_secs(2);
+    let soon = in_secs(2);
     release(&operator, "moved", &rfc3339(soon));
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -312,7 +321,7 @@ async fn a_release_outlives_a_restart_and_a_node_away_releases_when_back() {
     origin.set(page("v1"));
     let mut n = Onair::start(Setup::new(one_site(origin.addr, "", ""))).await;
     assert_eq!(get(n.http, "a", "/").await.unwrap().text(), "v1");
-    let at = SystemTime::now() + Duration::from_secs(5);
+    let at = in_secs(5);
     let body = format!(
         r#"{{"id": "nq", "at": "{}", "embargo": {{"urls": ["http://a/story"]}},
             "purge": {{"tags": ["home"]}}}}"#,
@@ -465,7 +474,7 @@ async fn a_release_warms_through_the_tiers_and_costs_the_origin_nothing_at_its_t
         ..Behaviour::default()
     });
     let (shield, edge) = shield_and_edge(&origin).await;
-    let at = SystemTime::now() + Duration::from_secs(6);
+    let at = in_secs(6);
     let objects = ["/vk/article", "/vk/photo.jpg", "/vk/video/seg-1.ts"];
     let warm: Vec<String> = objects.iter().map(|p| format!("\"http://a{p}\"")).collect();
     let body = format!(
@@ -626,7 +635,7 @@ async fn six_nodes_in_two_regions_warm_ahead_and_release_together() {
     let mut list: Vec<String> = objects.iter().map(|p| format!("http://a{p}")).collect();
     list.push(format!("http://a{broken}"));
     std::fs::write(&warm_file, list.join("\n")).unwrap();
-    let at = SystemTime::now() + Duration::from_secs(10);
+    let at = in_secs(10);
     let answer = fleet_cli(
         &nats.url,
         &operator,
