@@ -22,6 +22,8 @@ pub mod cidr;
 pub mod config;
 pub mod demo;
 pub mod fleet;
+pub mod integrity;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod origin;

@@ -75,6 +75,34 @@ enum Command {
         #[arg(long, global = true, value_delimiter = ',')]
         nodes: Vec<String>,
     },
+    /// Make an Ed25519 key pair to sign content with: NAME.key (the private key, PKCS#8 PEM,
+    /// mode 0600, never overwritten) and NAME.pub (the public key, for [site.integrity] keys).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a file as an origin serves it: prints the Content-Type, Content-Digest,
+    /// Signature-Input and Signature headers to send with it.
+    Sign {
+        /// The file (the response body).
+        file: PathBuf,
+        /// The private key (PEM, from `onair keygen` or `openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's id, as the sites' [site.integrity] keys name it.
+        #[arg(long = "key-id")]
+        key_id: String,
+        /// The URL path it is served at (the signature covers it).
+        #[arg(long)]
+        path: String,
+        #[arg(long = "content-type")]
+        content_type: String,
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// The signature's label.
+        #[arg(long, default_value = "newsroom")]
+        label: String,
+    },
     /// Print version and build information.
     Version,
 }
@@ -355,6 +383,55 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("onair fleet: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Keygen { out } => match onair::integrity::tools::keygen(&out) {
+            Ok((private, public)) => {
+                println!("{}\n{}", private.display(), public.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("onair keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Sign {
+            file,
+            key,
+            key_id,
+            path,
+            content_type,
+            status,
+            label,
+        } => {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let created = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let signed = read(&file).and_then(|body| {
+                let key_pem = read(&key)?;
+                onair::integrity::tools::sign(&onair::integrity::tools::ToSign {
+                    body: &body,
+                    path: &path,
+                    content_type: &content_type,
+                    status,
+                    key_pem: &key_pem,
+                    key_id: &key_id,
+                    label: &label,
+                    created,
+                })
+            });
+            match signed {
+                Ok(headers) => {
+                    for (name, value) in headers {
+                        println!("{name}: {value}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("onair sign: {e}");
                     ExitCode::FAILURE
                 }
             }

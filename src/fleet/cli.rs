@@ -157,27 +157,13 @@ pub fn wait(
 /// `onair fleet nkey --out NAME`: a new NATS user key; NAME.nk holds the seed (mode 0600,
 /// never overwritten), NAME.pub the public key, which is returned.
 pub fn nkey(out: &std::path::Path) -> Result<String, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let pair = nkeys::KeyPair::new_user();
     let seed = pair.seed().map_err(|e| format!("seed: {e}"))?;
     let public = pair.public_key();
-    let with = |ext: &str| {
-        let mut name = out.as_os_str().to_owned();
-        name.push(ext);
-        PathBuf::from(name)
-    };
-    let (seed_path, public_path) = (with(".nk"), with(".pub"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&seed_path)
-        .map_err(|e| format!("{}: {e}", seed_path.display()))?;
-    file.write_all(format!("{seed}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", seed_path.display()))?;
-    std::fs::write(&public_path, format!("{public}\n"))
-        .map_err(|e| format!("{}: {e}", public_path.display()))?;
+    crate::keys::write_pair(
+        out,
+        (".nk", &format!("{seed}\n")),
+        (".pub", &format!("{public}\n")),
+    )?;
     Ok(public)
 }

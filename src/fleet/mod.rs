@@ -1,7 +1,8 @@
 //! The fleet control plane: operations every node applies (purge, attack mode), signed by the
 //! operators and carried by NATS JetStream, which keeps them for nodes that were away.
 //!
-//! - [`keys`]: the operators' Ed25519 keys in OpenSSL's PEM forms.
+//! - [`keys`]: the operators' Ed25519 keys in OpenSSL's PEM forms (`crate::keys`, shared with
+//!   the newsroom's content keys).
 //! - [`link`]: the admin API's way onto the bus, lent by the service.
 //! - [`op`]: the signed operation document and the checks before a node acts on one.
 //! - [`bus`]: NATS: connecting, the operation stream, publishing.
@@ -14,7 +15,7 @@
 
 pub mod bus;
 pub mod cli;
-pub mod keys;
+pub use crate::keys;
 pub mod link;
 pub mod op;
 pub mod service;

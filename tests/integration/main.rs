@@ -16,6 +16,7 @@ mod dns;
 mod failover;
 mod fleet;
 mod fleet_bus;
+mod integrity;
 mod lifecycle;
 mod protect;
 mod proxying;

@@ -1,9 +1,11 @@
-//! The operators' Ed25519 keys, in the PEM forms OpenSSL writes them:
+//! Ed25519 keys, in the PEM forms OpenSSL writes them:
 //! `openssl genpkey -algorithm ed25519 -out operator.key` (a PKCS#8 `PRIVATE KEY`) and
-//! `openssl pkey -in operator.key -pubout -out operators.pub` (an SPKI `PUBLIC KEY`).
+//! `openssl pkey -in operator.key -pubout -out operators.pub` (an SPKI `PUBLIC KEY`). The
+//! fleet's operators sign operations with them, and the newsroom signs content
+//! (`crate::integrity`); [`generate`] makes a pair (`onair keygen`).
 //!
-//! ring does the signing and verifying: it is already in the tree as rustls's provider, so the
-//! fleet adds no crypto code.
+//! ring does the signing and verifying: it is already in the tree as rustls's provider, so
+//! onair adds no crypto code.
 
 use std::fmt;
 use std::sync::Arc;
@@ -126,6 +128,75 @@ impl PartialEq for SignKey {
     }
 }
 
+/// The DER prefix of an Ed25519 PKCS#8 v1 private key (RFC 8410 §7), as OpenSSL writes it:
+/// version 0, the algorithm, then the 32-byte seed in an OCTET STRING in an OCTET STRING.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// A new key pair as PEM: (private `PRIVATE KEY`, public `PUBLIC KEY`), in the forms OpenSSL
+/// writes and reads.
+pub fn generate() -> Result<(String, String), String> {
+    use base64::Engine;
+    let rng = ring::rand::SystemRandom::new();
+    // ring writes PKCS#8 v2 (the public key inside); OpenSSL's own form is v1: the same seed.
+    let v2 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "no randomness for a key")?;
+    let seed = v2
+        .as_ref()
+        .get(16..48)
+        .ok_or("an unexpected PKCS#8 layout from ring")?;
+    let mut v1 = PKCS8_ED25519_PREFIX.to_vec();
+    v1.extend_from_slice(seed);
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1)
+        .map_err(|_| "an unexpected PKCS#8 layout from ring")?;
+    let from_v2 = Ed25519KeyPair::from_pkcs8(v2.as_ref()).map_err(|_| "a key ring refuses")?;
+    if pair.public_key().as_ref() != from_v2.public_key().as_ref() {
+        return Err("an unexpected PKCS#8 layout from ring".to_owned());
+    }
+    let mut spki = SPKI_ED25519_PREFIX.to_vec();
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok((
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            b64.encode(&v1)
+        ),
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            b64.encode(&spki)
+        ),
+    ))
+}
+
+/// Writes a key pair next to `out`: `out` + `private.0` holding `private.1` (mode 0600, never
+/// over an existing file, fsynced) and `out` + `public.0` holding `public.1`. Their paths.
+pub fn write_pair(
+    out: &std::path::Path,
+    private: (&str, &str),
+    public: (&str, &str),
+) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let with = |ext: &str| {
+        let mut name = out.as_os_str().to_owned();
+        name.push(ext);
+        std::path::PathBuf::from(name)
+    };
+    let (private_path, public_path) = (with(private.0), with(public.0));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private_path)
+        .map_err(|e| format!("{}: {e}", private_path.display()))?;
+    file.write_all(private.1.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", private_path.display()))?;
+    std::fs::write(&public_path, public.1)
+        .map_err(|e| format!("{}: {e}", public_path.display()))?;
+    Ok((private_path, public_path))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -156,6 +227,17 @@ MCowBQYDK2VwAyEAmMF8Fe/utKBvvW7CPwS4KxM+WHCZeXoVJpzPnT22I+0=
         let mut bent = sig.clone();
         bent[0] ^= 1;
         assert!(!verify.verifies(b"purge home", &bent));
+    }
+
+    #[test]
+    fn a_generated_pair_reads_back_in_openssls_forms() {
+        let (private, public) = generate().unwrap();
+        assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI"));
+        let sign = SignKey::from_pem(private.as_bytes()).unwrap();
+        let verify = VerifyKey::from_pem(public.as_bytes()).unwrap();
+        assert_eq!(sign.verify_key(), verify);
+        assert!(verify.verifies(b"x", &sign.sign(b"x")));
+        assert_ne!(generate().unwrap().0, private, "a new key each time");
     }
 
     #[test]
