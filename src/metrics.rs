@@ -91,6 +91,7 @@ pub struct Metrics {
     warm_objects: IntGaugeVec,
     fleet_clock_offset: prometheus::Gauge,
     embargo_hits: IntCounter,
+    integrity_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -327,6 +328,13 @@ impl Metrics {
             warm_objects,
             fleet_clock_offset,
             embargo_hits,
+            integrity_failures: counter(
+                "onair_integrity_failures_total",
+                "Origin responses whose newsroom signature does not hold ([site.integrity]), by \
+                 site and reason: no_signature, bad_signature, unknown_key, digest_mismatch, \
+                 expired.",
+                &["site", "reason"],
+            ),
             connections_denied: counter(
                 "onair_connections_denied_total",
                 "Connections closed at accept, by reason: deny (the address is in \
@@ -437,6 +445,13 @@ impl Metrics {
     pub fn releases_pending(&self, n: usize) {
         self.releases_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An origin response of `site` (a configured site's name) failed its integrity check.
+    pub fn integrity_failure(&self, site: &str, reason: &'static str) {
+        self.integrity_failures
+            .with_label_values(&[site, reason])
+            .inc();
     }
 
     /// A request answered with a release's embargo answer.

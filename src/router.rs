@@ -200,6 +200,7 @@ mod tests {
             force_stale_if_error: false,
             nojs_challenge: false,
             pass_headers: Vec::new(),
+            integrity: None,
             routes: routes
                 .iter()
                 .map(|(p, pool)| config::Route {

@@ -543,6 +543,25 @@ pub struct Site {
     /// origin needs: passed through, and their values made part of the cache key. Lowercase.
     pub pass_headers: Vec<String>,
     pub routes: Vec<Route>,
+    /// `[site.integrity]`: the newsroom's signatures checked on what the origins send.
+    pub integrity: Option<std::sync::Arc<Integrity>>,
+}
+
+/// `[site.integrity]` (see `crate::integrity`).
+#[derive(Debug, Clone)]
+pub struct Integrity {
+    pub mode: IntegrityMode,
+    /// Key id → public key: several at once, for rotation.
+    pub keys: Vec<(String, crate::keys::VerifyKey)>,
+    /// The most `enforce` holds back before sending (unused by `report`).
+    pub max_buffer: u64,
+}
+
+/// What a failed check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityMode {
+    /// Serve and cache as without it; count and log every failure.
+    Report,
 }
 
 /// `[[site.route]]`

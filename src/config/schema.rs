@@ -127,6 +127,24 @@ pub struct RawSite {
     pub nojs_challenge: Option<bool>,
     pub pass_headers: Vec<String>,
     pub route: Vec<RawRoute>,
+    pub integrity: Option<RawIntegrity>,
+}
+
+/// `[site.integrity]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawIntegrity {
+    pub mode: Option<String>,
+    pub keys: Vec<RawIntegrityKey>,
+    pub max_buffer: Option<String>,
+}
+
+/// `[site.integrity] keys = [{ id, public_key }]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawIntegrityKey {
+    pub id: Option<String>,
+    pub public_key: Option<String>,
 }
 
 /// `[[site.route]]`

@@ -1694,3 +1694,76 @@ fn a_sites_embargo_answer_is_a_4xx() {
     let errs = parse(&site("200")).unwrap_err();
     assert_eq!(errs.0[0].path, "site[0].embargo_status", "{errs:#?}");
 }
+
+#[test]
+fn a_sites_integrity_reads_its_keys_and_refuses_what_it_cannot_do() {
+    use crate::keys::tests::{PRIVATE_PEM, PUBLIC_PEM};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("newsroom.pub"), PUBLIC_PEM).unwrap();
+    std::fs::write(dir.path().join("private.key"), PRIVATE_PEM).unwrap();
+    let site = |table: &str| {
+        MINIMAL.replacen(
+            "pool = \"portal\"\n",
+            &format!("pool = \"portal\"\n[site.integrity]\n{table}\n"),
+            1,
+        )
+    };
+    let good = "keys = [{ id = \"newsroom-2027\", public_key = \"newsroom.pub\" }]";
+    let config = parse_in(&site(good), dir.path()).unwrap();
+    let integrity = config.sites[0].integrity.as_ref().unwrap();
+    assert_eq!(integrity.mode, IntegrityMode::Report);
+    assert_eq!(integrity.keys[0].0, "newsroom-2027");
+    assert_eq!(integrity.max_buffer, 8 << 20);
+    assert!(parse_in(MINIMAL, dir.path()).unwrap().sites[0]
+        .integrity
+        .is_none());
+    for (table, path, says) in [
+        (
+            format!("mode = \"enforce\"\n{good}"),
+            "site[0].integrity.mode",
+            "not in this version",
+        ),
+        (
+            format!("mode = \"strict\"\n{good}"),
+            "site[0].integrity.mode",
+            "not \"enforce\" or \"report\"",
+        ),
+        (
+            "keys = []".to_owned(),
+            "site[0].integrity.keys",
+            "at least one",
+        ),
+        (
+            "keys = [{ id = \"k\", public_key = \"private.key\" }]".to_owned(),
+            "site[0].integrity.keys[0].public_key",
+            "PUBLIC KEY",
+        ),
+        (
+            "keys = [{ id = \"k\", public_key = \"missing.pub\" }]".to_owned(),
+            "site[0].integrity.keys[0].public_key",
+            "cannot read",
+        ),
+        (
+            "keys = [{ public_key = \"newsroom.pub\" }]".to_owned(),
+            "site[0].integrity.keys[0].id",
+            "required",
+        ),
+        (
+            format!("{good}\nmax_buffer = \"0\""),
+            "site[0].integrity.max_buffer",
+            "above 0",
+        ),
+    ] {
+        let errs = parse_in(&site(&table), dir.path()).unwrap_err();
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.path == path && e.message.contains(says)),
+            "{table}: {errs:#?}"
+        );
+    }
+    let twice = "keys = [{ id = \"k\", public_key = \"newsroom.pub\" }, \
+                 { id = \"k\", public_key = \"newsroom.pub\" }]";
+    let errs = parse_in(&site(twice), dir.path()).unwrap_err();
+    assert_eq!(errs.0[0].path, "site[0].integrity.keys[1].id", "{errs:#?}");
+}

@@ -1325,9 +1325,85 @@ fn validate_sites(
             nojs_challenge: s.nojs_challenge.unwrap_or(false),
             pass_headers: pass_headers(e, &at, &s.pass_headers),
             routes,
+            integrity: s
+                .integrity
+                .and_then(|raw| integrity(e, &format!("{at}.integrity"), base, raw))
+                .map(std::sync::Arc::new),
         });
     }
     out
+}
+
+/// `[site.integrity]`: its mode, its keys (each read now: a bad key is an error with its
+/// path, never a node checking against nothing) and how much `enforce` may hold back.
+fn integrity(
+    e: &mut Errors<'_>,
+    at: &str,
+    base: &Path,
+    raw: super::schema::RawIntegrity,
+) -> Option<Integrity> {
+    let mode = match raw.mode.as_deref() {
+        None | Some("report") => IntegrityMode::Report,
+        Some("enforce") => {
+            e.push(
+                format!("{at}.mode"),
+                "\"enforce\" is not in this version yet: \"report\" counts and logs what \
+                 fails (and serves as before)",
+            );
+            IntegrityMode::Report
+        }
+        Some(other) => {
+            e.push(
+                format!("{at}.mode"),
+                format!("{other:?} is not \"enforce\" or \"report\""),
+            );
+            IntegrityMode::Report
+        }
+    };
+    if raw.keys.is_empty() {
+        e.push(
+            format!("{at}.keys"),
+            "needs at least one key: [{ id = \"newsroom-2027\", public_key = \"newsroom.pub\" }]",
+        );
+    }
+    let mut keys: Vec<(String, crate::keys::VerifyKey)> = Vec::new();
+    for (i, key) in raw.keys.into_iter().enumerate() {
+        let kat = format!("{at}.keys[{i}]");
+        let id = match key.id {
+            Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()) => id,
+            _ => {
+                e.push(format!("{kat}.id"), "is required (printable, no spaces)");
+                continue;
+            }
+        };
+        if keys.iter().any(|(known, _)| *known == id) {
+            e.push(format!("{kat}.id"), format!("{id:?} is listed twice"));
+            continue;
+        }
+        let Some(file) = key.public_key else {
+            e.push(
+                format!("{kat}.public_key"),
+                "is required (a PEM PUBLIC KEY file)",
+            );
+            continue;
+        };
+        let Some(pem) = e.file(&format!("{kat}.public_key"), base, &file, 64 << 10) else {
+            continue;
+        };
+        match crate::keys::VerifyKey::from_pem(&pem) {
+            Ok(public) => keys.push((id, public)),
+            Err(why) => e.push(format!("{kat}.public_key"), format!("{file}: {why}")),
+        }
+    }
+    let max_buffer = e.size(&format!("{at}.max_buffer"), &raw.max_buffer, 8 << 20);
+    if max_buffer == 0 {
+        e.push(format!("{at}.max_buffer"), "must be above 0");
+    }
+    Some(Integrity {
+        mode,
+        keys,
+        max_buffer,
+    })
 }
 
 /// `site.pass_headers`: header names onair would strip as unkeyed; the ones it sets itself

@@ -93,6 +93,8 @@ pub struct RequestCtx {
     /// A warm fetch (see `release::warm`): past the embargoes, the rate limits and the
     /// challenge, which are for readers.
     pub warming: bool,
+    /// An origin's body being checked against its `Content-Digest` (`[site.integrity]`).
+    pub integrity: Option<crate::integrity::digest::Check>,
 }
 
 impl RequestCtx {
@@ -138,6 +140,7 @@ impl RequestCtx {
             embargo: None,
             origin_embargo: false,
             warming: false,
+            integrity: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod challenge;
 pub mod ctx;
 pub mod headers;
 pub mod hit;
+pub mod integrity;
 pub mod respond;
 
 use std::sync::Arc;
@@ -542,6 +543,7 @@ impl ProxyHttp for Edge {
         if resp.status == http::StatusCode::NOT_MODIFIED && ctx.cache_on {
             ctx.not_modified = Some(resp.headers.clone());
         }
+        integrity::on_head(session, resp, ctx);
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // A WebSocket can stay open for hours; it is not load waiting to be answered.
             ctx.in_progress = None;
@@ -629,10 +631,11 @@ impl ProxyHttp for Edge {
     fn upstream_response_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        integrity::on_body(session, body, end_of_stream, ctx);
         // read_timeout bounds each read; this bounds the whole answer, so an origin trickling
         // a byte a second cannot hold a reader (and a connection) for ever. The error cuts the
         // client's response and the partial body is not cached.

@@ -94,3 +94,108 @@ fn keygen_and_sign_make_headers_the_edge_accepts() {
     digest.update("<h1>Nghị quyết</h1>".as_bytes());
     assert!(digest.finish().is_ok());
 }
+
+/// Origin answers signed as `onair sign` does, for `path`, with `key`.
+fn signed(key: &str, key_id: &str, path: &str, body: &'static [u8]) -> crate::common::Behaviour {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut headers: Vec<(String, String)> =
+        onair::integrity::tools::sign(&onair::integrity::tools::ToSign {
+            body,
+            path,
+            content_type: "text/html",
+            status: 200,
+            key_pem: key.as_bytes(),
+            key_id,
+            label: "newsroom",
+            created,
+        })
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    headers.push(("Cache-Control".into(), "max-age=600".into()));
+    crate::common::Behaviour {
+        headers,
+        body: bytes::Bytes::from_static(body),
+        ..Default::default()
+    }
+}
+
+/// `[site.integrity]` in report mode: a signed page passes; an unsigned one, one by a key the
+/// site does not list, one signed for another path and one whose body is not what was signed
+/// are each counted by reason and logged with their URL, and served and cached as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mode_counts_and_logs_every_failure_and_serves_as_before() {
+    use crate::common::*;
+    let (newsroom, newsroom_pub) = onair::keys::generate().unwrap();
+    let (intruder, _) = onair::keys::generate().unwrap();
+    let origin = Origin::start("origin").await;
+    let site = one_site(origin.addr, "", "").replacen(
+        "pool = \"p\"\n",
+        "pool = \"p\"\n[site.integrity]\nmode = \"report\"\n\
+         keys = [{ id = \"newsroom-2027\", public_key = \"newsroom.pub\" }]\n",
+        1,
+    );
+    let n = Onair::start(Setup::new(site).with_file("newsroom.pub", &newsroom_pub)).await;
+    let failures =
+        |reason: &str| format!("onair_integrity_failures_total{{reason=\"{reason}\",site=\"s\"}}");
+    origin.set(signed(&newsroom, "newsroom-2027", "/good", b"<p>good</p>"));
+    assert_eq!(
+        get(n.http, "a", "/good").await.unwrap().text(),
+        "<p>good</p>"
+    );
+    for (path, behaviour, reason) in [
+        (
+            "/unsigned",
+            Behaviour {
+                headers: vec![("Cache-Control".into(), "max-age=600".into())],
+                body: bytes::Bytes::from_static(b"<p>defaced</p>"),
+                ..Behaviour::default()
+            },
+            "no_signature",
+        ),
+        (
+            "/stolen",
+            signed(&intruder, "stolen-key", "/stolen", b"<p>defaced</p>"),
+            "unknown_key",
+        ),
+        (
+            "/elsewhere",
+            signed(&newsroom, "newsroom-2027", "/good", b"<p>good</p>"),
+            "bad_signature",
+        ),
+    ] {
+        origin.set(behaviour);
+        assert_eq!(get(n.http, "a", path).await.unwrap().status, 200, "{path}");
+        assert!(
+            n.metric_becomes(&failures(reason), |v| v == 1.0).await,
+            "{path}: {}",
+            n.metrics_text().await
+        );
+    }
+    // Signed, then altered on the way: the body does not hash to the signed digest.
+    let mut altered = signed(&newsroom, "newsroom-2027", "/altered", b"<p>the text</p>");
+    altered.body = bytes::Bytes::from_static(b"<p>the TEXT</p>");
+    origin.set(altered);
+    assert_eq!(
+        get(n.http, "a", "/altered").await.unwrap().text(),
+        "<p>the TEXT</p>"
+    );
+    assert!(
+        n.metric_becomes(&failures("digest_mismatch"), |v| v == 1.0)
+            .await
+    );
+    // The signed page counted nothing; what failed is cached as before (report mode).
+    assert!(n.metric(&failures("bad_signature")).await == Some(1.0));
+    let asked = origin.hits();
+    assert_eq!(get(n.http, "a", "/unsigned").await.unwrap().status, 200);
+    assert_eq!(origin.hits(), asked, "report mode caches as before");
+    assert!(
+        n.stderr().contains("integrity:") && n.stderr().contains("http://a/"),
+        "{}",
+        n.stderr()
+    );
+}
