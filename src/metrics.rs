@@ -92,6 +92,7 @@ pub struct Metrics {
     fleet_clock_offset: prometheus::Gauge,
     embargo_hits: IntCounter,
     integrity_failures: IntCounterVec,
+    admin_calls: IntCounterVec,
 }
 
 impl Metrics {
@@ -328,6 +329,12 @@ impl Metrics {
             warm_objects,
             fleet_clock_offset,
             embargo_hits,
+            admin_calls: counter(
+                "onair_admin_calls_total",
+                "Admin API calls (the probes aside), by outcome: ok, error, unauthorized (no or \
+                 a wrong token), forbidden (a token without the scope).",
+                &["outcome"],
+            ),
             integrity_failures: counter(
                 "onair_integrity_failures_total",
                 "Origin responses whose newsroom signature does not hold ([site.integrity]), by \
@@ -445,6 +452,11 @@ impl Metrics {
     pub fn releases_pending(&self, n: usize) {
         self.releases_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An admin call answered (`ok`, `error`, `unauthorized`, `forbidden`).
+    pub fn admin_call(&self, outcome: &'static str) {
+        self.admin_calls.with_label_values(&[outcome]).inc();
     }
 
     /// An origin response of `site` (a configured site's name) failed its integrity check.

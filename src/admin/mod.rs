@@ -2,9 +2,14 @@
 //! operators, and the operations that change state: reload, purge and attack mode.
 //!
 //! Every call but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`, compared in
-//! constant time, before any body is read. Without `admin.token_file` only the two probes
-//! answer. A wrong or missing token gets 401 and nothing changes. At most
+//! constant time (as SHA-256 hashes, against every token), before any body is read; each token
+//! has scopes (`read`, `purge`, `operate`: [`scope_of`] says which a call needs). Without
+//! tokens only the two probes answer. A wrong or missing token gets 401, a token without the
+//! scope 403, and nothing changes. Every call that changes something, and every refused one, is
+//! in the audit log ([`audit`]). At most
 //! [`MAX_CONNECTIONS`] connections are served at once, each exchange within [`EXCHANGE`].
+
+pub mod audit;
 
 use std::sync::Arc;
 
@@ -17,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::purge::PurgeRequest;
 use crate::cache::EdgeCache;
-use crate::config::{Attack, AttackMode};
+use crate::config::{AdminScope, Attack, AttackMode};
 use crate::fleet::link::LinkError;
 use crate::fleet::op::{Action, Operation, Scope};
 use crate::protect::attack::AttackState;
@@ -78,7 +83,6 @@ impl AdminApp {
         method: &Method,
         path: &str,
         body: &[u8],
-        session: &mut ServerSession,
     ) -> (StatusCode, serde_json::Value) {
         match (method, path) {
             (&Method::GET | &Method::HEAD, "/healthz") => (
@@ -90,9 +94,7 @@ impl AdminApp {
                 (StatusCode::OK, json!({"status": "ready"}))
             }
             _ => {
-                if let Err(answer) = self.authorize(session) {
-                    return answer;
-                }
+                // Authorized by `response` before any body was read.
                 match (method, path) {
                     (&Method::GET, "/status") => (StatusCode::OK, self.status()),
                     (&Method::POST, "/reload") => match self.live.reload().await {
@@ -153,14 +155,21 @@ impl AdminApp {
         }
     }
 
-    fn authorize(&self, session: &ServerSession) -> Result<(), (StatusCode, serde_json::Value)> {
+    /// The name of the token the call carries, if it may make a call that needs `scope`.
+    fn authorize(
+        &self,
+        session: &ServerSession,
+        scope: AdminScope,
+    ) -> Result<String, (Option<String>, StatusCode, serde_json::Value)> {
         let snapshot = self.live.current();
-        let Some(token) = snapshot.config.admin.token.as_deref() else {
+        let tokens = &snapshot.config.admin.tokens;
+        if tokens.is_empty() {
             return Err((
+                None,
                 StatusCode::FORBIDDEN,
-                json!({"error": "the admin API is disabled: set admin.token_file"}),
+                json!({"error": "the admin API is disabled: set admin.token_file or admin.tokens"}),
             ));
-        };
+        }
         let given = session
             .req_header()
             .headers
@@ -168,13 +177,30 @@ impl AdminApp {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            Ok(())
-        } else {
-            Err((
+        let hash = ring::digest::digest(&ring::digest::SHA256, given.as_bytes());
+        // Every token is compared, whichever matches: the time tells nothing.
+        let mut found = None;
+        for token in tokens {
+            if bool::from(hash.as_ref().ct_eq(&token.hash[..])) {
+                found = Some(token);
+            }
+        }
+        match found {
+            None => Err((
+                None,
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "missing or wrong bearer token"}),
-            ))
+            )),
+            Some(token) if !token.scopes.allows(scope) => Err((
+                Some(token.name.clone()),
+                StatusCode::FORBIDDEN,
+                json!({"error": format!(
+                    "token {:?} may not do this: it needs the {:?} scope",
+                    token.name,
+                    scope.as_str()
+                )}),
+            )),
+            Some(token) => Ok(token.name.clone()),
         }
     }
 
@@ -597,6 +623,65 @@ fn split_scope(body: &[u8]) -> Result<(Option<Scope>, serde_json::Value), String
     Ok((scope, value))
 }
 
+/// The scope an admin call needs: reading for `GET`s, `purge` for purges, `operate` for the
+/// rest (attack mode, releases, reload).
+pub fn scope_of(method: &Method, path: &str) -> AdminScope {
+    match (method, path) {
+        (&Method::GET | &Method::HEAD, _) => AdminScope::Read,
+        (_, "/purge") => AdminScope::Purge,
+        _ => AdminScope::Operate,
+    }
+}
+
+impl AdminApp {
+    /// Counts the call, and appends it to the audit log if it changes something or was
+    /// refused (reads that went through are only counted).
+    async fn audit(
+        &self,
+        session: &ServerSession,
+        method: &Method,
+        path: &str,
+        who: Option<&str>,
+        status: StatusCode,
+        answer: &serde_json::Value,
+    ) {
+        let outcome = match status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            s if s.is_success() => "ok",
+            _ => "error",
+        };
+        crate::metrics::METRICS.admin_call(outcome);
+        let refused = matches!(outcome, "unauthorized" | "forbidden");
+        if scope_of(method, path) == AdminScope::Read && !refused {
+            return;
+        }
+        let result = match answer.get("error") {
+            Some(serde_json::Value::String(e)) => e.clone(),
+            _ if status.is_success() => "ok".to_owned(),
+            _ => format!("{} {}", status.as_u16(), outcome),
+        };
+        let from = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
+        let state_dir = self.live.current().config.node.state_dir.clone();
+        audit::record(
+            &state_dir,
+            &audit::Entry {
+                time: crate::access_log::now_rfc3339(),
+                who: who.unwrap_or("-"),
+                from,
+                method: method.as_str(),
+                path,
+                status: status.as_u16(),
+                result,
+            },
+        )
+        .await;
+    }
+}
+
 /// How long a fleet-scoped `POST /attack-mode` waits for this node's fleet service to read the
 /// operation back from the bus before it answers.
 const FLEET_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -623,10 +708,19 @@ impl ServeHttp for AdminApp {
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let (status, body) = if let (false, Err(answer)) = (probe, self.authorize(session)) {
+        let authorized = if probe {
+            Ok(String::new())
+        } else {
+            self.authorize(session, scope_of(&method, &path))
+        };
+        let who = match &authorized {
+            Ok(name) => Some(name.clone()),
+            Err((name, _, _)) => name.clone(),
+        };
+        let (status, body) = if let Err((_, status, answer)) = authorized {
             // No body is read for a caller without the token; the connection closes instead.
             session.set_keepalive(None);
-            answer
+            (status, answer)
         } else if declared.is_some_and(|l| l > MAX_BODY as u64) {
             session.set_keepalive(None);
             (
@@ -635,10 +729,14 @@ impl ServeHttp for AdminApp {
             )
         } else {
             match read_body(session).await {
-                Ok(request_body) => self.route(&method, &path, &request_body, session).await,
+                Ok(request_body) => self.route(&method, &path, &request_body).await,
                 Err(answer) => answer,
             }
         };
+        if !probe {
+            self.audit(session, &method, &path, who.as_deref(), status, &body)
+                .await;
+        }
         let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
         body.push(b'\n');
         let mut resp = Response::builder()

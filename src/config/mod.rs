@@ -487,10 +487,11 @@ pub struct Listen {
     pub admin: Option<SocketAddr>,
 }
 
-/// `[admin]`: the bearer token, read from `token_file` at load time.
+/// `[admin]`: the bearer tokens, read from their files at load time and kept hashed.
 #[derive(Clone, Default)]
 pub struct Admin {
-    pub token: Option<String>,
+    /// `token_file` (every scope, named `admin`) and `tokens`.
+    pub tokens: Vec<AdminToken>,
     /// Whether `/status` and the metrics' `origin` label show origin addresses; off, they show
     /// each origin's `name` (default `origin-N`, its place in the pool): the metrics listener
     /// and a leaked status page must not map the origins an attacker would go around the edge
@@ -499,11 +500,68 @@ pub struct Admin {
 }
 
 impl fmt::Debug for Admin {
-    // The token is a secret: never print it, even in debug output.
+    // Tokens are secrets (even hashed): names and scopes only.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Admin")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
+        let tokens: Vec<(&str, Scopes)> = self
+            .tokens
+            .iter()
+            .map(|t| (t.name.as_str(), t.scopes))
+            .collect();
+        f.debug_struct("Admin").field("tokens", &tokens).finish()
+    }
+}
+
+/// One admin token: its name (in the audit log), the SHA-256 of its secret (compared in
+/// constant time), and what it may do.
+#[derive(Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub hash: [u8; 32],
+    pub scopes: Scopes,
+}
+
+/// What an admin call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminScope {
+    /// Status, the fleet's status, the releases.
+    Read,
+    /// `POST /purge`.
+    Purge,
+    /// Attack mode, releases, reload (and, later, freeze and rollback).
+    Operate,
+}
+
+impl AdminScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminScope::Read => "read",
+            AdminScope::Purge => "purge",
+            AdminScope::Operate => "operate",
+        }
+    }
+}
+
+/// The scopes a token has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes {
+    pub read: bool,
+    pub purge: bool,
+    pub operate: bool,
+}
+
+impl Scopes {
+    pub const ALL: Scopes = Scopes {
+        read: true,
+        purge: true,
+        operate: true,
+    };
+
+    pub fn allows(self, scope: AdminScope) -> bool {
+        match scope {
+            AdminScope::Read => self.read,
+            AdminScope::Purge => self.purge,
+            AdminScope::Operate => self.operate,
+        }
     }
 }
 

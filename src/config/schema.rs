@@ -89,7 +89,17 @@ pub struct RawListen {
 #[serde(default)]
 pub struct RawAdmin {
     pub token_file: Option<String>,
+    pub tokens: Vec<RawAdminToken>,
     pub origin_addresses: Option<bool>,
+}
+
+/// `[admin] tokens = [{ name, file, scopes }]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAdminToken {
+    pub name: Option<String>,
+    pub file: Option<String>,
+    pub scopes: Vec<String>,
 }
 
 /// `[log]`

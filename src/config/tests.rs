@@ -186,7 +186,11 @@ name = "api"
     assert_eq!(c.listen.admin, Some(addr("127.0.0.1:9091")));
 
     // The token is trimmed, and relative files are taken from the base directory.
-    assert_eq!(c.admin.token.as_deref(), Some(TOKEN));
+    let hash = |t: &str| {
+        let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        <[u8; 32]>::try_from(d.as_ref()).unwrap()
+    };
+    assert_eq!(c.admin.tokens[0].hash, hash(TOKEN));
     assert!(
         !format!("{:?}", c.admin).contains(TOKEN),
         "token leaks in Debug"
@@ -275,7 +279,7 @@ fn defaults_apply_when_keys_are_omitted() {
     assert_eq!(c.node.state_dir, Path::new("/var/lib/onair"));
     assert_eq!(c.listen.metrics, None);
     assert_eq!(c.listen.admin, None);
-    assert_eq!(c.admin.token, None);
+    assert!(c.admin.tokens.is_empty());
     assert_eq!(c.log.access, AccessLog::Stdout);
     assert_eq!(c.log.level, "info");
     let p = &c.pools[0];
@@ -1099,7 +1103,8 @@ fn token_file_too_short() {
 
     std::fs::write(dir.path().join("admin.token"), "0123456789abcdef").unwrap();
     let c = parse_in(&text, dir.path()).unwrap();
-    assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef"));
+    let d = ring::digest::digest(&ring::digest::SHA256, b"0123456789abcdef");
+    assert_eq!(&c.admin.tokens[0].hash[..], d.as_ref());
 }
 
 #[test]
@@ -1110,7 +1115,11 @@ fn token_file_absolute_path() {
     let text = format!("[admin]\ntoken_file = \"{}\"\n{MINIMAL}", token.display());
     // The base directory does not matter for an absolute path.
     let c = parse(&text).unwrap();
-    assert_eq!(c.admin.token.as_deref(), Some(TOKEN));
+    let hash = |t: &str| {
+        let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        <[u8; 32]>::try_from(d.as_ref()).unwrap()
+    };
+    assert_eq!(c.admin.tokens[0].hash, hash(TOKEN));
 }
 
 #[test]
@@ -1766,4 +1775,76 @@ fn a_sites_integrity_reads_its_keys_and_refuses_what_it_cannot_do() {
                  { id = \"k\", public_key = \"newsroom.pub\" }]";
     let errs = parse_in(&site(twice), dir.path()).unwrap_err();
     assert_eq!(errs.0[0].path, "site[0].integrity.keys[1].id", "{errs:#?}");
+}
+
+#[test]
+fn admin_tokens_have_names_scopes_and_secrets_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, secret) in [
+        ("admin.token", "admin-token-0123456789"),
+        ("newsdesk.token", "newsdesk-token-0123456789"),
+        ("short.token", "short"),
+    ] {
+        std::fs::write(dir.path().join(file), secret).unwrap();
+    }
+    let with = |admin: &str| format!("[admin]\n{admin}\n{MINIMAL}");
+    let config = parse_in(
+        &with(
+            "token_file = \"admin.token\"\ntokens = [{ name = \"newsdesk\", \
+             file = \"newsdesk.token\", scopes = [\"read\", \"purge\"] }]",
+        ),
+        dir.path(),
+    )
+    .unwrap();
+    let tokens = &config.admin.tokens;
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(
+        (tokens[0].name.as_str(), tokens[0].scopes),
+        ("admin", Scopes::ALL)
+    );
+    assert!(tokens[1].scopes.allows(AdminScope::Purge));
+    assert!(!tokens[1].scopes.allows(AdminScope::Operate));
+    // No secret in the debug output, hashed or not.
+    let shown = format!("{:?}", config.admin);
+    assert!(
+        shown.contains("newsdesk") && !shown.contains("0123456789"),
+        "{shown}"
+    );
+    for (admin, path, says) in [
+        (
+            "tokens = [{ name = \"n\", file = \"newsdesk.token\", scopes = [\"root\"] }]",
+            "admin.tokens[0].scopes",
+            "not \"read\"",
+        ),
+        (
+            "tokens = [{ name = \"n\", file = \"newsdesk.token\" }]",
+            "admin.tokens[0].scopes",
+            "at least one",
+        ),
+        (
+            "tokens = [{ name = \"n\", file = \"short.token\", scopes = [\"read\"] }]",
+            "admin.tokens[0].file",
+            "at least 16",
+        ),
+        (
+            "token_file = \"newsdesk.token\"\ntokens = [{ name = \"n\", \
+             file = \"newsdesk.token\", scopes = [\"read\"] }]",
+            "admin.tokens[0]",
+            "same secret",
+        ),
+        (
+            "tokens = [{ name = \"admin\", file = \"newsdesk.token\", scopes = [\"read\"] }, \
+             { name = \"admin\", file = \"admin.token\", scopes = [\"read\"] }]",
+            "admin.tokens[1]",
+            "used twice",
+        ),
+    ] {
+        let errs = parse_in(&with(admin), dir.path()).unwrap_err();
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.path == path && e.message.contains(says)),
+            "{admin}: {errs:#?}"
+        );
+    }
 }

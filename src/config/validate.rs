@@ -187,19 +187,7 @@ pub(super) fn validate(
     let node = validate_node(node, overrides, &mut e);
     let listen = validate_listen(listen, &mut e);
     let admin = Admin {
-        token: admin.token_file.and_then(|f| {
-            let bytes = e.file("admin.token_file", base, &f, 4096)?;
-            let token = String::from_utf8_lossy(&bytes).trim().to_owned();
-            if token.len() < 16 {
-                e.push(
-                    "admin.token_file",
-                    "the token must be at least 16 characters (it guards reload and purge)",
-                );
-                None
-            } else {
-                Some(token)
-            }
-        }),
+        tokens: admin_tokens(&mut e, base, admin.token_file, admin.tokens),
         origin_addresses: admin.origin_addresses.unwrap_or(false),
     };
     let log = validate_log(log, base, &mut e);
@@ -1330,6 +1318,80 @@ fn validate_sites(
                 .and_then(|raw| integrity(e, &format!("{at}.integrity"), base, raw))
                 .map(std::sync::Arc::new),
         });
+    }
+    out
+}
+
+/// `[admin]`'s tokens: `token_file` (every scope, named `admin`) and each of `tokens`, read
+/// now and kept as SHA-256 hashes. A secret shorter than 16 characters, a name or a secret
+/// given twice, or an unknown scope is an error.
+fn admin_tokens(
+    e: &mut Errors<'_>,
+    base: &Path,
+    token_file: Option<String>,
+    tokens: Vec<super::schema::RawAdminToken>,
+) -> Vec<AdminToken> {
+    let mut out: Vec<AdminToken> = Vec::new();
+    let read = |e: &mut Errors<'_>, at: &str, file: &str| -> Option<[u8; 32]> {
+        let bytes = e.file(at, base, file, 4096)?;
+        let secret = String::from_utf8_lossy(&bytes).trim().to_owned();
+        if secret.len() < 16 {
+            e.push(
+                at,
+                "the token must be at least 16 characters (it guards reload and purge)",
+            );
+            return None;
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        <[u8; 32]>::try_from(digest.as_ref()).ok()
+    };
+    let mut add = |e: &mut Errors<'_>, at: &str, token: AdminToken| {
+        if out.iter().any(|t| t.name == token.name) {
+            e.push(at, format!("token name {:?} is used twice", token.name));
+        } else if out.iter().any(|t| t.hash == token.hash) {
+            e.push(at, "the same secret as another token (each needs its own)");
+        } else {
+            out.push(token);
+        }
+    };
+    if let Some(file) = token_file {
+        if let Some(hash) = read(e, "admin.token_file", &file) {
+            let token = AdminToken {
+                name: "admin".to_owned(),
+                hash,
+                scopes: Scopes::ALL,
+            };
+            add(e, "admin.token_file", token);
+        }
+    }
+    for (i, raw) in tokens.into_iter().enumerate() {
+        let at = format!("admin.tokens[{i}]");
+        let name = e.name(&format!("{at}.name"), &raw.name);
+        let mut scopes = Scopes::default();
+        for scope in &raw.scopes {
+            match scope.as_str() {
+                "read" => scopes.read = true,
+                "purge" => scopes.purge = true,
+                "operate" => scopes.operate = true,
+                other => e.push(
+                    format!("{at}.scopes"),
+                    format!("{other:?} is not \"read\", \"purge\" or \"operate\""),
+                ),
+            }
+        }
+        if scopes == Scopes::default() {
+            e.push(format!("{at}.scopes"), "needs at least one scope");
+        }
+        let Some(file) = raw.file else {
+            e.push(
+                format!("{at}.file"),
+                "is required (the file holding the token)",
+            );
+            continue;
+        };
+        if let Some(hash) = read(e, &format!("{at}.file"), &file) {
+            add(e, &at, AdminToken { name, hash, scopes });
+        }
     }
     out
 }

@@ -242,3 +242,105 @@ async fn the_admin_api_reads_no_body_for_strangers_and_caps_connections() {
         .await
     );
 }
+
+/// Scoped tokens: a newsdesk token with `purge` purges but cannot switch attack mode or read
+/// the status; a dashboard token with `read` reads but cannot purge; a wrong token gets 401.
+/// Every call that changes something, and every refused one, is in the audit log (who, from
+/// where, what, the result), which survives a kill -9 right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_and_an_audit_log_that_survives_a_kill() {
+    let origin = Origin::start("o").await;
+    let mut setup = Setup::new(one_site(origin.addr, "", ""))
+        .with_file("newsdesk.token", "newsdesk-token-0123456789")
+        .with_file("dashboard.token", "dashboard-token-0123456789");
+    setup.admin_extra = "origin_addresses = true\ntokens = [\
+        { name = \"newsdesk\", file = \"newsdesk.token\", scopes = [\"purge\"] }, \
+        { name = \"dashboard\", file = \"dashboard.token\", scopes = [\"read\"] }]\n"
+        .into();
+    let n = Onair::start(setup).await;
+    let call =
+        |token: &'static str, method: &'static str, path: &'static str, body: &'static str| {
+            let admin = n.admin;
+            async move {
+                let auth = format!("Bearer {token}");
+                request(
+                    admin,
+                    method,
+                    "admin",
+                    path,
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                    Bytes::from_static(body.as_bytes()),
+                )
+                .await
+                .unwrap()
+                .status
+            }
+        };
+    let newsdesk = "newsdesk-token-0123456789";
+    let dashboard = "dashboard-token-0123456789";
+    let purge = r#"{"urls": ["http://a/story"]}"#;
+    assert_eq!(call(newsdesk, "POST", "/purge", purge).await, 200);
+    assert_eq!(
+        call(newsdesk, "POST", "/attack-mode", r#"{"mode": "on"}"#).await,
+        403
+    );
+    assert_eq!(call(newsdesk, "GET", "/status", "").await, 403);
+    assert_eq!(call(dashboard, "GET", "/status", "").await, 200);
+    assert_eq!(call(dashboard, "POST", "/purge", purge).await, 403);
+    assert_eq!(
+        call("guessed-token-0123456789", "POST", "/reload", "").await,
+        401
+    );
+    // The file's token_file token has every scope.
+    let r = n.admin_post("/attack-mode", r#"{"mode": "off"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        n.metric("onair_admin_calls_total{outcome=\"forbidden\"}")
+            .await,
+        Some(3.0)
+    );
+    n.signal("KILL");
+    let log = std::fs::read_to_string(n.dir.path().join("state/audit.log")).unwrap();
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(String, String, String, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().to_owned(),
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expect = |who: &str, method: &str, path: &str, status: u64| {
+        (who.to_owned(), method.to_owned(), path.to_owned(), status)
+    };
+    assert_eq!(
+        seen,
+        vec![
+            expect("newsdesk", "POST", "/purge", 200),
+            expect("newsdesk", "POST", "/attack-mode", 403),
+            expect("newsdesk", "GET", "/status", 403),
+            expect("dashboard", "POST", "/purge", 403),
+            expect("-", "POST", "/reload", 401),
+            expect("admin", "POST", "/attack-mode", 200),
+        ],
+        "{log}"
+    );
+    assert!(entries.iter().all(|e| e["from"] == "127.0.0.1"), "{log}");
+    assert!(
+        entries[1]["result"].as_str().unwrap().contains("operate"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(newsdesk) && !log.contains(dashboard),
+        "a secret was logged"
+    );
+}
