@@ -26,6 +26,47 @@ pub struct Entry<'a> {
     pub result: String,
 }
 
+/// Refused calls written per second at most (the rest are counted only).
+pub const REFUSALS_PER_SECOND: u64 = 10;
+
+/// The longest path written (a caller chooses it).
+const MAX_PATH: usize = 512;
+
+/// Whether another refused call may be written in `second` (UNIX seconds).
+pub fn refusal_allowed(second: u64) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The second in the high half, the count in the low one: one atomic word.
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    let mut current = WINDOW.load(Ordering::Relaxed);
+    loop {
+        let (at, count) = (current >> 32, current & 0xffff_ffff);
+        let next = if at == (second & 0xffff_ffff) {
+            if count >= REFUSALS_PER_SECOND {
+                return false;
+            }
+            current + 1
+        } else {
+            ((second & 0xffff_ffff) << 32) | 1
+        };
+        match WINDOW.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+/// `path` cut to [`MAX_PATH`] bytes (at a character).
+pub fn shortened(path: &str) -> &str {
+    if path.len() <= MAX_PATH {
+        return path;
+    }
+    let cut = (0..=MAX_PATH)
+        .rev()
+        .find(|i| path.is_char_boundary(*i))
+        .unwrap_or(0);
+    &path[..cut]
+}
+
 /// Serializes the appends (one line at a time, in order).
 static WRITING: Mutex<()> = Mutex::new(());
 
@@ -57,4 +98,20 @@ fn append(path: &Path, line: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
     file.write_all(line)
         .and_then(|()| file.sync_data())
         .map_err(|e| (path.to_owned(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_written_a_few_a_second_and_paths_are_cut() {
+        let second = 1_800_000_000;
+        let written = (0..50).filter(|_| refusal_allowed(second)).count();
+        assert_eq!(written as u64, REFUSALS_PER_SECOND);
+        assert!(refusal_allowed(second + 1), "a new second");
+        let long = "/x".repeat(1000);
+        assert_eq!(shortened(&long).len(), MAX_PATH);
+        assert_eq!(shortened("/purge"), "/purge");
+    }
 }

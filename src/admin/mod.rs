@@ -656,6 +656,11 @@ impl AdminApp {
         if scope_of(method, path) == AdminScope::Read && !refused {
             return;
         }
+        if refused && !audit::refusal_allowed(crate::release::now_ms() / 1000) {
+            // Anyone who reaches the port can be refused: past a few a second they are only
+            // counted, so that nobody fills the disk (or its fsyncs) from outside.
+            return;
+        }
         let result = match answer.get("error") {
             Some(serde_json::Value::String(e)) => e.clone(),
             _ if status.is_success() => "ok".to_owned(),
@@ -673,7 +678,7 @@ impl AdminApp {
                 who: who.unwrap_or("-"),
                 from,
                 method: method.as_str(),
-                path,
+                path: audit::shortened(path),
                 status: status.as_u16(),
                 result,
             },

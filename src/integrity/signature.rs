@@ -4,8 +4,9 @@
 //! written by `sfv`, so their serialization is the canonical one (§2.3).
 //!
 //! What the edge asks of a response ([`REQUIRED`]): a signature by one of the site's keys over
-//! at least `@status`, `content-digest`, `content-type` and the request's `"@path";req`, so that
-//! a signed body cannot be replayed as another page, with another type or another status.
+//! at least `@status`, `content-digest`, `content-type` and the request's `"@path";req` and
+//! `"@query";req`, so that a signed body cannot be replayed as another page, with another type
+//! or another status.
 //! `created` in the future (beyond [`CLOCK_SLACK_S`]) or `expires` in the past fail; `alg`,
 //! when given, must be `ed25519`; `nonce` and `tag` are read and not required.
 
@@ -17,12 +18,20 @@ use super::Failure;
 use crate::keys::{SignKey, VerifyKey};
 
 /// What a response's signature must cover, as component identifiers (name, from the request).
-pub const REQUIRED: [(&str, bool); 4] = [
+/// The request's query too: on a route that keys it, `/article?id=2`'s page must not pass for
+/// `?id=1` (the origin gets the query the edge keys, so both ends see the same one; no query
+/// is `?`).
+pub const REQUIRED: [(&str, bool); 5] = [
     ("@status", false),
     ("content-digest", false),
     ("content-type", false),
     ("@path", true),
+    ("@query", true),
 ];
+
+/// The most signatures read from one response: each one by a known key costs a signature base
+/// and a verification, and an origin (or a link) must not make a response cost seconds.
+pub const MAX_LABELS: usize = 8;
 
 /// How far in the future a signature's `created` may be (clocks are never exactly in step).
 pub const CLOCK_SLACK_S: i64 = 5;
@@ -227,6 +236,12 @@ pub fn verify(
     };
     let bad = |e: &str| Failure::BadSignature(e.to_owned());
     let inputs = sfv::Parser::parse_dictionary(&input).map_err(bad)?;
+    if inputs.len() > MAX_LABELS {
+        return Err(Failure::BadSignature(format!(
+            "{} signatures: at most {MAX_LABELS} are read",
+            inputs.len()
+        )));
+    }
     let signatures = sfv::Parser::parse_dictionary(&signature).map_err(bad)?;
     let mut closest = Failure::NoSignature;
     for (label, entry) in &inputs {
@@ -576,6 +591,64 @@ MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=
             edge_check(&stolen, 200, path, now).err(),
             Some(Failure::UnknownKey("stolen".into()))
         );
+    }
+
+    #[test]
+    fn a_page_signed_for_one_query_does_not_pass_for_another_and_labels_are_few() {
+        let empty = HeaderMap::new();
+        let now = 1_800_000_000;
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/html".parse().unwrap());
+        headers.insert(
+            "content-digest",
+            super::super::digest::of(b"<p>2</p>").parse().unwrap(),
+        );
+        let key = SignKey::from_pem(RFC_PRIVATE.as_bytes()).unwrap();
+        fn article<'a>(
+            headers: &'a HeaderMap,
+            query: Option<&'a str>,
+            empty: &'a HeaderMap,
+        ) -> Message<'a> {
+            Message {
+                status: Some(200),
+                headers,
+                request: Request {
+                    method: "GET",
+                    scheme: "https",
+                    authority: "a",
+                    path: "/article",
+                    query,
+                    headers: empty,
+                },
+            }
+        }
+        let msg = |headers: &HeaderMap, query| {
+            let m = article(headers, query, &empty);
+            verify(&m, &rfc_keys(), &REQUIRED, now)
+        };
+        let (input, signature) = sign(
+            &article(&headers, Some("id=2"), &empty),
+            &required_components(),
+            &key,
+            "test-key-ed25519",
+            now,
+            "newsroom",
+        )
+        .unwrap();
+        headers.insert("signature-input", input.parse().unwrap());
+        headers.insert("signature", signature.parse().unwrap());
+        assert!(msg(&headers, Some("id=2")).is_ok());
+        assert!(msg(&headers, Some("id=1")).is_err());
+        assert!(msg(&headers, None).is_err());
+        // Many signatures: refused before any is checked.
+        let many: Vec<String> = (0..=MAX_LABELS)
+            .map(|i| format!("s{i}=(\"@status\");keyid=\"test-key-ed25519\""))
+            .collect();
+        headers.insert("signature-input", many.join(", ").parse().unwrap());
+        match msg(&headers, Some("id=2")) {
+            Err(Failure::BadSignature(why)) => assert!(why.contains("at most"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -117,7 +117,7 @@ mod tests {
                 scheme: "http",
                 authority: "portal.example.vn",
                 path: "/vankien/nghi-quyet",
-                query: Some("utm=x"),
+                query: None,
                 headers: &none,
             },
         };

@@ -45,13 +45,33 @@ pub fn on_head(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
         &REQUIRED,
         i64::try_from(now).unwrap_or(i64::MAX),
     );
-    let checked = verified
-        .and_then(|_| digest::Check::new(resp.headers.get("content-digest").map(|v| v.as_bytes())));
-    match checked {
-        // A HEAD answer has no body to hash: its signed head is all there is.
-        Ok(_) if req.method == http::Method::HEAD => {}
+    // Every line of the field, as the signature base took it.
+    let lines: Vec<&[u8]> = resp
+        .headers
+        .get_all("content-digest")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let field = (!lines.is_empty()).then(|| lines.join(&b", "[..]));
+    match verified.and_then(|_| digest::Check::new(field.as_deref())) {
+        // Even for a reader's HEAD: with the cache on, the origin was asked a GET and its body
+        // is what gets stored. A check never finished (no body came) is never counted.
         Ok(check) => ctx.integrity = Some(check),
         Err(failure) => failed(session, ctx, &failure),
+    }
+}
+
+/// At the end of the exchange (`logging`): a check still open is finished, if the answer came
+/// whole (`complete`). An empty body ends with its head, and an HTTP/2 one with its trailers:
+/// neither reaches the body filter with its end.
+pub fn on_end(session: &Session, complete: bool, ctx: &mut RequestCtx) {
+    let Some(check) = ctx.integrity.take() else {
+        return;
+    };
+    if complete {
+        if let Err(failure) = check.finish() {
+            failed(session, ctx, &failure);
+        }
     }
 }
 

@@ -543,7 +543,6 @@ impl ProxyHttp for Edge {
         if resp.status == http::StatusCode::NOT_MODIFIED && ctx.cache_on {
             ctx.not_modified = Some(resp.headers.clone());
         }
-        integrity::on_head(session, resp, ctx);
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // A WebSocket can stay open for hours; it is not load waiting to be answered.
             ctx.in_progress = None;
@@ -590,6 +589,10 @@ impl ProxyHttp for Edge {
             self.judge_upstream_copy(session, resp, ctx)?;
         }
         headers::from_origin(resp);
+        // Checked as it will be stored and served (after the hop-by-hop headers are gone: a
+        // `Connection: content-type` must not take a signed field away unseen), once no retry
+        // will replace it.
+        integrity::on_head(session, resp, ctx);
         Ok(())
     }
 
@@ -818,6 +821,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        integrity::on_end(session, e.is_none(), ctx);
         // A body left unread (the request was answered without it: a refusal, the challenge)
         // would be drained next under no clock of ours: close the connection instead, as
         // nginx does for a refused request's body. Otherwise it waits for the next head.
@@ -1076,8 +1080,26 @@ impl Edge {
             .headers
             .get("soft-purge")
             .is_some_and(|v| v.as_bytes() == b"1");
-        let selector = cache::purge::Selector::Urls(std::iter::once(target).collect());
+        let selector = cache::purge::Selector::Urls(std::iter::once(target.clone()).collect());
         let report = self.cache.purge(&selector, soft).await;
+        // An operator's call like the admin API's: in the audit log (refused ones, from the
+        // public side, are only answered: they change nothing).
+        let state_dir = ctx.snapshot.config.node.state_dir.clone();
+        crate::admin::audit::record(
+            &state_dir,
+            &crate::admin::audit::Entry {
+                time: crate::access_log::now_rfc3339(),
+                who: "purge_from",
+                from: ctx
+                    .client_ip
+                    .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                method: "PURGE",
+                path: &target,
+                status: 200,
+                result: format!("ok: {} purged", report.purged),
+            },
+        )
+        .await;
         let body = format!(
             "{{\"purged\": {}, \"soft\": {soft}, \"index_ready\": {}}}\n",
             report.purged, report.index_ready

@@ -302,6 +302,11 @@ async fn scoped_tokens_and_an_audit_log_that_survives_a_kill() {
             .await,
         Some(3.0)
     );
+    // The PURGE method, from an address `cache.purge_from` allows: audited too.
+    let r = request(n.http, "PURGE", "a", "/story", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
     n.signal("KILL");
     let log = std::fs::read_to_string(n.dir.path().join("state/audit.log")).unwrap();
     let entries: Vec<serde_json::Value> = log
@@ -331,6 +336,7 @@ async fn scoped_tokens_and_an_audit_log_that_survives_a_kill() {
             expect("dashboard", "POST", "/purge", 403),
             expect("-", "POST", "/reload", 401),
             expect("admin", "POST", "/attack-mode", 200),
+            expect("purge_from", "PURGE", "a/story", 200),
         ],
         "{log}"
     );

@@ -199,3 +199,68 @@ async fn report_mode_counts_and_logs_every_failure_and_serves_as_before() {
         n.stderr()
     );
 }
+
+/// What is checked is what gets stored: a reader's HEAD (the cache asks the origin a GET, and
+/// stores its body) is checked over the body; an empty body is checked too (it ends with its
+/// head); and a signed field the hop-by-hop rules would take away (`Connection: content-type`)
+/// fails the check instead of leaving unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mode_checks_what_is_stored_and_served() {
+    use crate::common::*;
+    let (newsroom, newsroom_pub) = onair::keys::generate().unwrap();
+    let origin = Origin::start("origin").await;
+    let site = one_site(origin.addr, "", "").replacen(
+        "pool = \"p\"\n",
+        "pool = \"p\"\n[site.integrity]\n\
+         keys = [{ id = \"newsroom-2027\", public_key = \"newsroom.pub\" }]\n",
+        1,
+    );
+    let n = Onair::start(Setup::new(site).with_file("newsroom.pub", &newsroom_pub)).await;
+    let failures =
+        |reason: &str| format!("onair_integrity_failures_total{{reason=\"{reason}\",site=\"s\"}}");
+    // Signed for one body, sent with another; asked first by a HEAD.
+    let mut forged = signed(&newsroom, "newsroom-2027", "/head", b"<p>signed</p>");
+    forged.body = bytes::Bytes::from_static(b"<p>forged!</p>");
+    origin.set(forged);
+    let r = request(n.http, "HEAD", "a", "/head", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        n.metric_becomes(&failures("digest_mismatch"), |v| v == 1.0)
+            .await,
+        "{}",
+        n.metrics_text().await
+    );
+    // Signed for a body, sent empty.
+    let mut emptied = signed(&newsroom, "newsroom-2027", "/empty", b"<p>signed</p>");
+    emptied.body = bytes::Bytes::new();
+    origin.set(emptied);
+    assert_eq!(get(n.http, "a", "/empty").await.unwrap().status, 200);
+    assert!(
+        n.metric_becomes(&failures("digest_mismatch"), |v| v == 2.0)
+            .await
+    );
+    // Signed, with its Content-Type named as hop-by-hop.
+    let mut hop = signed(&newsroom, "newsroom-2027", "/hop", b"<p>signed</p>");
+    hop.headers
+        .push(("Connection".into(), "content-type".into()));
+    origin.set(hop);
+    assert_eq!(get(n.http, "a", "/hop").await.unwrap().status, 200);
+    assert!(
+        n.metric_becomes(&failures("bad_signature"), |v| v == 1.0)
+            .await
+    );
+    // And a page signed as it is served passes, HEAD first or not.
+    origin.set(signed(&newsroom, "newsroom-2027", "/fine", b"<p>fine</p>"));
+    let r = request(n.http, "HEAD", "a", "/fine", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(n.http, "a", "/fine").await.unwrap().text(),
+        "<p>fine</p>"
+    );
+    assert_eq!(n.metric(&failures("digest_mismatch")).await, Some(2.0));
+    assert_eq!(n.metric(&failures("bad_signature")).await, Some(1.0));
+}
