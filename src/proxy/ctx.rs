@@ -95,6 +95,8 @@ pub struct RequestCtx {
     pub warming: bool,
     /// An origin's body being checked against its `Content-Digest` (`[site.integrity]`).
     pub integrity: Option<crate::integrity::digest::Check>,
+    /// The request went to the origin as a HEAD (no body comes back).
+    pub upstream_head: bool,
 }
 
 impl RequestCtx {
@@ -141,6 +143,7 @@ impl RequestCtx {
             origin_embargo: false,
             warming: false,
             integrity: None,
+            upstream_head: false,
         }
     }
 

@@ -531,6 +531,9 @@ impl ProxyHttp for Edge {
         if ctx.cache_on && !ctx.refetch {
             self.judge_stored_copy(session, ctx);
         }
+        // A reader's HEAD goes up as a GET when the cache may store the answer; as a HEAD, no
+        // body comes back to check.
+        ctx.upstream_head = upstream.method == http::Method::HEAD;
         headers::to_origin(upstream, ctx, ctx.scheme())
     }
 

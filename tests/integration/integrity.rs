@@ -264,3 +264,42 @@ async fn report_mode_checks_what_is_stored_and_served() {
     assert_eq!(n.metric(&failures("digest_mismatch")).await, Some(2.0));
     assert_eq!(n.metric(&failures("bad_signature")).await, Some(1.0));
 }
+
+/// Where the cache is off, a reader's HEAD goes to the origin as a HEAD: no body comes back,
+/// and its signed head is all there is to check (no false digest failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_passed_through_is_checked_on_its_head_alone() {
+    use crate::common::*;
+    let (newsroom, newsroom_pub) = onair::keys::generate().unwrap();
+    let origin = Origin::start("origin").await;
+    let site = format!(
+        "[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [site.integrity]\nkeys = [{{ id = \"newsroom-2027\", public_key = \"newsroom.pub\" }}]\n\
+         [[site.route]]\npath = \"/live/\"\ncache = false\n\
+         [[pool]]\nname = \"p\"\n  [[pool.origin]]\n  addr = \"{}\"\n",
+        origin.addr
+    );
+    let n = Onair::start(Setup::new(site).with_file("newsroom.pub", &newsroom_pub)).await;
+    origin.set(signed(
+        &newsroom,
+        "newsroom-2027",
+        "/live/score",
+        b"<p>2-1</p>",
+    ));
+    let r = request(n.http, "HEAD", "a", "/live/score", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(n.http, "a", "/live/score").await.unwrap().text(),
+        "<p>2-1</p>"
+    );
+    assert_eq!(origin.proxied_hits(), 2, "both went to the origin");
+    assert!(
+        !n.metrics_text()
+            .await
+            .contains("onair_integrity_failures_total{"),
+        "{}",
+        n.metrics_text().await
+    );
+}
