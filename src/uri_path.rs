@@ -273,6 +273,33 @@ fn check_raw(text: &str) -> Result<(), Refused> {
     Ok(())
 }
 
+/// `s` with every `%XX` decoded, whatever it encodes (invalid UTF-8 replaced, a stray `%`
+/// kept): for matching the way a lenient origin would read a URL, never for forwarding it.
+pub fn decode_lossy(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let pair = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match pair {
+            Some((high, low)) => {
+                out.push((high << 4) | low);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),

@@ -973,12 +973,7 @@ impl Edge {
         ctx.embargo = self.cache.releases.embargoed(
             &same_site,
             uri.path(),
-            // Every query shares the object where the key drops it: judged on the path alone.
-            if query == crate::config::QueryKey::Drop {
-                None
-            } else {
-                Some(uri.query().unwrap_or(""))
-            },
+            release_query(uri, query),
             crate::release::now_ms(),
         );
         ctx.embargo.is_some()
@@ -990,8 +985,7 @@ impl Edge {
         let uri = &session.req_header().uri;
         let (snapshot, site) = (&ctx.snapshot, ctx.site);
         let same_site = |host: &str| snapshot.hosts.site_for(host) == site;
-        let query =
-            (ctx.query_key != crate::config::QueryKey::Drop).then(|| uri.query().unwrap_or(""));
+        let query = release_query(uri, ctx.query_key);
         self.cache
             .releases
             .warm_covered(&same_site, uri.path(), query)
@@ -1273,6 +1267,12 @@ fn record(ctx: &mut RequestCtx, outcome: OriginOutcome, seen: Seen) {
     }
     ctx.attempt_recorded = true;
     ctx.waiting = None;
+}
+
+/// A request's query as releases judge it on a route keying the query as `mode`: none where the
+/// key drops it (every query shares the object: judged on the path alone).
+fn release_query(uri: &http::Uri, mode: crate::config::QueryKey) -> Option<&str> {
+    (mode != crate::config::QueryKey::Drop).then(|| uri.query().unwrap_or(""))
 }
 
 /// The embargo answer's body: like any missing page's.

@@ -243,7 +243,7 @@ fn split_target(target: &str) -> (String, &str, &str) {
 /// A path as loosely as an origin might read it: any case, every `%XX` decoded (`%2F` as `/`,
 /// `%40` as `@`), no `;parameters`, no empty segments, no trailing slash.
 pub fn loose(path: &str) -> String {
-    let decoded = percent_decoded(path);
+    let decoded = crate::uri_path::decode_lossy(path);
     let mut out = String::with_capacity(decoded.len());
     for segment in decoded.split('/') {
         let segment = segment.split(';').next().unwrap_or("");
@@ -262,7 +262,7 @@ pub fn loose(path: &str) -> String {
 /// `a=1&b=2` as pairs, as loosely as an application reads them: `%XX` and `+` decoded, any
 /// case (`?i%64=%35` is `?id=5` to PHP).
 fn query_pairs(query: &str) -> Vec<(String, String)> {
-    let read = |s: &str| percent_decoded(&s.replace('+', " ")).to_lowercase();
+    let read = |s: &str| crate::uri_path::decode_lossy(&s.replace('+', " ")).to_lowercase();
     query
         .split(['&', ';'])
         .filter(|p| !p.is_empty())
@@ -271,34 +271,6 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
             (read(k), read(v))
         })
         .collect()
-}
-
-/// `s` with every `%XX` decoded (invalid UTF-8 replaced, a stray `%` kept).
-fn percent_decoded(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_owned();
-    }
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let pair = (bytes[i] == b'%')
-            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
-            .flatten();
-        match pair {
-            Some((hi, lo)) => {
-                // Two hex digits: at most 0xFF.
-                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where a release is.
@@ -885,14 +857,10 @@ fn prune(entries: &mut BTreeMap<String, Entry>, now_ms: u64) {
 
 /// `text` cut to at most `max` bytes (at a character), marked `…` where it was cut.
 fn shortened(text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
+    match crate::logging::within(&text, max) {
+        whole if whole.len() == text.len() => text,
+        cut => format!("{cut}…"),
     }
-    let cut = (0..=max)
-        .rev()
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{}…", &text[..cut])
 }
 
 /// What a change or cancel issued after the release's time gets, everywhere alike.
@@ -928,9 +896,8 @@ pub fn origin_embargo(headers: &http::HeaderMap, now: SystemTime) -> bool {
     match until {
         Some(until) => now < until,
         None => {
-            static LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let second = now_ms() / 1000;
-            if LOGGED.swap(second, std::sync::atomic::Ordering::Relaxed) != second {
+            static LOGGED: crate::logging::OncePerSecond = crate::logging::OncePerSecond::new();
+            if LOGGED.due() {
                 tracing::warn!(
                     "release: an origin sent {ORIGIN_EMBARGO}: {value:?}, which is no \
                      HTTP-date: the response is held back until the origin sends a date"
